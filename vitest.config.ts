@@ -1,0 +1,13 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["src/**/*.test.ts", "test/**/*.test.ts"],
+    exclude: ["test/cluster/**", "node_modules/**"],
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    // Two cores: one worker per core, and suites share a PGlite instance per worker.
+    pool: "forks",
+    maxWorkers: 2,
+  },
+});
