@@ -1,0 +1,26 @@
+/**
+ * The media store port. Clients move the bytes themselves with pre-signed URLs; the server only signs and checks.
+ * Implementations: S3 (any S3-compatible store) and a local directory the server exposes with HMAC-signed URLs.
+ */
+export interface BlobStore {
+  /** Creates what the store needs (a bucket and its lifecycle rule, a directory). */
+  init(): Promise<void>;
+  /**
+   * A URL the client PUTs exactly `sizeBytes` bytes to, with these headers, before `expiresAt`; the store refuses a
+   * body of another length or SHA-256.
+   */
+  signUpload(input: { key: string; sizeBytes: bigint; sha256: Uint8Array; contentType: string; expiresInSeconds: number }): Promise<{
+    url: string;
+    method: "PUT";
+    headers: Record<string, string>;
+    expiresAt: Date;
+  }>;
+  /** A URL that GETs the object before `expiresAt`. */
+  signDownload(input: { key: string; fileName: string; contentType: string; expiresInSeconds: number }): Promise<{
+    url: string;
+    expiresAt: Date;
+  }>;
+  /** The stored object's size, or null when there is none. */
+  stat(key: string): Promise<{ sizeBytes: bigint } | null>;
+  delete(keys: readonly string[]): Promise<void>;
+}

@@ -1,0 +1,189 @@
+/**
+ * The storage port: everything the features ask of the database. Postgres is the source of truth for chats,
+ * messages and every device's inbox; the implementation (src/adapters/sql) runs the same SQL on real Postgres and on
+ * PGlite. Methods that change several rows do it in one transaction.
+ *
+ * Devices are known by a `deviceKey`: the decimal id the database gave the (user, device name) pair the first time
+ * the device was seen. Inbox rows, presence and routing use it, so device names only need to be unique per user.
+ */
+export interface Db {
+  /** Runs the versioned migrations that have not run yet. */
+  migrate(): Promise<void>;
+  close(): Promise<void>;
+
+  // ---- devices ----
+  /** Records the device the first time it is seen and returns its key (the same key every later time). */
+  registerDevice(userId: string, deviceName: string, now: Date): Promise<string>;
+  /**
+   * Returns and clears the reason this device must resync (its unacked events were dropped by retention or by the
+   * inbox limit), or null.
+   */
+  takeResync(deviceKey: string): Promise<ResyncCause | null>;
+
+  // ---- chats ----
+  /**
+   * Stores a new chat with its participants and one CREATED chat-update event in the inbox of every device of every
+   * participant. `encodeUpdate` turns the stored chat into the event body (see StoredEvent.body).
+   */
+  createChat(input: NewChat, encodeUpdate: (chat: ChatRecord) => Uint8Array): Promise<StoredFanout & { chat: ChatRecord }>;
+  /**
+   * Adds or removes one participant, locking the chat against concurrent sends and changes. On a change it stores one
+   * chat-update event for every device of everyone in the chat before or after the change (the removed user
+   * included). Adding a participant already there, or removing one who is not, changes nothing (`changed: false`).
+   */
+  modifyParticipants(
+    input: ParticipantChange,
+    encodeUpdate: (chat: ChatRecord) => Uint8Array,
+  ): Promise<ModifyOutcome>;
+  getChat(chatId: string): Promise<ChatRecord | null>;
+  /** The user's chats ordered by chat id, after `afterChatId` when given. */
+  listChats(userId: string, afterChatId: string | null, limit: number): Promise<ChatRecord[]>;
+  /** Whether the user takes part in the chat now. */
+  isParticipant(chatId: string, userId: string): Promise<boolean>;
+
+  // ---- messages ----
+  /**
+   * Stores a batch of sends in one transaction (group commit). For each send, in order: a send whose
+   * (senderDeviceKey, clientMessageId) was stored before returns that first result and stores nothing; a send to a
+   * missing chat or from a non-participant is refused; otherwise the chat's next seq is assigned (gap-free), the
+   * message is stored with body `encode(seq)`, one inbox row is written for every device of every participant except
+   * the sending device, and the idempotency key is recorded. Refusals do not affect the other sends in the batch.
+   */
+  storeMessages(sends: readonly PendingSend[]): Promise<SendOutcome[]>;
+
+  // ---- attachments ----
+  /**
+   * Records an attachment about to be uploaded, unless this uploader already has one with the same sha256 and size:
+   * then that one is returned (`existing: true`) and nothing is stored.
+   */
+  createAttachment(input: AttachmentRecord): Promise<{ attachment: AttachmentRecord; existing: boolean }>;
+  getAttachment(attachmentId: string): Promise<AttachmentRecord | null>;
+  /** Records that the store holds the attachment's bytes (checked once by the caller). */
+  markAttachmentUploaded(attachmentId: string, at: Date): Promise<void>;
+  /** Whether the user uploaded the attachment or takes part in a chat where it was sent. */
+  canDownloadAttachment(attachmentId: string, userId: string): Promise<boolean>;
+  /** Deletes the attachment records created before `cutoff` and returns them, so their objects can be deleted. */
+  deleteAttachmentsBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]>;
+
+  // ---- inbox ----
+  /** Up to `limit` events of the device's inbox with event id above `afterEventId`, oldest first. */
+  readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<StoredEvent[]>;
+  /**
+   * Deletes these events from the device's inbox (ids not in it are ignored), then deletes each message whose last
+   * inbox row this was. Returns how many inbox rows were deleted.
+   */
+  ackEvents(deviceKey: string, eventIds: readonly bigint[]): Promise<number>;
+  /** Number of events waiting in the device's inbox. */
+  inboxDepth(deviceKey: string): Promise<number>;
+
+  // ---- retention ----
+  /** Creates the daily partitions of messages and inbox from `from`'s UTC day through `days` days after it. */
+  ensurePartitions(from: Date, days: number): Promise<string[]>;
+  /**
+   * Drops the daily partitions whose whole day is before `cutoff`'s UTC day, after marking every device that still
+   * had an event in them for a RETENTION resync. Returns the dropped partitions' names.
+   */
+  dropPartitionsBefore(cutoff: Date): Promise<string[]>;
+  /**
+   * Deletes the oldest events of every inbox holding more than `maxEvents` (and the messages left with no inbox row),
+   * marking those devices for an INBOX_OVERFLOW resync. Returns the number of devices trimmed.
+   */
+  trimInboxes(maxEvents: number): Promise<number>;
+  /** Forgets idempotency keys recorded before `cutoff`. Returns how many. */
+  forgetSendsBefore(cutoff: Date): Promise<number>;
+}
+
+export type ResyncCause = "retention" | "inbox_overflow";
+
+export interface ChatRecord {
+  chatId: string;
+  name: string;
+  /** Sorted. */
+  participantUserIds: string[];
+  createdAt: Date;
+  lastSeq: bigint;
+}
+
+export interface NewChat {
+  chatId: string;
+  name: string;
+  /** The creator included, no duplicates. */
+  participantUserIds: string[];
+  createdAt: Date;
+  /** Id of the chat-update event's message row. */
+  updateMessageId: string;
+}
+
+export interface ParticipantChange {
+  chatId: string;
+  actorUserId: string;
+  userId: string;
+  operation: "add" | "remove";
+  /** The most participants a chat may have. */
+  maxParticipants: number;
+  at: Date;
+  /** Id of the chat-update event's message row. */
+  updateMessageId: string;
+}
+
+export type ModifyOutcome =
+  | ({ kind: "changed"; chat: ChatRecord } & StoredFanout)
+  | { kind: "unchanged"; chat: ChatRecord }
+  | { kind: "chat_not_found" }
+  | { kind: "not_participant" }
+  | { kind: "too_many_participants" };
+
+export interface PendingSend {
+  chatId: string;
+  /** Used when the send is stored; ignored when it turns out to be a retry. */
+  messageId: string;
+  senderUserId: string;
+  senderDeviceKey: string;
+  clientMessageId: string;
+  sentAt: Date;
+  /** Attachments (already checked to be uploaded); recorded as sent in this chat, for download permission. */
+  attachmentIds: readonly string[];
+  /** The stored event body for the seq the chat gives this message (see StoredEvent.body). */
+  encode(seq: bigint): Uint8Array;
+}
+
+export type SendOutcome =
+  | ({ kind: "stored"; messageId: string; seq: bigint; sentAt: Date } & StoredFanout)
+  | { kind: "duplicate"; messageId: string; seq: bigint; sentAt: Date }
+  | { kind: "chat_not_found" }
+  | { kind: "not_participant" };
+
+/** A stored event and the inbox rows it was written to: what live delivery pushes. */
+export interface StoredFanout {
+  body: Uint8Array;
+  deliveries: Delivery[];
+}
+
+export interface Delivery {
+  deviceKey: string;
+  eventId: bigint;
+}
+
+export interface StoredEvent {
+  eventId: bigint;
+  /**
+   * The event as the features encoded it (a serialized palaver.chat.v1.Event with event_id 0); the reader sets
+   * event_id.
+   */
+  body: Uint8Array;
+}
+
+export interface AttachmentRecord {
+  attachmentId: string;
+  uploaderUserId: string;
+  /** 32 bytes. */
+  sha256: Uint8Array;
+  sizeBytes: bigint;
+  contentType: string;
+  fileName: string;
+  /** The key of the object in the blob store. */
+  objectKey: string;
+  createdAt: Date;
+  /** When the upload was confirmed; null until then. */
+  uploadedAt: Date | null;
+}
