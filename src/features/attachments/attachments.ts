@@ -1,0 +1,129 @@
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  type CreateAttachmentRequest,
+  type CreateAttachmentResponse,
+  CreateAttachmentResponseSchema,
+  type GetAttachmentDownloadResponse,
+  GetAttachmentDownloadResponseSchema,
+} from "../../../gen/palaver/chat/v1/attachment_pb.js";
+import { type Attachment, AttachmentSchema } from "../../../gen/palaver/chat/v1/model_pb.js";
+import type { BlobStore } from "../../ports/blob-store.js";
+import type { Clock } from "../../ports/clock.js";
+import type { AttachmentRecord, Db } from "../../ports/db.js";
+import type { Caller } from "../../transport/caller.js";
+
+export interface AttachmentsOptions {
+  maxBytes: number;
+  uploadUrlSeconds: number;
+  downloadUrlSeconds: number;
+}
+
+/**
+ * Media: the server records attachments and signs direct uploads and downloads; clients move the bytes. An
+ * attachment counts as uploaded once the store has an object of the declared size (the signed upload already pinned
+ * its length and SHA-256); that is checked once and recorded.
+ */
+export class Attachments {
+  constructor(
+    private readonly db: Db,
+    private readonly blobs: BlobStore,
+    private readonly clock: Clock,
+    private readonly options: AttachmentsOptions,
+  ) {}
+
+  async create(caller: Caller, request: CreateAttachmentRequest): Promise<CreateAttachmentResponse> {
+    if (request.sizeBytes > BigInt(this.options.maxBytes)) {
+      throw new ConnectError(`an attachment is at most ${this.options.maxBytes} bytes`, Code.InvalidArgument);
+    }
+    const attachmentId = randomUUID();
+    const { attachment } = await this.db.createAttachment({
+      attachmentId,
+      uploaderUserId: caller.userId,
+      sha256: request.sha256,
+      sizeBytes: request.sizeBytes,
+      contentType: request.contentType,
+      fileName: request.fileName,
+      objectKey: `attachments/${attachmentId}`,
+      createdAt: this.clock.now(),
+      uploadedAt: null,
+    });
+    if (await this.isUploaded(attachment)) {
+      return create(CreateAttachmentResponseSchema, { attachmentId: attachment.attachmentId, alreadyUploaded: true });
+    }
+    const upload = await this.blobs.signUpload({
+      key: attachment.objectKey,
+      sizeBytes: attachment.sizeBytes,
+      sha256: attachment.sha256,
+      contentType: attachment.contentType,
+      expiresInSeconds: this.options.uploadUrlSeconds,
+    });
+    return create(CreateAttachmentResponseSchema, {
+      attachmentId: attachment.attachmentId,
+      upload: { ...upload, expiresAt: timestampFromDate(upload.expiresAt) },
+    });
+  }
+
+  async download(caller: Caller, attachmentId: string): Promise<GetAttachmentDownloadResponse> {
+    const attachment = await this.visible(caller, attachmentId);
+    if (!(await this.isUploaded(attachment))) {
+      throw new ConnectError(`attachment ${attachmentId} has not been uploaded`, Code.FailedPrecondition);
+    }
+    const signed = await this.blobs.signDownload({
+      key: attachment.objectKey,
+      fileName: attachment.fileName,
+      contentType: attachment.contentType,
+      expiresInSeconds: this.options.downloadUrlSeconds,
+    });
+    return create(GetAttachmentDownloadResponseSchema, {
+      url: signed.url,
+      expiresAt: timestampFromDate(signed.expiresAt),
+    });
+  }
+
+  /**
+   * What recipients see of the attachments of a send. The sender must be able to see each one (its uploader, or a
+   * participant of a chat it was sent to, which lets a user forward media) and each must be uploaded.
+   */
+  async resolveForSend(userId: string, attachmentIds: readonly string[]): Promise<Attachment[]> {
+    const caller = { userId };
+    const resolved: Attachment[] = [];
+    for (const attachmentId of attachmentIds) {
+      const attachment = await this.visible(caller, attachmentId);
+      if (!(await this.isUploaded(attachment))) {
+        throw new ConnectError(
+          `attachment ${attachmentId} has not been uploaded: upload it to the URL CreateAttachment returned, then send`,
+          Code.FailedPrecondition,
+        );
+      }
+      resolved.push(
+        create(AttachmentSchema, {
+          attachmentId,
+          contentType: attachment.contentType,
+          sizeBytes: attachment.sizeBytes,
+          sha256: attachment.sha256,
+          fileName: attachment.fileName,
+        }),
+      );
+    }
+    return resolved;
+  }
+
+  /** The attachment when the caller uploaded it or takes part in a chat where it was sent. */
+  private async visible(caller: Pick<Caller, "userId">, attachmentId: string): Promise<AttachmentRecord> {
+    const attachment = await this.db.getAttachment(attachmentId);
+    if (attachment && (await this.db.canDownloadAttachment(attachmentId, caller.userId))) return attachment;
+    if (attachment) throw new ConnectError(`no access to attachment ${attachmentId}`, Code.PermissionDenied);
+    throw new ConnectError(`attachment ${attachmentId} not found`, Code.NotFound);
+  }
+
+  private async isUploaded(attachment: AttachmentRecord): Promise<boolean> {
+    if (attachment.uploadedAt) return true;
+    const stat = await this.blobs.stat(attachment.objectKey);
+    if (!stat || stat.sizeBytes !== attachment.sizeBytes) return false;
+    await this.db.markAttachmentUploaded(attachment.attachmentId, this.clock.now());
+    return true;
+  }
+}

@@ -1,0 +1,165 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  AckEventsResponseSchema,
+  ChatService,
+  CommandErrorSchema,
+  CommandResultSchema,
+  type CommandResult,
+  type ConnectRequest,
+  type ConnectResponse,
+  ConnectResponseSchema,
+  CreateChatResponseSchema,
+  GetChatResponseSchema,
+  ModifyChatParticipantsResponseSchema,
+  type SubscribeResponse,
+  SubscribeResponseSchema,
+} from "../../gen/palaver/chat/v1/chat_pb.js";
+import type { Db } from "../ports/db.js";
+import { type Caller, requireCaller } from "../transport/caller.js";
+import type { Chats } from "./chats/chats.js";
+import { type DeviceStream, type Outgoing, StreamEnded } from "./delivery/device-stream.js";
+import type { DeliveryHub } from "./delivery/hub.js";
+import type { Messaging } from "./messaging/send-message.js";
+
+export interface ChatServiceDeps {
+  db: Db;
+  hub: DeliveryHub;
+  chats: Chats;
+  messaging: Messaging;
+  /** Validates one Connect frame's command with the same rules the validation interceptor applies to unary calls. */
+  validate: (request: ConnectRequest) => void;
+  /** Turns anything a command threw into the error the unary call would have answered with. */
+  toConnectError: (error: unknown) => ConnectError;
+}
+
+type Outcome = CommandResult["outcome"];
+
+/** ChatService: the unary commands, the Subscribe stream, and the Connect stream that carries both. */
+export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
+  const { db, hub, chats, messaging } = deps;
+
+  const ack = async (caller: Caller, eventIds: readonly bigint[]) => {
+    await db.ackEvents(caller.deviceKey, eventIds);
+    return create(AckEventsResponseSchema);
+  };
+
+  /** Runs one frame's command and wraps its response (or error) in the frame's outcome. */
+  async function runCommand(caller: Caller, frame: ConnectRequest): Promise<Outcome> {
+    try {
+      deps.validate(frame);
+      const command = frame.command;
+      switch (command.case) {
+        case "createChat":
+          return {
+            case: "createChat",
+            value: create(CreateChatResponseSchema, { chat: await chats.create(caller, command.value) }),
+          };
+        case "modifyChatParticipants":
+          return {
+            case: "modifyChatParticipants",
+            value: create(ModifyChatParticipantsResponseSchema, {
+              chat: await chats.modifyParticipants(caller, command.value),
+            }),
+          };
+        case "sendMessage":
+          return { case: "sendMessage", value: await messaging.send(caller, command.value) };
+        case "ackEvents":
+          return { case: "ackEvents", value: await ack(caller, command.value.eventIds) };
+        case "getChat":
+          return {
+            case: "getChat",
+            value: create(GetChatResponseSchema, { chat: await chats.get(caller, command.value.chatId) }),
+          };
+        case "listChats":
+          return { case: "listChats", value: await chats.list(caller, command.value) };
+        case undefined:
+          throw new ConnectError("the frame carries no command", Code.InvalidArgument);
+      }
+    } catch (error) {
+      const connectError = deps.toConnectError(error);
+      return {
+        case: "error",
+        value: create(CommandErrorSchema, { code: connectError.code, message: connectError.rawMessage }),
+      };
+    }
+  }
+
+  /**
+   * Reads the device's frames one at a time (so one device's sends keep their order) and answers each on the
+   * stream. When the client half-closes, the stream ends after the last answer.
+   */
+  async function readCommands(caller: Caller, frames: AsyncIterable<ConnectRequest>, stream: DeviceStream) {
+    try {
+      for await (const frame of frames) {
+        if (stream.ended) return;
+        const outcome = await runCommand(caller, frame);
+        stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
+      }
+      stream.end();
+    } catch {
+      stream.end(); // the client went away mid-frame
+    }
+  }
+
+  /** Opens the caller's device stream for the life of the RPC and maps its frames to the RPC's responses. */
+  async function* openStream<Out>(
+    ctx: HandlerContext,
+    toResponse: (frame: Outgoing) => Out | null,
+    frames?: AsyncIterable<ConnectRequest>,
+  ): AsyncGenerator<Out> {
+    const caller = requireCaller(ctx);
+    const stream = await hub.open(caller.deviceKey);
+    const onAbort = () => stream.end();
+    ctx.signal.addEventListener("abort", onAbort);
+    if (frames) void readCommands(caller, frames, stream);
+    try {
+      for await (const frame of stream.frames()) {
+        const response = toResponse(frame);
+        if (response) yield response;
+      }
+    } catch (error) {
+      if (!(error instanceof StreamEnded)) throw error;
+    } finally {
+      ctx.signal.removeEventListener("abort", onAbort);
+      hub.close(stream);
+    }
+  }
+
+  return {
+    connect(frames, ctx) {
+      return openStream(ctx, toConnectResponse, frames);
+    },
+    subscribe(_request, ctx) {
+      return openStream(ctx, (frame): SubscribeResponse | null =>
+        frame.kind === "event" ? create(SubscribeResponseSchema, { event: frame.event }) : null,
+      );
+    },
+    async createChat(request, ctx) {
+      return create(CreateChatResponseSchema, { chat: await chats.create(requireCaller(ctx), request) });
+    },
+    async modifyChatParticipants(request, ctx) {
+      return create(ModifyChatParticipantsResponseSchema, {
+        chat: await chats.modifyParticipants(requireCaller(ctx), request),
+      });
+    },
+    sendMessage(request, ctx) {
+      return messaging.send(requireCaller(ctx), request);
+    },
+    ackEvents(request, ctx) {
+      return ack(requireCaller(ctx), request.eventIds);
+    },
+    async getChat(request, ctx) {
+      return create(GetChatResponseSchema, { chat: await chats.get(requireCaller(ctx), request.chatId) });
+    },
+    listChats(request, ctx) {
+      return chats.list(requireCaller(ctx), request);
+    },
+  };
+}
+
+function toConnectResponse(frame: Outgoing): ConnectResponse {
+  return frame.kind === "event"
+    ? create(ConnectResponseSchema, { frame: { case: "event", value: frame.event } })
+    : create(ConnectResponseSchema, { frame: { case: "result", value: frame.result } });
+}

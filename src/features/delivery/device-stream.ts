@@ -1,0 +1,151 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Event } from "../../../gen/palaver/chat/v1/event_pb.js";
+import type { CommandResult } from "../../../gen/palaver/chat/v1/chat_pb.js";
+import type { Db } from "../../ports/db.js";
+import { decodeStoredEvent, inboxDrainedEvent, resyncEvent, withEventId } from "./events.js";
+
+export type Outgoing = { kind: "event"; event: Event } | { kind: "result"; result: CommandResult };
+
+export interface DeviceStreamOptions {
+  /** Frames waiting for a slow reader before the stream is ended with RESOURCE_EXHAUSTED. */
+  queueLimit: number;
+  /** Inbox events read per page while draining the backlog. */
+  pageSize: number;
+  /**
+   * How long after the backlog is sent a live push of one of its events is still recognised as a repeat (a send that
+   * committed before the stream opened can have its live push arrive after its inbox row was read).
+   */
+  drainedMemoryMs: number;
+}
+
+/**
+ * One open event stream of one device (Connect or Subscribe). It sends, in order: a Resync when the device's unacked
+ * events were dropped, the inbox backlog oldest first, InboxDrained, then live events. Live events that arrive while
+ * the backlog is being read wait, and are dropped only when the backlog already sent them, so the overlap neither loses
+ * nor repeats events. Frames are pulled by the transport as it writes them, so a slow reader slows the backlog; live
+ * frames queue up to `queueLimit`, past which the stream ends with RESOURCE_EXHAUSTED (the events stay in the inbox).
+ */
+export class DeviceStream {
+  private readonly ready: Outgoing[] = [];
+  private heldDuringDrain: Event[] | null = [];
+  private drainedIds: Set<bigint> | null = new Set();
+  private wake: (() => void) | null = null;
+  /** undefined while open; null when ended cleanly; the error to end with otherwise. */
+  private ending: ConnectError | null | undefined;
+
+  constructor(
+    readonly deviceKey: string,
+    private readonly db: Db,
+    private readonly options: DeviceStreamOptions,
+  ) {}
+
+  /** A live event for this device (the template's event id is replaced by this device's). */
+  pushEvent(template: Event, eventId: bigint): void {
+    if (this.ending !== undefined) return;
+    const event = withEventId(template, eventId);
+    if (this.heldDuringDrain) {
+      this.heldDuringDrain.push(event);
+      this.checkBound(this.heldDuringDrain.length + this.ready.length);
+      return;
+    }
+    if (this.drainedIds?.has(eventId)) return;
+    this.enqueue({ kind: "event", event });
+  }
+
+  pushResult(result: CommandResult): void {
+    if (this.ending === undefined) this.enqueue({ kind: "result", result });
+  }
+
+  /** Ends the stream: cleanly without an error, else with it. The first call wins. */
+  end(error: ConnectError | null = null): void {
+    if (this.ending !== undefined) return;
+    this.ending = error;
+    this.heldDuringDrain = null;
+    this.drainedIds = null;
+    this.notify();
+  }
+
+  get ended(): boolean {
+    return this.ending !== undefined;
+  }
+
+  async *frames(): AsyncGenerator<Outgoing> {
+    const resync = await this.db.takeResync(this.deviceKey);
+    if (resync) yield { kind: "event", event: resyncEvent(resync) };
+    let backlog = 0;
+    for (let after = 0n; ; ) {
+      const page = await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
+      for (const stored of page) {
+        yield* this.takeReady();
+        this.throwIfEnded();
+        this.drainedIds?.add(stored.eventId);
+        yield { kind: "event", event: decodeStoredEvent(stored.body, stored.eventId) };
+        after = stored.eventId;
+        backlog++;
+      }
+      if (page.length < this.options.pageSize) break;
+    }
+    this.throwIfEnded();
+    yield { kind: "event", event: inboxDrainedEvent(backlog) };
+    this.goLive();
+    for (;;) {
+      yield* this.takeReady();
+      this.throwIfEnded();
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+  }
+
+  private goLive(): void {
+    const held = this.heldDuringDrain ?? [];
+    this.heldDuringDrain = null;
+    for (const event of held) {
+      if (!this.drainedIds?.has(event.eventId)) this.ready.push({ kind: "event", event });
+    }
+    if (this.drainedIds?.size) {
+      setTimeout(() => (this.drainedIds = null), this.options.drainedMemoryMs).unref();
+    } else {
+      this.drainedIds = null;
+    }
+  }
+
+  private *takeReady(): Generator<Outgoing> {
+    while (this.ready.length > 0 && this.ending === undefined) yield this.ready.shift()!;
+  }
+
+  private throwIfEnded(): void {
+    if (this.ending === undefined) return;
+    if (this.ending) throw this.ending;
+    throw new StreamEnded();
+  }
+
+  private enqueue(frame: Outgoing): void {
+    this.ready.push(frame);
+    this.checkBound(this.ready.length + (this.heldDuringDrain?.length ?? 0));
+    this.notify();
+  }
+
+  private checkBound(waiting: number): void {
+    if (waiting > this.options.queueLimit) {
+      this.end(
+        new ConnectError(
+          `more than ${this.options.queueLimit} events waiting for this slow stream: it is closed and the events stay in the inbox; reconnect to receive them`,
+          Code.ResourceExhausted,
+        ),
+      );
+    }
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+}
+
+/** Thrown out of frames() when the stream was ended cleanly; the RPC handler returns normally on it. */
+export class StreamEnded extends Error {
+  constructor() {
+    super("stream ended");
+    this.name = "StreamEnded";
+  }
+}

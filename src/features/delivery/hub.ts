@@ -1,0 +1,116 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import type { Event } from "../../../gen/palaver/chat/v1/event_pb.js";
+import type { Db, Delivery } from "../../ports/db.js";
+import type { Bus, Handoff, Presence } from "../../ports/routing.js";
+import { DeviceStream, type DeviceStreamOptions } from "./device-stream.js";
+import { decodeStoredEvent } from "./events.js";
+
+/** What a stored event needs to be pushed live: the event, its stored bytes (for other nodes), and its inbox rows. */
+export interface LiveEvent {
+  event: Event;
+  body: Uint8Array;
+  deliveries: readonly Delivery[];
+}
+
+export interface Routing {
+  presence: Presence;
+  bus: Bus;
+}
+
+/**
+ * Holds this node's open device streams and pushes freshly stored events to them: to the stream on this node, or,
+ * with routing (several nodes), through the bus to the node that holds the device, one publish per node. Pushing is
+ * best effort by design: an event that does not arrive live stays in the inbox and comes with the next connect.
+ */
+export class DeliveryHub {
+  private readonly streams = new Map<string, DeviceStream>();
+
+  constructor(
+    private readonly db: Db,
+    private readonly streamOptions: DeviceStreamOptions,
+    private readonly logger: Logger,
+    private readonly routing: Routing | null = null,
+  ) {}
+
+  /** Starts taking hand-offs from other nodes. */
+  async start(): Promise<void> {
+    await this.routing?.bus.subscribe((handoffs) => this.receive(handoffs));
+  }
+
+  get connectedDevices(): number {
+    return this.streams.size;
+  }
+
+  /**
+   * Opens the device's stream, ending the one it had (a device has one stream; the newer wins). The stream is
+   * registered (and its presence claimed) before it reads its inbox, so nothing stored meanwhile is missed.
+   */
+  async open(deviceKey: string): Promise<DeviceStream> {
+    const stream = new DeviceStream(deviceKey, this.db, this.streamOptions);
+    const previous = this.streams.get(deviceKey);
+    this.streams.set(deviceKey, stream);
+    previous?.end(new ConnectError("this device opened a newer stream, which replaces this one", Code.Aborted));
+    if (this.routing) {
+      try {
+        await this.routing.presence.claim(deviceKey);
+      } catch (error) {
+        // Live delivery from other nodes waits for the next heartbeat; the inbox still has everything.
+        this.logger.warn({ err: error, deviceKey }, "presence claim failed");
+      }
+    }
+    return stream;
+  }
+
+  close(stream: DeviceStream): void {
+    stream.end();
+    if (this.streams.get(stream.deviceKey) !== stream) return;
+    this.streams.delete(stream.deviceKey);
+    this.routing?.presence.release(stream.deviceKey).catch((error: unknown) => {
+      this.logger.warn({ err: error, deviceKey: stream.deviceKey }, "presence release failed");
+    });
+  }
+
+  /** Ends every stream, e.g. at shutdown: clients reconnect (to another node) and resume from their inbox. */
+  endAll(error: ConnectError): void {
+    for (const stream of this.streams.values()) stream.end(error);
+  }
+
+  /** Pushes a stored event to every recipient device that is connected somewhere. */
+  async deliver(live: LiveEvent): Promise<void> {
+    const remote: Delivery[] = [];
+    for (const delivery of live.deliveries) {
+      const stream = this.streams.get(delivery.deviceKey);
+      if (stream) stream.pushEvent(live.event, delivery.eventId);
+      else remote.push(delivery);
+    }
+    if (this.routing && remote.length > 0) await this.handOff(live.body, remote);
+  }
+
+  private async handOff(body: Uint8Array, deliveries: Delivery[]): Promise<void> {
+    const { presence, bus } = this.routing!;
+    try {
+      const nodes = await presence.locate(deliveries.map((d) => d.deviceKey));
+      const perNode = new Map<string, Delivery[]>();
+      for (const delivery of deliveries) {
+        const node = nodes.get(delivery.deviceKey);
+        if (!node || node === bus.nodeId) continue;
+        let list = perNode.get(node);
+        if (!list) perNode.set(node, (list = []));
+        list.push(delivery);
+      }
+      await Promise.all([...perNode].map(([node, list]) => bus.publish(node, [{ body, deliveries: list }])));
+    } catch (error) {
+      this.logger.warn({ err: error }, "hand-off to other nodes failed; the inbox keeps the events");
+    }
+  }
+
+  private receive(handoffs: Handoff[]): void {
+    for (const handoff of handoffs) {
+      const template = decodeStoredEvent(handoff.body, 0n);
+      for (const delivery of handoff.deliveries) {
+        this.streams.get(delivery.deviceKey)?.pushEvent(template, delivery.eventId);
+      }
+    }
+  }
+}

@@ -1,0 +1,64 @@
+import { describe, expect, it } from "vitest";
+import { GroupCommitter } from "./group-commit.js";
+
+function deferred() {
+  let release!: () => void;
+  const done = new Promise<void>((resolve) => (release = resolve));
+  return { done, release };
+}
+
+describe("GroupCommitter", () => {
+  it("writes a lone item at once, then batches what arrived meanwhile", async () => {
+    const batches: number[][] = [];
+    const gate = deferred();
+    const committer = new GroupCommitter<number, string>(
+      async (items) => {
+        batches.push(items);
+        if (batches.length === 1) await gate.done;
+        return items.map((n) => `r${n}`);
+      },
+      10,
+      1,
+    );
+    const first = committer.submit(1);
+    const rest = [2, 3, 4].map((n) => committer.submit(n));
+    gate.release();
+    expect(await Promise.all([first, ...rest])).toEqual(["r1", "r2", "r3", "r4"]);
+    expect(batches).toEqual([[1], [2, 3, 4]]);
+  });
+
+  it("caps batch size and runs up to maxInFlight batches at once", async () => {
+    let concurrent = 0;
+    let peak = 0;
+    const sizes: number[] = [];
+    const committer = new GroupCommitter<number, number>(
+      async (items) => {
+        sizes.push(items.length);
+        peak = Math.max(peak, ++concurrent);
+        await new Promise((r) => setTimeout(r, 5));
+        concurrent--;
+        return items;
+      },
+      3,
+      2,
+    );
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => committer.submit(i)));
+    expect(results).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(3);
+    expect(peak).toBe(2);
+  });
+
+  it("fails every item of a failed batch and keeps serving later ones", async () => {
+    let calls = 0;
+    const committer = new GroupCommitter<number, number>(
+      async (items) => {
+        if (calls++ === 0) throw new Error("db down");
+        return items;
+      },
+      10,
+      1,
+    );
+    await expect(committer.submit(1)).rejects.toThrow("db down");
+    await expect(committer.submit(2)).resolves.toBe(2);
+  });
+});

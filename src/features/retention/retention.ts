@@ -1,0 +1,84 @@
+import type { Logger } from "pino";
+import type { BlobStore } from "../../ports/blob-store.js";
+import type { Clock } from "../../ports/clock.js";
+import type { Db } from "../../ports/db.js";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+export interface RetentionOptions {
+  retentionDays: number;
+  /** Inbox events a device may have waiting; past that its oldest are dropped and it is told to resync. */
+  maxInboxEvents: number;
+  /** Daily partitions created ahead of today, so a send never waits on DDL. */
+  partitionsAhead: number;
+  /** How long idempotency keys are kept (at least 24 h). */
+  idempotencyMs: number;
+}
+
+export interface RetentionReport {
+  partitionsCreated: string[];
+  partitionsDropped: string[];
+  inboxesTrimmed: number;
+  idempotencyKeysForgotten: number;
+  attachmentsDeleted: number;
+}
+
+/**
+ * The retention job: makes the coming days' partitions, drops whole daily partitions once they are older than the
+ * retention period (never row by row), caps inboxes, forgets old idempotency keys, and deletes expired attachments
+ * and their objects. It runs on a timer in every server and once from `palaver retention run`; every step is
+ * idempotent, so nodes running it at the same time do no harm.
+ */
+export class Retention {
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly db: Db,
+    private readonly blobs: BlobStore | null,
+    private readonly clock: Clock,
+    private readonly options: RetentionOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  async run(): Promise<RetentionReport> {
+    const now = this.clock.now();
+    const cutoff = new Date(now.getTime() - this.options.retentionDays * DAY_MS);
+    const partitionsCreated = await this.db.ensurePartitions(now, this.options.partitionsAhead);
+    const partitionsDropped = await this.db.dropPartitionsBefore(cutoff);
+    const inboxesTrimmed = await this.db.trimInboxes(this.options.maxInboxEvents);
+    const idempotencyKeysForgotten = await this.db.forgetSendsBefore(
+      new Date(now.getTime() - this.options.idempotencyMs),
+    );
+    const attachmentsDeleted = await this.deleteExpiredAttachments(cutoff);
+    const report = { partitionsCreated, partitionsDropped, inboxesTrimmed, idempotencyKeysForgotten, attachmentsDeleted };
+    this.logger.info(report, "retention run");
+    return report;
+  }
+
+  /** Runs the job now and then every `intervalMs` until stop(). A failed run is logged and retried next time. */
+  start(intervalMs: number): void {
+    const tick = () => {
+      this.run()
+        .catch((error: unknown) => this.logger.error({ err: error }, "retention run failed"))
+        .finally(() => {
+          if (this.timer) this.timer = setTimeout(tick, intervalMs).unref();
+        });
+    };
+    this.timer = setTimeout(tick, intervalMs).unref();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private async deleteExpiredAttachments(cutoff: Date): Promise<number> {
+    let deleted = 0;
+    for (;;) {
+      const expired = await this.db.deleteAttachmentsBefore(cutoff, 1000);
+      if (expired.length === 0) return deleted;
+      await this.blobs?.delete(expired.map((a) => a.objectKey));
+      deleted += expired.length;
+    }
+  }
+}
