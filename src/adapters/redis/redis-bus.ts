@@ -1,0 +1,83 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { Redis } from "ioredis";
+import type { Logger } from "pino";
+import { HandoffBatchSchema } from "../../../gen/palaver/cluster/v1/handoff_pb.js";
+import type { Bus, Handoff } from "../../ports/routing.js";
+
+/**
+ * One Redis pub/sub channel per node. Hand-offs to the same node within one turn of the event loop go out as one
+ * publish (a protobuf HandoffBatch). Pub/sub keeps nothing: what a node misses (it was down, Redis restarted) is
+ * still in the inbox. Subscribing needs its own connection, so the bus takes two clients.
+ */
+export class RedisBus implements Bus {
+  private readonly pending = new Map<string, Handoff[]>();
+  private flushScheduled = false;
+
+  constructor(
+    readonly nodeId: string,
+    private readonly publisher: Redis,
+    private readonly subscriber: Redis,
+    private readonly logger: Logger,
+  ) {}
+
+  async subscribe(handler: (handoffs: Handoff[]) => void): Promise<void> {
+    this.subscriber.on("messageBuffer", (channel: Buffer, message: Buffer) => {
+      if (channel.toString() !== nodeChannel(this.nodeId)) return;
+      try {
+        handler(decode(message));
+      } catch (error) {
+        this.logger.warn({ err: error }, "dropped a malformed hand-off");
+      }
+    });
+    // ioredis re-subscribes by itself after a reconnect.
+    await this.subscriber.subscribe(nodeChannel(this.nodeId));
+  }
+
+  publish(nodeId: string, handoffs: Handoff[]): Promise<void> {
+    let queue = this.pending.get(nodeId);
+    if (!queue) this.pending.set(nodeId, (queue = []));
+    queue.push(...handoffs);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+    return Promise.resolve();
+  }
+
+  async close(): Promise<void> {
+    this.flush();
+    this.subscriber.disconnect();
+    await this.publisher.quit().catch(() => this.publisher.disconnect());
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    for (const [nodeId, handoffs] of this.pending) {
+      this.publisher.publish(nodeChannel(nodeId), encode(handoffs)).catch((error: unknown) => {
+        this.logger.warn({ err: error, nodeId }, "hand-off publish failed; the inbox keeps the events");
+      });
+    }
+    this.pending.clear();
+  }
+}
+
+function nodeChannel(nodeId: string): string {
+  return `palaver:node:{${nodeId}}`;
+}
+
+function encode(handoffs: Handoff[]): Buffer {
+  const batch = create(HandoffBatchSchema, {
+    handoffs: handoffs.map((h) => ({
+      body: h.body,
+      deliveries: h.deliveries.map((d) => ({ deviceKey: BigInt(d.deviceKey), eventId: d.eventId })),
+    })),
+  });
+  return Buffer.from(toBinary(HandoffBatchSchema, batch));
+}
+
+function decode(message: Buffer): Handoff[] {
+  return fromBinary(HandoffBatchSchema, message).handoffs.map((h) => ({
+    body: h.body,
+    deliveries: h.deliveries.map((d) => ({ deviceKey: d.deviceKey.toString(), eventId: d.eventId })),
+  }));
+}

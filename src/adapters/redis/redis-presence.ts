@@ -1,0 +1,80 @@
+import type { Redis } from "ioredis";
+import type { Logger } from "pino";
+import type { Presence } from "../../ports/routing.js";
+
+// Deletes the device's record only when this node still holds it (a newer connection elsewhere must not be erased).
+const releaseScript = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end`;
+
+export interface RedisPresenceOptions {
+  nodeId: string;
+  /** A record lives this long unless its node refreshes it: how long a dead node's devices stay routed to it. */
+  ttlSeconds: number;
+  /** How often this node refreshes its records (well under ttlSeconds). */
+  heartbeatMs: number;
+}
+
+/**
+ * Where each connected device is, in Redis: one key per device (`palaver:dev:{key}` → node id) with an expiry that
+ * this node's heartbeat keeps pushing back. Keys are per device so they spread over Redis Cluster slots. When Redis
+ * comes back empty after a restart, the heartbeat (and the reconnect handler) writes every record again.
+ */
+export class RedisPresence implements Presence {
+  private readonly held = new Set<string>();
+  private readonly heartbeat: NodeJS.Timeout;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly options: RedisPresenceOptions,
+    private readonly logger: Logger,
+  ) {
+    this.heartbeat = setInterval(() => void this.refreshAll(), options.heartbeatMs).unref();
+    redis.on("ready", () => void this.refreshAll());
+  }
+
+  async claim(deviceKey: string): Promise<void> {
+    this.held.add(deviceKey);
+    await this.redis.set(deviceRecord(deviceKey), this.options.nodeId, "EX", this.options.ttlSeconds);
+  }
+
+  async release(deviceKey: string): Promise<void> {
+    this.held.delete(deviceKey);
+    await this.redis.eval(releaseScript, 1, deviceRecord(deviceKey), this.options.nodeId);
+  }
+
+  async locate(deviceKeys: readonly string[]): Promise<Map<string, string>> {
+    // One GET per key in one pipeline, rather than MGET, so it also works when the keys live in different cluster slots.
+    const pipeline = this.redis.pipeline();
+    for (const key of deviceKeys) pipeline.get(deviceRecord(key));
+    const replies = (await pipeline.exec()) ?? [];
+    const nodes = new Map<string, string>();
+    replies.forEach(([error, node], i) => {
+      if (!error && typeof node === "string") nodes.set(deviceKeys[i]!, node);
+    });
+    return nodes;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.heartbeat);
+    const keys = [...this.held];
+    this.held.clear();
+    if (keys.length === 0) return;
+    const pipeline = this.redis.pipeline();
+    for (const key of keys) pipeline.eval(releaseScript, 1, deviceRecord(key), this.options.nodeId);
+    await pipeline.exec();
+  }
+
+  private async refreshAll(): Promise<void> {
+    if (this.held.size === 0 || this.redis.status !== "ready") return;
+    try {
+      const pipeline = this.redis.pipeline();
+      for (const key of this.held) pipeline.set(deviceRecord(key), this.options.nodeId, "EX", this.options.ttlSeconds);
+      await pipeline.exec();
+    } catch (error) {
+      this.logger.warn({ err: error }, "presence heartbeat failed");
+    }
+  }
+}
+
+function deviceRecord(deviceKey: string): string {
+  return `palaver:dev:{${deviceKey}}`;
+}

@@ -1,0 +1,86 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConnectDevice, connectChatClient } from "../../src/client/device.js";
+import { testBackends } from "../support/db.js";
+import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
+
+async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
+  try {
+    await call;
+    return "ok";
+  } catch (error) {
+    return ConnectError.from(error).code;
+  }
+}
+
+describe.each(testBackends())("messaging on %s", (backend) => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startTestServer(backend);
+  });
+  afterAll(() => server?.close());
+
+  async function pair() {
+    const [alice, bob, eve] = ["alice", "bob", "eve"].map(uniqueUser);
+    const api = connectChatClient(server.url, await server.token(alice!, "phone"));
+    const { chat } = await api.createChat({ participantUserIds: [bob!] });
+    return { alice: alice!, bob: bob!, eve: eve!, api, chatId: chat!.chatId };
+  }
+
+  it("answers a retried send with the first result and stores it once", async () => {
+    const { bob, api, chatId } = await pair();
+    const first = await api.sendMessage({ chatId, clientMessageId: "retry-me", text: "once" });
+    const again = await api.sendMessage({ chatId, clientMessageId: "retry-me", text: "once" });
+    const concurrent = await Promise.all(
+      Array.from({ length: 5 }, () => api.sendMessage({ chatId, clientMessageId: "burst", text: "burst" })),
+    );
+    expect(again.messageId).toBe(first.messageId);
+    expect(again.seq).toBe(first.seq);
+    expect(new Set(concurrent.map((r) => r.messageId)).size).toBe(1);
+    const receiver = ConnectDevice.open(server.url, await server.token(bob, "phone"));
+    await receiver.waitForDrained();
+    // The device first appeared after the sends: it has nothing. Its user's chat holds exactly two messages.
+    expect((await api.getChat({ chatId })).chat?.lastSeq).toBe(2n);
+    receiver.disconnect();
+  });
+
+  it("assigns gap-free seqs to concurrent sends into one chat", async () => {
+    const { api, chatId } = await pair();
+    const results = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => api.sendMessage({ chatId, clientMessageId: `p${i}`, text: `${i}` })),
+    );
+    expect(results.map((r) => r.seq).sort((a, b) => Number(a - b))).toEqual(Array.from({ length: 40 }, (_, i) => BigInt(i + 1)));
+  });
+
+  it("refuses each limit with INVALID_ARGUMENT and stores nothing", async () => {
+    const { api, chatId } = await pair();
+    const cases = [
+      { chatId, clientMessageId: "t", text: "x".repeat(65_537) },
+      { chatId, clientMessageId: "e", text: "" },
+      { chatId, clientMessageId: "", text: "no id" },
+      { chatId, clientMessageId: "a", text: "x", attachmentIds: Array.from({ length: 11 }, (_, i) => `00000000-0000-4000-8000-0000000000${String(i).padStart(2, "0")}`) },
+      { chatId: "nope", clientMessageId: "c", text: "bad chat id" },
+    ];
+    for (const request of cases) expect(await codeOf(api.sendMessage(request))).toBe(Code.InvalidArgument);
+    expect((await api.getChat({ chatId })).chat?.lastSeq).toBe(0n);
+    // Exactly 64 KiB is fine.
+    expect((await api.sendMessage({ chatId, clientMessageId: "max", text: "x".repeat(65_536) })).seq).toBe(1n);
+  });
+
+  it("refuses a non-participant's send with PERMISSION_DENIED", async () => {
+    const { eve, chatId } = await pair();
+    const eveApi = connectChatClient(server.url, await server.token(eve, "phone"));
+    expect(await codeOf(eveApi.sendMessage({ chatId, clientMessageId: "1", text: "let me in" }))).toBe(Code.PermissionDenied);
+  });
+
+  it("answers a command on the Connect stream with its error and keeps the stream open", async () => {
+    const { alice, chatId } = await pair();
+    const device = ConnectDevice.open(server.url, await server.token(alice, "laptop"));
+    await device.waitForDrained();
+    const bad = await device.command({ case: "sendMessage", value: { chatId, clientMessageId: "", text: "x" } });
+    expect(bad.outcome.case === "error" && bad.outcome.value.code).toBe(Code.InvalidArgument);
+    const good = await device.command({ case: "sendMessage", value: { chatId, clientMessageId: "ok", text: "x" } });
+    expect(good.outcome.case).toBe("sendMessage");
+    device.disconnect();
+  });
+});

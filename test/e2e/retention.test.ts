@@ -1,0 +1,55 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ResyncReason } from "../../gen/palaver/chat/v1/event_pb.js";
+import { ConnectDevice, connectChatClient } from "../../src/client/device.js";
+import { testBackends } from "../support/db.js";
+import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+describe.each(testBackends())("retention on %s", (backend) => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startTestServer(backend);
+  });
+  afterAll(() => server?.close());
+
+  it("drops whole day partitions after RETENTION_DAYS, with their messages and inbox rows, and tells the device to resync", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser);
+    const api = connectChatClient(server.url, await server.token(alice!, "phone"));
+    const { chat } = await api.createChat({ participantUserIds: [bob!] });
+    for (let i = 0; i < 3; i++) await api.sendMessage({ chatId: chat!.chatId, clientMessageId: `old${i}`, text: "old" });
+    const bobKey = await server.deviceKey(bob!, "phone");
+    expect(await server.app.db.inboxDepth(bobKey)).toBe(0); // bob's phone did not exist yet
+
+    // Bob's phone appears, hears nothing for 31 days.
+    const phone = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
+    await phone.waitForDrained();
+    await api.sendMessage({ chatId: chat!.chatId, clientMessageId: "unread", text: "you will never see this" });
+    await phone.waitForMessages(1);
+    phone.disconnect();
+    const today = server.clock.now();
+    expect(await server.partitionsOf(today)).toEqual(["inbox", "messages"]);
+    expect(await server.messageCount(chat!.chatId)).toBe(4);
+
+    server.clock.advance(31 * DAY_MS);
+    const report = await server.app.retention.run();
+    expect(report.partitionsDropped.length).toBeGreaterThanOrEqual(2);
+    expect(await server.partitionsOf(today)).toEqual([]);
+    expect(await server.messageCount(chat!.chatId)).toBe(0);
+    expect(await server.app.db.inboxDepth(bobKey)).toBe(0);
+
+    const back = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
+    await back.waitForDrained();
+    expect(back.events[0]?.kind.case).toBe("resync");
+    expect(back.events[0]?.kind.case === "resync" && back.events[0].kind.value.reason).toBe(ResyncReason.RETENTION);
+    expect(back.stored).toHaveLength(0);
+    back.disconnect();
+
+    // Sending still works on the new day (its partition was created by the run), and resync is said once.
+    await api.sendMessage({ chatId: chat!.chatId, clientMessageId: "new", text: "fresh" });
+    const again = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
+    await again.waitForMessages(1);
+    expect(again.events.some((e) => e.kind.case === "resync")).toBe(false);
+    again.disconnect();
+  });
+});
