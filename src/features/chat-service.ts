@@ -110,7 +110,8 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
   ): AsyncGenerator<Out> {
     const caller = requireCaller(ctx);
     const stream = await hub.open(caller.deviceKey);
-    const onAbort = () => stream.end();
+    // The signal aborts when the client goes away, and at shutdown with UNAVAILABLE, which tells clients to reconnect.
+    const onAbort = () => stream.end(ctx.signal.reason instanceof ConnectError ? ctx.signal.reason : null);
     ctx.signal.addEventListener("abort", onAbort);
     if (frames) void readCommands(caller, frames, stream);
     try {

@@ -33,7 +33,7 @@ describe.each(testBackends().slice(0, 1))("authentication on %s", (backend) => {
       .sign(new TextEncoder().encode("not the server's secret, but long enough"));
     expect(await codeWith(null)).toBe(Code.Unauthenticated);
     expect(await codeWith("garbage")).toBe(Code.Unauthenticated);
-    expect(await codeWith(await server.token("alice", "phone", { expiresInSeconds: -60 }))).toBe(Code.Unauthenticated);
+    expect(await codeWith(await server.token("alice", "phone", { ttl: 60, now: new Date(Date.now() - 3_600_000) }))).toBe(Code.Unauthenticated);
     expect(await codeWith(wrongKey)).toBe(Code.Unauthenticated);
   });
 

@@ -40,6 +40,11 @@ export class Retention {
     private readonly logger: Logger,
   ) {}
 
+  /** Creates today's and the coming days' partitions: what a server needs before its first send. */
+  async prepare(): Promise<void> {
+    await this.db.ensurePartitions(this.clock.now(), this.options.partitionsAhead);
+  }
+
   async run(): Promise<RetentionReport> {
     const now = this.clock.now();
     const cutoff = new Date(now.getTime() - this.options.retentionDays * DAY_MS);

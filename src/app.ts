@@ -1,0 +1,196 @@
+import { createHmac } from "node:crypto";
+import { join } from "node:path";
+import { ConnectError, Code } from "@connectrpc/connect";
+import { Redis } from "ioredis";
+import type { Logger } from "pino";
+import { AttachmentService } from "../gen/palaver/chat/v1/attachment_pb.js";
+import { ChatService, ConnectRequestSchema } from "../gen/palaver/chat/v1/chat_pb.js";
+import { LocalBlobStore } from "./adapters/blob/local-blob-store.js";
+import { S3BlobStore } from "./adapters/blob/s3-blob-store.js";
+import { RedisBus } from "./adapters/redis/redis-bus.js";
+import { RedisPresence } from "./adapters/redis/redis-presence.js";
+import { createPgliteDriver } from "./adapters/sql/pglite-driver.js";
+import { createPostgresDriver } from "./adapters/sql/postgres-driver.js";
+import { SqlDb } from "./adapters/sql/sql-db.js";
+import { DeviceDirectory } from "./auth/device-directory.js";
+import { resolveAuthSecret } from "./auth/secret.js";
+import { createTokenVerifier } from "./auth/tokens.js";
+import type { Config } from "./config.js";
+import { attachmentService } from "./features/attachments/attachment-service.js";
+import { Attachments } from "./features/attachments/attachments.js";
+import { chatService } from "./features/chat-service.js";
+import { Chats } from "./features/chats/chats.js";
+import { DeliveryHub, type Routing } from "./features/delivery/hub.js";
+import { Messaging } from "./features/messaging/send-message.js";
+import { Retention, type RetentionReport } from "./features/retention/retention.js";
+import { createLogger } from "./log.js";
+import type { BlobStore } from "./ports/blob-store.js";
+import { type Clock, systemClock } from "./ports/clock.js";
+import type { Db } from "./ports/db.js";
+import { createInterceptors, toConnectError, validateOrThrow } from "./transport/interceptors.js";
+import { type NodeHandlerFn, type Server, startServer } from "./transport/server.js";
+
+const HOUR_MS = 60 * 60 * 1000;
+
+/** A running Palaver node. */
+export interface App {
+  readonly config: Config;
+  readonly db: Db;
+  readonly hub: DeliveryHub;
+  readonly retention: Retention;
+  readonly server: Server;
+  /** Stops accepting, ends streams (clients reconnect elsewhere and resume from their inbox), closes adapters. */
+  close(): Promise<void>;
+}
+
+/** What tests may supply instead of what the config picks: a database on its own schema, a clock they can move. */
+export interface AppOverrides {
+  db?: Db;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+/** The composition root: picks the adapters the config asks for, wires the features and starts serving. */
+export async function startApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
+  const logger = overrides.logger ?? createLogger(config);
+  const clock = overrides.clock ?? systemClock;
+  const db = overrides.db ?? (await openDb(config));
+  await db.migrate();
+  const secret = await resolveAuthSecret(config);
+
+  let publicUrl = "";
+  const blobs = openBlobStore(config, secret, clock, () => publicUrl);
+  await blobs.store.init();
+
+  const routing = config.redisUrl ? openRouting(config.redisUrl, config.nodeId, logger) : null;
+  const hub = new DeliveryHub(
+    db,
+    { queueLimit: config.limits.streamQueueLimit, pageSize: 500, drainedMemoryMs: 60_000 },
+    logger,
+    routing,
+  );
+  await hub.start();
+
+  const retention = newRetention(config, db, blobs.store, clock, logger);
+  await retention.prepare();
+  retention.start(HOUR_MS);
+
+  const chats = new Chats(db, hub, clock, { maxParticipants: config.limits.maxParticipants });
+  const attachments = new Attachments(db, blobs.store, clock, {
+    maxBytes: config.limits.maxAttachmentBytes,
+    uploadUrlSeconds: 15 * 60,
+    downloadUrlSeconds: HOUR_MS / 1000,
+  });
+  const messaging = new Messaging(db, hub, clock, (userId, ids) => attachments.resolveForSend(userId, ids), {
+    maxBatch: config.limits.sendBatchMax,
+    // PGlite is one connection; a Postgres pool takes a few batches at once.
+    maxInFlight: config.databaseUrl ? 4 : 1,
+  });
+  const devices = new DeviceDirectory(db, clock);
+
+  const server = await startServer({
+    host: config.host,
+    port: config.port,
+    tls: config.tls,
+    interceptors: createInterceptors({
+      logger,
+      verifyToken: createTokenVerifier({ secret, jwksUrl: config.authJwksUrl }),
+      resolveDevice: (userId, deviceName) => devices.resolve(userId, deviceName),
+    }),
+    routes: (router) =>
+      router
+        .service(
+          ChatService,
+          chatService({
+            db,
+            hub,
+            chats,
+            messaging,
+            validate: (frame) => validateOrThrow(ConnectRequestSchema, frame),
+            toConnectError: (error) => toConnectError(error, logger),
+          }),
+        )
+        .service(AttachmentService, attachmentService(attachments)),
+    fallback: blobs.httpHandler,
+  });
+  publicUrl = config.publicUrl ?? server.url;
+  logger.info({ url: server.url, node: config.nodeId, database: config.databaseUrl ? "postgres" : "pglite" }, "palaver is serving");
+
+  return {
+    config,
+    db,
+    hub,
+    retention,
+    server,
+    async close() {
+      retention.stop();
+      await server.close();
+      hub.endAll(new ConnectError("server is shutting down", Code.Unavailable));
+      if (routing) await Promise.allSettled([routing.presence.close(), routing.bus.close()]);
+      if (!overrides.db) await db.close();
+    },
+  };
+}
+
+/** `palaver retention run`: the retention job once, against the database and store the config names. */
+export async function runRetentionOnce(config: Config): Promise<RetentionReport> {
+  const logger = createLogger(config);
+  const db = await openDb(config);
+  try {
+    await db.migrate();
+    const secret = await resolveAuthSecret(config);
+    const blobs = openBlobStore(config, secret, systemClock, () => config.publicUrl ?? "");
+    return await newRetention(config, db, blobs.store, systemClock, logger).run();
+  } finally {
+    await db.close();
+  }
+}
+
+async function openDb(config: Config): Promise<Db> {
+  const driver = config.databaseUrl
+    ? createPostgresDriver(config.databaseUrl)
+    : await createPgliteDriver(join(config.dataDir, "pglite"));
+  return new SqlDb(driver);
+}
+
+function openBlobStore(
+  config: Config,
+  authSecret: Uint8Array,
+  clock: Clock,
+  publicUrl: () => string,
+): { store: BlobStore; httpHandler?: NodeHandlerFn } {
+  if (config.s3) return { store: new S3BlobStore({ ...config.s3, retentionDays: config.retentionDays }, clock) };
+  // Blob URLs get a key of their own, derived from the token secret, so neither can forge the other.
+  const secret = createHmac("sha256", authSecret).update("palaver local blob urls").digest();
+  const store = new LocalBlobStore({ dir: join(config.dataDir, "blobs"), publicUrl, secret }, clock);
+  return { store, httpHandler: (req, res) => store.handleRequest(req, res) };
+}
+
+function openRouting(redisUrl: string, nodeId: string, logger: Logger): Routing {
+  const connect = (role: string) => {
+    // Commands fail fast while Redis is away (routing is best effort); the subscriber queues its SUBSCRIBE.
+    const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: role === "subscriber" });
+    redis.on("error", (error: Error) => logger.warn({ err: error, role }, "redis connection error"));
+    return redis;
+  };
+  const commands = connect("commands");
+  return {
+    presence: new RedisPresence(commands, { nodeId, ttlSeconds: 30, heartbeatMs: 10_000 }, logger),
+    bus: new RedisBus(nodeId, commands, connect("subscriber"), logger),
+  };
+}
+
+function newRetention(config: Config, db: Db, blobs: BlobStore, clock: Clock, logger: Logger): Retention {
+  return new Retention(
+    db,
+    blobs,
+    clock,
+    {
+      retentionDays: config.retentionDays,
+      maxInboxEvents: config.limits.maxInboxEvents,
+      partitionsAhead: 3,
+      idempotencyMs: 48 * HOUR_MS,
+    },
+    logger,
+  );
+}
