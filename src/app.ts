@@ -59,7 +59,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   const secret = await resolveAuthSecret(config);
 
   let publicUrl = "";
-  const blobs = openBlobStore(config, secret, clock, () => publicUrl);
+  const blobs = openBlobStore(config, secret, clock, () => publicUrl, logger);
   await blobs.store.init();
 
   const routing = config.redisUrl ? openRouting(config.redisUrl, config.nodeId, logger) : null;
@@ -139,7 +139,7 @@ export async function runRetentionOnce(config: Config): Promise<RetentionReport>
   try {
     await db.migrate();
     const secret = await resolveAuthSecret(config);
-    const blobs = openBlobStore(config, secret, systemClock, () => config.publicUrl ?? "");
+    const blobs = openBlobStore(config, secret, systemClock, () => config.publicUrl ?? "", logger);
     return await newRetention(config, db, blobs.store, systemClock, logger).run();
   } finally {
     await db.close();
@@ -158,12 +158,23 @@ function openBlobStore(
   authSecret: Uint8Array,
   clock: Clock,
   publicUrl: () => string,
+  logger: Logger,
 ): { store: BlobStore; httpHandler?: NodeHandlerFn } {
   if (config.s3) return { store: new S3BlobStore({ ...config.s3, retentionDays: config.retentionDays }, clock) };
   // Blob URLs get a key of their own, derived from the token secret, so neither can forge the other.
   const secret = createHmac("sha256", authSecret).update("palaver local blob urls").digest();
-  const store = new LocalBlobStore({ dir: join(config.dataDir, "blobs"), publicUrl, secret }, clock);
-  return { store, httpHandler: (req, res) => store.handleRequest(req, res) };
+  const store = new LocalBlobStore(
+    { dir: join(config.dataDir, "blobs"), publicUrl, secret, onError: (err) => logger.error({ err }, "blob request failed") },
+    clock,
+  );
+  return {
+    store,
+    async httpHandler(req, res) {
+      if (await store.handleRequest(req, res)) return;
+      res.writeHead(404, { "content-type": "text/plain" });
+      res.end("not found\n");
+    },
+  };
 }
 
 function openRouting(redisUrl: string, nodeId: string, logger: Logger): Routing {

@@ -7,7 +7,9 @@ export interface BlobStore {
   init(): Promise<void>;
   /**
    * A URL the client PUTs exactly `sizeBytes` bytes to, with these headers, before `expiresAt`; the store refuses a
-   * body of another length or SHA-256.
+   * body of another length or SHA-256 and keeps nothing of it. The headers include Content-Length, which HTTP clients
+   * set from the body themselves (browsers do not let a page set it). `key` is server-generated (`attachments/<id>`):
+   * slash-separated URL-safe segments, never a prefix of another key.
    */
   signUpload(input: { key: string; sizeBytes: bigint; sha256: Uint8Array; contentType: string; expiresInSeconds: number }): Promise<{
     url: string;
@@ -15,12 +17,13 @@ export interface BlobStore {
     headers: Record<string, string>;
     expiresAt: Date;
   }>;
-  /** A URL that GETs the object before `expiresAt`. */
+  /** A URL that GETs the object before `expiresAt`, served as `contentType` and as a download named `fileName`. */
   signDownload(input: { key: string; fileName: string; contentType: string; expiresInSeconds: number }): Promise<{
     url: string;
     expiresAt: Date;
   }>;
   /** The stored object's size, or null when there is none. */
   stat(key: string): Promise<{ sizeBytes: bigint } | null>;
+  /** Removes these objects; keys with no object are fine. */
   delete(keys: readonly string[]): Promise<void>;
 }

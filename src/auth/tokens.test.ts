@@ -1,0 +1,120 @@
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { type CryptoKey, SignJWT, UnsecuredJWT, decodeJwt, exportJWK, generateKeyPair } from "jose";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DependencyUnavailableError } from "../errors.js";
+import { createTokenVerifier, mintToken, parseTtl } from "./tokens.js";
+
+const secret = new TextEncoder().encode("a test secret that is long enough for HS256");
+const alice = { userId: "alice", deviceName: "phone" };
+
+async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
+  const error = await promise.then(() => undefined, (e: unknown) => e);
+  expect(error).toBeInstanceOf(ConnectError);
+  expect((error as ConnectError).code).toBe(Code.Unauthenticated);
+  return error as ConnectError;
+}
+
+describe("mintToken", () => {
+  it("mints a token the verifier accepts", async () => {
+    const verify = createTokenVerifier({ secret });
+    expect(await verify(await mintToken(secret, alice))).toEqual(alice);
+  });
+
+  it("puts the user in sub, the device in device, and expires in 30 days by default", async () => {
+    const now = new Date("2030-01-01T00:00:00Z");
+    const claims = decodeJwt(await mintToken(secret, alice, { now }));
+    expect(claims).toEqual({ sub: "alice", device: "phone", iat: now.getTime() / 1000, exp: now.getTime() / 1000 + 30 * 86_400 });
+  });
+
+  it("takes a lifetime in seconds or as a span", async () => {
+    const claims = decodeJwt(await mintToken(secret, alice, { ttl: "12h" }));
+    expect(claims.exp! - claims.iat!).toBe(12 * 3600);
+    const short = decodeJwt(await mintToken(secret, alice, { ttl: 90 }));
+    expect(short.exp! - short.iat!).toBe(90);
+  });
+
+  it("refuses ids the API would refuse, and nonsense lifetimes", async () => {
+    await expect(mintToken(secret, { userId: "al ice", deviceName: "phone" })).rejects.toThrow("user id must match");
+    await expect(mintToken(secret, { userId: "alice", deviceName: "" })).rejects.toThrow("device name must match");
+    await expect(mintToken(secret, alice, { ttl: "forever" })).rejects.toThrow("ttl must look like 30d");
+    await expect(mintToken(secret, alice, { ttl: 0 })).rejects.toThrow("ttl must be a positive");
+  });
+});
+
+describe("parseTtl", () => {
+  it.each([
+    ["3600s", 3600],
+    ["90m", 5400],
+    ["12h", 43_200],
+    ["30d", 2_592_000],
+    ["2w", 1_209_600],
+  ])("reads %s", (text, seconds) => {
+    expect(parseTtl(text)).toBe(seconds);
+  });
+});
+
+describe("createTokenVerifier", () => {
+  const verify = createTokenVerifier({ secret });
+
+  it("refuses garbage, expired, wrongly signed, unsigned and claim-less tokens as UNAUTHENTICATED", async () => {
+    expect((await rejection(verify("garbage"))).rawMessage).toBe("token is malformed");
+    expect((await rejection(verify(""))).rawMessage).toBe("token is malformed");
+    const expired = await mintToken(secret, alice, { ttl: 60, now: new Date(Date.now() - 3_600_000) });
+    expect((await rejection(verify(expired))).rawMessage).toBe("token has expired");
+    const otherSecret = new TextEncoder().encode("some other secret of a sufficient length");
+    expect((await rejection(verify(await mintToken(otherSecret, alice)))).rawMessage).toBe("token signature is not valid");
+    const unsigned = new UnsecuredJWT({ device: "phone" }).setSubject("alice").setExpirationTime("1h").encode();
+    expect((await rejection(verify(unsigned))).rawMessage).toBe("token algorithm none is not accepted");
+    const noExpiry = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "HS256" }).setSubject("alice").sign(secret);
+    expect((await rejection(verify(noExpiry))).rawMessage).toContain('"exp"');
+    const noDevice = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setExpirationTime("1h").sign(secret);
+    expect((await rejection(verify(noDevice))).rawMessage).toContain("device claim");
+  });
+
+  it("refuses asymmetric tokens when no key set is configured", async () => {
+    const { privateKey } = await generateKeyPair("ES256");
+    const token = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "ES256" }).setSubject("alice").setExpirationTime("1h").sign(privateKey);
+    expect((await rejection(verify(token))).rawMessage).toBe("token algorithm ES256 is not accepted");
+  });
+});
+
+describe("createTokenVerifier with a JWKS URL", () => {
+  let jwksServer: http.Server;
+  let jwksUrl: string;
+  let privateKey: CryptoKey;
+  beforeAll(async () => {
+    const pair = await generateKeyPair("ES256");
+    privateKey = pair.privateKey;
+    const jwk = { ...(await exportJWK(pair.publicKey)), kid: "k1", alg: "ES256", use: "sig" };
+    jwksServer = http.createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((resolve) => jwksServer.listen(0, "127.0.0.1", resolve));
+    jwksUrl = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks.json`;
+  });
+  afterAll(() => jwksServer?.close());
+
+  const signed = (key: CryptoKey, kid = "k1") =>
+    new SignJWT({ device: "laptop" }).setProtectedHeader({ alg: "ES256", kid }).setSubject("bob").setExpirationTime("1h").sign(key);
+
+  it("accepts tokens signed by a key in the set, and still HS256 tokens", async () => {
+    const verify = createTokenVerifier({ secret, jwksUrl });
+    expect(await verify(await signed(privateKey))).toEqual({ userId: "bob", deviceName: "laptop" });
+    expect(await verify(await mintToken(secret, alice))).toEqual(alice);
+  });
+
+  it("refuses a token signed by a key outside the set", async () => {
+    const verify = createTokenVerifier({ secret, jwksUrl });
+    const stranger = (await generateKeyPair("ES256")).privateKey;
+    expect((await rejection(verify(await signed(stranger)))).rawMessage).toBe("token signature is not valid");
+    expect((await rejection(verify(await signed(stranger, "k9")))).rawMessage).toBe("no key in the key set matches the token");
+  });
+
+  it("reports a key set it cannot fetch as an unavailable dependency", async () => {
+    const verify = createTokenVerifier({ secret, jwksUrl: "http://127.0.0.1:1/jwks.json" });
+    await expect(verify(await signed(privateKey))).rejects.toBeInstanceOf(DependencyUnavailableError);
+  });
+});

@@ -1,0 +1,108 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { SignJWT, createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify, type JWTVerifyGetKey } from "jose";
+import { idPattern } from "../config.js";
+import { DependencyUnavailableError } from "../errors.js";
+
+/** Who a token speaks for: its `sub` and `device` claims. */
+export interface TokenSubject {
+  userId: string;
+  deviceName: string;
+}
+
+export type VerifyToken = (token: string) => Promise<TokenSubject>;
+
+export interface MintOptions {
+  /** Lifetime: seconds, or a span such as "30d", "12h", "90m", "3600s", "2w". Default 30 days. */
+  ttl?: number | string;
+  /** When the token is issued; tests mint tokens that have already expired. */
+  now?: Date;
+}
+
+const defaultTtlSeconds = 30 * 24 * 60 * 60;
+const unitSeconds = { s: 1, m: 60, h: 3600, d: 86_400, w: 604_800 } as const;
+const asymmetricAlgorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+
+/** Mints an HS256 token; what `palaver token --user U --device D [--ttl 30d]` prints. */
+export async function mintToken(secret: Uint8Array, subject: TokenSubject, options: MintOptions = {}): Promise<string> {
+  checkId("user id", subject.userId);
+  checkId("device name", subject.deviceName);
+  const ttl = typeof options.ttl === "string" ? parseTtl(options.ttl) : (options.ttl ?? defaultTtlSeconds);
+  if (!Number.isSafeInteger(ttl) || ttl <= 0) throw new RangeError(`ttl must be a positive number of seconds`);
+  const issuedAt = Math.floor((options.now ?? new Date()).getTime() / 1000);
+  return new SignJWT({ device: subject.deviceName })
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setSubject(subject.userId)
+    .setIssuedAt(issuedAt)
+    .setExpirationTime(issuedAt + ttl)
+    .sign(secret);
+}
+
+/** "30d" → 2592000. */
+export function parseTtl(text: string): number {
+  const match = /^(\d+)([smhdw])$/.exec(text.trim());
+  if (!match) throw new RangeError(`ttl must look like 30d, 12h, 90m, 3600s or 2w, got "${text}"`);
+  return Number(match[1]) * unitSeconds[match[2] as keyof typeof unitSeconds];
+}
+
+/**
+ * Verifies bearer tokens: HS256 with the server's secret, and, when a JWKS URL is configured, asymmetric tokens
+ * against that key set. The algorithm in the header picks the key, so a token can never be checked with the wrong
+ * kind of key. Every rejection is UNAUTHENTICATED; a key set that cannot be fetched is a dependency outage.
+ */
+export function createTokenVerifier(options: { secret: Uint8Array; jwksUrl?: string }): VerifyToken {
+  const jwks = options.jwksUrl ? remoteKeys(new URL(options.jwksUrl)) : undefined;
+  return async (token) => {
+    let payload;
+    try {
+      const { alg } = decodeProtectedHeader(token);
+      const claims = { requiredClaims: ["sub", "exp"] };
+      if (alg === "HS256") {
+        payload = (await jwtVerify(token, options.secret, { ...claims, algorithms: ["HS256"] })).payload;
+      } else if (jwks && alg !== undefined && asymmetricAlgorithms.includes(alg)) {
+        payload = (await jwtVerify(token, jwks, { ...claims, algorithms: asymmetricAlgorithms })).payload;
+      } else {
+        throw unauthenticated(`token algorithm ${alg ?? "(none)"} is not accepted`);
+      }
+    } catch (error) {
+      throw explain(error);
+    }
+    const { sub, device } = payload;
+    if (typeof sub !== "string" || !idPattern.test(sub)) throw unauthenticated("token subject is not a valid user id");
+    if (typeof device !== "string" || !idPattern.test(device)) {
+      throw unauthenticated("token device claim is missing or not a valid device name");
+    }
+    return { userId: sub, deviceName: device };
+  };
+}
+
+/** A JWKS getter that reports fetch failures as the dependency being down rather than as a bad token. */
+function remoteKeys(url: URL): JWTVerifyGetKey {
+  const keys = createRemoteJWKSet(url);
+  return async (header, token) => {
+    try {
+      return await keys(header, token);
+    } catch (error) {
+      const fetchFailed = !(error instanceof errors.JOSEError) || error instanceof errors.JWKSTimeout;
+      if (fetchFailed || error instanceof errors.JWKSInvalid) throw new DependencyUnavailableError("jwks", { cause: error });
+      throw error;
+    }
+  };
+}
+
+function explain(error: unknown): Error {
+  if (error instanceof ConnectError || error instanceof DependencyUnavailableError) return error;
+  if (error instanceof errors.JWTExpired) return unauthenticated("token has expired");
+  if (error instanceof errors.JWSSignatureVerificationFailed) return unauthenticated("token signature is not valid");
+  if (error instanceof errors.JWTClaimValidationFailed) return unauthenticated(`token rejected: ${error.message}`);
+  if (error instanceof errors.JWKSNoMatchingKey) return unauthenticated("no key in the key set matches the token");
+  if (error instanceof errors.JOSEAlgNotAllowed) return unauthenticated("token algorithm is not accepted");
+  return unauthenticated("token is malformed");
+}
+
+function unauthenticated(message: string): ConnectError {
+  return new ConnectError(message, Code.Unauthenticated);
+}
+
+function checkId(what: string, value: string): void {
+  if (!idPattern.test(value)) throw new RangeError(`${what} must match ${idPattern.source}, got "${value}"`);
+}

@@ -1,0 +1,195 @@
+import { accessSync, constants } from "node:fs";
+import { randomBytes } from "node:crypto";
+
+/** Everything the server reads from its environment, validated once at start (DESIGN §8). */
+export interface Config {
+  port: number;
+  host: string;
+  /** How clients reach this server (for the local blob store's URLs); unset: the address it listens on. */
+  publicUrl?: string;
+  dataDir: string;
+  /** Unset: PGlite in dataDir. */
+  databaseUrl?: string;
+  /** Unset: a single node. */
+  redisUrl?: string;
+  /** Unset: local blobs in dataDir. */
+  s3?: S3Config;
+  /** Unset: generated once and kept in dataDir (see resolveAuthSecret). */
+  authSecret?: string;
+  /** Verifies asymmetric tokens against this key set, next to the HS256 secret. */
+  authJwksUrl?: string;
+  retentionDays: number;
+  nodeId: string;
+  /** Unset: cleartext (h2c and HTTP/1.1 on one port). */
+  tls?: { certFile: string; keyFile: string };
+  logLevel: LogLevel;
+  nodeEnv: string;
+  limits: Limits;
+}
+
+export interface S3Config {
+  endpoint: string;
+  bucket: string;
+  region: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+}
+
+export interface Limits {
+  maxParticipants: number;
+  maxInboxEvents: number;
+  /** Events buffered for one slow stream before the server ends it. */
+  streamQueueLimit: number;
+  maxAttachmentBytes: number;
+  /** Sends that may share one transaction (group commit). */
+  sendBatchMax: number;
+}
+
+export const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof logLevels)[number];
+
+/** The pattern user ids, device names and node ids share with the API. */
+export const idPattern = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+
+/** Thrown by loadConfig with one line per bad variable. */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join("\n  ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = [];
+  const read = new Reader(env, problems);
+
+  const s3Vars = ["S3_ENDPOINT", "S3_BUCKET", "S3_REGION", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"] as const;
+  const s3 = read.allOrNone(s3Vars);
+  const tls = read.allOrNone(["TLS_CERT_FILE", "TLS_KEY_FILE"] as const);
+  if (tls) {
+    for (const name of ["TLS_CERT_FILE", "TLS_KEY_FILE"] as const) read.readableFile(name);
+  }
+
+  const config: Config = {
+    port: read.integer("PORT", 8080, 0, 65535),
+    host: read.string("HOST") ?? "0.0.0.0",
+    publicUrl: read.url("PUBLIC_URL", ["http:", "https:"]),
+    dataDir: read.string("DATA_DIR") ?? "./data",
+    databaseUrl: read.url("DATABASE_URL", ["postgres:", "postgresql:"]),
+    redisUrl: read.url("REDIS_URL", ["redis:", "rediss:"]),
+    s3: s3 && {
+      endpoint: read.url("S3_ENDPOINT", ["http:", "https:"]) ?? "",
+      bucket: s3.S3_BUCKET,
+      region: s3.S3_REGION,
+      accessKeyId: s3.S3_ACCESS_KEY_ID,
+      secretAccessKey: s3.S3_SECRET_ACCESS_KEY,
+    },
+    authSecret: read.secret("AUTH_SECRET", 32),
+    authJwksUrl: read.url("AUTH_JWKS_URL", ["https:", "http:"]),
+    retentionDays: read.integer("RETENTION_DAYS", 30, 1),
+    nodeId: read.matching("NODE_ID", idPattern) ?? `node-${randomBytes(6).toString("hex")}`,
+    tls: tls && { certFile: tls.TLS_CERT_FILE, keyFile: tls.TLS_KEY_FILE },
+    logLevel: read.oneOf("LOG_LEVEL", logLevels) ?? "info",
+    nodeEnv: read.string("NODE_ENV") ?? "development",
+    limits: {
+      maxParticipants: read.integer("MAX_PARTICIPANTS", 100, 2),
+      maxInboxEvents: read.integer("MAX_INBOX_EVENTS", 100_000, 1),
+      streamQueueLimit: read.integer("STREAM_QUEUE_LIMIT", 10_000, 1),
+      maxAttachmentBytes: read.integer("MAX_ATTACHMENT_BYTES", 100 * 1024 * 1024, 1),
+      sendBatchMax: read.integer("SEND_BATCH_MAX", 256, 1),
+    },
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}
+
+/** Reads variables, treating empty as unset, and records a problem naming the variable for every bad value. */
+class Reader {
+  constructor(
+    private readonly env: Env,
+    private readonly problems: string[],
+  ) {}
+
+  string(name: string): string | undefined {
+    const value = this.env[name]?.trim();
+    return value === "" ? undefined : value;
+  }
+
+  integer(name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+    const text = this.string(name);
+    if (text === undefined) return fallback;
+    const value = Number(text);
+    if (!/^\d+$/.test(text) || value < min || value > max) {
+      this.problems.push(`${name} must be an integer from ${min} to ${max}, got "${text}"`);
+      return fallback;
+    }
+    return value;
+  }
+
+  url(name: string, protocols: string[]): string | undefined {
+    const text = this.string(name);
+    if (text === undefined) return undefined;
+    let protocol: string | undefined;
+    try {
+      protocol = new URL(text).protocol;
+    } catch {
+      // reported below
+    }
+    if (!protocol || !protocols.includes(protocol)) {
+      this.problems.push(`${name} must be a ${protocols.map((p) => p.slice(0, -1)).join(" or ")} URL`);
+      return undefined;
+    }
+    return text;
+  }
+
+  matching(name: string, pattern: RegExp): string | undefined {
+    const text = this.string(name);
+    if (text !== undefined && !pattern.test(text)) {
+      this.problems.push(`${name} must match ${pattern.source}, got "${text}"`);
+      return undefined;
+    }
+    return text;
+  }
+
+  oneOf<T extends string>(name: string, values: readonly T[]): T | undefined {
+    const text = this.string(name);
+    if (text !== undefined && !values.includes(text as T)) {
+      this.problems.push(`${name} must be one of ${values.join(", ")}, got "${text}"`);
+      return undefined;
+    }
+    return text as T | undefined;
+  }
+
+  /** Secrets are never echoed back in the message. */
+  secret(name: string, minLength: number): string | undefined {
+    const text = this.string(name);
+    if (text !== undefined && text.length < minLength) {
+      this.problems.push(`${name} must be at least ${minLength} characters`);
+      return undefined;
+    }
+    return text;
+  }
+
+  allOrNone<N extends string>(names: readonly N[]): Record<N, string> | undefined {
+    const set = names.filter((name) => this.string(name) !== undefined);
+    if (set.length === 0) return undefined;
+    if (set.length < names.length) {
+      const missing = names.filter((name) => !set.includes(name));
+      this.problems.push(`${names.join(", ")} are set together or not at all; missing ${missing.join(", ")}`);
+      return undefined;
+    }
+    return Object.fromEntries(names.map((name) => [name, this.string(name)])) as Record<N, string>;
+  }
+
+  readableFile(name: string): void {
+    const path = this.string(name);
+    if (path === undefined) return;
+    try {
+      accessSync(path, constants.R_OK);
+    } catch {
+      this.problems.push(`${name} names a file that cannot be read: ${path}`);
+    }
+  }
+}
