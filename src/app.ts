@@ -22,13 +22,15 @@ import { chatService } from "./features/chat-service.js";
 import { Chats } from "./features/chats/chats.js";
 import { DeliveryHub, type Routing } from "./features/delivery/hub.js";
 import { Messaging } from "./features/messaging/send-message.js";
+import { plainHttp, type PlainHandler } from "./features/operations/http-routes.js";
+import { Metrics } from "./features/operations/metrics.js";
 import { Retention, type RetentionReport } from "./features/retention/retention.js";
 import { createLogger } from "./log.js";
 import type { BlobStore } from "./ports/blob-store.js";
 import { type Clock, systemClock } from "./ports/clock.js";
 import type { Db } from "./ports/db.js";
 import { createInterceptors, toConnectError, validateOrThrow } from "./transport/interceptors.js";
-import { type NodeHandlerFn, type Server, startServer } from "./transport/server.js";
+import { type Server, startServer } from "./transport/server.js";
 
 const HOUR_MS = 60 * 60 * 1000;
 
@@ -63,10 +65,13 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   await blobs.store.init();
 
   const routing = config.redisUrl ? openRouting(config.redisUrl, config.nodeId, logger) : null;
-  const hub = new DeliveryHub(
+  let hub: DeliveryHub | undefined;
+  const metrics = new Metrics(() => hub?.connectedDevices ?? 0);
+  hub = new DeliveryHub(
     db,
     { queueLimit: config.limits.streamQueueLimit, pageSize: 500, drainedMemoryMs: 60_000 },
     logger,
+    metrics,
     routing,
   );
   await hub.start();
@@ -81,14 +86,15 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     uploadUrlSeconds: 15 * 60,
     downloadUrlSeconds: HOUR_MS / 1000,
   });
-  const messaging = new Messaging(db, hub, clock, (userId, ids) => attachments.resolveForSend(userId, ids), {
+  const messaging = new Messaging(db, hub, clock, (userId, ids) => attachments.resolveForSend(userId, ids), metrics, {
     maxBatch: config.limits.sendBatchMax,
     // PGlite is one connection; a Postgres pool takes a few batches at once.
     maxInFlight: config.databaseUrl ? 4 : 1,
   });
   const devices = new DeviceDirectory(db, clock);
 
-  const server = await startServer({
+  let server: Server | undefined;
+  server = await startServer({
     host: config.host,
     port: config.port,
     tls: config.tls,
@@ -96,6 +102,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
       logger,
       verifyToken: createTokenVerifier({ secret, jwksUrl: config.authJwksUrl }),
       resolveDevice: (userId, deviceName) => devices.resolve(userId, deviceName),
+      onCallEnd: (call) => metrics.countCall(call),
     }),
     routes: (router) =>
       router
@@ -106,12 +113,17 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
             hub,
             chats,
             messaging,
+            metrics,
             validate: (frame) => validateOrThrow(ConnectRequestSchema, frame),
             toConnectError: (error) => toConnectError(error, logger),
           }),
         )
         .service(AttachmentService, attachmentService(attachments)),
-    fallback: blobs.httpHandler,
+    fallback: plainHttp({
+      metrics,
+      ready: () => !server?.shuttingDown.aborted,
+      next: blobs.httpHandler ? [blobs.httpHandler] : [],
+    }),
   });
   publicUrl = config.publicUrl ?? server.url;
   logger.info({ url: server.url, node: config.nodeId, database: config.databaseUrl ? "postgres" : "pglite" }, "palaver is serving");
@@ -159,7 +171,7 @@ function openBlobStore(
   clock: Clock,
   publicUrl: () => string,
   logger: Logger,
-): { store: BlobStore; httpHandler?: NodeHandlerFn } {
+): { store: BlobStore; httpHandler?: PlainHandler } {
   if (config.s3) return { store: new S3BlobStore({ ...config.s3, retentionDays: config.retentionDays }, clock) };
   // Blob URLs get a key of their own, derived from the token secret, so neither can forge the other.
   const secret = createHmac("sha256", authSecret).update("palaver local blob urls").digest();
@@ -167,14 +179,7 @@ function openBlobStore(
     { dir: join(config.dataDir, "blobs"), publicUrl, secret, onError: (err) => logger.error({ err }, "blob request failed") },
     clock,
   );
-  return {
-    store,
-    async httpHandler(req, res) {
-      if (await store.handleRequest(req, res)) return;
-      res.writeHead(404, { "content-type": "text/plain" });
-      res.end("not found\n");
-    },
-  };
+  return { store, httpHandler: (req, res) => store.handleRequest(req, res) };
 }
 
 function openRouting(redisUrl: string, nodeId: string, logger: Logger): Routing {

@@ -216,27 +216,3 @@ export class SubscribeDevice extends EventLog {
   }
 }
 
-/**
- * A Connect stream whose reader stops after the first frame, as a device on a stalled network: HTTP/2 flow control
- * then holds the server's writes. `endedWith` reads the rest and returns the status code the stream ended with.
- */
-export async function openStalledStream(baseUrl: string, token: string) {
-  const quiet = new AbortController();
-  async function* noFrames(): AsyncGenerator<ConnectRequest> {
-    await new Promise((resolve) => quiet.signal.addEventListener("abort", resolve));
-  }
-  const iterator = grpcChatClient(baseUrl, token).connect(noFrames())[Symbol.asyncIterator]();
-  await iterator.next();
-  return {
-    async endedWith(): Promise<Code | undefined> {
-      try {
-        while (!(await iterator.next()).done);
-        return undefined;
-      } catch (error) {
-        return ConnectError.from(error).code;
-      } finally {
-        quiet.abort();
-      }
-    },
-  };
-}

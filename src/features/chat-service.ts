@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   AckEventsResponseSchema,
@@ -21,12 +22,14 @@ import type { Chats } from "./chats/chats.js";
 import { type DeviceStream, type Outgoing, StreamEnded } from "./delivery/device-stream.js";
 import type { DeliveryHub } from "./delivery/hub.js";
 import type { Messaging } from "./messaging/send-message.js";
+import type { Metrics } from "./operations/metrics.js";
 
 export interface ChatServiceDeps {
   db: Db;
   hub: DeliveryHub;
   chats: Chats;
   messaging: Messaging;
+  metrics: Metrics;
   /** Validates one Connect frame's command with the same rules the validation interceptor applies to unary calls. */
   validate: (request: ConnectRequest) => void;
   /** Turns anything a command threw into the error the unary call would have answered with. */
@@ -37,7 +40,7 @@ type Outcome = CommandResult["outcome"];
 
 /** ChatService: the unary commands, the Subscribe stream, and the Connect stream that carries both. */
 export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
-  const { db, hub, chats, messaging } = deps;
+  const { db, hub, chats, messaging, metrics } = deps;
 
   const ack = async (caller: Caller, eventIds: readonly bigint[]) => {
     await db.ackEvents(caller.deviceKey, eventIds);
@@ -114,8 +117,21 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
     const onAbort = () => stream.end(ctx.signal.reason instanceof ConnectError ? ctx.signal.reason : null);
     ctx.signal.addEventListener("abort", onAbort);
     if (frames) void readCommands(caller, frames, stream);
+    let live = false;
     try {
       for await (const frame of stream.frames()) {
+        if (frame.kind === "event") {
+          const kind = frame.event.kind;
+          if (kind.case === "inboxDrained") {
+            metrics.backlog.observe(Number(kind.value.backlogEvents));
+            live = true;
+          } else if (live && frame.event.eventId !== 0n) {
+            metrics.deliveries.inc();
+            if (kind.case === "newMessage" && kind.value.sentAt) {
+              metrics.deliveryLatency.observe((Date.now() - timestampMs(kind.value.sentAt)) / 1000);
+            }
+          }
+        }
         const response = toResponse(frame);
         if (response) yield response;
       }

@@ -19,15 +19,17 @@ export interface InterceptorOptions {
   verifyToken: VerifyToken;
   /** The key of the caller's device, recording the device the first time it is seen. */
   resolveDevice: (userId: string, deviceName: string) => Promise<string>;
+  /** Told of every call once it has ended (metrics). */
+  onCallEnd?: (call: { procedure: string; code: string; seconds: number }) => void;
 }
 
 /** The interceptors that wrap every RPC, outermost first: logging, error mapping, auth, validation. */
 export function createInterceptors(options: InterceptorOptions): Interceptor[] {
-  return [logging(options.logger), errorMapping(options.logger), auth(options), validation()];
+  return [logging(options.logger, options.onCallEnd), errorMapping(options.logger), auth(options), validation()];
 }
 
 /** Logs each call once it has ended: successes at debug, client mistakes at info, server trouble at warn. */
-function logging(logger: Logger): Interceptor {
+function logging(logger: Logger, onCallEnd: InterceptorOptions["onCallEnd"]): Interceptor {
   return (next) => async (req) => {
     const started = performance.now();
     const finish = (error?: unknown) => {
@@ -42,6 +44,7 @@ function logging(logger: Logger): Interceptor {
         error: error instanceof Error ? error.message : undefined,
       };
       logger[levelFor(code)](entry, "rpc");
+      onCallEnd?.({ procedure: entry.procedure, code: entry.code, seconds: (performance.now() - started) / 1000 });
     };
     try {
       const res = await next(req);

@@ -1,6 +1,7 @@
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConnectDevice, SubscribeDevice, grpcChatClient, openStalledStream } from "../../src/client/device.js";
+import { ConnectDevice, SubscribeDevice, grpcChatClient } from "../../src/client/device.js";
+import { openStalledStream } from "../support/stalled-stream.js";
 import { testBackends } from "../support/db.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 

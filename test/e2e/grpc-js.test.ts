@@ -35,13 +35,14 @@ describe.each(testBackends().slice(0, 1))("a grpc-js client on %s", (backend) =>
 
   it("creates a chat with a unary call and sends and receives on the Connect stream", async () => {
     const [alice, bob] = ["alice", "bob"].map(uniqueUser);
+    const aliceToken = await server.token(alice!, "cli");
     const created = await new Promise<MessageShape<typeof CreateChatResponseSchema>>((resolve, reject) =>
       client.makeUnaryRequest(
         "/palaver.chat.v1.ChatService/CreateChat",
         serialize(CreateChatRequestSchema),
         deserialize(CreateChatResponseSchema),
         create(CreateChatRequestSchema, { name: "grpc-js", participantUserIds: [bob!] }),
-        metadata(await server.token(alice!, "cli")),
+        metadata(aliceToken),
         (error, response) => (error ? reject(error) : resolve(response!)),
       ),
     );

@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import type { Event } from "../../../gen/palaver/chat/v1/event_pb.js";
 import type { Db, Delivery } from "../../ports/db.js";
 import type { Bus, Handoff, Presence } from "../../ports/routing.js";
+import type { Metrics } from "../operations/metrics.js";
 import { DeviceStream, type DeviceStreamOptions } from "./device-stream.js";
 import { decodeStoredEvent } from "./events.js";
 
@@ -30,6 +31,7 @@ export class DeliveryHub {
     private readonly db: Db,
     private readonly streamOptions: DeviceStreamOptions,
     private readonly logger: Logger,
+    private readonly metrics: Metrics,
     private readonly routing: Routing | null = null,
   ) {}
 
@@ -100,6 +102,7 @@ export class DeliveryHub {
         list.push(delivery);
       }
       await Promise.all([...perNode].map(([node, list]) => bus.publish(node, [{ body, deliveries: list }])));
+      for (const list of perNode.values()) this.metrics.handoffs.inc({ direction: "out" }, list.length);
     } catch (error) {
       this.logger.warn({ err: error }, "hand-off to other nodes failed; the inbox keeps the events");
     }
@@ -111,6 +114,7 @@ export class DeliveryHub {
       for (const delivery of handoff.deliveries) {
         this.streams.get(delivery.deviceKey)?.pushEvent(template, delivery.eventId);
       }
+      this.metrics.handoffs.inc({ direction: "in" }, handoff.deliveries.length);
     }
   }
 }

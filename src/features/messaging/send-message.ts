@@ -15,6 +15,7 @@ import type { Caller } from "../../transport/caller.js";
 import { chatNotFound } from "../chats/chats.js";
 import { encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
+import type { Metrics } from "../operations/metrics.js";
 import { GroupCommitter } from "./group-commit.js";
 
 /** Checks that the caller may send these attachments (uploaded, by them) and returns what recipients see of them. */
@@ -39,6 +40,7 @@ export class Messaging {
     private readonly hub: DeliveryHub,
     private readonly clock: Clock,
     private readonly resolveAttachments: AttachmentResolver,
+    private readonly metrics: Metrics,
     options: SendOptions,
   ) {
     this.committer = new GroupCommitter((sends) => db.storeMessages(sends), options.maxBatch, options.maxInFlight);
@@ -89,6 +91,7 @@ export class Messaging {
       case "duplicate":
         break;
     }
+    this.metrics.sends.inc({ outcome: outcome.kind });
     return create(SendMessageResponseSchema, {
       messageId: outcome.messageId,
       seq: outcome.seq,

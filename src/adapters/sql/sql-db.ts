@@ -1,0 +1,312 @@
+import type {
+  AttachmentRecord,
+  ChatRecord,
+  Db,
+  ModifyOutcome,
+  NewChat,
+  ParticipantChange,
+  PendingSend,
+  ResyncCause,
+  SendOutcome,
+  StoredEvent,
+  StoredFanout,
+} from "../../ports/db.js";
+import type { SqlDriver } from "../../ports/sql.js";
+import { type ChatRow, createChat, modifyParticipants, toChatRecord } from "./chat-changes.js";
+import { runMigrations } from "./migrate.js";
+import { dropPartitionsBefore, ensurePartitions } from "./partitions.js";
+import { storeMessages } from "./store-messages.js";
+
+/** A chat row with its participants, sorted (the column's "C" collation sorts as the API does). */
+const CHAT_COLUMNS = `
+  c.chat_id, c.name, c.created_at, c.last_seq,
+  array(SELECT q.user_id FROM chat_participants q WHERE q.chat_id = c.chat_id ORDER BY q.user_id) AS participant_user_ids`;
+
+/** Sorts before every chat id, so "after no chat" needs no second statement. */
+const NIL_UUID = "00000000-0000-0000-0000-000000000000";
+
+type MessageKey = {
+  chat_id: string;
+  message_id: string;
+  created_at: Date;
+};
+
+type AttachmentRow = {
+  attachment_id: string;
+  uploader_user_id: string;
+  sha256: Uint8Array;
+  size_bytes: bigint;
+  content_type: string;
+  file_name: string;
+  object_key: string;
+  created_at: Date;
+  uploaded_at: Date | null;
+};
+
+/** The Db port on SQL: the same statements on Postgres (postgres.js) and on PGlite. */
+export class SqlDb implements Db {
+  constructor(private readonly driver: SqlDriver) {}
+
+  migrate(): Promise<void> {
+    return runMigrations(this.driver);
+  }
+
+  close(): Promise<void> {
+    return this.driver.close();
+  }
+
+  // ---- devices ----
+
+  async registerDevice(userId: string, deviceName: string, now: Date): Promise<string> {
+    const find = () =>
+      this.driver.query<{ device_key: bigint }>(
+        "SELECT device_key FROM devices WHERE user_id = $1::text AND device_name = $2::text",
+        [userId, deviceName],
+      );
+    // Known devices are the common case; inserting first would burn an identity value on every conflict.
+    const [known] = await find();
+    if (known) return String(known.device_key);
+    const [created] = await this.driver.query<{ device_key: bigint }>(
+      `INSERT INTO devices (user_id, device_name, created_at) VALUES ($1::text, $2::text, $3::timestamptz)
+       ON CONFLICT (user_id, device_name) DO NOTHING RETURNING device_key`,
+      [userId, deviceName, now],
+    );
+    // No row: a concurrent first connect of the same device inserted it; this statement sees it committed.
+    const [row] = created ? [created] : await find();
+    return String(row!.device_key);
+  }
+
+  async takeResync(deviceKey: string): Promise<ResyncCause | null> {
+    // The locking subquery reads the cause as it was; two concurrent calls: the second finds it cleared.
+    const [row] = await this.driver.query<{ resync_cause: ResyncCause }>(
+      `UPDATE devices d SET resync_cause = NULL
+         FROM (SELECT device_key, resync_cause FROM devices
+                WHERE device_key = $1::bigint AND resync_cause IS NOT NULL FOR UPDATE) old
+        WHERE d.device_key = old.device_key
+       RETURNING old.resync_cause`,
+      [deviceKey],
+    );
+    return row?.resync_cause ?? null;
+  }
+
+  // ---- chats ----
+
+  createChat(input: NewChat, encodeUpdate: (chat: ChatRecord) => Uint8Array): Promise<StoredFanout & { chat: ChatRecord }> {
+    return createChat(this.driver, input, encodeUpdate);
+  }
+
+  modifyParticipants(input: ParticipantChange, encodeUpdate: (chat: ChatRecord) => Uint8Array): Promise<ModifyOutcome> {
+    return modifyParticipants(this.driver, input, encodeUpdate);
+  }
+
+  async getChat(chatId: string): Promise<ChatRecord | null> {
+    const rows = await this.driver.query<ChatRow & { participant_user_ids: string[] }>(
+      `SELECT ${CHAT_COLUMNS} FROM chats c WHERE c.chat_id = $1::uuid`,
+      [chatId],
+    );
+    return rows.map((row) => toChatRecord(row, row.participant_user_ids))[0] ?? null;
+  }
+
+  async listChats(userId: string, afterChatId: string | null, limit: number): Promise<ChatRecord[]> {
+    const rows = await this.driver.query<ChatRow & { participant_user_ids: string[] }>(
+      `SELECT ${CHAT_COLUMNS}
+         FROM chat_participants p JOIN chats c ON c.chat_id = p.chat_id
+        WHERE p.user_id = $1::text AND p.chat_id > $2::uuid
+        ORDER BY p.chat_id
+        LIMIT $3::int`,
+      [userId, afterChatId ?? NIL_UUID, limit],
+    );
+    return rows.map((row) => toChatRecord(row, row.participant_user_ids));
+  }
+
+  async isParticipant(chatId: string, userId: string): Promise<boolean> {
+    const rows = await this.driver.query(
+      "SELECT 1 FROM chat_participants WHERE chat_id = $1::uuid AND user_id = $2::text",
+      [chatId, userId],
+    );
+    return rows.length > 0;
+  }
+
+  // ---- messages ----
+
+  storeMessages(sends: readonly PendingSend[]): Promise<SendOutcome[]> {
+    return storeMessages(this.driver, sends);
+  }
+
+  // ---- attachments ----
+
+  async createAttachment(input: AttachmentRecord): Promise<{ attachment: AttachmentRecord; existing: boolean }> {
+    const [created] = await this.driver.query<AttachmentRow>(
+      `INSERT INTO attachments (attachment_id, uploader_user_id, sha256, size_bytes, content_type, file_name,
+                                object_key, created_at, uploaded_at)
+       VALUES ($1::uuid, $2::text, $3::bytea, $4::bigint, $5::text, $6::text, $7::text, $8::timestamptz, $9::timestamptz)
+       ON CONFLICT (uploader_user_id, sha256, size_bytes) DO NOTHING
+       RETURNING *`,
+      [
+        input.attachmentId,
+        input.uploaderUserId,
+        input.sha256,
+        input.sizeBytes,
+        input.contentType,
+        input.fileName,
+        input.objectKey,
+        input.createdAt,
+        input.uploadedAt,
+      ],
+    );
+    if (created) return { attachment: toAttachment(created), existing: false };
+    const [existing] = await this.driver.query<AttachmentRow>(
+      "SELECT * FROM attachments WHERE uploader_user_id = $1::text AND sha256 = $2::bytea AND size_bytes = $3::bigint",
+      [input.uploaderUserId, input.sha256, input.sizeBytes],
+    );
+    return { attachment: toAttachment(existing!), existing: true };
+  }
+
+  async getAttachment(attachmentId: string): Promise<AttachmentRecord | null> {
+    const rows = await this.driver.query<AttachmentRow>("SELECT * FROM attachments WHERE attachment_id = $1::uuid", [
+      attachmentId,
+    ]);
+    return rows.map(toAttachment)[0] ?? null;
+  }
+
+  async markAttachmentUploaded(attachmentId: string, at: Date): Promise<void> {
+    await this.driver.query(
+      "UPDATE attachments SET uploaded_at = $2::timestamptz WHERE attachment_id = $1::uuid AND uploaded_at IS NULL",
+      [attachmentId, at],
+    );
+  }
+
+  async canDownloadAttachment(attachmentId: string, userId: string): Promise<boolean> {
+    const [row] = await this.driver.query<{ allowed: boolean }>(
+      `SELECT EXISTS (
+         SELECT 1 FROM attachments a
+          WHERE a.attachment_id = $1::uuid
+            AND (a.uploader_user_id = $2::text
+                 OR EXISTS (SELECT 1 FROM attachment_chats ac
+                              JOIN chat_participants p ON p.chat_id = ac.chat_id AND p.user_id = $2::text
+                             WHERE ac.attachment_id = a.attachment_id))
+       ) AS allowed`,
+      [attachmentId, userId],
+    );
+    return row!.allowed;
+  }
+
+  async deleteAttachmentsBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]> {
+    const rows = await this.driver.query<AttachmentRow>(
+      `WITH doomed AS (
+         SELECT attachment_id FROM attachments WHERE created_at < $1::timestamptz
+          ORDER BY created_at LIMIT $2::int FOR UPDATE SKIP LOCKED
+       ), links AS (
+         DELETE FROM attachment_chats WHERE attachment_id IN (SELECT attachment_id FROM doomed)
+       )
+       DELETE FROM attachments a USING doomed WHERE a.attachment_id = doomed.attachment_id
+       RETURNING a.*`,
+      [cutoff, limit],
+    );
+    return rows.map(toAttachment);
+  }
+
+  // ---- inbox ----
+
+  async readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<StoredEvent[]> {
+    const rows = await this.driver.query<{ event_id: bigint; body: Uint8Array }>(
+      `SELECT i.event_id, m.body
+         FROM inbox i
+         JOIN messages m ON m.chat_id = i.chat_id AND m.message_id = i.message_id AND m.created_at = i.created_at
+        WHERE i.device_key = $1::bigint AND i.event_id > $2::bigint
+        ORDER BY i.event_id
+        LIMIT $3::int`,
+      [deviceKey, afterEventId, limit],
+    );
+    return rows.map((row) => ({ eventId: row.event_id, body: row.body }));
+  }
+
+  async ackEvents(deviceKey: string, eventIds: readonly bigint[]): Promise<number> {
+    if (eventIds.length === 0) return 0;
+    const acked = await this.driver.query<MessageKey>(
+      `DELETE FROM inbox WHERE device_key = $1::bigint AND event_id = ANY($2::bigint[])
+       RETURNING chat_id, message_id, created_at`,
+      [deviceKey, eventIds],
+    );
+    await this.deleteMessagesWithoutInbox(acked);
+    return acked.length;
+  }
+
+  async inboxDepth(deviceKey: string): Promise<number> {
+    const [row] = await this.driver.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM inbox WHERE device_key = $1::bigint",
+      [deviceKey],
+    );
+    return row!.n;
+  }
+
+  // ---- retention ----
+
+  ensurePartitions(from: Date, days: number): Promise<string[]> {
+    return ensurePartitions(this.driver, from, days);
+  }
+
+  dropPartitionsBefore(cutoff: Date): Promise<string[]> {
+    return dropPartitionsBefore(this.driver, cutoff);
+  }
+
+  async trimInboxes(maxEvents: number): Promise<number> {
+    const trimmed = await this.driver.query<MessageKey & { device_key: bigint }>(
+      `WITH cut AS (
+         SELECT o.device_key,
+                (SELECT i.event_id FROM inbox i WHERE i.device_key = o.device_key
+                  ORDER BY i.event_id DESC OFFSET $1::int LIMIT 1) AS last_dropped
+           FROM (SELECT device_key FROM inbox GROUP BY device_key HAVING count(*) > $1::int) o
+       ), marked AS (
+         UPDATE devices d SET resync_cause = 'inbox_overflow' FROM cut WHERE d.device_key = cut.device_key
+       )
+       DELETE FROM inbox i USING cut
+        WHERE i.device_key = cut.device_key AND i.event_id <= cut.last_dropped
+       RETURNING i.device_key, i.chat_id, i.message_id, i.created_at`,
+      [maxEvents],
+    );
+    await this.deleteMessagesWithoutInbox(trimmed);
+    return new Set(trimmed.map((row) => row.device_key)).size;
+  }
+
+  async forgetSendsBefore(cutoff: Date): Promise<number> {
+    const [row] = await this.driver.query<{ n: number }>(
+      `WITH gone AS (DELETE FROM sent_messages WHERE sent_at < $1::timestamptz RETURNING 1)
+       SELECT count(*)::int AS n FROM gone`,
+      [cutoff],
+    );
+    return row!.n;
+  }
+
+  /**
+   * Deletes those messages that no inbox row refers to any more. It must run after the inbox rows' deletion has
+   * committed, in a statement of its own: when the last two devices of a message ack at once, a transaction that both
+   * deleted and checked would still see the other's uncommitted row, and neither would delete the message. Checked
+   * after commit, the later of the two sees both rows gone.
+   */
+  private async deleteMessagesWithoutInbox(keys: readonly MessageKey[]): Promise<void> {
+    const unique = [...new Map(keys.map((key) => [key.message_id, key])).values()];
+    if (unique.length === 0) return;
+    await this.driver.query(
+      `DELETE FROM messages m
+        USING unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS g(chat_id, message_id, created_at)
+        WHERE m.chat_id = g.chat_id AND m.message_id = g.message_id AND m.created_at = g.created_at
+          AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = g.message_id AND i.created_at = g.created_at)`,
+      [unique.map((k) => k.chat_id), unique.map((k) => k.message_id), unique.map((k) => k.created_at)],
+    );
+  }
+}
+
+function toAttachment(row: AttachmentRow): AttachmentRecord {
+  return {
+    attachmentId: row.attachment_id,
+    uploaderUserId: row.uploader_user_id,
+    sha256: row.sha256,
+    sizeBytes: row.size_bytes,
+    contentType: row.content_type,
+    fileName: row.file_name,
+    objectKey: row.object_key,
+    createdAt: row.created_at,
+    uploadedAt: row.uploaded_at,
+  };
+}

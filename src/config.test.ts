@@ -1,0 +1,149 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "./config.js";
+
+function problemsOf(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems;
+    throw error;
+  }
+  return [];
+}
+
+describe("loadConfig", () => {
+  it("fills in the defaults", () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({
+      port: 8080,
+      host: "0.0.0.0",
+      dataDir: "./data",
+      databaseUrl: undefined,
+      redisUrl: undefined,
+      s3: undefined,
+      authSecret: undefined,
+      authJwksUrl: undefined,
+      retentionDays: 30,
+      tls: undefined,
+      logLevel: "info",
+      nodeEnv: "development",
+      limits: {
+        maxParticipants: 100,
+        maxInboxEvents: 100_000,
+        streamQueueLimit: 10_000,
+        maxAttachmentBytes: 100 * 1024 * 1024,
+        sendBatchMax: 256,
+      },
+    });
+    expect(config.nodeId).toMatch(/^node-[0-9a-f]{12}$/);
+    expect(loadConfig({}).nodeId).not.toBe(config.nodeId);
+  });
+
+  it("reads every variable", () => {
+    const dir = mkdtempSync(join(tmpdir(), "palaver-config-"));
+    for (const name of ["cert.pem", "key.pem"]) writeFileSync(join(dir, name), "x");
+    const config = loadConfig({
+      PORT: "0",
+      HOST: "127.0.0.1",
+      DATA_DIR: "/var/lib/palaver",
+      DATABASE_URL: "postgres://palaver@db/palaver",
+      REDIS_URL: "redis://redis:6379",
+      S3_ENDPOINT: "http://minio:9000",
+      S3_BUCKET: "media",
+      S3_REGION: "us-east-1",
+      S3_ACCESS_KEY_ID: "id",
+      S3_SECRET_ACCESS_KEY: "secret",
+      AUTH_SECRET: "s".repeat(32),
+      AUTH_JWKS_URL: "https://idp.example/.well-known/jwks.json",
+      RETENTION_DAYS: "7",
+      NODE_ID: "node-a",
+      TLS_CERT_FILE: join(dir, "cert.pem"),
+      TLS_KEY_FILE: join(dir, "key.pem"),
+      LOG_LEVEL: "debug",
+      NODE_ENV: "production",
+      MAX_PARTICIPANTS: "50",
+      MAX_INBOX_EVENTS: "1000",
+      STREAM_QUEUE_LIMIT: "500",
+      MAX_ATTACHMENT_BYTES: "1048576",
+      SEND_BATCH_MAX: "64",
+    });
+    expect(config).toEqual({
+      port: 0,
+      host: "127.0.0.1",
+      dataDir: "/var/lib/palaver",
+      databaseUrl: "postgres://palaver@db/palaver",
+      redisUrl: "redis://redis:6379",
+      s3: { endpoint: "http://minio:9000", bucket: "media", region: "us-east-1", accessKeyId: "id", secretAccessKey: "secret" },
+      authSecret: "s".repeat(32),
+      authJwksUrl: "https://idp.example/.well-known/jwks.json",
+      retentionDays: 7,
+      nodeId: "node-a",
+      tls: { certFile: join(dir, "cert.pem"), keyFile: join(dir, "key.pem") },
+      logLevel: "debug",
+      nodeEnv: "production",
+      limits: { maxParticipants: 50, maxInboxEvents: 1000, streamQueueLimit: 500, maxAttachmentBytes: 1048576, sendBatchMax: 64 },
+    });
+  });
+
+  it("treats empty values as unset", () => {
+    expect(loadConfig({ PORT: "", DATABASE_URL: " ", S3_BUCKET: "" })).toMatchObject({ port: 8080, databaseUrl: undefined });
+  });
+
+  it("names each bad variable, all at once", () => {
+    expect(
+      problemsOf({
+        PORT: "http",
+        RETENTION_DAYS: "0",
+        MAX_PARTICIPANTS: "1",
+        SEND_BATCH_MAX: "2.5",
+        DATABASE_URL: "mysql://x",
+        REDIS_URL: "not a url",
+        LOG_LEVEL: "loud",
+        NODE_ID: "bad id",
+        AUTH_SECRET: "short",
+      }),
+    ).toEqual([
+      'PORT must be an integer from 0 to 65535, got "http"',
+      "DATABASE_URL must be a postgres or postgresql URL",
+      "REDIS_URL must be a redis or rediss URL",
+      "AUTH_SECRET must be at least 32 characters",
+      'RETENTION_DAYS must be an integer from 1 to 9007199254740991, got "0"',
+      'NODE_ID must match ^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$, got "bad id"',
+      'LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "loud"',
+      'MAX_PARTICIPANTS must be an integer from 2 to 9007199254740991, got "1"',
+      'SEND_BATCH_MAX must be an integer from 1 to 9007199254740991, got "2.5"',
+    ]);
+  });
+
+  it("wants the S3 variables together", () => {
+    expect(problemsOf({ S3_ENDPOINT: "http://minio:9000", S3_BUCKET: "media" })).toEqual([
+      "S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY are set together or not at all; " +
+        "missing S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY",
+    ]);
+  });
+
+  it("wants both TLS files, readable", () => {
+    expect(problemsOf({ TLS_CERT_FILE: "/nonexistent/cert.pem" })).toEqual([
+      "TLS_CERT_FILE, TLS_KEY_FILE are set together or not at all; missing TLS_KEY_FILE",
+    ]);
+    expect(problemsOf({ TLS_CERT_FILE: "/nonexistent/cert.pem", TLS_KEY_FILE: "/nonexistent/key.pem" })).toEqual([
+      "TLS_CERT_FILE names a file that cannot be read: /nonexistent/cert.pem",
+      "TLS_KEY_FILE names a file that cannot be read: /nonexistent/key.pem",
+    ]);
+  });
+
+  it("never echoes a secret", () => {
+    const error = (() => {
+      try {
+        loadConfig({ AUTH_SECRET: "hunter2" });
+      } catch (e) {
+        return e as Error;
+      }
+    })();
+    expect(error?.message).toContain("AUTH_SECRET");
+    expect(error?.message).not.toContain("hunter2");
+  });
+});

@@ -1,0 +1,110 @@
+import type { Readable } from "node:stream";
+import { mintToken } from "../auth/tokens.js";
+import { idPattern } from "../config.js";
+import { type WebHandler, type WebRequest, type WebResponse, pathOf, send } from "./http.js";
+
+export const DEV_TOKEN_PATH = "/dev/token";
+
+/** A JSON body of two short ids never needs more. */
+const MAX_BODY_BYTES = 4096;
+
+export interface DevTokenOptions {
+  /** Lifetime of the tokens handed out; default 12 hours. */
+  ttl?: string;
+}
+
+/**
+ * `POST /dev/token {"user": "alice", "device": "laptop"}` → `{"token": "…"}`: sign-in for development, so the web
+ * client can be tried without the CLI. Anyone who reaches it can act as anyone: mount it only outside production.
+ * It takes only `application/json`, which a cross-site form cannot send and a cross-site script cannot send without
+ * a CORS preflight this server never grants.
+ */
+export function createDevTokenHandler(secret: Uint8Array, options: DevTokenOptions = {}): WebHandler {
+  const ttl = options.ttl ?? "12h";
+  return async (req, res) => {
+    if (pathOf(req) !== DEV_TOKEN_PATH) return false;
+    if (req.method !== "POST") {
+      json(req, res, 405, { error: "use POST" }, { allow: "POST" }, true);
+      return true;
+    }
+    const type = String(req.headers["content-type"] ?? "");
+    if (!/^application\/json\s*(;|$)/i.test(type)) {
+      json(req, res, 415, { error: "send a JSON body with content-type: application/json" }, {}, true);
+      return true;
+    }
+    const body = await readBody(req, MAX_BODY_BYTES);
+    if (body === "gone") return true;
+    if (body === "too large") {
+      json(req, res, 413, { error: `the body is over ${MAX_BODY_BYTES} bytes` }, {}, true);
+      return true;
+    }
+    const input = parse(body);
+    if (typeof input === "string") {
+      json(req, res, 400, { error: input });
+      return true;
+    }
+    const token = await mintToken(secret, { userId: input.user, deviceName: input.device }, { ttl });
+    json(req, res, 200, { token, user: input.user, device: input.device });
+    return true;
+  };
+}
+
+/** The ids, or what is wrong with the body. */
+function parse(body: Buffer): { user: string; device: string } | string {
+  let value: unknown;
+  try {
+    value = JSON.parse(body.toString("utf8"));
+  } catch {
+    return "the body is not valid JSON";
+  }
+  if (typeof value !== "object" || value === null) return 'expected {"user": "…", "device": "…"}';
+  const { user, device } = value as Record<string, unknown>;
+  for (const [name, id] of [
+    ["user", user],
+    ["device", device],
+  ] as const) {
+    if (typeof id !== "string" || !idPattern.test(id)) {
+      return `${name} must be 1 to 128 letters, digits or . _ @ - (starting with a letter or digit), matching ${idPattern.source}`;
+    }
+  }
+  return { user: user as string, device: device as string };
+}
+
+/**
+ * The whole body; "too large" as soon as it passes `limit` bytes (the rest is left unread, and the answer closes the
+ * connection); "gone" when the client went away first. Events rather than async iteration: leaving an iteration early
+ * would destroy the request, and with it the socket the answer has to go out on.
+ */
+function readBody(req: WebRequest, limit: number): Promise<Buffer | "too large" | "gone"> {
+  if (Number(req.headers["content-length"] ?? 0) > limit) return Promise.resolve("too large");
+  const body = req as unknown as Readable;
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const finish = (result: Buffer | "too large" | "gone") => {
+      body.off("data", onData).off("end", onEnd).off("error", onGone).off("close", onGone);
+      resolve(result);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) return void chunks.push(chunk);
+      body.pause();
+      finish("too large");
+    };
+    const onEnd = () => finish(Buffer.concat(chunks));
+    const onGone = () => finish("gone");
+    body.on("data", onData).on("end", onEnd).on("error", onGone).on("close", onGone);
+  });
+}
+
+function json(
+  req: WebRequest,
+  res: WebResponse,
+  status: number,
+  value: unknown,
+  headers: Record<string, string> = {},
+  close = false,
+): void {
+  const all = { "content-type": "application/json", "cache-control": "no-store", ...headers };
+  send(req, res, status, JSON.stringify(value), all, close);
+}

@@ -1,0 +1,152 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { fromJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CreateChatResponseSchema, SendMessageResponseSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
+import { type Event, EventSchema } from "../../gen/palaver/chat/v1/event_pb.js";
+import { ConnectDevice } from "../../src/client/device.js";
+import { runCommand, startCommand } from "../support/commands.js";
+import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
+
+const exampleDir = fileURLToPath(new URL("../../examples/go-client", import.meta.url));
+
+/**
+ * The Go example client (examples/go-client, on the generated code in gen/go) against a real server: the same
+ * protocol from another language, with a TypeScript device on the other end.
+ */
+describe("the Go example client", () => {
+  let buildDir: string;
+  let goClient: string;
+  let server: TestServer;
+
+  beforeAll(async () => {
+    buildDir = await mkdtemp(join(tmpdir(), "palaver-go-client-"));
+    goClient = join(buildDir, "go-client");
+    const build = await runCommand("go", ["build", "-buildvcs=false", "-o", goClient, "."], {
+      cwd: exampleDir,
+      timeoutMs: 170_000,
+      missing: "these tests build examples/go-client and need Go on PATH (https://go.dev/dl/)",
+    });
+    if (build.code !== 0) throw new Error(`go build of examples/go-client failed:\n${build.stderr}`);
+    server = await startTestServer("pglite");
+  }, 180_000);
+
+  afterAll(async () => {
+    await server?.close();
+    if (buildDir) await rm(buildDir, { recursive: true, force: true });
+  });
+
+  /** Runs one go-client mode as the given device and returns what it printed, one parsed JSON value a line. */
+  async function go(user: string, device: string, args: string[]): Promise<unknown[]> {
+    const token = await server.token(user, device);
+    const run = await runCommand(goClient, [...args, "--url", server.url, "--token", token, "--timeout", "20s"]);
+    if (run.code !== 0) throw new Error(`go-client ${args.join(" ")} exited with ${run.code}: ${run.stderr}`);
+    return run.stdout.trim().split("\n").filter(Boolean).map((line) => JSON.parse(line));
+  }
+
+  const parse = <D extends DescMessage>(schema: D, json: unknown): MessageShape<D> => fromJson(schema, json as never);
+  const events = (lines: unknown[]): Event[] => lines.map((line) => parse(EventSchema, line));
+  const texts = (list: Event[]) => list.flatMap((e) => (e.kind.case === "newMessage" ? [e.kind.value.text] : []));
+
+  async function tsDevice(user: string, name: string) {
+    const device = ConnectDevice.open(server.url, await server.token(user, name));
+    await device.waitForDrained();
+    return device;
+  }
+
+  it("exchanges messages both ways with a TypeScript device", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser) as [string, string];
+    const ts = await tsDevice(alice, "laptop");
+
+    const [created] = await go(bob, "go", ["create-chat", "--with", alice, "--name", "interop"]);
+    const chat = parse(CreateChatResponseSchema, created).chat!;
+    expect(chat.participantUserIds).toEqual([alice, bob].sort());
+    await ts.waitForChatUpdates(1);
+    // The chat's creation is in the Go device's inbox too: take it, and ack it.
+    expect(events(await go(bob, "go", ["listen", "--until-drained"])).map((e) => e.kind.case)).toEqual([
+      "chatUpdate",
+      "inboxDrained",
+    ]);
+
+    // TypeScript to Go, live: the Go device is connected and drained before the send.
+    const listening = startCommand(goClient, [
+      "listen", "--count", "1", "--url", server.url, "--token", await server.token(bob, "go"), "--timeout", "20s",
+    ]);
+    await listening.waitForLine((line) => line.includes("inboxDrained"));
+    const sent = await ts.command({
+      case: "sendMessage",
+      value: { chatId: chat.chatId, clientMessageId: "ts-1", text: "hello from TypeScript" },
+    });
+    expect(sent.outcome.case).toBe("sendMessage");
+    const outcome = await listening.done;
+    expect(outcome.code, outcome.stderr).toBe(0);
+    const [drained, live] = events(outcome.stdout.trim().split("\n").map((line) => JSON.parse(line)));
+    expect(drained?.kind).toEqual({ case: "inboxDrained", value: expect.objectContaining({ backlogEvents: 0n }) });
+    expect(live?.chatId).toBe(chat.chatId);
+    expect(live?.kind.case === "newMessage" && live.kind.value).toMatchObject({
+      text: "hello from TypeScript",
+      seq: 1n,
+      senderUserId: alice,
+      senderDeviceId: "laptop",
+      clientMessageId: "ts-1",
+    });
+
+    // Go to TypeScript.
+    const [response] = await go(bob, "go", ["send", "--chat", chat.chatId, "--text", "hello from Go", "--client-id", "go-1"]);
+    expect(parse(SendMessageResponseSchema, response).seq).toBe(2n);
+    await ts.waitForMessages(1); // a device does not receive what it sent itself
+    expect(ts.messages).toHaveLength(1);
+    expect(ts.messages[0]).toMatchObject({
+      text: "hello from Go",
+      seq: 2n,
+      senderUserId: bob,
+      senderDeviceId: "go",
+      clientMessageId: "go-1",
+    });
+    expect(await server.app.db.inboxDepth(await server.deviceKey(bob, "go"))).toBe(0);
+    ts.disconnect();
+  });
+
+  it("gets its backlog in seq order after being offline, and its acks empty its inbox", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser) as [string, string];
+    const ts = await tsDevice(alice, "phone");
+    const [created] = await go(bob, "go", ["create-chat", "--with", alice]);
+    const chatId = parse(CreateChatResponseSchema, created).chat!.chatId;
+    await go(bob, "go", ["listen", "--until-drained"]); // takes and acks the chat's creation
+
+    // Sent while no Go process is connected.
+    for (let i = 1; i <= 5; i++) {
+      await ts.command({ case: "sendMessage", value: { chatId, clientMessageId: `m${i}`, text: `offline ${i}` } });
+    }
+    const expected = [1, 2, 3, 4, 5].map((i) => `offline ${i}`);
+
+    // Without acks, the backlog comes again on the next run, with the same event ids.
+    const unacked = events(await go(bob, "go", ["listen", "--until-drained", "--no-ack"]));
+    expect(texts(unacked)).toEqual(expected);
+    const backlog = events(await go(bob, "go", ["listen", "--until-drained"]));
+    expect(backlog.map((e) => e.eventId)).toEqual(unacked.map((e) => e.eventId));
+    expect(backlog.map((e) => (e.kind.case === "newMessage" ? e.kind.value.seq : undefined))).toEqual([
+      1n, 2n, 3n, 4n, 5n, undefined,
+    ]);
+    expect(texts(backlog)).toEqual(expected);
+    expect(backlog.at(-1)?.kind).toEqual({ case: "inboxDrained", value: expect.objectContaining({ backlogEvents: 5n }) });
+
+    // Acked: nothing old comes again.
+    expect(await server.app.db.inboxDepth(await server.deviceKey(bob, "go"))).toBe(0);
+    const later = events(await go(bob, "go", ["listen", "--until-drained"]));
+    expect(later.map((e) => e.kind.case)).toEqual(["inboxDrained"]);
+    ts.disconnect();
+  });
+
+  it("reports a rejected command on stderr with a failing exit status", async () => {
+    const outsider = uniqueUser("outsider");
+    const run = await runCommand(goClient, [
+      "send", "--chat", "00000000-0000-4000-8000-000000000000", "--text", "hi",
+      "--url", server.url, "--token", await server.token(outsider, "go"), "--timeout", "20s",
+    ]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/not_found/);
+  });
+});

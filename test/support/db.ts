@@ -1,0 +1,60 @@
+import { randomBytes } from "node:crypto";
+import type { PGlite } from "@electric-sql/pglite";
+import { createPgliteInstance, pgliteSqlDriver } from "../../src/adapters/sql/pglite-driver.js";
+import { createPostgresDriver } from "../../src/adapters/sql/postgres-driver.js";
+import { SqlDb } from "../../src/adapters/sql/sql-db.js";
+import type { SqlDriver } from "../../src/ports/sql.js";
+
+export type Backend = "pglite" | "postgres";
+
+/** PGlite always; Postgres too when DATABASE_URL names a database the tests may create schemas in. */
+export function testBackends(): Backend[] {
+  return process.env.DATABASE_URL ? ["pglite", "postgres"] : ["pglite"];
+}
+
+export interface TestDb {
+  db: SqlDb;
+  /** The driver under db, scoped to the same schema (for assertions on tables). */
+  driver: SqlDriver;
+  /** Drops the schema and closes the driver. */
+  close(): Promise<void>;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * A migrated database no other test sees: a schema of its own, on the Postgres of DATABASE_URL or on this worker's
+ * one in-memory PGlite (creating a PGlite costs seconds; a schema costs milliseconds). Partitions exist from
+ * yesterday through two days ahead.
+ */
+export async function openTestDb(backend: Backend): Promise<TestDb> {
+  const schema = `test_${process.pid}_${randomBytes(6).toString("hex")}`;
+  const driver = backend === "postgres" ? postgresDriver(schema) : pgliteSqlDriver(await sharedPglite(), { ownsInstance: false, searchPath: schema });
+  await driver.exec(`CREATE SCHEMA ${schema}`);
+  const db = new SqlDb(driver);
+  await db.migrate();
+  await db.ensurePartitions(new Date(Date.now() - DAY_MS), 3);
+  return {
+    db,
+    driver,
+    async close() {
+      await driver.exec(`DROP SCHEMA ${schema} CASCADE`);
+      await driver.close();
+    },
+  };
+}
+
+function postgresDriver(schema: string): SqlDriver {
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new Error("DATABASE_URL is not set");
+  return createPostgresDriver(url, { poolSize: 4, searchPath: schema });
+}
+
+/** On globalThis, so test files that share a worker process (isolate: false) share the instance too. */
+const PGLITE_KEY = Symbol.for("palaver.test.pglite");
+
+function sharedPglite(): Promise<PGlite> {
+  const holder = globalThis as { [PGLITE_KEY]?: Promise<PGlite> };
+  holder[PGLITE_KEY] ??= createPgliteInstance();
+  return holder[PGLITE_KEY];
+}
