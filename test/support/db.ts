@@ -20,6 +20,11 @@ export interface TestDb {
   close(): Promise<void>;
 }
 
+export interface TestDbOptions {
+  /** Reach Postgres at this URL instead of DATABASE_URL's (e.g. through a proxy a test can cut). */
+  postgresUrl?: string;
+}
+
 const DAY_MS = 24 * 60 * 60 * 1000;
 
 /**
@@ -27,9 +32,12 @@ const DAY_MS = 24 * 60 * 60 * 1000;
  * one in-memory PGlite (creating a PGlite costs seconds; a schema costs milliseconds). Partitions exist from
  * yesterday through two days ahead.
  */
-export async function openTestDb(backend: Backend): Promise<TestDb> {
+export async function openTestDb(backend: Backend, options: TestDbOptions = {}): Promise<TestDb> {
   const schema = `test_${process.pid}_${randomBytes(6).toString("hex")}`;
-  const driver = backend === "postgres" ? postgresDriver(schema) : pgliteSqlDriver(await sharedPglite(), { ownsInstance: false, searchPath: schema });
+  const driver =
+    backend === "postgres"
+      ? postgresDriver(schema, options.postgresUrl)
+      : pgliteSqlDriver(await sharedPglite(), { ownsInstance: false, searchPath: schema });
   await driver.exec(`CREATE SCHEMA ${schema}`);
   const db = new SqlDb(driver);
   await db.migrate();
@@ -44,8 +52,7 @@ export async function openTestDb(backend: Backend): Promise<TestDb> {
   };
 }
 
-function postgresDriver(schema: string): SqlDriver {
-  const url = process.env.DATABASE_URL;
+function postgresDriver(schema: string, url = process.env.DATABASE_URL): SqlDriver {
   if (!url) throw new Error("DATABASE_URL is not set");
   return createPostgresDriver(url, { poolSize: 4, searchPath: schema });
 }

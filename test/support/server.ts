@@ -6,7 +6,7 @@ import { type App, startApp } from "../../src/app.js";
 import { type MintOptions, mintToken } from "../../src/auth/tokens.js";
 import { loadConfig } from "../../src/config.js";
 import type { Clock } from "../../src/ports/clock.js";
-import { type Backend, openTestDb } from "./db.js";
+import { type Backend, openTestDb, type TestDbOptions } from "./db.js";
 
 /** The real clock, plus however far a test has moved it ahead (retention). */
 export class TestClock implements Clock {
@@ -42,8 +42,12 @@ export function uniqueUser(name: string): string {
  * A real Palaver server on a free loopback port, on its own database (a fresh schema on Postgres, or PGlite), with
  * local blobs in a temporary directory. `env` overrides configuration as the environment would.
  */
-export async function startTestServer(backend: Backend, env: Record<string, string> = {}): Promise<TestServer> {
-  const testDb = await openTestDb(backend);
+export async function startTestServer(
+  backend: Backend,
+  env: Record<string, string> = {},
+  dbOptions: TestDbOptions = {},
+): Promise<TestServer> {
+  const testDb = await openTestDb(backend, dbOptions);
   const dataDir = await mkdtemp(join(tmpdir(), "palaver-test-"));
   const authSecret = randomBytes(32).toString("base64url");
   const config = loadConfig({ PORT: "0", HOST: "127.0.0.1", DATA_DIR: dataDir, AUTH_SECRET: authSecret, LOG_LEVEL: "warn", ...env });

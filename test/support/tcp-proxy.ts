@@ -7,11 +7,10 @@ import net from "node:net";
 export class TcpProxy {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
-  private up = true;
+  private listeningPort = 0;
 
   private constructor(target: { host: string; port: number }) {
     this.server = net.createServer((client) => {
-      if (!this.up) return client.destroy();
       const upstream = net.connect(target);
       for (const socket of [client, upstream]) {
         this.sockets.add(socket);
@@ -27,26 +26,38 @@ export class TcpProxy {
 
   static async start(target: { host: string; port: number }): Promise<TcpProxy> {
     const proxy = new TcpProxy(target);
-    await new Promise<void>((resolve) => proxy.server.listen(0, "127.0.0.1", resolve));
+    await proxy.listen(0);
+    proxy.listeningPort = (proxy.server.address() as net.AddressInfo).port;
     return proxy;
   }
 
   get port(): number {
-    return (this.server.address() as net.AddressInfo).port;
+    return this.listeningPort;
   }
 
-  /** Drops every open connection and refuses new ones, as a dependency that went down. */
-  cut(): void {
-    this.up = false;
+  /** Drops every open connection and stops listening (connections are refused), as a server that went down. */
+  async cut(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const socket of this.sockets) socket.destroy();
+    await closed;
   }
 
-  restore(): void {
-    this.up = true;
+  /** Listens again on the same port. */
+  restore(): Promise<void> {
+    return this.listen(this.listeningPort);
   }
 
   async close(): Promise<void> {
-    this.cut();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    if (this.server.listening) await this.cut();
+  }
+
+  private listen(port: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(port, "127.0.0.1", () => {
+        this.server.off("error", reject);
+        resolve();
+      });
+    });
   }
 }

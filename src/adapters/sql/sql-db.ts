@@ -209,10 +209,14 @@ export class SqlDb implements Db {
   // ---- inbox ----
 
   async readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<StoredEvent[]> {
+    // The body comes from a subquery per row rather than a join: the plan then stays a merge of the partitions'
+    // (device_key, event_id) index scans that stops at the limit, plus one primary-key lookup per event in the one
+    // messages partition of its day. A join lets the planner hash the whole messages table instead.
     const rows = await this.driver.query<{ event_id: bigint; body: Uint8Array }>(
-      `SELECT i.event_id, m.body
+      `SELECT i.event_id,
+              (SELECT m.body FROM messages m
+                WHERE m.chat_id = i.chat_id AND m.message_id = i.message_id AND m.created_at = i.created_at) AS body
          FROM inbox i
-         JOIN messages m ON m.chat_id = i.chat_id AND m.message_id = i.message_id AND m.created_at = i.created_at
         WHERE i.device_key = $1::bigint AND i.event_id > $2::bigint
         ORDER BY i.event_id
         LIMIT $3::int`,

@@ -1,0 +1,116 @@
+import { once } from "node:events";
+import { type AddressInfo, connect, createServer, type Server, type Socket } from "node:net";
+import { describe, expect, it } from "vitest";
+import { DependencyUnavailableError } from "../../errors.js";
+import type { SqlDriver } from "../../ports/sql.js";
+import { isConnectionFailure } from "./connection-errors.js";
+import { createPostgresDriver } from "./postgres-driver.js";
+
+const databaseUrl = process.env.DATABASE_URL;
+
+async function expectUnavailable(driver: SqlDriver): Promise<void> {
+  await expect(driver.query("SELECT 1")).rejects.toBeInstanceOf(DependencyUnavailableError);
+  await expect(driver.transaction((tx) => tx.query("SELECT 1"))).rejects.toBeInstanceOf(DependencyUnavailableError);
+  await expect(driver.exec("SELECT 1")).rejects.toBeInstanceOf(DependencyUnavailableError);
+}
+
+/** A TCP proxy to Postgres that the test can take down (dropping every connection) and bring back on the same port. */
+async function startProxy(target: URL) {
+  const sockets = new Set<Socket>();
+  let server: Server;
+  const listen = async (port: number) => {
+    server = createServer((client) => {
+      const upstream = connect(Number(target.port || 5432), target.hostname);
+      for (const socket of [client, upstream]) {
+        sockets.add(socket);
+        socket.on("error", () => {});
+        socket.on("close", () => {
+          client.destroy();
+          upstream.destroy();
+          sockets.delete(socket);
+        });
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    server.listen(port, "127.0.0.1");
+    await once(server, "listening");
+    return (server.address() as AddressInfo).port;
+  };
+  const port = await listen(0);
+  const url = new URL(target);
+  url.host = `127.0.0.1:${port}`;
+  return {
+    url: url.toString(),
+    async down() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+    up: () => listen(port),
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}
+
+describe("postgres driver", () => {
+  it("classifies connection failures, and only those", () => {
+    for (const code of ["ECONNREFUSED", "ECONNRESET", "CONNECTION_CLOSED", "CONNECT_TIMEOUT", "08006", "57P01", "57P03", "53300"]) {
+      expect(isConnectionFailure(Object.assign(new Error(code), { code }))).toBe(true);
+    }
+    expect(isConnectionFailure(new AggregateError([Object.assign(new Error(), { code: "ECONNREFUSED" })]))).toBe(true);
+    for (const code of ["23505", "42P01", "40P01", "UNDEFINED_VALUE", undefined]) {
+      expect(isConnectionFailure(Object.assign(new Error("x"), { code }))).toBe(false);
+    }
+  });
+
+  it("answers DependencyUnavailableError when nothing listens at the address", async () => {
+    const driver = createPostgresDriver("postgres://postgres@127.0.0.1:1/none", { connectTimeoutSeconds: 2 });
+    try {
+      await expectUnavailable(driver);
+    } finally {
+      await driver.close();
+    }
+  });
+
+  it.runIf(databaseUrl)("fails calls while Postgres is away and recovers by itself when it is back", async () => {
+    const proxy = await startProxy(new URL(databaseUrl!));
+    const driver = createPostgresDriver(proxy.url, { poolSize: 2, connectTimeoutSeconds: 2 });
+    try {
+      expect(await driver.query("SELECT 1 AS one")).toEqual([{ one: 1 }]);
+
+      // Connections drop in the middle of a transaction…
+      let dropped!: () => void;
+      const inTransaction = new Promise<void>((resolve) => (dropped = resolve));
+      const transaction = driver.transaction(async (tx) => {
+        await tx.query("SELECT 1");
+        dropped();
+        await tx.query("SELECT pg_sleep(5)");
+      });
+      await inTransaction;
+      await proxy.down();
+      await expect(transaction).rejects.toBeInstanceOf(DependencyUnavailableError);
+      // …and new ones are refused.
+      await expectUnavailable(driver);
+
+      await proxy.up();
+      expect(await driver.query("SELECT 1 AS one")).toEqual([{ one: 1 }]);
+      expect(await driver.transaction((tx) => tx.query("SELECT 2 AS two"))).toEqual([{ two: 2 }]);
+    } finally {
+      await driver.close();
+      await proxy.close();
+    }
+  });
+
+  it.runIf(databaseUrl)("answers DependencyUnavailableError when the server terminates the connection", async () => {
+    const driver = createPostgresDriver(databaseUrl!, { poolSize: 1 });
+    const admin = createPostgresDriver(databaseUrl!, { poolSize: 1 });
+    try {
+      const [{ pid }] = (await driver.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")) as [{ pid: number }];
+      const sleeping = driver.query("SELECT pg_sleep(10)");
+      await expect.poll(async () => (await admin.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1::int AND query LIKE '%pg_sleep%'", [pid])).length).toBe(1);
+      await admin.query("SELECT pg_terminate_backend($1::int)", [pid]);
+      await expect(sleeping).rejects.toBeInstanceOf(DependencyUnavailableError);
+      expect(await driver.query("SELECT 1 AS one")).toEqual([{ one: 1 }]);
+    } finally {
+      await Promise.all([driver.close(), admin.close()]);
+    }
+  });
+});

@@ -1,0 +1,307 @@
+/**
+ * Issue 4: many nodes behind an L4 load balancer, with nothing lost when a node dies (DESIGN.md §3, §5).
+ *
+ * Three real nodes (`node --import tsx src/main.ts`) on a fresh database of the machine's Postgres and its Redis, with
+ * HAProxy in front (deploy/haproxy.cfg rendered for loopback). Devices are placed by connecting straight to a node's
+ * port; every reconnect goes through HAProxy. Faults are real: kill -9, SIGTERM, Redis and Postgres restarts.
+ * Each fault test prints its figures; all of them go to test-results/cluster/figures.json.
+ */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Code } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Cluster, logDir } from "./cluster.js";
+import { type Ack, Recipient, Sender } from "./devices.js";
+import { sleep, waitFor } from "./processes.js";
+import { type Outcome, Scenario, round } from "./scenario.js";
+import { ensureServicesUp, startPostgres, startRedis, stopPostgres, stopRedis } from "./services.js";
+
+const figures: Record<string, unknown> = {};
+
+function report(name: string, data: Record<string, unknown>): void {
+  figures[name] = data;
+  console.log(`[cluster] ${name}: ${JSON.stringify(data)}`);
+}
+
+function percentile(values: number[], p: number): number {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+/** What every fault test asserts once its traffic has settled. */
+function expectNothingLost(scenario: Scenario, outcome: Outcome): void {
+  expect(outcome.abandoned, "sends never acknowledged").toBe(0);
+  expect(outcome.sent).toBeGreaterThan(0);
+  expect(scenario.verify()).toEqual([]);
+  expect(outcome.delivered).toBe(outcome.expected);
+}
+
+describe("three nodes behind HAProxy", () => {
+  const cluster = new Cluster();
+
+  beforeAll(async () => {
+    await ensureServicesUp();
+    await cluster.start(3);
+  }, 120_000);
+
+  afterAll(async () => {
+    await cluster.stop();
+    await ensureServicesUp();
+    writeFileSync(join(logDir, "figures.json"), `${JSON.stringify(figures, (_, v) => (typeof v === "bigint" ? String(v) : v), 2)}\n`);
+    console.log(`[cluster] figures and logs: ${logDir}`);
+  }, 60_000);
+
+  it("delivers live across nodes, for every ordered pair of nodes", async () => {
+    const n = cluster.nodes.length;
+    const pairs = Array.from({ length: n }, (_, i) => Array.from({ length: n }, (_, j) => [i, j] as const))
+      .flat()
+      .filter(([i, j]) => i !== j);
+    const perPair = 5;
+    const latencies: number[] = [];
+
+    await Promise.all(
+      pairs.map(async ([i, j]) => {
+        const from = cluster.nodes[i]!;
+        const to = cluster.nodes[j]!;
+        const senderUser = cluster.user(`pair${i}${j}-s`);
+        const recipientUser = cluster.user(`pair${i}${j}-r`);
+        const recipient = new Recipient(`${recipientUser}/dev0`, await cluster.token(recipientUser, "dev0"), cluster.lbUrl);
+        await recipient.connect(to.url);
+        try {
+          const chatId = await cluster.createChat(from.url, senderUser, [recipientUser]);
+          // Placement is what Redis says it is.
+          expect(await cluster.presenceOf(await cluster.deviceKey(recipientUser, "dev0"))).toBe(to.id);
+          const sender = new Sender(senderUser, await cluster.token(senderUser, "phone"), from.url);
+          const acks: Ack[] = [];
+          for (let k = 0; k < perPair; k++) acks.push((await sender.send(chatId, `m${k}`))!);
+          await waitFor(`${from.id} → ${to.id} live`, () => recipient.hasMessages(acks.map((a) => a.messageId)), 10_000, 20);
+          // Live: on the first stream, after its backlog, with no reconnect.
+          expect(recipient.streams).toHaveLength(1);
+          for (const ack of acks) {
+            const got = [...recipient.received.values()].find((m) => m.messageId === ack.messageId)!;
+            expect(got.stream).toBe(0);
+            expect(got.at).toBeGreaterThanOrEqual(recipient.drainedAt[0]!);
+            latencies.push(got.at - ack.startedAt);
+          }
+          expect(recipient.duplicatesOnOneStream).toEqual([]);
+        } finally {
+          recipient.stop();
+        }
+      }),
+    );
+    report("cross-node", {
+      pairs: pairs.length,
+      messages: pairs.length * perPair,
+      latencyMsP50: percentile(latencies, 50),
+      latencyMsP99: percentile(latencies, 99),
+      latencyMsMax: Math.max(...latencies),
+    });
+  });
+
+  it("loses nothing acknowledged when a node is killed with SIGKILL mid-traffic", async () => {
+    const victim = 1;
+    const scenario = new Scenario(cluster, "kill", { senders: 3, recipientUsers: 3, devicesPerUser: 2 });
+    try {
+      await scenario.setUp();
+      const displaced = scenario.on(victim);
+      expect(displaced.length).toBeGreaterThan(0);
+      scenario.start();
+      await sleep(2500);
+
+      const killedAt = Date.now();
+      cluster.nodes[victim]!.signal("SIGKILL");
+      await cluster.nodes[victim]!.exit();
+      const backAt = await Promise.all(displaced.map((r) => r.waitLive(killedAt)));
+      await sleep(3000);
+      await scenario.stop();
+      const outcome = await scenario.settle();
+
+      // The displaced devices came back through HAProxy, to the surviving nodes.
+      for (const r of displaced) {
+        expect(r.ends[0]!.code, r.name).not.toBe(undefined);
+        expect(r.streams.length, r.name).toBeGreaterThan(1);
+      }
+      expectNothingLost(scenario, outcome);
+      report("kill -9", {
+        ...outcome,
+        displacedDevices: displaced.length,
+        displacedEndCodes: displaced.map((r) => Code[r.ends[0]!.code!]),
+        recoveryMsAllDevicesLive: Math.max(...backAt) - killedAt,
+      });
+    } finally {
+      scenario.close();
+      // Back to three nodes for the tests that follow.
+      if (!cluster.nodes[victim]!.running) {
+        const restartAt = Date.now();
+        await cluster.nodes[victim]!.start();
+        await cluster.waitAllUp();
+        figures["node restart to UP in HAProxy (ms)"] = Date.now() - restartAt;
+      }
+    }
+  });
+
+  it("keeps every acknowledged message and resumes live delivery by itself when Redis restarts empty", async () => {
+    const scenario = new Scenario(cluster, "redis", { senders: 3, recipientUsers: 3, devicesPerUser: 2 });
+    // A probe pair pinned to two nodes shows when live hand-off between nodes works again.
+    const probeFrom = cluster.nodes[0]!;
+    const probeTo = cluster.nodes[2]!;
+    const probeUser = cluster.user("probe-s");
+    const watchUser = cluster.user("probe-r");
+    const watcher = new Recipient(`${watchUser}/dev0`, await cluster.token(watchUser, "dev0"), cluster.lbUrl);
+    try {
+      await scenario.setUp();
+      await watcher.connect(probeTo.url);
+      const probeChat = await cluster.createChat(probeFrom.url, probeUser, [watchUser]);
+      const probe = new Sender(probeUser, await cluster.token(probeUser, "phone"), probeFrom.url);
+      const watcherKey = await cluster.deviceKey(watchUser, "dev0");
+
+      scenario.start();
+      await sleep(2000);
+      const downAt = Date.now();
+      await stopRedis();
+      await sleep(2000);
+      await startRedis();
+      const upAt = Date.now();
+
+      // Probes until one arrives live on the watcher's first stream.
+      let resumedAt: number | undefined;
+      const probeIds = new Set<string>();
+      for (let k = 0; resumedAt === undefined && Date.now() - upAt < 20_000; k++) {
+        const ack = await probe.send(probeChat, `probe-${k}`);
+        if (ack) probeIds.add(ack.messageId);
+        const live = [...watcher.received.values()].find((m) => probeIds.has(m.messageId) && m.stream === 0);
+        if (live) resumedAt = live.at;
+        else await sleep(100);
+      }
+      await waitFor("the watcher's presence to be back", async () => (await cluster.presenceOf(watcherKey)) === probeTo.id, 15_000);
+      const presenceBackAt = Date.now();
+      await sleep(2000);
+      await scenario.stop();
+
+      // Redis going away ended no device's stream; sends kept being acknowledged while it was down.
+      for (const r of [...scenario.recipients, watcher]) expect(r.streams, r.name).toHaveLength(1);
+      const ackedWhileDown = scenario.acks.filter((a) => a.ackedAt > downAt && a.ackedAt < upAt).length;
+      expect(ackedWhileDown).toBeGreaterThan(0);
+      expect(resumedAt, "live delivery across nodes never resumed").toBeDefined();
+
+      const outcome = await scenario.settle();
+      expectNothingLost(scenario, outcome);
+      report("redis restart", {
+        ...outcome,
+        redisDownMs: upAt - downAt,
+        ackedWhileRedisDown: ackedWhileDown,
+        recoveryMsLiveAcrossNodes: resumedAt! - upAt,
+        presenceBackWithinMs: presenceBackAt - upAt,
+      });
+    } finally {
+      scenario.close();
+      watcher.stop();
+      await startRedis();
+    }
+  });
+
+  it("stores each message exactly once when Postgres restarts mid-traffic and clients retry", async () => {
+    const scenario = new Scenario(cluster, "pg", { senders: 3, recipientUsers: 3, devicesPerUser: 2 });
+    try {
+      await scenario.setUp();
+      scenario.start();
+      await sleep(2000);
+      const downAt = Date.now();
+      await stopPostgres();
+      const stoppedAt = Date.now();
+      await sleep(3000);
+      await startPostgres();
+      const upAt = Date.now();
+      await waitFor("a send acknowledged after Postgres is back", () => scenario.traffic.firstAckAfter(upAt) !== undefined, 30_000, 50);
+      const recoveredAt = scenario.traffic.firstAckAfter(upAt)!;
+      await sleep(2000);
+      await scenario.stop();
+
+      const failures = scenario.traffic.stats.failures;
+      expect(failures.Unavailable ?? 0, "sends answered UNAVAILABLE while Postgres was down").toBeGreaterThan(0);
+      // Retrying is safe only if failures say so: nothing but UNAVAILABLE (and the client's own deadline).
+      expect(Object.keys(failures).filter((code) => !["Unavailable", "DeadlineExceeded"].includes(code))).toEqual([]);
+
+      const outcome = await scenario.settle();
+      expectNothingLost(scenario, outcome);
+
+      // Stored exactly once: one row per acknowledged send, seqs 1..n without gaps, the seqs the senders were told.
+      const [row] = await cluster.sql`
+        SELECT count(*)::int AS rows, count(DISTINCT seq)::int AS seqs, min(seq) AS min, max(seq) AS max,
+               count(DISTINCT (sender_device_key, client_message_id))::int AS keys
+          FROM messages WHERE chat_id = ${scenario.chatId} AND seq IS NOT NULL`;
+      expect(row).toEqual({ rows: outcome.sent, seqs: outcome.sent, min: 1n, max: BigInt(outcome.sent), keys: outcome.sent });
+      expect(new Set(scenario.acks.map((a) => a.seq)).size).toBe(outcome.sent);
+      const retried = scenario.acks.filter((a) => a.attempts > 1).length;
+      report("postgres restart", {
+        ...outcome,
+        postgresDownMs: upAt - downAt,
+        stopTookMs: stoppedAt - downAt,
+        sendsRetried: retried,
+        messageRows: row!.rows,
+        recoveryMsFirstAckAfterUp: recoveredAt - upAt,
+      });
+    } finally {
+      scenario.close();
+      await startPostgres();
+    }
+  });
+
+  it("drains a node on SIGTERM: its streams end UNAVAILABLE and its devices resume elsewhere with nothing lost", async () => {
+    const victim = 2;
+    const scenario = new Scenario(cluster, "term", { senders: 3, recipientUsers: 3, devicesPerUser: 2 });
+    try {
+      await scenario.setUp();
+      const displaced = scenario.on(victim);
+      scenario.start();
+      await sleep(2000);
+
+      const termAt = Date.now();
+      cluster.nodes[victim]!.signal("SIGTERM");
+      const backAt = await Promise.all(displaced.map((r) => r.waitLive(termAt)));
+      const exit = await cluster.nodes[victim]!.exit();
+      const exitedAt = Date.now();
+      expect(exit.code, cluster.nodes[victim]!.tail()).toBe(0);
+      for (const r of displaced) {
+        expect(r.ends[0]!.code, `${r.name}: ${r.ends[0]!.message}`).toBe(Code.Unavailable);
+        const holder = await cluster.presenceOf(await deviceKeyOf(cluster, r));
+        expect(cluster.nodeIndexById(holder), `${r.name} is held by ${holder}`).not.toBe(victim);
+        expect(cluster.nodeIndexById(holder)).toBeGreaterThanOrEqual(0);
+      }
+      await sleep(2000);
+      await scenario.stop();
+      const outcome = await scenario.settle();
+      expectNothingLost(scenario, outcome);
+      report("SIGTERM drain", {
+        ...outcome,
+        displacedDevices: displaced.length,
+        drainToExitMs: exitedAt - termAt,
+        recoveryMsAllDevicesLive: Math.max(...backAt) - termAt,
+      });
+    } finally {
+      scenario.close();
+    }
+  });
+
+  afterAll(() => {
+    const totals = Object.values(figures).reduce<{ sent: number; delivered: number; duplicatesSuppressed: number }>(
+      (sum, f) => {
+        const o = f as Partial<Outcome>;
+        return {
+          sent: sum.sent + (o.sent ?? 0),
+          delivered: sum.delivered + (o.delivered ?? 0),
+          duplicatesSuppressed: sum.duplicatesSuppressed + (o.duplicatesSuppressed ?? 0),
+        };
+      },
+      { sent: 0, delivered: 0, duplicatesSuppressed: 0 },
+    );
+    report("totals (fault tests)", { ...totals, duplicateRate: round(totals.duplicatesSuppressed / Math.max(1, totals.delivered), 4) });
+  });
+});
+
+/** The recipient's device key, from its name "user/devN". */
+function deviceKeyOf(cluster: Cluster, r: Recipient): Promise<string> {
+  const [user, device] = r.name.split("/") as [string, string];
+  return cluster.deviceKey(user, device);
+}
