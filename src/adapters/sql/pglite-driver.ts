@@ -1,3 +1,4 @@
+import { mkdir } from "node:fs/promises";
 import { PGlite, types, type Transaction } from "@electric-sql/pglite";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 import { byteaFromText, byteaText, encodeParams } from "./params.js";
@@ -15,6 +16,7 @@ const pgliteTypeOptions = {
 
 /** Opens (or creates) the embedded database in dataDir; undefined keeps it in memory. */
 export async function createPgliteDriver(dataDir: string | undefined): Promise<SqlDriver> {
+  if (dataDir !== undefined) await mkdir(dataDir, { recursive: true });
   const pg = await PGlite.create(dataDir, pgliteTypeOptions);
   return pgliteSqlDriver(pg, { ownsInstance: true });
 }
