@@ -4,7 +4,7 @@
  * tests and the benchmarks; other languages generate their own clients from proto/.
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { type Client, type Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { type Client, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   ChatService,
