@@ -2,7 +2,7 @@ import { createHmac } from "node:crypto";
 import { join } from "node:path";
 import { ConnectError, Code } from "@connectrpc/connect";
 import { Redis } from "ioredis";
-import type { Logger } from "pino";
+import { destination, type Logger } from "pino";
 import { AttachmentService } from "../gen/palaver/chat/v1/attachment_pb.js";
 import { ChatService, ConnectRequestSchema } from "../gen/palaver/chat/v1/chat_pb.js";
 import { LocalBlobStore } from "./adapters/blob/local-blob-store.js";
@@ -146,7 +146,8 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
 
 /** `palaver retention run`: the retention job once, against the database and store the config names. */
 export async function runRetentionOnce(config: Config): Promise<RetentionReport> {
-  const logger = createLogger(config);
+  // Logs go to stderr: stdout carries the report.
+  const logger = createLogger(config, destination(2));
   const db = await openDb(config);
   try {
     await db.migrate();

@@ -9,7 +9,7 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 describe.each(testBackends())("retention on %s", (backend) => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startTestServer(backend);
+    server = await startTestServer(backend, { MAX_INBOX_EVENTS: "5" });
   });
   afterAll(() => server?.close());
 
@@ -51,5 +51,23 @@ describe.each(testBackends())("retention on %s", (backend) => {
     await again.waitForMessages(1);
     expect(again.events.some((e) => e.kind.case === "resync")).toBe(false);
     again.disconnect();
+  });
+
+  it("drops the oldest events of an inbox over MAX_INBOX_EVENTS and tells the device to resync", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser);
+    const phone = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
+    await phone.waitForDrained();
+    phone.disconnect();
+    const api = connectChatClient(server.url, await server.token(alice!, "phone"));
+    const { chat } = await api.createChat({ participantUserIds: [bob!] });
+    for (let i = 1; i <= 8; i++) await api.sendMessage({ chatId: chat!.chatId, clientMessageId: `m${i}`, text: `m${i}` });
+    const report = await server.app.retention.run();
+    expect(report.inboxesTrimmed).toBeGreaterThanOrEqual(1);
+
+    const back = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
+    await back.waitForDrained();
+    expect(back.events[0]?.kind.case === "resync" && back.events[0].kind.value.reason).toBe(ResyncReason.INBOX_OVERFLOW);
+    expect(back.messages.map((m) => m.text)).toEqual(["m4", "m5", "m6", "m7", "m8"]);
+    back.disconnect();
   });
 });
