@@ -14,6 +14,7 @@ import { createLogger } from "../log.js";
 import { requireCaller } from "./caller.js";
 import { createInterceptors } from "./interceptors.js";
 import { startServer, type Server } from "./server.js";
+import { codeOf } from "../../test/support/codes.js";
 
 const secret = new TextEncoder().encode("a test secret that is long enough for HS256");
 const uuid = "6f1c1c8e-4a53-4f0e-9d3c-0c2f2b7f0a11";
@@ -74,15 +75,6 @@ afterAll(() => server.close(0));
 beforeEach(() => {
   logLines.length = 0;
 });
-
-async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call;
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
-}
 
 function chatClient(token?: string, transport?: (token?: string) => Transport) {
   return createClient(ChatService, (transport ?? ((t) => transportFor("grpc over h2c", server.url, t)))(token));

@@ -9,7 +9,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Cluster, logDir } from "./cluster.js";
 import { type Ack, Recipient, Sender } from "./devices.js";
 import { sleep, waitFor } from "./processes.js";
@@ -51,6 +51,15 @@ describe("three nodes behind HAProxy", () => {
     writeFileSync(join(logDir, "figures.json"), `${JSON.stringify(figures, (_, v) => (typeof v === "bigint" ? String(v) : v), 2)}\n`);
     console.log(`[cluster] figures and logs: ${logDir}`);
   }, 60_000);
+
+  // Each test starts from three serving nodes, whatever the previous one left (a failed test may leave a node down).
+  beforeEach(async () => {
+    const dead = cluster.nodes.filter((node) => !node.running);
+    if (dead.length === 0) return;
+    console.log(`[cluster] restarting ${dead.map((n) => n.id).join(", ")} left down by the previous test`);
+    await Promise.all(dead.map((node) => node.start()));
+    await cluster.waitAllUp();
+  }, 90_000);
 
   it("delivers live across nodes, for every ordered pair of nodes", async () => {
     const n = cluster.nodes.length;
@@ -218,10 +227,13 @@ describe("three nodes behind HAProxy", () => {
       await sleep(2000);
       await scenario.stop();
 
-      const failures = scenario.traffic.stats.failures;
+      // A dependency's restart must not take the nodes down with it.
+      for (const node of cluster.nodes) expect(node.running, `${node.id} died:\n${node.tail(12)}`).toBe(true);
+      const { failures, samples } = scenario.traffic.stats;
       expect(failures.Unavailable ?? 0, "sends answered UNAVAILABLE while Postgres was down").toBeGreaterThan(0);
       // Retrying is safe only if failures say so: nothing but UNAVAILABLE (and the client's own deadline).
-      expect(Object.keys(failures).filter((code) => !["Unavailable", "DeadlineExceeded"].includes(code))).toEqual([]);
+      const unexpected = Object.keys(failures).filter((code) => !["Unavailable", "DeadlineExceeded"].includes(code));
+      expect(unexpected.map((code) => `${code}: ${samples[code]}`)).toEqual([]);
 
       const outcome = await scenario.settle();
       expectNothingLost(scenario, outcome);

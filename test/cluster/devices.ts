@@ -211,6 +211,8 @@ export interface SendStats {
   acked: number;
   /** Failed attempts by Connect code name (retried with the same client_message_id). */
   failures: Record<string, number>;
+  /** The first error message seen for each code. */
+  samples: Record<string, string>;
   /** Sends given up on (never acknowledged within the retry budget). */
   abandoned: string[];
 }
@@ -220,7 +222,7 @@ export class Sender {
   // One HTTP/2 connection per sender; after it fails, the client's next call opens a new one (through the LB: to a
   // live node).
   private readonly client: ReturnType<typeof grpcChatClient>;
-  readonly stats: SendStats = { attempts: 0, acked: 0, failures: {}, abandoned: [] };
+  readonly stats: SendStats = { attempts: 0, acked: 0, failures: {}, samples: {}, abandoned: [] };
 
   constructor(
     readonly name: string,
@@ -240,9 +242,10 @@ export class Sender {
         this.stats.acked++;
         return { clientMessageId, messageId: res.messageId, seq: res.seq, startedAt, ackedAt: Date.now(), attempts: attempt };
       } catch (error) {
-        const code = ConnectError.from(error).code;
+        const { code, rawMessage } = ConnectError.from(error);
         const name = Code[code] ?? String(code);
         this.stats.failures[name] = (this.stats.failures[name] ?? 0) + 1;
+        this.stats.samples[name] ??= rawMessage;
         if ([Code.InvalidArgument, Code.PermissionDenied, Code.NotFound, Code.Unauthenticated].includes(code)) throw error;
         if (Date.now() - startedAt > budgetMs) {
           this.stats.abandoned.push(clientMessageId);
@@ -295,12 +298,13 @@ export class Traffic {
   }
 
   get stats(): SendStats {
-    const total: SendStats = { attempts: 0, acked: 0, failures: {}, abandoned: [] };
+    const total: SendStats = { attempts: 0, acked: 0, failures: {}, samples: {}, abandoned: [] };
     for (const { stats } of this.senders) {
       total.attempts += stats.attempts;
       total.acked += stats.acked;
       total.abandoned.push(...stats.abandoned);
       for (const [code, n] of Object.entries(stats.failures)) total.failures[code] = (total.failures[code] ?? 0) + n;
+      Object.assign(total.samples, { ...stats.samples, ...total.samples });
     }
     return total;
   }

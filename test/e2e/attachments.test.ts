@@ -1,21 +1,13 @@
 import { createHash, randomBytes } from "node:crypto";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AttachmentService } from "../../gen/palaver/chat/v1/attachment_pb.js";
 import { ConnectDevice, connectChatClient, connectTransport } from "../../src/client/device.js";
 import { freshBucketName, minioForSuite } from "../support/minio.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
+import { codeOf } from "../support/codes.js";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
-
-async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call;
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
-}
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest();
 

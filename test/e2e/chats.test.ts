@@ -1,19 +1,11 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ChatUpdateKind } from "../../gen/palaver/chat/v1/event_pb.js";
 import { ParticipantOperation } from "../../gen/palaver/chat/v1/chat_pb.js";
 import { ConnectDevice, connectChatClient } from "../../src/client/device.js";
 import { testBackends } from "../support/db.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
-
-async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call;
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
-}
+import { codeOf } from "../support/codes.js";
 
 describe.each(testBackends())("chats on %s", (backend) => {
   let server: TestServer;

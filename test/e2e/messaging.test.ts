@@ -1,17 +1,9 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConnectDevice, connectChatClient } from "../../src/client/device.js";
 import { testBackends } from "../support/db.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
-
-async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call;
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
-}
+import { codeOf } from "../support/codes.js";
 
 describe.each(testBackends())("messaging on %s", (backend) => {
   let server: TestServer;
