@@ -99,7 +99,7 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
         const outcome = await runCommand(caller, frame);
         stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
       }
-      stream.end();
+      stream.finish();
     } catch {
       stream.end(); // the client went away mid-frame
     }

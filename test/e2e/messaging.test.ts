@@ -1,6 +1,9 @@
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { ConnectRequestSchema, ConnectResponseSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
 import { ConnectDevice, connectChatClient } from "../../src/client/device.js";
+import { rawGrpcCall } from "../support/raw-grpc.js";
 import { testBackends } from "../support/db.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 import { codeOf } from "../support/codes.js";
@@ -74,5 +77,18 @@ describe.each(testBackends())("messaging on %s", (backend) => {
     const good = await device.command({ case: "sendMessage", value: { chatId, clientMessageId: "ok", text: "x" } });
     expect(good.outcome.case).toBe("sendMessage");
     device.disconnect();
+  });
+
+  it("answers every command a device sent before half-closing its stream, then ends the stream cleanly", async () => {
+    const { alice, chatId } = await pair();
+    const frames = Array.from({ length: 5 }, (_, i) =>
+      toBinary(ConnectRequestSchema, create(ConnectRequestSchema, { requestId: `g${i}`, command: { case: "getChat", value: { chatId } } })),
+    );
+    const { messages, status } = await rawGrpcCall(server.url, "/palaver.chat.v1.ChatService/Connect", await server.token(alice, "script"), frames);
+    const results = messages
+      .map((bytes) => fromBinary(ConnectResponseSchema, bytes).frame)
+      .flatMap((f) => (f.case === "result" ? [f.value.requestId] : []));
+    expect(results).toEqual(["g0", "g1", "g2", "g3", "g4"]);
+    expect(status).toBe(0);
   });
 });

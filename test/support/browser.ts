@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { type Browser, type BrowserContext, chromium, type Locator, type Page } from "playwright-core";
 import { build } from "vite";
@@ -6,6 +7,9 @@ import { build } from "vite";
 export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
 export async function launchChromium(): Promise<Browser> {
+  if (!existsSync(chromiumPath)) {
+    throw new Error(`no Chromium at ${chromiumPath}: apt-get install -y chromium, or set CHROMIUM_PATH`);
+  }
   return chromium.launch({
     executablePath: chromiumPath,
     headless: true,
@@ -58,16 +62,22 @@ export class ClientPage {
     page.on("pageerror", (error) => this.errors.push(error));
   }
 
-  static async open(browser: Browser, url: string): Promise<ClientPage> {
-    const context = await browser.newContext({ viewport: { width: 1180, height: 760 }, deviceScaleFactor: 1 });
+  static async open(browser: Browser, url: string, viewport = { width: 1180, height: 760 }): Promise<ClientPage> {
+    const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
     const client = new ClientPage(context, await context.newPage());
     await client.page.goto(url);
     return client;
   }
 
   /** A fresh context, signed in through the development sign-in, with the event stream live. */
-  static async signIn(browser: Browser, url: string, user: string, device = "browser"): Promise<ClientPage> {
-    const client = await ClientPage.open(browser, url);
+  static async signIn(
+    browser: Browser,
+    url: string,
+    user: string,
+    device = "browser",
+    viewport?: { width: number; height: number },
+  ): Promise<ClientPage> {
+    const client = await ClientPage.open(browser, url, viewport);
     await client.signIn(user, device);
     return client;
   }
@@ -159,5 +169,21 @@ export class ClientPage {
 
   async close(): Promise<void> {
     await this.context.close();
+  }
+}
+
+/** Writes the pages' screenshots side by side into one PNG, laid out by the browser itself. */
+export async function screenshotSideBySide(browser: Browser, pages: Page[], path: string): Promise<void> {
+  const shots = await Promise.all(pages.map((page) => page.screenshot()));
+  const context = await browser.newContext({ deviceScaleFactor: 1 });
+  try {
+    const page = await context.newPage();
+    const images = shots.map((png) => `<img src="data:image/png;base64,${png.toString("base64")}">`).join("");
+    await page.setContent(
+      `<body style="margin:0;display:flex;gap:12px;padding:12px;background:#c9ccd4;width:max-content">${images}</body>`,
+    );
+    await page.locator("body").screenshot({ path });
+  } finally {
+    await context.close();
   }
 }

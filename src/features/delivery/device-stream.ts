@@ -32,6 +32,8 @@ export class DeviceStream {
   private wake: (() => void) | null = null;
   /** undefined while open; null when ended cleanly; the error to end with otherwise. */
   private ending: ConnectError | null | undefined;
+  /** Set by finish(): end cleanly once the queued frames are out. */
+  private finishing = false;
 
   constructor(
     readonly deviceKey: string,
@@ -62,6 +64,12 @@ export class DeviceStream {
     this.ending = error;
     this.heldDuringDrain = null;
     this.drainedIds = null;
+    this.notify();
+  }
+
+  /** Ends the stream cleanly once the frames already queued (answers to the client's last commands) are sent. */
+  finish(): void {
+    this.finishing = true;
     this.notify();
   }
 
@@ -113,6 +121,7 @@ export class DeviceStream {
   }
 
   private throwIfEnded(): void {
+    if (this.finishing && this.ready.length === 0) this.end();
     if (this.ending === undefined) return;
     if (this.ending) throw this.ending;
     throw new StreamEnded();
