@@ -1,5 +1,6 @@
 import { createHmac } from "node:crypto";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { ConnectError, Code } from "@connectrpc/connect";
 import { Redis } from "ioredis";
 import { destination, type Logger } from "pino";
@@ -31,8 +32,13 @@ import { type Clock, systemClock } from "./ports/clock.js";
 import type { Db } from "./ports/db.js";
 import { createInterceptors, toConnectError, validateOrThrow } from "./transport/interceptors.js";
 import { type Server, startServer } from "./transport/server.js";
+import { blobCors } from "./web/blob-cors.js";
+import { createDevTokenHandler } from "./web/dev-token.js";
+import { createStaticFiles } from "./web/static-files.js";
 
 const HOUR_MS = 60 * 60 * 1000;
+/** The built web client (`npm run build:web`), served at `/` when present. */
+const webDist = fileURLToPath(new URL("../web/dist", import.meta.url));
 
 /** A running Palaver node. */
 export interface App {
@@ -122,7 +128,13 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     fallback: plainHttp({
       metrics,
       ready: () => !server?.shuttingDown.aborted,
-      next: blobs.httpHandler ? [blobs.httpHandler] : [],
+      onError: (err) => logger.error({ err }, "http request failed"),
+      next: [
+        ...(blobs.httpHandler ? [blobCors, blobs.httpHandler] : []),
+        // Development sign-in for the web client; in production the path does not exist (404).
+        ...(config.nodeEnv === "production" ? [] : [createDevTokenHandler(secret)]),
+        createStaticFiles(webDist),
+      ],
     }),
   });
   publicUrl = config.publicUrl ?? server.url;

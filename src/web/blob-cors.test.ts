@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { rawRequest, servePlainHttp } from "../../test/support/plain-http.js";
+import { type PlainHttpServer, rawRequest, servePlainHttp } from "../../test/support/plain-http.js";
 import { blobCors } from "./blob-cors.js";
 
 describe("CORS for signed blob URLs", () => {
-  let server: Awaited<ReturnType<typeof servePlainHttp>>;
+  let server: PlainHttpServer;
   beforeAll(async () => {
     server = await servePlainHttp([blobCors]);
   });

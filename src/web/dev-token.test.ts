@@ -1,12 +1,12 @@
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { rawRequest, servePlainHttp } from "../../test/support/plain-http.js";
+import { type PlainHttpServer, rawRequest, servePlainHttp } from "../../test/support/plain-http.js";
 import { createTokenVerifier } from "../auth/tokens.js";
 import { createDevTokenHandler } from "./dev-token.js";
 
 describe("POST /dev/token", () => {
   const secret = randomBytes(32);
-  let server: Awaited<ReturnType<typeof servePlainHttp>>;
+  let server: PlainHttpServer;
   const post = (body: string, headers: Record<string, string> = { "content-type": "application/json" }) =>
     rawRequest(server.port, "/dev/token", { method: "POST", headers, body });
 

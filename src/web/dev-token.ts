@@ -64,7 +64,7 @@ function parse(body: Buffer): { user: string; device: string } | string {
     ["device", device],
   ] as const) {
     if (typeof id !== "string" || !idPattern.test(id)) {
-      return `${name} must be 1 to 128 letters, digits or . _ @ - (starting with a letter or digit), matching ${idPattern.source}`;
+      return `${name} must be 1 to 128 letters, digits or . _ @ - starting with a letter or digit (${idPattern.source})`;
     }
   }
   return { user: user as string, device: device as string };

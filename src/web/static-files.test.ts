@@ -3,13 +3,13 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { rawRequest, servePlainHttp } from "../../test/support/plain-http.js";
+import { type PlainHttpServer, rawRequest, servePlainHttp } from "../../test/support/plain-http.js";
 import { startServer, type Server } from "../transport/server.js";
 import { createStaticFiles } from "./static-files.js";
 
 describe("static files", () => {
   let dir: string;
-  let server: Awaited<ReturnType<typeof servePlainHttp>>;
+  let server: PlainHttpServer;
   const get = (path: string, headers: Record<string, string> = {}, method = "GET") =>
     rawRequest(server.port, path, { method, headers });
 

@@ -128,7 +128,12 @@ export class ClientPage {
   async messages(): Promise<ShownMessage[]> {
     return this.page.locator('[data-testid="message"]').evaluateAll((nodes) =>
       nodes.map((node) => {
-        const el = node as unknown as { dataset: Record<string, string | undefined>; classList: { contains(c: string): boolean }; querySelector(s: string): { textContent: string | null } | null };
+        // The DOM types are not in this project's lib: describe the little that is read.
+        const el = node as unknown as {
+          dataset: Record<string, string | undefined>;
+          classList: { contains(name: string): boolean };
+          querySelector(selector: string): { textContent: string | null } | null;
+        };
         return {
           text: el.querySelector(".text")?.textContent ?? "",
           sender: el.dataset.sender ?? "",

@@ -2,8 +2,14 @@ import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { WebHandler } from "../../src/web/http.js";
 
-/** An HTTP/1.1 server on a free loopback port running the handlers in turn, answering 404 "next" when none takes a request. */
-export async function servePlainHttp(handlers: WebHandler[]): Promise<{ url: string; port: number; close(): Promise<void> }> {
+export interface PlainHttpServer {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** An HTTP/1.1 server on a loopback port running the handlers in turn; 404 "next" when none takes a request. */
+export async function servePlainHttp(handlers: WebHandler[]): Promise<PlainHttpServer> {
   const server = http.createServer(async (req, res) => {
     for (const handler of handlers) if (await handler(req, res)) return;
     res.writeHead(404, { "content-type": "text/plain" });
@@ -25,10 +31,13 @@ export function rawRequest(
   options: { method?: string; headers?: Record<string, string>; body?: string } = {},
 ): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: "127.0.0.1", port, path, method: options.method ?? "GET", headers: options.headers }, (res) => {
+    const target = { host: "127.0.0.1", port, path, method: options.method ?? "GET", headers: options.headers };
+    const req = http.request(target, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (chunk: Buffer) => chunks.push(chunk));
-      res.on("end", () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+      res.on("end", () => {
+        resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString() });
+      });
       res.on("error", reject);
     });
     req.on("error", reject);

@@ -5,7 +5,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 import type { Browser } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SendMessageRequestSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
-import { buildWebClient, ClientPage, eventually, launchChromium } from "../support/browser.js";
+import { buildWebClient, ClientPage, eventually, launchChromium, screenshotSideBySide } from "../support/browser.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 
 /**
@@ -17,8 +17,13 @@ describe("web client", () => {
   let browser: Browser;
   const opened: ClientPage[] = [];
 
-  const signIn = async (user: string, device = "browser", origin = server.url) => {
-    const client = await ClientPage.signIn(browser, origin, user, device);
+  const signIn = async (
+    user: string,
+    device = "browser",
+    origin = server.url,
+    viewport?: { width: number; height: number },
+  ) => {
+    const client = await ClientPage.signIn(browser, origin, user, device, viewport);
     opened.push(client);
     return client;
   };
@@ -31,6 +36,13 @@ describe("web client", () => {
     ]);
     server = started;
     browser = launched;
+    const page = await fetch(server.url);
+    if (!(page.headers.get("content-type") ?? "").startsWith("text/html")) {
+      throw new Error(
+        `the server does not serve the web client at / (HTTP ${page.status}): ` +
+          "is createStaticFiles (src/web/static-files.ts) in the fallback chain of src/app.ts?",
+      );
+    }
   });
   afterEach(async () => {
     const errors = opened.flatMap((c) => c.errors.map((e) => e.message));
@@ -43,8 +55,9 @@ describe("web client", () => {
   });
 
   it("lets two people chat both ways, sends each message once through a retry, and looks good doing it", async () => {
-    const alice = await signIn(uniqueUser("alice"));
-    const bob = await signIn(uniqueUser("bob"));
+    const screen = { width: 960, height: 640 };
+    const alice = await signIn(uniqueUser("alice"), "laptop", server.url, screen);
+    const bob = await signIn(uniqueUser("bob"), "browser", server.url, screen);
     const aliceId = (await alice.page.getByTestId("me").textContent())!;
     const bobId = (await bob.page.getByTestId("me").textContent())!;
 
@@ -91,8 +104,7 @@ describe("web client", () => {
     expect((await alice.messages()).map((m) => m.mine)).toEqual([true, false, true, false, true]);
 
     await mkdir("test-results", { recursive: true });
-    await alice.page.screenshot({ path: "test-results/two-users.png" });
-    await bob.page.screenshot({ path: "test-results/two-users-bob.png" });
+    await screenshotSideBySide(browser, [alice.page, bob.page], "test-results/two-users.png");
   });
 
   it("shows the connection state and delivers what was sent while a device was away, once and in order", async () => {
@@ -132,7 +144,7 @@ describe("web client", () => {
     expect(await bob.texts()).toEqual(["five", "six"]);
   });
 
-  it("sends an image that shows in the other browser, a file as a download link, and skips re-uploading the same bytes", async () => {
+  it("shows a sent image in the other browser, offers a file as a link, and uploads the same bytes once", async () => {
     // Alice uses the host name `localhost`: her uploads go to the 127.0.0.1 URLs the server signs (CORS).
     const alice = await signIn(uniqueUser("alice"), "browser", server.url.replace("127.0.0.1", "localhost"));
     const bob = await signIn(uniqueUser("bob"));
@@ -162,7 +174,7 @@ describe("web client", () => {
     const link = bob.page.locator('[data-testid="message"] a.attachment-file');
     await link.waitFor();
     expect(await link.textContent()).toContain("agenda.txt");
-    const href = await eventually(() => link.getAttribute("href"), "the download link");
+    const href = (await eventually(() => link.getAttribute("href"), "the download link"))!;
     const download = await fetch(href);
     expect(download.status).toBe(200);
     expect(Buffer.from(await download.arrayBuffer())).toEqual(notes);
@@ -244,7 +256,7 @@ describe("web client", () => {
     expect((await post({ user: "alice", device: "web" })).status).toBe(200);
     const bad = await post({ user: "alice/../../etc", device: "web" });
     expect(bad.status).toBe(400);
-    expect((await bad.json()).error).toContain("user must");
+    expect(((await bad.json()) as { error: string }).error).toContain("user must");
   });
 });
 

@@ -8,8 +8,20 @@ export type PlainHandler = (...args: Parameters<NodeHandlerFn>) => Promise<boole
  * the process runs; `/readyz` while it accepts work (not once shutdown began). Other paths go to the next handlers
  * (media URLs, the web client), and 404 when none takes them.
  */
-export function plainHttp(options: { metrics: Metrics; ready: () => boolean; next: PlainHandler[] }): NodeHandlerFn {
-  return async (req, res) => {
+export function plainHttp(options: {
+  metrics: Metrics;
+  ready: () => boolean;
+  next: PlainHandler[];
+  onError: (error: unknown) => void;
+}): NodeHandlerFn {
+  return (req, res) =>
+    route(req, res).catch((error: unknown) => {
+      options.onError(error);
+      if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
+      res.end();
+    });
+
+  async function route(...[req, res]: Parameters<NodeHandlerFn>): Promise<void> {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method === "GET" && path === "/metrics") {
       const body = await options.metrics.registry.metrics();
@@ -28,5 +40,5 @@ export function plainHttp(options: { metrics: Metrics; ready: () => boolean; nex
     }
     res.writeHead(404, { "content-type": "text/plain" });
     res.end("not found\n");
-  };
+  }
 }
