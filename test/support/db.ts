@@ -50,8 +50,11 @@ export async function openTestDb(backend: Backend, options: TestDbOptions = {}):
     db,
     driver,
     async close() {
-      await driver.exec(`DROP SCHEMA ${schema} CASCADE`);
-      await driver.close();
+      try {
+        await driver.exec(`DROP SCHEMA ${schema} CASCADE`);
+      } finally {
+        await driver.close();
+      }
     },
   };
 }
@@ -75,8 +78,9 @@ function sharedPglite(): Promise<PGlite> {
  * temp directory (named by PGlite's version); every later start loads it instead, several times faster.
  */
 async function openPgliteFromTemplate(): Promise<PGlite> {
-  const pglitePackage = join(dirname(createRequire(import.meta.url).resolve("@electric-sql/pglite")), "..", "package.json");
-  const { version } = JSON.parse(await readFile(pglitePackage, "utf8")) as { version: string };
+  const pgliteMain = createRequire(import.meta.url).resolve("@electric-sql/pglite");
+  const packageJson = join(dirname(pgliteMain), "..", "package.json");
+  const { version } = JSON.parse(await readFile(packageJson, "utf8")) as { version: string };
   const template = join(tmpdir(), `palaver-pglite-${version}.tar`);
   const saved = await readFile(template).catch(() => null);
   if (saved) {

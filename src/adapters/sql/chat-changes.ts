@@ -122,7 +122,8 @@ async function storeChatUpdate(tx: SqlQuery, update: ChatUpdate): Promise<Delive
        INSERT INTO inbox (device_key, event_id, created_at, chat_id, message_id)
        SELECT device_key, event_id, $3::timestamptz, $1::uuid, $2::uuid FROM fanout
      ), message_row AS (
-       INSERT INTO messages (chat_id, message_id, created_at, body) VALUES ($1::uuid, $2::uuid, $3::timestamptz, $5::bytea)
+       INSERT INTO messages (chat_id, message_id, created_at, body)
+       VALUES ($1::uuid, $2::uuid, $3::timestamptz, $5::bytea)
      )
      SELECT device_key, event_id FROM fanout ORDER BY event_id`,
     [update.chatId, update.messageId, update.at, update.recipientUserIds, update.body],

@@ -1,5 +1,3 @@
-import { DependencyUnavailableError } from "../../errors.js";
-
 /** Socket errors, and postgres.js's own codes for a connection that closed, ended or timed out. */
 const NETWORK_CODES = new Set([
   "ECONNREFUSED",
@@ -19,23 +17,17 @@ const NETWORK_CODES = new Set([
 /** SQLSTATEs outside class 08 that still mean "the server is going away or not taking connections". */
 const SERVER_GONE_CODES = new Set(["57P01", "57P02", "57P03", "53300"]);
 
-/** Whether the error means Postgres could not be reached or dropped the connection (retrying later may work). */
+/**
+ * Whether the error means Postgres could not be reached or dropped the connection (retrying later may work). Any
+ * FATAL error counts: the server ends the session after one (an idle-in-transaction timeout, for instance).
+ */
 export function isConnectionFailure(error: unknown): boolean {
   if (typeof error !== "object" || error === null) return false;
-  const { code, errors } = error as { code?: unknown; errors?: unknown };
+  const { code, severity, errors } = error as { code?: unknown; severity?: unknown; errors?: unknown };
+  if (severity === "FATAL" || severity === "PANIC") return true;
   if (typeof code === "string") {
     if (NETWORK_CODES.has(code) || SERVER_GONE_CODES.has(code) || /^08[0-9A-Z]{3}$/.test(code)) return true;
   }
   // Node's happy-eyeballs connect reports an AggregateError of the per-address failures.
   return Array.isArray(errors) && errors.some(isConnectionFailure);
-}
-
-/** Runs fn, turning a connection failure into DependencyUnavailableError("postgres"). */
-export async function unavailableOnConnectionFailure<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (error) {
-    if (isConnectionFailure(error)) throw new DependencyUnavailableError("postgres", { cause: error });
-    throw error;
-  }
 }

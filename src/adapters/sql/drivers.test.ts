@@ -11,22 +11,32 @@ describe.each(testBackends())("SqlDriver on %s", (backend: Backend) => {
   });
   afterAll(() => testDb?.close());
 
-  it("returns int8 as bigint, timestamptz as Date, bytea as Uint8Array and uuid as string", async () => {
+  it("returns int8 as bigint, timestamptz as Date, bytea as Uint8Array, uuid as string and json parsed", async () => {
     const at = new Date("2026-11-28T10:11:12.345Z");
     const id = randomUUID();
     const [row] = await testDb.driver.query(
       `SELECT $1::bigint AS big, $2::timestamptz AS at, $3::bytea AS bytes, $4::uuid AS id, 7::int AS small,
-              NULL::bigint AS nothing, ARRAY['b', 'a'] AS texts`,
+              NULL::bigint AS nothing, json_build_array('b', 'a') AS texts`,
       [9_007_199_254_740_993n, at, new Uint8Array([0, 1, 255]), id],
     );
-    expect(row).toEqual({ big: 9_007_199_254_740_993n, at, bytes: new Uint8Array([0, 1, 255]), id, small: 7, nothing: null, texts: ["b", "a"] });
+    expect(row).toEqual({
+      big: 9_007_199_254_740_993n,
+      at,
+      bytes: new Uint8Array([0, 1, 255]),
+      id,
+      small: 7,
+      nothing: null,
+      texts: ["b", "a"],
+    });
     expect(Buffer.isBuffer(row!.bytes)).toBe(false);
   });
 
   it("binds arrays of bigint, text, Date and bytes, with nulls and characters that need escaping", async () => {
     const at = new Date("2026-11-28T00:00:00.001Z");
     const rows = await testDb.driver.query(
-      "SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::bytea[]) WITH ORDINALITY AS u(b, t, at, bytes, i) ORDER BY i",
+      `SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::bytea[]) WITH ORDINALITY
+                AS u(b, t, at, bytes, i)
+        ORDER BY i`,
       [
         [1n, -2n, null],
         ['a "quoted", {braced} value', "back\\slash", "NULL"],
@@ -43,7 +53,8 @@ describe.each(testBackends())("SqlDriver on %s", (backend: Backend) => {
 
   it("commits a transaction when fn resolves and rolls it back when fn throws", async () => {
     const { driver } = testDb;
-    expect(await driver.transaction(async (tx) => (await tx.query("INSERT INTO driver_check VALUES (1) RETURNING n"))[0])).toEqual({ n: 1 });
+    const committed = await driver.transaction((tx) => tx.query("INSERT INTO driver_check VALUES (1) RETURNING n"));
+    expect(committed).toEqual([{ n: 1 }]);
     await expect(
       driver.transaction(async (tx) => {
         await tx.query("INSERT INTO driver_check VALUES (2)");

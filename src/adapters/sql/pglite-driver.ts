@@ -3,7 +3,7 @@ import { PGlite, types, type Transaction } from "@electric-sql/pglite";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 import { byteaFromText, byteaText, encodeParams } from "./params.js";
 
-/** Gives PGlite the JS types the postgres.js driver returns: int8 as bigint; bytea through Buffer (faster than its own). */
+/** The JS types the postgres.js driver returns: int8 as bigint; bytea through Buffer (faster than PGlite's own). */
 const pgliteTypeOptions = {
   parsers: {
     [types.INT8]: (text: string) => BigInt(text),
@@ -21,9 +21,12 @@ export async function createPgliteDriver(dataDir: string | undefined): Promise<S
   return pgliteSqlDriver(pg, { ownsInstance: true });
 }
 
-/** Opens an in-memory PGlite configured like createPgliteDriver's (for tests that share one instance). */
-export function createPgliteInstance(): Promise<PGlite> {
-  return PGlite.create(undefined, pgliteTypeOptions);
+/**
+ * Opens an in-memory PGlite configured like createPgliteDriver's, for tests that share one instance. Starting from
+ * `loadDataDir` (a dumpDataDir() tarball) skips initdb, the slow part of creating one.
+ */
+export function createPgliteInstance(loadDataDir?: Blob): Promise<PGlite> {
+  return PGlite.create(undefined, { ...pgliteTypeOptions, loadDataDir });
 }
 
 export interface PgliteDriverOptions {
@@ -39,7 +42,8 @@ export interface PgliteDriverOptions {
  * fn must use the tx it is given: calling the driver itself there would wait for ever.
  */
 export function pgliteSqlDriver(pg: PGlite, options: PgliteDriverOptions): SqlDriver {
-  const scope = options.searchPath === undefined ? null : `SET LOCAL search_path TO "${options.searchPath.replace(/"/g, '""')}"`;
+  const scope =
+    options.searchPath === undefined ? null : `SET LOCAL search_path TO "${options.searchPath.replace(/"/g, '""')}"`;
 
   async function transaction<T>(fn: (tx: SqlQuery) => Promise<T>): Promise<T> {
     return pg.transaction(async (tx) => {

@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Backend, openTestDb, type TestDb, testBackends } from "../../../test/support/db.js";
-import type { AttachmentRecord, ChatRecord, PendingSend, SendOutcome } from "../../ports/db.js";
+import type { AttachmentRecord, ChatRecord, ParticipantChange, PendingSend, SendOutcome } from "../../ports/db.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 import { SqlDb } from "./sql-db.js";
 
@@ -78,6 +78,13 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       ])
     )[0]!.n;
   const readAll = (deviceKey: string) => db.readInbox(deviceKey, 0n, 10_000);
+  const change = (
+    chatId: string,
+    actorUserId: string,
+    userId: string,
+    operation: "add" | "remove",
+    maxParticipants = 100,
+  ): ParticipantChange => ({ chatId, actorUserId, userId, operation, maxParticipants, at: now(), updateMessageId: randomUUID() });
 
   describe("devices", () => {
     it("registers a device once and returns its key every time", async () => {
@@ -147,10 +154,9 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
 
     it("adds a participant and tells every device of everyone in the chat after the change", async () => {
       const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
-      const [alicePhone, bobPhone, carolPhone] = [...(await registered(alice, "phone")), ...(await registered(bob, "phone")), ...(await registered(carol, "phone"))];
+      const [[alicePhone], [bobPhone], [carolPhone]] = await Promise.all([alice, bob, carol].map((u) => registered(u, "phone")));
       const chat = await newChat([alice, bob]);
-      const change = { chatId: chat.chatId, actorUserId: alice, maxParticipants: 100, at: now(), updateMessageId: randomUUID() };
-      const outcome = await db.modifyParticipants({ ...change, userId: carol, operation: "add" }, encodeUpdate);
+      const outcome = await db.modifyParticipants(change(chat.chatId, alice, carol, "add"), encodeUpdate);
       expect(outcome.kind).toBe("changed");
       if (outcome.kind !== "changed") return;
       expect(outcome.chat.participantUserIds).toEqual([alice, bob, carol].sort());
@@ -165,10 +171,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       await registered(alice, "phone");
       const [carolPhone, carolLaptop] = await registered(carol, "phone", "laptop");
       const chat = await newChat([alice, bob, carol]);
-      const outcome = await db.modifyParticipants(
-        { chatId: chat.chatId, actorUserId: alice, userId: carol, operation: "remove", maxParticipants: 100, at: now(), updateMessageId: randomUUID() },
-        encodeUpdate,
-      );
+      const outcome = await db.modifyParticipants(change(chat.chatId, alice, carol, "remove"), encodeUpdate);
       expect(outcome.kind).toBe("changed");
       if (outcome.kind !== "changed") return;
       expect(outcome.chat.participantUserIds).toEqual([alice, bob].sort());
@@ -181,19 +184,19 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       const [alicePhone] = await registered(alice, "phone");
       const chat = await newChat([alice, bob]);
       const depth = await db.inboxDepth(alicePhone!);
-      const base = { chatId: chat.chatId, actorUserId: alice, maxParticipants: 100, at: now(), updateMessageId: randomUUID() };
-      expect(await db.modifyParticipants({ ...base, userId: bob, operation: "add" }, encodeUpdate)).toEqual({ kind: "unchanged", chat });
-      expect(await db.modifyParticipants({ ...base, userId: carol, operation: "remove" }, encodeUpdate)).toEqual({ kind: "unchanged", chat });
+      const unchanged = { kind: "unchanged", chat };
+      expect(await db.modifyParticipants(change(chat.chatId, alice, bob, "add"), encodeUpdate)).toEqual(unchanged);
+      expect(await db.modifyParticipants(change(chat.chatId, alice, carol, "remove"), encodeUpdate)).toEqual(unchanged);
       expect(await db.inboxDepth(alicePhone!)).toBe(depth);
     });
 
     it("refuses a change to a missing chat, by a non-participant, or past the participant limit", async () => {
       const [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(uniqueUser);
       const chat = await newChat([alice!, bob!, carol!]);
-      const base = { actorUserId: alice!, userId: dave!, operation: "add" as const, maxParticipants: 100, at: now(), updateMessageId: randomUUID() };
-      expect(await db.modifyParticipants({ ...base, chatId: randomUUID() }, encodeUpdate)).toEqual({ kind: "chat_not_found" });
-      expect(await db.modifyParticipants({ ...base, chatId: chat.chatId, actorUserId: dave! }, encodeUpdate)).toEqual({ kind: "not_participant" });
-      expect(await db.modifyParticipants({ ...base, chatId: chat.chatId, maxParticipants: 3 }, encodeUpdate)).toEqual({ kind: "too_many_participants" });
+      const outcome = (c: ParticipantChange) => db.modifyParticipants(c, encodeUpdate);
+      expect(await outcome(change(randomUUID(), alice!, dave!, "add"))).toEqual({ kind: "chat_not_found" });
+      expect(await outcome(change(chat.chatId, dave!, dave!, "add"))).toEqual({ kind: "not_participant" });
+      expect(await outcome(change(chat.chatId, alice!, dave!, "add", 3))).toEqual({ kind: "too_many_participants" });
       expect(await db.isParticipant(chat.chatId, dave!)).toBe(false);
     });
   });
@@ -268,10 +271,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       // A refused send records no key: once mallory is in the chat, the same send is stored.
       const refused = send(chat.chatId, mallory!, malloryPhone!);
       expect((await db.storeMessages([refused]))[0]!.kind).toBe("not_participant");
-      await db.modifyParticipants(
-        { chatId: chat.chatId, actorUserId: alice!, userId: mallory!, operation: "add", maxParticipants: 100, at: now(), updateMessageId: randomUUID() },
-        encodeUpdate,
-      );
+      await db.modifyParticipants(change(chat.chatId, alice!, mallory!, "add"), encodeUpdate);
       expect((await db.storeMessages([refused]))[0]).toMatchObject({ kind: "stored", seq: 3n });
     });
 
@@ -280,10 +280,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       const [alicePhone] = await registered(alice, "phone");
       const [bobPhone] = await registered(bob, "phone");
       const chat = await newChat([alice, bob, uniqueUser("carol")]);
-      await db.modifyParticipants(
-        { chatId: chat.chatId, actorUserId: bob, userId: bob, operation: "remove", maxParticipants: 100, at: now(), updateMessageId: randomUUID() },
-        encodeUpdate,
-      );
+      await db.modifyParticipants(change(chat.chatId, bob, bob, "remove"), encodeUpdate);
       const [outcome] = await db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
       expect(stored(outcome).deliveries.map((d) => d.deviceKey)).not.toContain(bobPhone);
     });
@@ -310,10 +307,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       const work = Array.from({ length: 10 }, (_, i) => [
         db.storeMessages([send(x.chatId, alice, alicePhone!), send(y.chatId, alice, alicePhone!)]),
         db.storeMessages([send(y.chatId, alice, alicePhone!), send(x.chatId, alice, alicePhone!)]),
-        db.modifyParticipants(
-          { chatId: i % 2 ? x.chatId : y.chatId, actorUserId: alice, userId: uniqueUser("guest"), operation: "add", maxParticipants: 100, at: now(), updateMessageId: randomUUID() },
-          encodeUpdate,
-        ),
+        db.modifyParticipants(change(i % 2 ? x.chatId : y.chatId, alice, uniqueUser("guest"), "add"), encodeUpdate),
       ]);
       await Promise.all(work.flat());
       expect((await db.getChat(x.chatId))!.lastSeq).toBe(20n);
@@ -441,11 +435,11 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       }
     };
 
-    it("creates the partitions of the coming days once", async () => {
-      await withOwnDb(async ({ db }) => {
+    it("creates the partitions of the coming days once, also when two servers do it at the same time", async () => {
+      await withOwnDb(async ({ db, driver }) => {
         const from = new Date(Date.UTC(2031, 4, 30, 13));
-        const created = await db.ensurePartitions(from, 2);
-        expect(created.sort()).toEqual(
+        const created = await Promise.all([db.ensurePartitions(from, 2), new SqlDb(driver).ensurePartitions(from, 2)]);
+        expect(created.flat().sort()).toEqual(
           ["20310530", "20310531", "20310601"].flatMap((d) => [`inbox_p${d}`, `messages_p${d}`]).sort(),
         );
         expect(await db.ensurePartitions(from, 2)).toEqual([]);
@@ -475,7 +469,8 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
         expect(await count("messages")).toBe(0);
         expect(await count("inbox")).toBe(0);
 
-        expect(await db.takeResync(bobPhone)).toBe("retention");
+        // Two connects at once: one of them tells the device.
+        expect((await Promise.all([db.takeResync(bobPhone), db.takeResync(bobPhone)])).sort()).toEqual([null, "retention"]);
         expect(await db.takeResync(bobPhone)).toBeNull();
         expect(await db.takeResync(alicePhone)).toBeNull(); // it had acked everything
         expect(await db.takeResync(carolPhone)).toBeNull();

@@ -17,13 +17,19 @@ import { runMigrations } from "./migrate.js";
 import { dropPartitionsBefore, ensurePartitions } from "./partitions.js";
 import { storeMessages } from "./store-messages.js";
 
-/** A chat row with its participants, sorted (the column's "C" collation sorts as the API does). */
+/**
+ * A chat row with its participants, sorted (the column's "C" collation sorts as the API does), as json: the drivers
+ * parse json alike, arrays not.
+ */
 const CHAT_COLUMNS = `
   c.chat_id, c.name, c.created_at, c.last_seq,
-  array(SELECT q.user_id FROM chat_participants q WHERE q.chat_id = c.chat_id ORDER BY q.user_id) AS participant_user_ids`;
+  (SELECT json_agg(q.user_id ORDER BY q.user_id) FROM chat_participants q WHERE q.chat_id = c.chat_id)
+    AS participant_user_ids`;
 
 /** Sorts before every chat id, so "after no chat" needs no second statement. */
 const NIL_UUID = "00000000-0000-0000-0000-000000000000";
+
+type ChatWithParticipants = ChatRow & { participant_user_ids: string[] | null };
 
 type MessageKey = {
   chat_id: string;
@@ -71,7 +77,7 @@ export class SqlDb implements Db {
        ON CONFLICT (user_id, device_name) DO NOTHING RETURNING device_key`,
       [userId, deviceName, now],
     );
-    // No row: a concurrent first connect of the same device inserted it; this statement sees it committed.
+    // No row: a concurrent first connect of the same device inserted it, and the next statement sees it.
     const [row] = created ? [created] : await find();
     return String(row!.device_key);
   }
@@ -91,7 +97,10 @@ export class SqlDb implements Db {
 
   // ---- chats ----
 
-  createChat(input: NewChat, encodeUpdate: (chat: ChatRecord) => Uint8Array): Promise<StoredFanout & { chat: ChatRecord }> {
+  createChat(
+    input: NewChat,
+    encodeUpdate: (chat: ChatRecord) => Uint8Array,
+  ): Promise<StoredFanout & { chat: ChatRecord }> {
     return createChat(this.driver, input, encodeUpdate);
   }
 
@@ -100,15 +109,15 @@ export class SqlDb implements Db {
   }
 
   async getChat(chatId: string): Promise<ChatRecord | null> {
-    const rows = await this.driver.query<ChatRow & { participant_user_ids: string[] }>(
+    const rows = await this.driver.query<ChatWithParticipants>(
       `SELECT ${CHAT_COLUMNS} FROM chats c WHERE c.chat_id = $1::uuid`,
       [chatId],
     );
-    return rows.map((row) => toChatRecord(row, row.participant_user_ids))[0] ?? null;
+    return rows.map(chatWithParticipants)[0] ?? null;
   }
 
   async listChats(userId: string, afterChatId: string | null, limit: number): Promise<ChatRecord[]> {
-    const rows = await this.driver.query<ChatRow & { participant_user_ids: string[] }>(
+    const rows = await this.driver.query<ChatWithParticipants>(
       `SELECT ${CHAT_COLUMNS}
          FROM chat_participants p JOIN chats c ON c.chat_id = p.chat_id
         WHERE p.user_id = $1::text AND p.chat_id > $2::uuid
@@ -116,7 +125,7 @@ export class SqlDb implements Db {
         LIMIT $3::int`,
       [userId, afterChatId ?? NIL_UUID, limit],
     );
-    return rows.map((row) => toChatRecord(row, row.participant_user_ids));
+    return rows.map(chatWithParticipants);
   }
 
   async isParticipant(chatId: string, userId: string): Promise<boolean> {
@@ -139,7 +148,8 @@ export class SqlDb implements Db {
     const [created] = await this.driver.query<AttachmentRow>(
       `INSERT INTO attachments (attachment_id, uploader_user_id, sha256, size_bytes, content_type, file_name,
                                 object_key, created_at, uploaded_at)
-       VALUES ($1::uuid, $2::text, $3::bytea, $4::bigint, $5::text, $6::text, $7::text, $8::timestamptz, $9::timestamptz)
+       VALUES ($1::uuid, $2::text, $3::bytea, $4::bigint, $5::text, $6::text, $7::text, $8::timestamptz,
+               $9::timestamptz)
        ON CONFLICT (uploader_user_id, sha256, size_bytes) DO NOTHING
        RETURNING *`,
       [
@@ -299,6 +309,10 @@ export class SqlDb implements Db {
       [unique.map((k) => k.chat_id), unique.map((k) => k.message_id), unique.map((k) => k.created_at)],
     );
   }
+}
+
+function chatWithParticipants(row: ChatWithParticipants): ChatRecord {
+  return toChatRecord(row, row.participant_user_ids ?? []);
 }
 
 function toAttachment(row: AttachmentRow): AttachmentRecord {

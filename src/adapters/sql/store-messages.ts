@@ -40,8 +40,10 @@ const WRITE_SENDS = `
     INSERT INTO inbox (device_key, event_id, created_at, chat_id, message_id)
     SELECT device_key, event_id, created_at, chat_id, message_id FROM fanout
   ), message_rows AS (
-    INSERT INTO messages (chat_id, message_id, created_at, seq, sender_user_id, sender_device_key, client_message_id, body)
-    SELECT chat_id, message_id, created_at, seq, sender_user_id, sender_device_key, client_message_id, body FROM sends
+    INSERT INTO messages (chat_id, message_id, created_at, seq, sender_user_id, sender_device_key, client_message_id,
+                          body)
+    SELECT chat_id, message_id, created_at, seq, sender_user_id, sender_device_key, client_message_id, body
+      FROM sends
   ), key_rows AS (
     -- A conflict here is the same key sent to another chat at the same moment: the caller's bug, not the batch's.
     INSERT INTO sent_messages (sender_device_key, client_message_id, chat_id, message_id, seq, sent_at)
@@ -58,6 +60,8 @@ const WRITE_SENDS = `
   )
   SELECT i, device_key, event_id FROM fanout ORDER BY event_id`;
 
+type CheckRow = { message_id: string | null; seq: bigint | null; sent_at: Date | null; member: boolean };
+
 interface Accepted {
   send: PendingSend;
   seq: bigint;
@@ -69,7 +73,7 @@ export function storeMessages(driver: SqlDriver, sends: readonly PendingSend[]):
   if (sends.length === 0) return Promise.resolve([]);
   return driver.transaction(async (tx) => {
     const lastSeqs = await lockChats(tx, sends);
-    const checks = await tx.query<{ message_id: string | null; seq: bigint | null; sent_at: Date | null; member: boolean }>(
+    const checks = await tx.query<CheckRow>(
       CHECK_SENDS,
       [
         sends.map((s) => s.senderDeviceKey),
@@ -116,7 +120,8 @@ export function storeMessages(driver: SqlDriver, sends: readonly PendingSend[]):
         writeParams(accepted),
       );
       for (const row of inboxRows) {
-        accepted[Number(row.i) - 1]!.outcome.deliveries.push({ deviceKey: String(row.device_key), eventId: row.event_id });
+        const { outcome } = accepted[Number(row.i) - 1]!;
+        outcome.deliveries.push({ deviceKey: String(row.device_key), eventId: row.event_id });
       }
     }
     return outcomes;

@@ -63,8 +63,8 @@ CREATE TABLE attachment_chats (
   PRIMARY KEY (attachment_id, chat_id)
 );
 
--- Messages and chat updates (no seq, no sender), one partition per UTC day (messages_pYYYYMMDD), created ahead and dropped
--- whole by retention. Keyed by chat, so the table can be sharded by chat later.
+-- Messages and chat updates (no seq, no sender), one partition per UTC day (messages_pYYYYMMDD), created ahead and
+-- dropped whole by retention. Keyed by chat, so the table can be sharded by chat later.
 CREATE TABLE messages (
   chat_id           uuid NOT NULL,
   message_id        uuid NOT NULL,
