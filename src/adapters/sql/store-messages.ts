@@ -40,10 +40,13 @@ const WRITE_SENDS = `
     INSERT INTO inbox (device_key, event_id, created_at, chat_id, message_id)
     SELECT device_key, event_id, created_at, chat_id, message_id FROM fanout
   ), message_rows AS (
+    -- A message no device will read (its participants have no other device yet) is not kept: its seq and idempotency
+    -- key are all that is needed of it.
     INSERT INTO messages (chat_id, message_id, created_at, seq, sender_user_id, sender_device_key, client_message_id,
                           body)
     SELECT chat_id, message_id, created_at, seq, sender_user_id, sender_device_key, client_message_id, body
-      FROM sends
+      FROM sends s
+     WHERE EXISTS (SELECT 1 FROM fanout f WHERE f.i = s.i)
   ), key_rows AS (
     -- A conflict here is the same key sent to another chat at the same moment: the caller's bug, not the batch's.
     INSERT INTO sent_messages (sender_device_key, client_message_id, chat_id, message_id, seq, sent_at)
