@@ -144,12 +144,18 @@ export class Cluster {
     return [...this.nodes, this.haproxy].filter(Boolean).map((p) => `== ${p.logFile}\n${p.tail(15)}`).join("\n");
   }
 
-  async stop(): Promise<void> {
+  /** Stops everything; returns the nodes that did not exit cleanly on SIGTERM (with their log tails). */
+  async stop(): Promise<string[]> {
     this.haproxy?.signal("SIGTERM");
-    for (const node of this.nodes) node.signal("SIGTERM");
-    await Promise.race([Promise.all(this.nodes.map((n) => n.exit())), sleep(15_000)]);
+    const running = this.nodes.filter((node) => node.running);
+    for (const node of running) node.signal("SIGTERM");
+    await Promise.race([Promise.all(running.map((n) => n.exit())), sleep(15_000)]);
     for (const node of this.nodes) node.signal("SIGKILL");
-    await Promise.all([...this.nodes.map((n) => n.exit()), this.haproxy?.exit()]);
+    const exits = await Promise.all(running.map((n) => n.exit()));
+    await this.haproxy?.exit();
+    const unclean = running.flatMap((node, i) =>
+      exits[i]!.code === 0 ? [] : [`${node.id} exited with ${exits[i]!.code ?? exits[i]!.signal}:\n${node.tail(20)}`],
+    );
     await this.sql?.end({ timeout: 2 }).catch(() => {});
     this.redis?.disconnect();
     if (this.dbName) {
@@ -158,6 +164,7 @@ export class Cluster {
       await admin.end();
     }
     if (this.dataDir) await rm(this.dataDir, { recursive: true, force: true });
+    return unclean;
   }
 }
 

@@ -19,6 +19,8 @@ export interface Outcome {
   sent: number;
   attempts: number;
   failures: Record<string, number>;
+  /** The first error message of each failure code. */
+  failureSamples: Record<string, string>;
   abandoned: number;
   recipients: number;
   /** Distinct (device, event) message deliveries, and what full delivery needs: sent × recipients. */
@@ -27,7 +29,13 @@ export interface Outcome {
   duplicatesSuppressed: number;
   /** Acknowledged sends a device had not received live, still on its first stream(s), before the final reconnect. */
   missingBeforeReconnect: number;
+  /** How many distinct messages those were, and how many of them were acknowledged only on a retry. */
+  missingMessages: number;
+  missingMessagesRetried: number;
   longestSendMs: number;
+  /** From a send's first attempt to the event's arrival, for events pushed live (not drained from the inbox). */
+  liveLatencyMsP50: number;
+  liveLatencyMsP99: number;
   trafficSeconds: number;
   sendsPerSecond: number;
   /** Node CPU (user + system) per acknowledged send, ms, summed over the nodes. */
@@ -118,6 +126,7 @@ export class Scenario {
     const deadline = Date.now() + liveWaitMs;
     while (this.countMissing() > 0 && Date.now() < deadline) await sleep(100);
     const missingBeforeReconnect = this.countMissing();
+    const missingAcks = new Set([...this.missing().values()].flat());
 
     const at = Date.now();
     for (const r of this.recipients) r.dropConnection();
@@ -134,6 +143,7 @@ export class Scenario {
       sent: this.acks.length,
       attempts: stats.attempts,
       failures: stats.failures,
+      failureSamples: stats.samples,
       abandoned: stats.abandoned.length,
       recipients: this.recipients.length,
       delivered: this.recipients.reduce(
@@ -143,11 +153,29 @@ export class Scenario {
       expected: this.acks.length * this.recipients.length,
       duplicatesSuppressed: this.recipients.reduce((n, r) => n + r.duplicatesSuppressed, 0),
       missingBeforeReconnect,
+      missingMessages: missingAcks.size,
+      missingMessagesRetried: [...missingAcks].filter((a) => a.attempts > 1).length,
       longestSendMs: this.traffic.longestSendMs,
+      ...this.liveLatency(),
       trafficSeconds: round(seconds, 1),
       sendsPerSecond: round(this.acks.length / seconds, 0),
       nodeCpuMsPerSend: round(cpu / Math.max(1, this.acks.length), 2),
     };
+  }
+
+  private liveLatency(): { liveLatencyMsP50: number; liveLatencyMsP99: number } {
+    const started = new Map(this.acks.map((a) => [a.messageId, a.startedAt]));
+    const latencies: number[] = [];
+    for (const r of this.recipients) {
+      for (const m of r.received.values()) {
+        const drained = r.drainedAt[m.stream];
+        const sentAt = started.get(m.messageId);
+        if (sentAt !== undefined && drained !== undefined && m.at > drained) latencies.push(m.at - sentAt);
+      }
+    }
+    latencies.sort((a, b) => a - b);
+    const at = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] ?? 0;
+    return { liveLatencyMsP50: at(0.5), liveLatencyMsP99: at(0.99) };
   }
 
   /**
