@@ -75,7 +75,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   const metrics = new Metrics(() => hub?.connectedDevices ?? 0);
   hub = new DeliveryHub(
     db,
-    { queueLimit: config.limits.streamQueueLimit, pageSize: 500, drainedMemoryMs: 60_000 },
+    { queueLimit: config.limits.streamQueueLimit, pageSize: 500, recentIds: 256 },
     logger,
     metrics,
     routing,

@@ -185,6 +185,9 @@ export class ConnectDevice extends EventLog {
       this.finish(null);
     } catch (error) {
       this.finish(ConnectError.from(error));
+    } finally {
+      // The server ended the stream: close the request side too, so the call is over on both ends.
+      this.endRequests();
     }
   }
 }

@@ -65,6 +65,12 @@ export interface Db {
   /** Deletes the attachment records created before `cutoff` and returns them, so their objects can be deleted. */
   deleteAttachmentsBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]>;
 
+  /**
+   * A stored message's event and the inbox rows it still has (devices that have not acked it), or null when it is not
+   * stored: what a retried send pushes again, in case the first attempt's live push never happened.
+   */
+  pendingFanout(chatId: string, messageId: string): Promise<StoredFanout | null>;
+
   // ---- inbox ----
   /** Up to `limit` events of the device's inbox with event id above `afterEventId`, oldest first. */
   readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<StoredEvent[]>;

@@ -73,8 +73,13 @@ class ReplaySocket extends Duplex {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    if (this.socket.write(chunk)) callback();
-    else this.socket.once("drain", () => callback());
+    if (this.socket.write(chunk)) return callback();
+    // A socket that closes before it drains would otherwise leave this write pending for ever.
+    const settle = () => {
+      this.socket.off("drain", settle).off("close", settle);
+      callback(this.socket.destroyed ? new Error("socket closed before the write drained") : null);
+    };
+    this.socket.once("drain", settle).once("close", settle);
   }
 
   override _final(callback: (error?: Error | null) => void): void {

@@ -78,10 +78,16 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   let onIdle: (() => void) | undefined;
   const handler: NodeHandlerFn = (req, res) => {
     active += 1;
-    (res as http.ServerResponse).once("close", () => {
+    let counted = true;
+    // A call is over once its response is written ("finish"), even while an HTTP/2 client keeps its request side
+    // open, or when the stream is torn down first ("close").
+    const over = () => {
+      if (!counted) return;
+      counted = false;
       active -= 1;
       if (active === 0) onIdle?.();
-    });
+    };
+    (res as http.ServerResponse).once("finish", over).once("close", over);
     // HTTP/1.1 clients must not reuse a connection that is about to go away.
     if (shutdown.signal.aborted && !("stream" in req)) res.setHeader("connection", "close");
     rpc(req, res);
@@ -151,8 +157,8 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     await Promise.race([idle, expired]);
     clearTimeout(timer);
 
-    for (const session of sessions) session.destroy();
-    for (const socket of sockets) socket.destroy();
+    for (const session of sessions) destroyQuietly(session);
+    for (const socket of sockets) destroyQuietly(socket);
     await closed;
     // Stops http.Server's timeout checks (it was never listening, so it has no port to close).
     h1?.close();
@@ -195,13 +201,25 @@ function abortStreamsOn(shutdown: AbortSignal): Interceptor {
   };
 }
 
+/**
+ * Destroys a session or socket whatever state it is in: Node's http2 can throw an internal assertion when a session
+ * over a JavaScript stream is destroyed mid-write, and shutdown must go on regardless.
+ */
+function destroyQuietly(target: { destroy(): unknown }): void {
+  try {
+    target.destroy();
+  } catch {
+    // Already torn down as far as it can be.
+  }
+}
+
 /** PINGs a session at each interval; one that has not answered the previous PING by then is gone, so drop it. */
 function keepAlive(session: http2.ServerHttp2Session, intervalMs: number): void {
   let unanswered = false;
   const timer = setInterval(() => {
     if (session.destroyed) return;
     if (unanswered) {
-      session.destroy();
+      destroyQuietly(session);
       return;
     }
     unanswered = true;

@@ -126,6 +126,22 @@ describe.each(testBackends())("delivery on %s", (backend) => {
     again.disconnect();
   });
 
+  it("does not deliver a retried send twice on a stream", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser);
+    const sender = await device(alice!, "phone");
+    const receiver = await device(bob!, "phone");
+    const chatId = await createChat(sender, [bob!]);
+    const send = { case: "sendMessage" as const, value: { chatId, clientMessageId: "again", text: "once" } };
+    await sender.command(send);
+    await receiver.waitForMessages(1);
+    for (let i = 0; i < 3; i++) await sender.command(send);
+    await sender.command({ case: "sendMessage", value: { chatId, clientMessageId: "next", text: "twice" } });
+    await receiver.waitForMessages(2);
+    expect(receiver.messages.map((m) => m.text)).toEqual(["once", "twice"]);
+    sender.disconnect();
+    receiver.disconnect();
+  });
+
   it("ends the older stream of a device with ABORTED when the device connects again", async () => {
     const user = uniqueUser("dup");
     const first = await device(user, "phone");

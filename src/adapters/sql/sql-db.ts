@@ -246,6 +246,21 @@ export class SqlDb implements Db {
     return acked.length;
   }
 
+  async pendingFanout(chatId: string, messageId: string): Promise<StoredFanout | null> {
+    const [row] = await this.driver.query<{ body: Uint8Array; deliveries: [string, string][] | null }>(
+      `SELECT m.body,
+              (SELECT json_agg(json_build_array(i.device_key::text, i.event_id::text) ORDER BY i.event_id)
+                 FROM inbox i
+                WHERE i.message_id = m.message_id AND i.created_at = m.created_at) AS deliveries
+         FROM messages m
+        WHERE m.chat_id = $1::uuid AND m.message_id = $2::uuid`,
+      [chatId, messageId],
+    );
+    if (!row) return null;
+    const deliveries = (row.deliveries ?? []).map(([deviceKey, eventId]) => ({ deviceKey, eventId: BigInt(eventId) }));
+    return { body: row.body, deliveries };
+  }
+
   async inboxDepth(deviceKey: string): Promise<number> {
     const [row] = await this.driver.query<{ n: number }>(
       "SELECT count(*)::int AS n FROM inbox WHERE device_key = $1::bigint",

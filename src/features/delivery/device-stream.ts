@@ -12,10 +12,11 @@ export interface DeviceStreamOptions {
   /** Inbox events read per page while draining the backlog. */
   pageSize: number;
   /**
-   * How long after the backlog is sent a live push of one of its events is still recognised as a repeat (a send that
-   * committed before the stream opened can have its live push arrive after its inbox row was read).
+   * How many of the newest event ids the stream remembers having sent, so a second push of one is dropped: a send
+   * that committed before the stream opened can have its live push arrive after the backlog already carried it, and a
+   * retried send pushes its event again.
    */
-  drainedMemoryMs: number;
+  recentIds: number;
 }
 
 /**
@@ -28,7 +29,8 @@ export interface DeviceStreamOptions {
 export class DeviceStream {
   private readonly ready: Outgoing[] = [];
   private heldDuringDrain: Event[] | null = [];
-  private drainedIds: Set<bigint> | null = new Set();
+  /** Ids of the events sent or queued on this stream, oldest first (all of the backlog while it drains). */
+  private readonly sentIds = new Set<bigint>();
   private wake: (() => void) | null = null;
   /** undefined while open; null when ended cleanly; the error to end with otherwise. */
   private ending: ConnectError | null | undefined;
@@ -43,14 +45,14 @@ export class DeviceStream {
 
   /** A live event for this device (the template's event id is replaced by this device's). */
   pushEvent(template: Event, eventId: bigint): void {
-    if (this.ending !== undefined) return;
+    if (this.ending !== undefined || this.sentIds.has(eventId)) return;
     const event = withEventId(template, eventId);
     if (this.heldDuringDrain) {
       this.heldDuringDrain.push(event);
       this.checkBound(this.heldDuringDrain.length + this.ready.length);
       return;
     }
-    if (this.drainedIds?.has(eventId)) return;
+    this.remember(eventId);
     this.enqueue({ kind: "event", event });
   }
 
@@ -63,7 +65,6 @@ export class DeviceStream {
     if (this.ending !== undefined) return;
     this.ending = error;
     this.heldDuringDrain = null;
-    this.drainedIds = null;
     this.notify();
   }
 
@@ -86,7 +87,7 @@ export class DeviceStream {
       for (const stored of page) {
         yield* this.takeReady();
         this.throwIfEnded();
-        this.drainedIds?.add(stored.eventId);
+        this.sentIds.add(stored.eventId);
         yield { kind: "event", event: decodeStoredEvent(stored.body, stored.eventId) };
         after = stored.eventId;
         backlog++;
@@ -107,12 +108,19 @@ export class DeviceStream {
     const held = this.heldDuringDrain ?? [];
     this.heldDuringDrain = null;
     for (const event of held) {
-      if (!this.drainedIds?.has(event.eventId)) this.ready.push({ kind: "event", event });
+      if (this.sentIds.has(event.eventId)) continue;
+      this.remember(event.eventId);
+      this.ready.push({ kind: "event", event });
     }
-    if (this.drainedIds?.size) {
-      setTimeout(() => (this.drainedIds = null), this.options.drainedMemoryMs).unref();
-    } else {
-      this.drainedIds = null;
+    this.remember();
+  }
+
+  /** Records an id as sent, keeping only the newest `recentIds` (the backlog's newest stay: they race live pushes). */
+  private remember(eventId?: bigint): void {
+    if (eventId !== undefined) this.sentIds.add(eventId);
+    for (const oldest of this.sentIds) {
+      if (this.sentIds.size <= this.options.recentIds) break;
+      this.sentIds.delete(oldest);
     }
   }
 

@@ -13,7 +13,7 @@ import type { Db, PendingSend, SendOutcome } from "../../ports/db.js";
 import type { Clock } from "../../ports/clock.js";
 import type { Caller } from "../../transport/caller.js";
 import { chatNotFound } from "../chats/chats.js";
-import { encodeStoredEvent } from "../delivery/events.js";
+import { decodeStoredEvent, encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
 import type { Metrics } from "../operations/metrics.js";
 import { GroupCommitter } from "./group-commit.js";
@@ -36,7 +36,7 @@ export class Messaging {
   private readonly committer: GroupCommitter<PendingSend, SendOutcome>;
 
   constructor(
-    db: Db,
+    private readonly db: Db,
     private readonly hub: DeliveryHub,
     private readonly clock: Clock,
     private readonly resolveAttachments: AttachmentResolver,
@@ -44,6 +44,17 @@ export class Messaging {
     options: SendOptions,
   ) {
     this.committer = new GroupCommitter((sends) => db.storeMessages(sends), options.maxBatch, options.maxInFlight);
+  }
+
+  /**
+   * A retry may follow a first attempt whose live push never happened (its node died after the commit): push the
+   * message again to the devices that have not acked it. Streams drop events they already sent.
+   */
+  private async pushAgain(chatId: string, messageId: string): Promise<void> {
+    const pending = await this.db.pendingFanout(chatId, messageId);
+    if (pending && pending.deliveries.length > 0) {
+      await this.hub.deliver({ event: decodeStoredEvent(pending.body, 0n), ...pending });
+    }
   }
 
   async send(caller: Caller, request: SendMessageRequest): Promise<SendMessageResponse> {
@@ -89,6 +100,7 @@ export class Messaging {
         await this.hub.deliver({ event: event!, body: outcome.body, deliveries: outcome.deliveries });
         break;
       case "duplicate":
+        await this.pushAgain(request.chatId, outcome.messageId);
         break;
     }
     this.metrics.sends.inc({ outcome: outcome.kind });
