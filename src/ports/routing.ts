@@ -23,8 +23,11 @@ export interface Presence {
 
 export interface Bus {
   readonly nodeId: string;
-  /** Delivers handoffs to this node's handler. */
-  subscribe(handler: (handoffs: Handoff[]) => void): Promise<void>;
+  /**
+   * Delivers handoffs to this node's handler, and says when the channel was lost (hand-offs meanwhile are lost) and
+   * when it is back.
+   */
+  subscribe(handler: (handoffs: Handoff[]) => void, link: { interrupted(): void; resumed(): void }): Promise<void>;
   /** Sends handoffs to one node's channel, in one publish. */
   publish(nodeId: string, handoffs: Handoff[]): Promise<void>;
   close(): Promise<void>;

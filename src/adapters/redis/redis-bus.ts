@@ -20,7 +20,18 @@ export class RedisBus implements Bus {
     private readonly logger: Logger,
   ) {}
 
-  async subscribe(handler: (handoffs: Handoff[]) => void): Promise<void> {
+  async subscribe(handler: (handoffs: Handoff[]) => void, link: Parameters<Bus["subscribe"]>[1]): Promise<void> {
+    let lost = false;
+    this.subscriber.on("close", () => {
+      if (lost) return;
+      lost = true;
+      link.interrupted();
+    });
+    this.subscriber.on("ready", () => {
+      if (!lost) return;
+      lost = false;
+      link.resumed();
+    });
     this.subscriber.on("messageBuffer", (channel: Buffer, message: Buffer) => {
       if (channel.toString() !== nodeChannel(this.nodeId)) return;
       try {

@@ -36,6 +36,10 @@ export class DeviceStream {
   private ending: ConnectError | null | undefined;
   /** Set by finish(): end cleanly once the queued frames are out. */
   private finishing = false;
+  /** The highest event id sent or queued on this stream. */
+  private maxSentId = 0n;
+  /** While other nodes' hand-offs are interrupted: where the gap began, and every id sent since. */
+  private gap: { after: bigint; sent: Set<bigint> } | null = null;
 
   constructor(
     readonly deviceKey: string,
@@ -68,6 +72,29 @@ export class DeviceStream {
     this.notify();
   }
 
+  /** Hand-offs from other nodes stopped (events may be missed from here): remember where. */
+  markGap(): void {
+    if (!this.gap && !this.heldDuringDrain) this.gap = { after: this.maxSentId, sent: new Set() };
+  }
+
+  /** Hand-offs are back: send what the inbox got since the gap began and this stream has not sent. */
+  async catchUp(): Promise<void> {
+    const gap = this.gap;
+    if (!gap) return;
+    try {
+      for (let after = gap.after; this.ending === undefined; ) {
+        const page = await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
+        for (const stored of page) {
+          if (!gap.sent.has(stored.eventId)) this.pushEvent(decodeStoredEvent(stored.body, 0n), stored.eventId);
+          after = stored.eventId;
+        }
+        if (page.length < this.options.pageSize) break;
+      }
+    } finally {
+      this.gap = null;
+    }
+  }
+
   /** Ends the stream cleanly once the frames already queued (answers to the client's last commands) are sent. */
   finish(): void {
     this.finishing = true;
@@ -88,6 +115,7 @@ export class DeviceStream {
         yield* this.takeReady();
         this.throwIfEnded();
         this.sentIds.add(stored.eventId);
+        if (stored.eventId > this.maxSentId) this.maxSentId = stored.eventId;
         yield { kind: "event", event: decodeStoredEvent(stored.body, stored.eventId) };
         after = stored.eventId;
         backlog++;
@@ -117,7 +145,11 @@ export class DeviceStream {
 
   /** Records an id as sent, keeping only the newest `recentIds` (the backlog's newest stay: they race live pushes). */
   private remember(eventId?: bigint): void {
-    if (eventId !== undefined) this.sentIds.add(eventId);
+    if (eventId !== undefined) {
+      this.sentIds.add(eventId);
+      this.gap?.sent.add(eventId);
+      if (eventId > this.maxSentId) this.maxSentId = eventId;
+    }
     for (const oldest of this.sentIds) {
       if (this.sentIds.size <= this.options.recentIds) break;
       this.sentIds.delete(oldest);

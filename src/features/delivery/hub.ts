@@ -37,7 +37,18 @@ export class DeliveryHub {
 
   /** Starts taking hand-offs from other nodes. */
   async start(): Promise<void> {
-    await this.routing?.bus.subscribe((handoffs) => this.receive(handoffs));
+    await this.routing?.bus.subscribe((handoffs) => this.receive(handoffs), {
+      // While the bus is down, other nodes' events for these devices are lost on the way; once it is back, each
+      // stream reads what it missed from the inbox.
+      interrupted: () => {
+        for (const stream of this.streams.values()) stream.markGap();
+      },
+      resumed: () => {
+        for (const stream of this.streams.values()) {
+          stream.catchUp().catch((error: unknown) => this.logger.warn({ err: error }, "catch-up after a bus outage failed"));
+        }
+      },
+    });
   }
 
   get connectedDevices(): number {
