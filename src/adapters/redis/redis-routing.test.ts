@@ -1,0 +1,89 @@
+import { randomBytes } from "node:crypto";
+import { Redis } from "ioredis";
+import { pino } from "pino";
+import { afterAll, describe, expect, it } from "vitest";
+import type { Handoff } from "../../ports/routing.js";
+import { RedisBus } from "./redis-bus.js";
+import { RedisPresence } from "./redis-presence.js";
+
+const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+const logger = pino({ level: "silent" });
+const clients: Redis[] = [];
+const connect = () => {
+  const redis = new Redis(redisUrl);
+  clients.push(redis);
+  return redis;
+};
+afterAll(() => {
+  for (const client of clients) client.disconnect();
+});
+
+/** Contract tests of the routing adapters against the machine's real Redis. */
+describe("RedisPresence", () => {
+  const unique = () => `t${randomBytes(6).toString("hex")}`;
+
+  it("locates claimed devices, and a node releases only what it still holds", async () => {
+    const redis = connect();
+    const [nodeA, nodeB] = [unique(), unique()];
+    const a = new RedisPresence(redis, { nodeId: nodeA, ttlSeconds: 30, heartbeatMs: 60_000 }, logger);
+    const b = new RedisPresence(redis, { nodeId: nodeB, ttlSeconds: 30, heartbeatMs: 60_000 }, logger);
+    const [d1, d2, d3] = [unique(), unique(), unique()];
+    await a.claim(d1);
+    await a.claim(d2);
+    await b.claim(d2); // the device moved to b
+    const located = await a.locate([d1, d2, d3]);
+    expect(Object.fromEntries(located)).toEqual({ [d1]: nodeA, [d2]: nodeB });
+    await a.release(d2); // a no longer holds it: b's record stays
+    expect((await a.locate([d2])).size).toBe(1);
+    await b.close();
+    await a.close();
+    expect((await a.locate([d1, d2])).size).toBe(0);
+  });
+
+  it("forgets a device whose node stops refreshing it", async () => {
+    const redis = connect();
+    const presence = new RedisPresence(redis, { nodeId: unique(), ttlSeconds: 1, heartbeatMs: 60_000 }, logger);
+    const device = unique();
+    await presence.claim(device);
+    expect((await presence.locate([device])).size).toBe(1);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await presence.locate([device])).size).toBe(0);
+    await presence.close();
+  });
+
+  it("keeps a device located while its node's heartbeat refreshes it", async () => {
+    const redis = connect();
+    const presence = new RedisPresence(redis, { nodeId: unique(), ttlSeconds: 1, heartbeatMs: 300 }, logger);
+    const device = unique();
+    await presence.claim(device);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await presence.locate([device])).size).toBe(1);
+    await presence.close();
+  });
+});
+
+describe("RedisBus", () => {
+  it("hands events to the named node only, batching what is published in one turn", async () => {
+    const nodeA = `a${randomBytes(6).toString("hex")}`;
+    const nodeB = `b${randomBytes(6).toString("hex")}`;
+    const a = new RedisBus(nodeA, connect(), connect(), logger);
+    const b = new RedisBus(nodeB, connect(), connect(), logger);
+    const batchesAtA: Handoff[][] = [];
+    const batchesAtB: Handoff[][] = [];
+    const link = { interrupted() {}, resumed() {} };
+    await a.subscribe((h) => batchesAtA.push(h), link);
+    await b.subscribe((h) => batchesAtB.push(h), link);
+
+    const body = new Uint8Array([1, 2, 3]);
+    await a.publish(nodeB, [{ body, deliveries: [{ deviceKey: "7", eventId: 70n }] }]);
+    await a.publish(nodeB, [{ body, deliveries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }] }]);
+    await expect.poll(() => batchesAtB.length).toBe(1);
+    expect(batchesAtB[0]!.map((h) => ({ body: [...h.body], deliveries: h.deliveries }))).toEqual([
+      { body: [1, 2, 3], deliveries: [{ deviceKey: "7", eventId: 70n }] },
+      { body: [1, 2, 3], deliveries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }] },
+    ]);
+    expect(batchesAtA).toEqual([]);
+    await a.close();
+    await b.close();
+  });
+});
