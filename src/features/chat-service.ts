@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
+  type AckEventsRequest,
   AckEventsResponseSchema,
   ChatService,
   CommandErrorSchema,
@@ -10,9 +11,14 @@ import {
   type ConnectRequest,
   type ConnectResponse,
   ConnectResponseSchema,
+  type CreateChatRequest,
   CreateChatResponseSchema,
+  type GetChatRequest,
   GetChatResponseSchema,
+  type ListChatsRequest,
+  type ModifyChatParticipantsRequest,
   ModifyChatParticipantsResponseSchema,
+  type SendMessageRequest,
   type SubscribeResponse,
   SubscribeResponseSchema,
 } from "../../gen/palaver/chat/v1/chat_pb.js";
@@ -42,9 +48,20 @@ type Outcome = CommandResult["outcome"];
 export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
   const { db, hub, chats, messaging, metrics } = deps;
 
-  const ack = async (caller: Caller, eventIds: readonly bigint[]) => {
-    await db.ackEvents(caller.deviceKey, eventIds);
-    return create(AckEventsResponseSchema);
+  /** Each command once, for both the unary RPCs and the Connect stream's frames. */
+  const commands = {
+    createChat: async (caller: Caller, request: CreateChatRequest) =>
+      create(CreateChatResponseSchema, { chat: await chats.create(caller, request) }),
+    modifyChatParticipants: async (caller: Caller, request: ModifyChatParticipantsRequest) =>
+      create(ModifyChatParticipantsResponseSchema, { chat: await chats.modifyParticipants(caller, request) }),
+    sendMessage: (caller: Caller, request: SendMessageRequest) => messaging.send(caller, request),
+    ackEvents: async (caller: Caller, request: AckEventsRequest) => {
+      await db.ackEvents(caller.deviceKey, request.eventIds);
+      return create(AckEventsResponseSchema);
+    },
+    getChat: async (caller: Caller, request: GetChatRequest) =>
+      create(GetChatResponseSchema, { chat: await chats.get(caller, request.chatId) }),
+    listChats: (caller: Caller, request: ListChatsRequest) => chats.list(caller, request),
   };
 
   /** Runs one frame's command and wraps its response (or error) in the frame's outcome. */
@@ -54,28 +71,17 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
       const command = frame.command;
       switch (command.case) {
         case "createChat":
-          return {
-            case: "createChat",
-            value: create(CreateChatResponseSchema, { chat: await chats.create(caller, command.value) }),
-          };
+          return { case: command.case, value: await commands.createChat(caller, command.value) };
         case "modifyChatParticipants":
-          return {
-            case: "modifyChatParticipants",
-            value: create(ModifyChatParticipantsResponseSchema, {
-              chat: await chats.modifyParticipants(caller, command.value),
-            }),
-          };
+          return { case: command.case, value: await commands.modifyChatParticipants(caller, command.value) };
         case "sendMessage":
-          return { case: "sendMessage", value: await messaging.send(caller, command.value) };
+          return { case: command.case, value: await commands.sendMessage(caller, command.value) };
         case "ackEvents":
-          return { case: "ackEvents", value: await ack(caller, command.value.eventIds) };
+          return { case: command.case, value: await commands.ackEvents(caller, command.value) };
         case "getChat":
-          return {
-            case: "getChat",
-            value: create(GetChatResponseSchema, { chat: await chats.get(caller, command.value.chatId) }),
-          };
+          return { case: command.case, value: await commands.getChat(caller, command.value) };
         case "listChats":
-          return { case: "listChats", value: await chats.list(caller, command.value) };
+          return { case: command.case, value: await commands.listChats(caller, command.value) };
         case undefined:
           throw new ConnectError("the frame carries no command", Code.InvalidArgument);
       }
@@ -152,26 +158,12 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
         frame.kind === "event" ? create(SubscribeResponseSchema, { event: frame.event }) : null,
       );
     },
-    async createChat(request, ctx) {
-      return create(CreateChatResponseSchema, { chat: await chats.create(requireCaller(ctx), request) });
-    },
-    async modifyChatParticipants(request, ctx) {
-      return create(ModifyChatParticipantsResponseSchema, {
-        chat: await chats.modifyParticipants(requireCaller(ctx), request),
-      });
-    },
-    sendMessage(request, ctx) {
-      return messaging.send(requireCaller(ctx), request);
-    },
-    ackEvents(request, ctx) {
-      return ack(requireCaller(ctx), request.eventIds);
-    },
-    async getChat(request, ctx) {
-      return create(GetChatResponseSchema, { chat: await chats.get(requireCaller(ctx), request.chatId) });
-    },
-    listChats(request, ctx) {
-      return chats.list(requireCaller(ctx), request);
-    },
+    createChat: (request, ctx) => commands.createChat(requireCaller(ctx), request),
+    modifyChatParticipants: (request, ctx) => commands.modifyChatParticipants(requireCaller(ctx), request),
+    sendMessage: (request, ctx) => commands.sendMessage(requireCaller(ctx), request),
+    ackEvents: (request, ctx) => commands.ackEvents(requireCaller(ctx), request),
+    getChat: (request, ctx) => commands.getChat(requireCaller(ctx), request),
+    listChats: (request, ctx) => commands.listChats(requireCaller(ctx), request),
   };
 }
 
