@@ -30,7 +30,7 @@ import { createLogger } from "./log.js";
 import type { BlobStore } from "./ports/blob-store.js";
 import { type Clock, systemClock } from "./ports/clock.js";
 import type { Db } from "./ports/db.js";
-import { createInterceptors, toConnectError, validateOrThrow } from "./transport/interceptors.js";
+import { authenticate, createInterceptors, toConnectError, validateOrThrow } from "./transport/interceptors.js";
 import { type Server, startServer } from "./transport/server.js";
 import { blobCors } from "./web/blob-cors.js";
 import { createDevTokenHandler } from "./web/dev-token.js";
@@ -99,31 +99,36 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   });
   const devices = new DeviceDirectory(db, clock);
 
+  const auth = {
+    verifyToken: createTokenVerifier({ secret, jwksUrl: config.authJwksUrl }),
+    resolveDevice: (userId: string, deviceName: string) => devices.resolve(userId, deviceName),
+  };
+  const chat = chatService({
+    db,
+    hub,
+    chats,
+    messaging,
+    metrics,
+    validate: (frame) => validateOrThrow(ConnectRequestSchema, frame),
+    toConnectError: (error) => toConnectError(error, logger),
+  });
+
   let server: Server | undefined;
   server = await startServer({
     host: config.host,
     port: config.port,
     tls: config.tls,
-    interceptors: createInterceptors({
+    interceptors: createInterceptors({ logger, ...auth, onCallEnd: (call) => metrics.countCall(call) }),
+    // Plain gRPC Connect streams skip connect-es's per-message pipeline (see transport/grpc-bidi.ts).
+    bidiRoutes: [chat.connectRoute((authorization) => authenticate(auth, authorization))],
+    bidiOptions: {
       logger,
-      verifyToken: createTokenVerifier({ secret, jwksUrl: config.authJwksUrl }),
-      resolveDevice: (userId, deviceName) => devices.resolve(userId, deviceName),
       onCallEnd: (call) => metrics.countCall(call),
-    }),
+      toConnectError: (error, signal) => toConnectError(error, logger, signal),
+    },
     routes: (router) =>
       router
-        .service(
-          ChatService,
-          chatService({
-            db,
-            hub,
-            chats,
-            messaging,
-            metrics,
-            validate: (frame) => validateOrThrow(ConnectRequestSchema, frame),
-            toConnectError: (error) => toConnectError(error, logger),
-          }),
-        )
+        .service(ChatService, chat.service)
         .service(AttachmentService, attachmentService(attachments)),
     fallback: plainHttp({
       metrics,

@@ -1,5 +1,4 @@
-import { create } from "@bufbuild/protobuf";
-import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   type AckEventsRequest,
@@ -9,6 +8,7 @@ import {
   CommandResultSchema,
   type CommandResult,
   type ConnectRequest,
+  ConnectRequestSchema,
   type ConnectResponse,
   ConnectResponseSchema,
   type CreateChatRequest,
@@ -24,9 +24,12 @@ import {
 } from "../../gen/palaver/chat/v1/chat_pb.js";
 import type { Db } from "../ports/db.js";
 import { type Caller, requireCaller } from "../transport/caller.js";
+import type { BidiRoute } from "../transport/grpc-bidi.js";
 import type { Chats } from "./chats/chats.js";
 import { type DeviceStream, type Outgoing, StreamEnded } from "./delivery/device-stream.js";
+import { eventField, grpcStoredEventMessage } from "./delivery/events.js";
 import type { DeliveryHub } from "./delivery/hub.js";
+import { GroupCommitter } from "./messaging/group-commit.js";
 import type { Messaging } from "./messaging/send-message.js";
 import type { Metrics } from "./operations/metrics.js";
 
@@ -44,9 +47,23 @@ export interface ChatServiceDeps {
 
 type Outcome = CommandResult["outcome"];
 
-/** ChatService: the unary commands, the Subscribe stream, and the Connect stream that carries both. */
-export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatService> {
+/**
+ * ChatService: the unary commands, the Subscribe stream, and the Connect stream that carries both; and Connect as a
+ * route served beside connect-es for plain gRPC clients.
+ */
+export function chatService(deps: ChatServiceDeps): {
+  service: ServiceImpl<typeof ChatService>;
+  connectRoute(authenticate: (authorization: string | null) => Promise<Caller>): BidiRoute;
+} {
   const { db, hub, chats, messaging, metrics } = deps;
+
+  // Acks of concurrent streams share one DELETE (group commit, as sends do): thousands of devices acking every few
+  // seconds were thousands of statements per second competing with sends for the connection pool.
+  const acks = new GroupCommitter(
+    (batch: { deviceKey: string; eventIds: readonly bigint[] }[]) => db.ackEventsOfDevices(batch),
+    256,
+    2,
+  );
 
   /** Each command once, for both the unary RPCs and the Connect stream's frames. */
   const commands = {
@@ -56,7 +73,7 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
       create(ModifyChatParticipantsResponseSchema, { chat: await chats.modifyParticipants(caller, request) }),
     sendMessage: (caller: Caller, request: SendMessageRequest) => messaging.send(caller, request),
     ackEvents: async (caller: Caller, request: AckEventsRequest) => {
-      await db.ackEvents(caller.deviceKey, request.eventIds);
+      await acks.submit({ deviceKey: caller.deviceKey, eventIds: request.eventIds });
       return create(AckEventsResponseSchema);
     },
     getChat: async (caller: Caller, request: GetChatRequest) =>
@@ -112,16 +129,63 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
   }
 
   /** Opens the caller's device stream for the life of the RPC and maps its frames to the RPC's responses. */
-  async function* openStream<Out>(
+  function openStream<Out>(
     ctx: HandlerContext,
     toResponse: (frame: Outgoing) => Out | null,
     frames?: AsyncIterable<ConnectRequest>,
   ): AsyncGenerator<Out> {
-    const caller = requireCaller(ctx);
+    return streamResponses(requireCaller(ctx), ctx.signal, toResponse, frames);
+  }
+
+  return {
+    service: {
+      connect(frames, ctx) {
+        return openStream(ctx, toConnectResponse, frames);
+      },
+      subscribe(_request, ctx) {
+        return openStream(ctx, (frame): SubscribeResponse | null => {
+          if (frame.kind === "event") return create(SubscribeResponseSchema, { event: frame.event });
+          if (frame.kind === "stored") return withEvent(create(SubscribeResponseSchema), frame);
+          return null;
+        });
+      },
+      createChat: (request, ctx) => commands.createChat(requireCaller(ctx), request),
+      modifyChatParticipants: (request, ctx) => commands.modifyChatParticipants(requireCaller(ctx), request),
+      sendMessage: (request, ctx) => commands.sendMessage(requireCaller(ctx), request),
+      ackEvents: (request, ctx) => commands.ackEvents(requireCaller(ctx), request),
+      getChat: (request, ctx) => commands.getChat(requireCaller(ctx), request),
+      listChats: (request, ctx) => commands.listChats(requireCaller(ctx), request),
+    },
+    /**
+     * Connect served on the HTTP/2 stream (see transport/grpc-bidi.ts): the same stream as `connect` above, with each
+     * outgoing frame encoded straight into its gRPC message bytes.
+     */
+    connectRoute(authenticate: (authorization: string | null) => Promise<Caller>): BidiRoute {
+      return {
+        path: `/${ChatService.typeName}/${ChatService.method.connect.name}`,
+        async start(authorization) {
+          const caller = await authenticate(authorization);
+          return {
+            user: caller.userId,
+            device: caller.deviceName,
+            run: (requests, signal) => streamResponses(caller, signal, encodeConnectFrame, decodeRequests(requests)),
+          };
+        },
+      };
+    },
+  };
+
+  /** One device stream from open to end, each frame mapped to the call's response (null: not sent on this call). */
+  async function* streamResponses<Out>(
+    caller: Caller,
+    signal: AbortSignal,
+    toResponse: (frame: Outgoing) => Out | null,
+    frames?: AsyncIterable<ConnectRequest>,
+  ): AsyncGenerator<Out> {
     const stream = await hub.open(caller.deviceKey);
     // The signal aborts when the client goes away, and at shutdown with UNAVAILABLE, which tells clients to reconnect.
-    const onAbort = () => stream.end(ctx.signal.reason instanceof ConnectError ? ctx.signal.reason : null);
-    ctx.signal.addEventListener("abort", onAbort);
+    const onAbort = () => stream.end(signal.reason instanceof ConnectError ? signal.reason : null);
+    signal.addEventListener("abort", onAbort);
     if (frames) void readCommands(caller, frames, stream);
     let live = false;
     try {
@@ -131,12 +195,11 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
           if (kind.case === "inboxDrained") {
             metrics.backlog.observe(Number(kind.value.backlogEvents));
             live = true;
-          } else if (live && frame.event.eventId !== 0n) {
-            metrics.deliveries.inc();
-            if (kind.case === "newMessage" && kind.value.sentAt) {
-              metrics.deliveryLatency.observe((Date.now() - timestampMs(kind.value.sentAt)) / 1000);
-            }
           }
+        } else if (frame.kind === "stored" && live) {
+          metrics.deliveries.inc();
+          const sentAtMs = frame.stored.sentAtMs;
+          if (sentAtMs !== undefined) metrics.deliveryLatency.observe((Date.now() - sentAtMs) / 1000);
         }
         const response = toResponse(frame);
         if (response) yield response;
@@ -144,31 +207,39 @@ export function chatService(deps: ChatServiceDeps): ServiceImpl<typeof ChatServi
     } catch (error) {
       if (!(error instanceof StreamEnded)) throw error;
     } finally {
-      ctx.signal.removeEventListener("abort", onAbort);
+      signal.removeEventListener("abort", onAbort);
       hub.close(stream);
     }
   }
+}
 
-  return {
-    connect(frames, ctx) {
-      return openStream(ctx, toConnectResponse, frames);
-    },
-    subscribe(_request, ctx) {
-      return openStream(ctx, (frame): SubscribeResponse | null =>
-        frame.kind === "event" ? create(SubscribeResponseSchema, { event: frame.event }) : null,
-      );
-    },
-    createChat: (request, ctx) => commands.createChat(requireCaller(ctx), request),
-    modifyChatParticipants: (request, ctx) => commands.modifyChatParticipants(requireCaller(ctx), request),
-    sendMessage: (request, ctx) => commands.sendMessage(requireCaller(ctx), request),
-    ackEvents: (request, ctx) => commands.ackEvents(requireCaller(ctx), request),
-    getChat: (request, ctx) => commands.getChat(requireCaller(ctx), request),
-    listChats: (request, ctx) => commands.listChats(requireCaller(ctx), request),
-  };
+async function* decodeRequests(messages: AsyncIterable<Uint8Array>): AsyncGenerator<ConnectRequest> {
+  for await (const bytes of messages) yield fromBinary(ConnectRequestSchema, bytes);
+}
+
+/** A Connect frame as its gRPC message (length prefix included); stored events without a protobuf encode. */
+function encodeConnectFrame(frame: Outgoing): Uint8Array {
+  if (frame.kind === "stored") return grpcStoredEventMessage(frame.stored.body, frame.eventId);
+  const bytes = toBinary(ConnectResponseSchema, toConnectResponse(frame));
+  const message = new Uint8Array(5 + bytes.length);
+  new DataView(message.buffer).setUint32(1, bytes.length);
+  message.set(bytes, 5);
+  return message;
 }
 
 function toConnectResponse(frame: Outgoing): ConnectResponse {
-  return frame.kind === "event"
-    ? create(ConnectResponseSchema, { frame: { case: "event", value: frame.event } })
-    : create(ConnectResponseSchema, { frame: { case: "result", value: frame.result } });
+  switch (frame.kind) {
+    case "event":
+      return create(ConnectResponseSchema, { frame: { case: "event", value: frame.event } });
+    case "stored":
+      return withEvent(create(ConnectResponseSchema), frame);
+    case "result":
+      return create(ConnectResponseSchema, { frame: { case: "result", value: frame.result } });
+  }
+}
+
+/** Puts a stored event into field 1 (`event`) of the response as pre-encoded bytes (see eventField). */
+function withEvent<M extends ConnectResponse | SubscribeResponse>(response: M, frame: { eventId: bigint; stored: { body: Uint8Array } }): M {
+  response.$unknown = [eventField(frame.stored.body, frame.eventId)];
+  return response;
 }

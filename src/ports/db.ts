@@ -79,6 +79,8 @@ export interface Db {
    * inbox row this was. Returns how many inbox rows were deleted.
    */
   ackEvents(deviceKey: string, eventIds: readonly bigint[]): Promise<number>;
+  /** ackEvents for several devices at once, in one statement (acks of concurrent streams share it). */
+  ackEventsOfDevices(acks: readonly { deviceKey: string; eventIds: readonly bigint[] }[]): Promise<number[]>;
   /** Number of events waiting in the device's inbox. */
   inboxDepth(deviceKey: string): Promise<number>;
 

@@ -9,7 +9,7 @@ import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/r
 import { ServerReflection as ReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import type { VerifyToken } from "../auth/tokens.js";
 import { DependencyUnavailableError } from "../errors.js";
-import { callerKey } from "./caller.js";
+import { type Caller, callerKey } from "./caller.js";
 
 /** Services anyone may call without a token: load balancers probe health, tools discover the API. */
 const publicServices: readonly string[] = [Health.typeName, ReflectionV1.typeName, ReflectionV1alpha.typeName];
@@ -43,7 +43,7 @@ function logging(logger: Logger, onCallEnd: InterceptorOptions["onCallEnd"]): In
         device: caller?.deviceName,
         error: error instanceof Error ? error.message : undefined,
       };
-      logger[levelFor(code)](entry, "rpc");
+      logger[logLevelFor(code)](entry, "rpc");
       onCallEnd?.({ procedure: entry.procedure, code: entry.code, seconds: (performance.now() - started) / 1000 });
     };
     try {
@@ -60,7 +60,7 @@ function logging(logger: Logger, onCallEnd: InterceptorOptions["onCallEnd"]): In
   };
 }
 
-function levelFor(code: Code | undefined): "debug" | "info" | "warn" {
+export function logLevelFor(code: Code | undefined): "debug" | "info" | "warn" {
   switch (code) {
     case undefined:
     case Code.Canceled:
@@ -119,11 +119,19 @@ function auth(options: InterceptorOptions): Interceptor {
   const open = new Set(publicServices);
   return (next) => async (req) => {
     if (open.has(req.service.typeName)) return next(req);
-    const subject = await options.verifyToken(bearerToken(req.header.get("authorization")));
-    const deviceKey = await options.resolveDevice(subject.userId, subject.deviceName);
-    req.contextValues.set(callerKey, { ...subject, deviceKey });
+    req.contextValues.set(callerKey, await authenticate(options, req.header.get("authorization")));
     return next(req);
   };
+}
+
+/** The caller a bearer token speaks for, its device recorded; throws UNAUTHENTICATED for a missing or bad token. */
+export async function authenticate(
+  options: Pick<InterceptorOptions, "verifyToken" | "resolveDevice">,
+  authorization: string | null,
+): Promise<Caller> {
+  const subject = await options.verifyToken(bearerToken(authorization));
+  const deviceKey = await options.resolveDevice(subject.userId, subject.deviceName);
+  return { ...subject, deviceKey };
 }
 
 function bearerToken(authorization: string | null): string {

@@ -10,6 +10,7 @@ import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { createCleartextListener } from "./cleartext.js";
 import { HealthStatus, registerHealth, ServingStatus } from "./health.js";
+import { type BidiOptions, type BidiRoute, grpcBidiHandler } from "./grpc-bidi.js";
 import { registerReflection } from "./reflection.js";
 
 /** A plain Node request listener, for HTTP/1.1 and HTTP/2 alike. */
@@ -28,6 +29,10 @@ export interface ServerOptions {
   interceptors?: Interceptor[];
   /** Plain HTTP for paths that are not RPCs: /metrics, /healthz, signed blob URLs. Default: 404. */
   fallback?: NodeHandlerFn;
+  /** Bidirectional gRPC methods served on the HTTP/2 stream itself, before connect-es (see grpc-bidi.ts). */
+  bidiRoutes?: BidiRoute[];
+  /** With bidiRoutes: the error mapping and call logging the interceptors use. */
+  bidiOptions?: Omit<BidiOptions, "readMaxBytes">;
   /** An HTTP/2 PING goes out this often and a session that left the previous one unanswered is dropped; also the
    * TCP keep-alive delay. Default 30 s. */
   pingIntervalMs?: number;
@@ -73,6 +78,11 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     readMaxBytes,
   });
 
+  const bidi =
+    options.bidiRoutes && options.bidiOptions
+      ? grpcBidiHandler(options.bidiRoutes, { ...options.bidiOptions, readMaxBytes }, shutdown.signal)
+      : undefined;
+
   // Calls in flight, so close can tell when the last one has finished.
   let active = 0;
   let onIdle: (() => void) | undefined;
@@ -90,7 +100,7 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     (res as http.ServerResponse).once("finish", over).once("close", over);
     // HTTP/1.1 clients must not reuse a connection that is about to go away.
     if (shutdown.signal.aborted && !("stream" in req)) res.setHeader("connection", "close");
-    rpc(req, res);
+    if (!bidi?.(req, res)) rpc(req, res);
   };
 
   const sessions = new Set<http2.ServerHttp2Session>();

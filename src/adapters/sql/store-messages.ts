@@ -75,16 +75,17 @@ interface Accepted {
 export function storeMessages(driver: SqlDriver, sends: readonly PendingSend[]): Promise<SendOutcome[]> {
   if (sends.length === 0) return Promise.resolve([]);
   return driver.transaction(async (tx) => {
-    const lastSeqs = await lockChats(tx, sends);
-    const checks = await tx.query<CheckRow>(
-      CHECK_SENDS,
-      [
+    // Both statements go out at once (one round trip instead of two while the batch holds its locks). Postgres still
+    // runs them in order, and the check's snapshot is taken when it starts, after the locks are held.
+    const [lastSeqs, checks] = await Promise.all([
+      lockChats(tx, sends),
+      tx.query<CheckRow>(CHECK_SENDS, [
         sends.map((s) => s.senderDeviceKey),
         sends.map((s) => s.clientMessageId),
         sends.map((s) => s.chatId),
         sends.map((s) => s.senderUserId),
-      ],
-    );
+      ]),
+    ]);
 
     // Decided in batch order, so a key repeated within the batch is a duplicate of its first send.
     const stored = new Map<string, { messageId: string; seq: bigint; sentAt: Date }>();

@@ -2,9 +2,17 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { Event } from "../../../gen/palaver/chat/v1/event_pb.js";
 import type { CommandResult } from "../../../gen/palaver/chat/v1/chat_pb.js";
 import type { Db } from "../../ports/db.js";
-import { decodeStoredEvent, inboxDrainedEvent, resyncEvent, withEventId } from "./events.js";
+import { inboxDrainedEvent, resyncEvent, type StoredBody } from "./events.js";
 
-export type Outgoing = { kind: "event"; event: Event } | { kind: "result"; result: CommandResult };
+/**
+ * What the stream sends: an event made here (InboxDrained, Resync), a stored event (kept as its stored bytes, shared
+ * by every device it goes to, and given this device's event id only when written), or a command's result.
+ */
+export type Outgoing =
+  | { kind: "event"; event: Event }
+  | { kind: "stored"; eventId: bigint; stored: StoredBody }
+  | { kind: "result"; result: CommandResult };
+type StoredFrame = Extract<Outgoing, { kind: "stored" }>;
 
 export interface DeviceStreamOptions {
   /** Frames waiting for a slow reader before the stream is ended with RESOURCE_EXHAUSTED. */
@@ -28,7 +36,7 @@ export interface DeviceStreamOptions {
  */
 export class DeviceStream {
   private readonly ready: Outgoing[] = [];
-  private heldDuringDrain: Event[] | null = [];
+  private heldDuringDrain: StoredFrame[] | null = [];
   /** Ids of the events sent or queued on this stream, oldest first (all of the backlog while it drains). */
   private readonly sentIds = new Set<bigint>();
   private wake: (() => void) | null = null;
@@ -47,17 +55,17 @@ export class DeviceStream {
     private readonly options: DeviceStreamOptions,
   ) {}
 
-  /** A live event for this device (the template's event id is replaced by this device's). */
-  pushEvent(template: Event, eventId: bigint): void {
+  /** A live event for this device: the event's shared stored form, and this device's event id for it. */
+  pushEvent(stored: StoredBody, eventId: bigint): void {
     if (this.ending !== undefined || this.sentIds.has(eventId)) return;
-    const event = withEventId(template, eventId);
+    const frame: StoredFrame = { kind: "stored", eventId, stored };
     if (this.heldDuringDrain) {
-      this.heldDuringDrain.push(event);
+      this.heldDuringDrain.push(frame);
       this.checkBound(this.heldDuringDrain.length + this.ready.length);
       return;
     }
     this.remember(eventId);
-    this.enqueue({ kind: "event", event });
+    this.enqueue(frame);
   }
 
   pushResult(result: CommandResult): void {
@@ -85,7 +93,7 @@ export class DeviceStream {
       for (let after = gap.after; this.ending === undefined; ) {
         const page = await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
         for (const stored of page) {
-          if (!gap.sent.has(stored.eventId)) this.pushEvent(decodeStoredEvent(stored.body, 0n), stored.eventId);
+          if (!gap.sent.has(stored.eventId)) this.pushEvent({ body: stored.body }, stored.eventId);
           after = stored.eventId;
         }
         if (page.length < this.options.pageSize) break;
@@ -116,7 +124,8 @@ export class DeviceStream {
         this.throwIfEnded();
         this.sentIds.add(stored.eventId);
         if (stored.eventId > this.maxSentId) this.maxSentId = stored.eventId;
-        yield { kind: "event", event: decodeStoredEvent(stored.body, stored.eventId) };
+        // Sent as stored: the backlog is not decoded and re-encoded (see eventField).
+        yield { kind: "stored", eventId: stored.eventId, stored: { body: stored.body } };
         after = stored.eventId;
         backlog++;
       }
@@ -135,10 +144,10 @@ export class DeviceStream {
   private goLive(): void {
     const held = this.heldDuringDrain ?? [];
     this.heldDuringDrain = null;
-    for (const event of held) {
-      if (this.sentIds.has(event.eventId)) continue;
-      this.remember(event.eventId);
-      this.ready.push({ kind: "event", event });
+    for (const frame of held) {
+      if (this.sentIds.has(frame.eventId)) continue;
+      this.remember(frame.eventId);
+      this.ready.push(frame);
     }
     this.remember();
   }

@@ -1,4 +1,6 @@
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type UnknownField } from "@bufbuild/protobuf";
+import { WireType } from "@bufbuild/protobuf/wire";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { type Event, EventSchema, ResyncReason } from "../../../gen/palaver/chat/v1/event_pb.js";
 import type { ResyncCause } from "../../ports/db.js";
 
@@ -13,9 +15,69 @@ export function decodeStoredEvent(body: Uint8Array, eventId: bigint): Event {
   return event;
 }
 
-/** One device's copy of an event pushed live: the shared template with that device's inbox event id. */
-export function withEventId(template: Event, eventId: bigint): Event {
-  return { ...template, eventId };
+/** A stored event as every device's stream shares it: its stored bytes, and its send time for the latency metric. */
+export interface StoredBody {
+  body: Uint8Array;
+  /** A new message's sent_at in ms since the epoch; undefined for other events and backlog reads. */
+  sentAtMs?: number;
+}
+
+export function storedBody(event: Event, body: Uint8Array): StoredBody {
+  const sentAt = event.kind.case === "newMessage" ? event.kind.value.sentAt : undefined;
+  return { body, sentAtMs: sentAt ? timestampMs(sentAt) : undefined };
+}
+
+/**
+ * One device's copy of a stored event, ready for the wire as field 1 of ConnectResponse or SubscribeResponse (both
+ * carry the event there): an unknown field, which protobuf-es writes verbatim. Its bytes are the event_id field, then
+ * the stored body (an Event without event_id, fields 2 and up, so the result is the canonical encoding). Why: the
+ * event is encoded once for all recipients and the backlog is never decoded and re-encoded; per device this costs one
+ * small allocation and a copy instead of a message copy and a full protobuf encode.
+ */
+export function eventField(body: Uint8Array, eventId: bigint): UnknownField {
+  const idBytes = varintLength(eventId);
+  const eventLength = 1 + idBytes + body.length;
+  const lengthBytes = varintLength(BigInt(eventLength));
+  const data = new Uint8Array(lengthBytes + eventLength);
+  let at = writeVarint(data, 0, BigInt(eventLength));
+  data[at++] = 0x08; // field 1 (event_id), varint
+  at = writeVarint(data, at, eventId);
+  data.set(body, at);
+  return { no: 1, wireType: WireType.LengthDelimited, data };
+}
+
+/**
+ * The same for the gRPC transport's own path: the whole gRPC message (5-byte length prefix) of a ConnectResponse whose
+ * only field is this event, in one allocation.
+ */
+export function grpcStoredEventMessage(body: Uint8Array, eventId: bigint): Uint8Array {
+  const eventLength = 1 + varintLength(eventId) + body.length;
+  const responseLength = 1 + varintLength(BigInt(eventLength)) + eventLength;
+  const message = new Uint8Array(5 + responseLength);
+  new DataView(message.buffer).setUint32(1, responseLength);
+  let at = 5;
+  message[at++] = 0x0a; // ConnectResponse field 1 (event), length-delimited
+  at = writeVarint(message, at, BigInt(eventLength));
+  message[at++] = 0x08; // Event field 1 (event_id), varint
+  at = writeVarint(message, at, eventId);
+  message.set(body, at);
+  return message;
+}
+
+function varintLength(value: bigint): number {
+  let n = 1;
+  for (let v = value >> 7n; v > 0n; v >>= 7n) n++;
+  return n;
+}
+
+function writeVarint(into: Uint8Array, at: number, value: bigint): number {
+  let v = value;
+  while (v > 0x7fn) {
+    into[at++] = Number(v & 0x7fn) | 0x80;
+    v >>= 7n;
+  }
+  into[at++] = Number(v);
+  return at;
 }
 
 export function inboxDrainedEvent(backlogEvents: number): Event {

@@ -5,7 +5,7 @@ import type { Db, Delivery } from "../../ports/db.js";
 import type { Bus, Handoff, Presence } from "../../ports/routing.js";
 import type { Metrics } from "../operations/metrics.js";
 import { DeviceStream, type DeviceStreamOptions } from "./device-stream.js";
-import { decodeStoredEvent } from "./events.js";
+import { decodeStoredEvent, storedBody } from "./events.js";
 
 /** What a stored event needs to be pushed live: the event, its stored bytes (for other nodes), and its inbox rows. */
 export interface LiveEvent {
@@ -92,9 +92,11 @@ export class DeliveryHub {
   /** Pushes a stored event to every recipient device that is connected somewhere. */
   async deliver(live: LiveEvent): Promise<void> {
     const remote: Delivery[] = [];
+    // One shared stored form for every recipient; each stream adds only its device's event id when it writes it.
+    const stored = storedBody(live.event, live.body);
     for (const delivery of live.deliveries) {
       const stream = this.streams.get(delivery.deviceKey);
-      if (stream) stream.pushEvent(live.event, delivery.eventId);
+      if (stream) stream.pushEvent(stored, delivery.eventId);
       else remote.push(delivery);
     }
     if (this.routing && remote.length > 0) await this.handOff(live.body, remote);
@@ -121,9 +123,10 @@ export class DeliveryHub {
 
   private receive(handoffs: Handoff[]): void {
     for (const handoff of handoffs) {
-      const template = decodeStoredEvent(handoff.body, 0n);
+      // Decoded once per hand-off, only for its send time (the latency metric); the bytes go out as they came.
+      const stored = storedBody(decodeStoredEvent(handoff.body, 0n), handoff.body);
       for (const delivery of handoff.deliveries) {
-        this.streams.get(delivery.deviceKey)?.pushEvent(template, delivery.eventId);
+        this.streams.get(delivery.deviceKey)?.pushEvent(stored, delivery.eventId);
       }
       this.metrics.handoffs.inc({ direction: "in" }, handoff.deliveries.length);
     }

@@ -61,4 +61,27 @@ describe("GroupCommitter", () => {
     await expect(committer.submit(1)).rejects.toThrow("db down");
     await expect(committer.submit(2)).resolves.toBe(2);
   });
+
+  it("keeps a key out of concurrent batches: its items wait for the batch that holds it, in order", async () => {
+    const batches: string[][] = [];
+    const gate = deferred();
+    const committer = new GroupCommitter<string, string>(
+      async (items) => {
+        batches.push(items);
+        if (batches.length === 1) await gate.done;
+        return items;
+      },
+      10,
+      2,
+      (item) => item[0]!,
+    );
+    const first = committer.submit("a1");
+    const others = ["a2", "b1", "a3"].map((item) => committer.submit(item));
+    // "b1" goes in a second batch at once; "a2" and "a3" wait for the batch that holds "a".
+    await others[1];
+    expect(batches).toEqual([["a1"], ["b1"]]);
+    gate.release();
+    expect(await Promise.all([first, ...others])).toEqual(["a1", "a2", "b1", "a3"]);
+    expect(batches).toEqual([["a1"], ["b1"], ["a2", "a3"]]);
+  });
 });

@@ -13,7 +13,16 @@ export class GroupCommitter<Item, Result> {
     private readonly maxBatch: number,
     /** Batches written at once (a connection pool can take several; PGlite is one connection). */
     private readonly maxInFlight: number,
+    /**
+     * What an item locks while its batch is written (a send: its chat). An item whose key an in-flight batch holds
+     * waits for the next batch, so batches written at once never wait on each other's row locks: under load,
+     * overlapping batches had serialized behind each other's chat locks, each holding them for several round trips.
+     */
+    private readonly keyOf?: (item: Item) => string,
   ) {}
+
+  /** Keys held by the batches in flight, with how many of their items hold each. */
+  private readonly busy = new Map<string, number>();
 
   submit(item: Item): Promise<Result> {
     return new Promise((resolve, reject) => {
@@ -24,10 +33,29 @@ export class GroupCommitter<Item, Result> {
 
   private flush(): void {
     while (this.inFlight < this.maxInFlight && this.queue.length > 0) {
-      const batch = this.queue.splice(0, this.maxBatch);
+      const batch = this.keyOf ? this.takeFree(this.keyOf) : this.queue.splice(0, this.maxBatch);
+      if (batch.length === 0) return;
       this.inFlight++;
       void this.write(batch);
     }
+  }
+
+  /** Up to maxBatch queued items, in order, skipping those whose key a batch in flight holds; marks their keys busy. */
+  private takeFree(keyOf: (item: Item) => string): typeof this.queue {
+    const batch: typeof this.queue = [];
+    const rest: typeof this.queue = [];
+    for (const entry of this.queue) {
+      const key = keyOf(entry.item);
+      if (batch.length < this.maxBatch && !this.busy.has(key)) batch.push(entry);
+      else rest.push(entry);
+    }
+    // A key taken by this batch is busy for the items after it too (they keep their order in the next batch).
+    for (const entry of batch) {
+      const key = keyOf(entry.item);
+      this.busy.set(key, (this.busy.get(key) ?? 0) + 1);
+    }
+    this.queue = rest;
+    return batch;
   }
 
   private async write(batch: typeof this.queue): Promise<void> {
@@ -37,6 +65,14 @@ export class GroupCommitter<Item, Result> {
     } catch (error) {
       for (const entry of batch) entry.reject(error);
     } finally {
+      if (this.keyOf) {
+        for (const entry of batch) {
+          const key = this.keyOf(entry.item);
+          const held = this.busy.get(key)! - 1;
+          if (held === 0) this.busy.delete(key);
+          else this.busy.set(key, held);
+        }
+      }
       this.inFlight--;
       this.flush();
     }

@@ -43,7 +43,13 @@ export class Messaging {
     private readonly metrics: Metrics,
     options: SendOptions,
   ) {
-    this.committer = new GroupCommitter((sends) => db.storeMessages(sends), options.maxBatch, options.maxInFlight);
+    this.committer = new GroupCommitter(
+      (sends) => db.storeMessages(sends),
+      options.maxBatch,
+      options.maxInFlight,
+      // Batches in flight at once never share a chat, so they never wait on each other's chat row locks.
+      (send) => send.chatId.toLowerCase(),
+    );
   }
 
   /**

@@ -1,0 +1,160 @@
+import type * as http from "node:http";
+import type * as http2 from "node:http2";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import type { Logger } from "pino";
+import { logLevelFor } from "./interceptors.js";
+
+/**
+ * A bidirectional gRPC method served straight on the HTTP/2 stream, beside connect-es. Why: a device stream writes
+ * one message per event, and connect-es passes each one through a chain of (down-compiled) async generators, its
+ * interceptors' and its own; at thousands of deliveries per second that chain and its garbage were most of the
+ * server's CPU. Here each message is one pre-encoded buffer written to the stream. Only the plain case takes this
+ * path: gRPC over HTTP/2 with binary protobuf and no compression; anything else (gRPC-Web, the Connect protocol, JSON,
+ * compressed requests) goes to connect-es as before. A grpc-timeout ends the call with DEADLINE_EXCEEDED, as there. Auth, logging, metrics, error
+ * mapping and the shutdown signal behave as the interceptors do for the same call.
+ */
+export interface BidiRoute {
+  /** "/package.Service/Method" */
+  path: string;
+  /**
+   * Checks the call's credentials (throws to refuse the call) and returns who it is, and how to run it: request
+   * messages (serialized, without the gRPC prefix) in, response messages out as complete gRPC length-prefixed frames.
+   */
+  start(authorization: string | null): Promise<{
+    user: string;
+    device: string;
+    run(requests: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncIterable<Uint8Array>;
+  }>;
+}
+
+export interface BidiOptions {
+  logger: Logger;
+  onCallEnd?: (call: { procedure: string; code: string; seconds: number }) => void;
+  toConnectError: (error: unknown, signal?: AbortSignal) => ConnectError;
+  readMaxBytes: number;
+}
+
+type Request = http.IncomingMessage | http2.Http2ServerRequest;
+
+/** Returns a handler that serves the routes' plain gRPC calls and returns false for every other request. */
+export function grpcBidiHandler(
+  routes: readonly BidiRoute[],
+  options: BidiOptions,
+  shuttingDown: AbortSignal,
+): (req: Request, res: unknown) => boolean {
+  const byPath = new Map(routes.map((route) => [route.path, route]));
+  return (req, res) => {
+    if (req.method !== "POST" || !("stream" in req)) return false;
+    const route = byPath.get(req.url ?? "");
+    if (!route) return false;
+    const type = req.headers["content-type"];
+    if (type !== "application/grpc" && type !== "application/grpc+proto") return false;
+    const encoding = req.headers["grpc-encoding"];
+    if (encoding !== undefined && encoding !== "identity") return false;
+    void serve(route, req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, options, shuttingDown);
+    return true;
+  };
+}
+
+async function serve(
+  route: BidiRoute,
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+  options: BidiOptions,
+  shuttingDown: AbortSignal,
+): Promise<void> {
+  const started = performance.now();
+  const procedure = route.path.slice(1);
+  // Aborts when the call is over or the client went away, and with UNAVAILABLE when the server shuts down.
+  const call = new AbortController();
+  const onShutdown = () => call.abort(shuttingDown.reason);
+  if (shuttingDown.aborted) onShutdown();
+  else shuttingDown.addEventListener("abort", onShutdown, { once: true });
+  const timeout = parseTimeout(headerValue(req.headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
+  const deadline =
+    timeout.timeoutMs === undefined
+      ? undefined
+      : setTimeout(() => call.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)), timeout.timeoutMs);
+  res.once("close", () => {
+    shuttingDown.removeEventListener("abort", onShutdown);
+    clearTimeout(deadline);
+    call.abort();
+  });
+
+  let caller: { user?: string; device?: string } = {};
+  let failure: ConnectError | undefined;
+  try {
+    if (timeout.error) throw timeout.error;
+    const opened = await route.start(headerValue(req.headers.authorization));
+    caller = opened;
+    for await (const frame of opened.run(requestMessages(req, options.readMaxBytes), call.signal)) {
+      if (res.destroyed || res.writableEnded) break;
+      if (!res.headersSent) res.writeHead(200, { "content-type": "application/grpc+proto" });
+      if (!res.write(frame)) await drained(res);
+    }
+  } catch (error) {
+    failure = options.toConnectError(error, call.signal);
+  }
+
+  if (!res.destroyed && !res.writableEnded) {
+    const status: Record<string, string> = {};
+    setTrailerStatus(new Headers(), failure).forEach((value, key) => (status[key] = value));
+    if (res.headersSent) {
+      res.addTrailers(status);
+      res.end();
+    } else {
+      // Trailers-only: the status travels in the one HEADERS frame, as connect-es answers a call that failed early.
+      res.writeHead(200, { "content-type": "application/grpc+proto", ...status });
+      res.end();
+    }
+  } else if (!failure && !res.writableFinished) {
+    failure = new ConnectError("the client went away", Code.Canceled);
+  }
+
+  const code = failure?.code;
+  const entry = {
+    procedure,
+    code: code === undefined ? "ok" : codeToString(code),
+    ms: Math.round(performance.now() - started),
+    user: caller.user,
+    device: caller.device,
+    error: failure?.message,
+  };
+  options.logger[logLevelFor(code)](entry, "rpc");
+  options.onCallEnd?.({ procedure, code: entry.code, seconds: (performance.now() - started) / 1000 });
+}
+
+/** The request's gRPC messages: length-prefixed frames split out of the HTTP/2 DATA as it arrives. */
+async function* requestMessages(req: http2.Http2ServerRequest, readMaxBytes: number): AsyncGenerator<Uint8Array> {
+  let buffer: Buffer = Buffer.alloc(0);
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk]);
+    while (buffer.length >= 5) {
+      const length = buffer.readUInt32BE(1);
+      if (length > readMaxBytes) {
+        throw new ConnectError(`message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);
+      }
+      if (buffer.length < 5 + length) break;
+      if ((buffer[0]! & 1) !== 0) throw new ConnectError("received a compressed message without grpc-encoding", Code.Internal);
+      yield buffer.subarray(5, 5 + length);
+      buffer = buffer.subarray(5 + length);
+    }
+  }
+  if (buffer.length > 0) throw new ConnectError("the request ended inside a message", Code.InvalidArgument);
+}
+
+function headerValue(value: string | string[] | undefined): string | null {
+  return Array.isArray(value) ? (value[0] ?? null) : (value ?? null);
+}
+
+function drained(res: http2.Http2ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off("drain", done).off("close", done);
+      resolve();
+    };
+    res.once("drain", done).once("close", done);
+  });
+}
