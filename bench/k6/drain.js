@@ -1,23 +1,15 @@
 // drain: the runner stored K events in each device's inbox while it was offline; here every device reconnects at
 // once. time_to_inbox_drained is per device, from opening its stream to its InboxDrained; backlog_events counts what
 // came before it. The runner divides the events by the slowest device's time. Devices ack as they go (ACK_BATCH).
-import { env, errorThresholds, loadDevices, makeClients, runDevices, trendStats } from './lib.js';
+import { connectTimeoutS, loadDevices, makeClients, runDevices, scenarioOptions } from './lib.js';
 
 const devices = loadDevices();
 const clients = makeClients();
 
-export const options = {
-  scenarios: {
-    devices: {
-      executor: 'per-vu-iterations',
-      vus: env.vus,
-      iterations: 1,
-      maxDuration: `${Number(__ENV.CONNECT_TIMEOUT_S || 120) + 60}s`,
-    },
-  },
-  thresholds: { ...errorThresholds(), time_to_inbox_drained: ['max>=0'], backlog_events: ['count>=0'] },
-  summaryTrendStats: trendStats,
-};
+export const options = scenarioOptions(connectTimeoutS + 60, {
+  time_to_inbox_drained: ['max>=0'],
+  backlog_events: ['count>=0'],
+});
 
 export default function () {
   runDevices(clients, devices, {
@@ -26,6 +18,5 @@ export default function () {
     holdMs: Number(__ENV.HOLD_S || 1) * 1000,
     ackEveryMs: 0,
     ackBatch: Number(__ENV.ACK_BATCH || 0),
-    connectTimeoutMs: Number(__ENV.CONNECT_TIMEOUT_S || 120) * 1000,
   });
 }

@@ -7,6 +7,7 @@
 //   ADDRS     comma-separated host:port of the server nodes
 //   VUS       VUs that share the devices (device i belongs to VU i % VUS + 1)
 //   CONNS     gRPC connections (HTTP/2 sessions) per VU; a VU's streams are spread over them
+//   CONNECT_TIMEOUT_S  how long a VU waits for its devices to drain before it sends anyway (default 120)
 
 import grpc from 'k6/net/grpc';
 import exec from 'k6/execution';
@@ -85,6 +86,7 @@ function parseText(text) {
  *   ackEveryMs         each device acks what it received this often (0: never)
  *   ackBatch           ...or as soon as it has this many unacked events
  *   startDelayMs       wait this long before sending (all VUs connect first)
+ * Sending waits until every device of the VU drained, or connectTimeoutS passed.
  */
 export function runDevices(clients, devices, options) {
   const connected = new Set();
@@ -252,7 +254,7 @@ export function runDevices(clients, devices, options) {
 
   const waitDrained = setInterval(() => {
     const waited = Date.now() - t0;
-    if (drained >= mine.length || waited > (options.connectTimeoutMs || 120000)) {
+    if (drained >= mine.length || waited > connectTimeoutS * 1000) {
       clearInterval(waitDrained);
       if (drained < mine.length) metrics.errors.add(mine.length - drained, { code: 'not_drained' });
       setTimeout(startSending, Math.max(0, planStart - Date.now()));
@@ -277,11 +279,58 @@ export function perRateThresholds(tags, p99Limit, abortOnFail) {
 }
 
 /** Thresholds that only make k6 export the error count of each likely code (errors{code:...}). */
-export function errorThresholds() {
+function errorThresholds() {
   const codes = ['3', '5', '7', '8', '13', '14', 'stream_1', 'stream_8', 'stream_10', 'stream_14', 'not_drained'];
   const thresholds = {};
   for (const code of codes) thresholds[`errors{code:${code}}`] = ['count>=0'];
   return thresholds;
 }
 
-export const trendStats = ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'];
+const trendStats = ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'];
+
+/** Seconds to wait for every device of a VU to drain before sending starts (or the run is given up). */
+export const connectTimeoutS = Number(__ENV.CONNECT_TIMEOUT_S || 120);
+
+/** k6 options of every scenario: one long iteration per VU, the error counts by code, plus the given thresholds. */
+export function scenarioOptions(maxDurationS, thresholds) {
+  return {
+    scenarios: {
+      devices: { executor: 'per-vu-iterations', vus: env.vus, iterations: 1, maxDuration: `${maxDurationS}s` },
+    },
+    thresholds: { ...errorThresholds(), ...thresholds },
+    summaryTrendStats: trendStats,
+  };
+}
+
+/**
+ * A fixed total send rate (RATE sends/s) for SEND_S seconds, after START_DELAY_S; the first WARMUP_S seconds of
+ * sending are tagged "warmup" (JIT, pools, caches) and left out of the figures. Thresholds: p99 delivery_latency
+ * < 500 ms and fewer than 0.1 % failed sends. Returns the script's options and its default function.
+ */
+export function fixedRateScenario(defaultRate) {
+  const devices = loadDevices();
+  const clients = makeClients();
+  const rate = Number(__ENV.RATE || defaultRate);
+  const tag = String(rate);
+  const warmupMs = Number(__ENV.WARMUP_S || 0) * 1000;
+  const startDelayS = Number(__ENV.START_DELAY_S || 10);
+  const sendS = Number(__ENV.SEND_S || 20);
+  return {
+    options: scenarioOptions(startDelayS + sendS + 120, {
+      send_error_rate: ['rate<0.001'],
+      [`delivery_latency{rate:${tag}}`]: ['p(99)<500'],
+      [`sends{rate:${tag}}`]: ['count>=0'],
+      [`deliveries{rate:${tag}}`]: ['count>=0'],
+    }),
+    run() {
+      runDevices(clients, devices, {
+        sendPlan: (elapsed) => ({ rate, tag: elapsed < warmupMs ? 'warmup' : tag }),
+        sendForMs: sendS * 1000,
+        startDelayMs: startDelayS * 1000,
+        holdMs: Number(__ENV.HOLD_S || 2) * 1000,
+        ackEveryMs: Number(__ENV.ACK_MS || 5000),
+        ackBatch: 500,
+      });
+    },
+  };
+}

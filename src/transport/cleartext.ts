@@ -39,6 +39,9 @@ function dispatch(socket: net.Socket, h1: http.Server, h2: http2.Http2Server): v
       // socket's buffer and arrive before anything the handle reads later.
       socket.pause();
       socket.unshift(head);
+      // The listener keeps sockets half-open for http.Server, which ends them itself; Http2Session does not, so a
+      // client's FIN must close the socket, or its session and streams would stay open until a PING went unanswered.
+      socket.allowHalfOpen = false;
       h2.emit("connection", socket);
     } else {
       // http.Server reads from the socket's JavaScript stream until its parser takes over the handle, and

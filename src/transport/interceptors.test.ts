@@ -1,3 +1,4 @@
+import * as http2 from "node:http2";
 import { Writable } from "node:stream";
 import { type DescMethodServerStreaming } from "@bufbuild/protobuf";
 import { ViolationsSchema } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
@@ -209,5 +210,24 @@ describe("error mapping and logging", () => {
       { level: 30, procedure: "palaver.chat.v1.ChatService/SendMessage", code: "permission_denied" },
     ]);
     expect(typeof rpcs[0]?.ms).toBe("number");
+  });
+
+  it("ends a stream whose client dropped its connection at once, logged as canceled, not as a server error", async () => {
+    const session = http2.connect(server.url);
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    // As k6 does: one list_services request, its answer read, then the connection closed with the stream open.
+    stream.write(Buffer.from([0, 0, 0, 0, 2, 0x3a, 0]));
+    await new Promise((resolve) => stream.once("data", resolve));
+    session.destroy();
+    // Well before the server's next PING would have found the connection dead.
+    await expect.poll(() => logLines.filter((line) => line.msg === "rpc")).toMatchObject([
+      { procedure: "grpc.reflection.v1.ServerReflection/ServerReflectionInfo", code: "canceled", level: 20 },
+    ]);
+    expect(logLines.filter((line) => (line.level as number) >= 50)).toEqual([]);
   });
 });

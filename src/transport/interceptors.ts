@@ -110,6 +110,10 @@ export function toConnectError(error: unknown, logger: Logger, signal?: AbortSig
   if (signal?.aborted && (error === signal.reason || (error instanceof Error && error.name === "AbortError"))) {
     return ConnectError.from(signal.reason);
   }
+  // A request stream cut short: the client reset its stream or dropped the connection while the handler read it.
+  if (error instanceof Error && (error as NodeJS.ErrnoException).code === "ERR_STREAM_PREMATURE_CLOSE") {
+    return new ConnectError("the client went away", Code.Canceled, undefined, undefined, error);
+  }
   logger.error({ err: error }, "unexpected error in rpc handler");
   return new ConnectError("internal error", Code.Internal, undefined, undefined, error);
 }
