@@ -445,10 +445,14 @@ async function runScenario(k6: string, scenario: Scenario, args: Args, ceiling: 
     await sleep(1000);
     const baseline = processStats(pid).rssBytes;
     let plateau: { rssBytes: number; connected: number } | undefined;
-    const env = {
+    // BENCH_ENV='{"RATE":500}' overrides a profile's k6 settings for one run (experiments); the figures and the
+    // stored plan follow what ran.
+    const settings: Plan["env"] = {
       ...plan.env,
-      // BENCH_ENV='{"RATE":500}' overrides a profile's k6 settings for one run (experiments).
-      ...(process.env.BENCH_ENV ? (JSON.parse(process.env.BENCH_ENV) as Record<string, string | number>) : {}),
+      ...(process.env.BENCH_ENV ? (JSON.parse(process.env.BENCH_ENV) as Plan["env"]) : {}),
+    };
+    const env = {
+      ...settings,
       DEVICES: devicesFile,
       ADDRS: servers.nodes.map((n) => n.addr).join(","),
       VUS: plan.vus,
@@ -474,8 +478,8 @@ async function runScenario(k6: string, scenario: Scenario, args: Args, ceiling: 
     figures.serverDeliveryP50Ms = serverLatency[0] ?? null;
     figures.serverDeliveryP99Ms = serverLatency[1] ?? null;
     if (scenario === "steady" || scenario === "groups100") {
-      const rate = Number(plan.env.RATE);
-      const measuredSeconds = Number(plan.env.SEND_S) - Number(plan.env.WARMUP_S ?? 0);
+      const rate = Number(settings.RATE);
+      const measuredSeconds = Number(settings.SEND_S) - Number(settings.WARMUP_S ?? 0);
       const point = latencyPoint(e, String(rate), measuredSeconds);
       if (point) points = [point];
       // The headline latency leaves out the warm-up seconds; the whole run's stays beside it.
@@ -484,15 +488,15 @@ async function runScenario(k6: string, scenario: Scenario, args: Args, ceiling: 
       figures.deliveryP95Ms = point?.p95 ?? null;
       figures.deliveryP99Ms = point?.p99 ?? null;
       figures.deliveryMaxMs = point?.max ?? null;
-      figures.warmupSeconds = Number(plan.env.WARMUP_S ?? 0);
+      figures.warmupSeconds = Number(settings.WARMUP_S ?? 0);
       figures.targetSendsPerSecond = rate;
       figures.achievedSendsPerSecond = point?.achievedSendsPerSecond ?? null;
       figures.deliveriesPerSecond = Math.round((metric(e, `deliveries{rate:${rate}}`, "count") ?? 0) / measuredSeconds);
       if (figures.warmupSeconds) notes.push(`the first ${figures.warmupSeconds} s of sending are warm-up, left out of the latency and rate figures (deliveryP99AllMs includes them)`);
     }
     if (scenario === "ramp") {
-      const steps = String(plan.env.STEPS).split(",");
-      const stepSeconds = Number(plan.env.STEP_S);
+      const steps = String(settings.STEPS).split(",");
+      const stepSeconds = Number(settings.STEP_S);
       points = steps.map((tag) => latencyPoint(e, tag, stepSeconds)).filter((p): p is LatencyPoint => p !== null);
       // The knee: the highest step whose p99 held under 500 ms and whose sends kept up (90 % of the plan).
       const held = points.filter((p) => p.p99 < 500 && (p.achievedSendsPerSecond ?? 0) >= 0.9 * p.rate);
@@ -535,7 +539,7 @@ async function runScenario(k6: string, scenario: Scenario, args: Args, ceiling: 
       date: new Date().toISOString(),
       backend: servers.backend,
       nodes: args.nodes,
-      plan,
+      plan: { ...plan, env: settings },
       k6ExitCode: k6Run.exitCode,
       seconds: Math.round(k6Run.seconds),
       serverCpuSeconds: Number(k6Run.serverCpuSeconds.toFixed(1)),
