@@ -8,7 +8,8 @@ import type { LatencyPoint, ScenarioResult } from "./run.js";
 
 export async function renderReport(dir: string, results: ScenarioResult[]): Promise<void> {
   const by = new Map(results.map((r) => [r.scenario, r]));
-  const ceiling = results.find((r) => r.pgCeiling)?.pgCeiling;
+  // The ceiling measured in the same run as the ramp, the one its knee is a share of.
+  const ceiling = (by.get("ramp") ?? results.find((r) => r.pgCeiling))?.pgCeiling;
   const lines: string[] = [];
   lines.push("# Palaver benchmark report", "");
   lines.push(
@@ -128,7 +129,8 @@ export function latencyChart(results: ScenarioResult[]): string {
   const rates = all.map((p) => p.rate);
   const lats = all.flatMap((p) => [p.p50, p.p95, p.p99]).map((v) => Math.max(v, 0.5));
   const xMin = Math.pow(10, Math.floor(Math.log10(Math.min(...rates, 10))));
-  const ceilingRate = results.find((r) => r.pgCeiling)?.pgCeiling?.sendsPerSecond ?? 0;
+  const ramp = results.find((r) => r.scenario === "ramp");
+  const ceilingRate = ramp?.pgCeiling?.sendsPerSecond ?? 0;
   const xMax = Math.pow(10, Math.ceil(Math.log10(Math.max(...rates, ceilingRate, 100))));
   const yMin = Math.pow(10, Math.floor(Math.log10(Math.min(...lats, 1))));
   const yMax = Math.pow(10, Math.ceil(Math.log10(Math.max(...lats, 1000))));
@@ -189,16 +191,14 @@ export function latencyChart(results: ScenarioResult[]): string {
     }
     legendY += 6;
   }
-  const ramp = results.find((r) => r.scenario === "ramp");
   const knee = ramp && typeof ramp.figures.kneeSendsPerSecond === "number" ? ramp.figures.kneeSendsPerSecond : 0;
   if (knee > 0) {
     out.push(`<line x1="${x(knee)}" y1="${M.top}" x2="${x(knee)}" y2="${H - M.bottom}" stroke="#c0392b" stroke-width="1.5"/>`);
     out.push(`<text x="${x(knee) + 4}" y="${H - M.bottom - 8}" fill="#c0392b">knee ${knee}/s</text>`);
   }
-  const ceiling = ramp?.pgCeiling?.sendsPerSecond;
-  if (ceiling && ceiling <= xMax) {
-    out.push(`<line x1="${x(ceiling)}" y1="${M.top}" x2="${x(ceiling)}" y2="${H - M.bottom}" stroke="#555" stroke-dasharray="2 3"/>`);
-    out.push(`<text x="${x(ceiling) - 4}" y="${M.top + 14}" text-anchor="end" fill="#555">Postgres alone ${ceiling}/s</text>`);
+  if (ceilingRate > 0 && ceilingRate <= xMax) {
+    out.push(`<line x1="${x(ceilingRate)}" y1="${M.top}" x2="${x(ceilingRate)}" y2="${H - M.bottom}" stroke="#555" stroke-dasharray="2 3"/>`);
+    out.push(`<text x="${x(ceilingRate) - 4}" y="${M.top + 14}" text-anchor="end" fill="#555">Postgres alone ${ceilingRate}/s</text>`);
   }
   out.push("</svg>");
   return `${out.join("\n")}\n`;

@@ -60,7 +60,7 @@ const PLANS: Record<Profile, Partial<Record<Scenario, Plan>>> = {
     steady: { groups: 200, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, env: { RATE: 200, SEND_S: 15, WARMUP_S: 3, START_DELAY_S: 5 } },
     ramp: {
       groups: 300, groupUsers: 5, devicesPerUser: 2, onlinePerGroup: 2, vus: 4, conns: 2,
-      env: { STEPS: "250,500,1000,2000,2500,3000,3500,4000,5000,6000,8000", STEP_S: 3, START_DELAY_S: 4 },
+      env: { STEPS: "250,500,1000,1500,2000,2500,3000,3500,4000,5000,6000,8000", STEP_S: 3, START_DELAY_S: 4 },
     },
     groups100: { groups: 10, groupUsers: 100, devicesPerUser: 1, vus: 4, conns: 2, env: { RATE: 20, SEND_S: 15, WARMUP_S: 3, START_DELAY_S: 5 } },
     drain: { groups: 100, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, backlog: 100, env: { ACK_BATCH: 500 } },
@@ -70,7 +70,7 @@ const PLANS: Record<Profile, Partial<Record<Scenario, Plan>>> = {
     steady: { groups: 1000, groupUsers: 5, devicesPerUser: 2, vus: 20, conns: 2, env: { RATE: 1000, SEND_S: 60, WARMUP_S: 10, START_DELAY_S: 10 } },
     ramp: {
       groups: 1000, groupUsers: 5, devicesPerUser: 2, onlinePerGroup: 2, vus: 8, conns: 2,
-      env: { STEPS: "500,1000,2000,2500,3000,3500,4000,4500,5000,6000,7000,8000,10000", STEP_S: 8, START_DELAY_S: 8 },
+      env: { STEPS: "500,1000,1500,2000,2500,3000,3500,4000,4500,5000,6000,7000,8000,10000", STEP_S: 8, START_DELAY_S: 8 },
     },
     groups100: { groups: 50, groupUsers: 100, devicesPerUser: 1, vus: 10, conns: 2, env: { RATE: 50, SEND_S: 30, WARMUP_S: 5, START_DELAY_S: 8 } },
     drain: { groups: 500, groupUsers: 5, devicesPerUser: 2, vus: 10, conns: 2, backlog: 100, env: { ACK_BATCH: 500 } },
@@ -352,7 +352,11 @@ async function runK6(
       // a process just ended
     }
   }, 500);
+  // No scenario runs for 10 minutes: a k6 still running then is stuck (it has hung on ending gRPC streams), and a
+  // benchmark must end rather than wait for ever.
+  const stuck = setTimeout(() => child.kill("SIGKILL"), 10 * 60_000);
   const exitCode = await new Promise<number>((resolve) => child.once("exit", (code) => resolve(code ?? 1)));
+  clearTimeout(stuck);
   clearInterval(poll);
   const seconds = (performance.now() - started) / 1000;
   const cpuAfter = servers.nodes.reduce((sum, n) => sum + processStats(n.child.pid!).cpuSeconds, 0);
@@ -398,7 +402,7 @@ function latencyPoint(e: Export, tag: string, seconds?: number): LatencyPoint | 
   const name = `delivery_latency{rate:${tag}}`;
   if (!e.metrics[name] || metric(e, name, "p(99)") === null) return null;
   const sends = metric(e, `sends{rate:${tag}}`, "count");
-  // A step the test never reached (k6 aborted before it) has no samples.
+  // A step the ramp never reached (it stopped before) has no samples.
   if (!metric(e, `deliveries{rate:${tag}}`, "count")) return null;
   return {
     rate: Number(tag),
@@ -497,19 +501,18 @@ async function runScenario(k6: string, scenario: Scenario, args: Args, ceiling: 
     if (scenario === "ramp") {
       const steps = String(settings.STEPS).split(",");
       const stepSeconds = Number(settings.STEP_S);
-      points = steps.map((tag) => latencyPoint(e, tag, stepSeconds)).filter((p): p is LatencyPoint => p !== null);
-      // The knee: the highest step whose p99 held under 500 ms and whose sends kept up (90 % of the plan).
-      const held = points.filter((p) => p.p99 < 500 && (p.achievedSendsPerSecond ?? 0) >= 0.9 * p.rate);
-      let knee = 0;
-      for (const p of points) {
-        if (held.includes(p)) knee = p.rate;
-        else break;
-      }
-      figures.kneeSendsPerSecond = knee;
+      const reached = steps.map((tag) => latencyPoint(e, tag, stepSeconds)).filter((p): p is LatencyPoint => p !== null);
+      // The knee: the highest step whose p99 held under 500 ms and whose sends kept up (90 % of the plan). The first
+      // step that did not is the last one shown: after it the VUs stop sending one by one, so later steps are
+      // partial.
+      const failed = reached.findIndex((p) => p.p99 >= 500 || (p.achievedSendsPerSecond ?? 0) < 0.9 * p.rate);
+      const held = failed < 0 ? reached : reached.slice(0, failed);
+      points = failed < 0 ? reached : reached.slice(0, failed + 1);
+      figures.kneeSendsPerSecond = held.at(-1)?.rate ?? 0;
       figures.highestStepReached = points.at(-1)?.rate ?? null;
       if (ceiling) {
         figures.pgCeilingSendsPerSecond = ceiling.sendsPerSecond;
-        figures.kneeShareOfPgCeiling = Number((knee / ceiling.sendsPerSecond).toFixed(3));
+        figures.kneeShareOfPgCeiling = Number((figures.kneeSendsPerSecond / ceiling.sendsPerSecond).toFixed(3));
       }
       notes.push(`${plan.onlinePerGroup} of ${plan.groupUsers * plan.devicesPerUser} devices per group online: every send writes ${plan.groupUsers * plan.devicesPerUser - 1} inbox rows, one of which is pushed live`);
     }

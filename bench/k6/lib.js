@@ -85,6 +85,7 @@ function parseText(text) {
  *   holdMs             how long streams stay open after sending stops (late deliveries, idle hold)
  *   ackEveryMs         each device acks what it received this often (0: never)
  *   ackBatch           ...or as soon as it has this many unacked events
+ *   stopAboveP99Ms     stop sending once the p99 send latency this VU sees for any rate tag passes this (ramp)
  *   startDelayMs       wait this long before sending (all VUs connect first)
  * Sending waits until every device of the VU drained, or connectTimeoutS passed.
  */
@@ -130,6 +131,24 @@ export function runDevices(clients, devices, options) {
   };
   const flushTimer = setInterval(flushCounts, 1000);
 
+  // This VU's send latencies (sendMessage to its stored result) per rate tag, for stopAboveP99Ms. Not delivery
+  // latencies: a VU may receive none of what it sends, and a stored result is what delivery waits for.
+  const latencies = new Map();
+  const latenciesOf = (rateTag) => {
+    let list = latencies.get(rateTag);
+    if (!list) latencies.set(rateTag, (list = []));
+    return list;
+  };
+  // Any rate tag's p99 so far (late deliveries of earlier steps keep arriving during later ones).
+  const p99Above = (limit) => {
+    for (const list of latencies.values()) {
+      if (list.length < 20) continue;
+      const sorted = list.slice().sort((a, b) => a - b);
+      if (sorted[Math.floor(sorted.length * 0.99)] > limit) return true;
+    }
+    return false;
+  };
+
   const onData = (device) => (message) => {
     const event = message.event;
     if (event) {
@@ -159,7 +178,10 @@ export function runDevices(clients, devices, options) {
     const sentAt = pending.get(result.requestId);
     pending.delete(result.requestId);
     const tags = { rate: result.requestId.slice(result.requestId.indexOf('|') + 1) };
-    if (sentAt !== undefined) metrics.sendLatency.add(Date.now() - sentAt, tags);
+    if (sentAt !== undefined) {
+      metrics.sendLatency.add(Date.now() - sentAt, tags);
+      if (options.stopAboveP99Ms) latenciesOf(tags.rate).push(Date.now() - sentAt);
+    }
     if (result.error) {
       if (__ENV.DEBUG_ERRORS) console.warn(`send failed: ${JSON.stringify(result.error)}`);
       metrics.errors.add(1, { code: String(result.error.code) });
@@ -215,6 +237,7 @@ export function runDevices(clients, devices, options) {
     let sent = 0;
     let lastTick = Math.max(start, Date.now());
     let next = 0;
+    let lastCheck = 0;
     const timer = setInterval(() => {
       const now = Date.now();
       const elapsed = now - start;
@@ -224,6 +247,13 @@ export function runDevices(clients, devices, options) {
       }
       const plan = options.sendPlan(elapsed);
       if (!plan) return;
+      if (options.stopAboveP99Ms && now - lastCheck >= 500) {
+        lastCheck = now;
+        if (p99Above(options.stopAboveP99Ms)) {
+          clearInterval(timer);
+          return stopAfter(options.holdMs);
+        }
+      }
       due += ((now - lastTick) * plan.rate * share) / 1000;
       lastTick = now;
       while (sent < Math.floor(due)) {
@@ -263,14 +293,10 @@ export function runDevices(clients, devices, options) {
 }
 
 /** Per-step thresholds so k6 exports a submetric for each rate tag (the runner reads them for the chart). */
-export function perRateThresholds(tags, p99Limit, abortOnFail) {
+export function perRateThresholds(tags, p99Limit) {
   const thresholds = {};
   for (const tag of tags) {
-    thresholds[`delivery_latency{rate:${tag}}`] = [
-      abortOnFail
-        ? { threshold: `p(99)<${p99Limit}`, abortOnFail: true, delayAbortEval: '3s' }
-        : `p(99)<${p99Limit}`,
-    ];
+    thresholds[`delivery_latency{rate:${tag}}`] = [`p(99)<${p99Limit}`];
     thresholds[`sends{rate:${tag}}`] = ['count>=0'];
     thresholds[`deliveries{rate:${tag}}`] = ['count>=0'];
     thresholds[`send_latency{rate:${tag}}`] = ['p(99)>=0'];
