@@ -57,14 +57,14 @@ const PLANS: Record<Profile, Partial<Record<Scenario, Plan>>> = {
     connections: { groups: 5, groupUsers: 5, devicesPerUser: 2, vus: 2, conns: 1, env: { HOLD_S: 3 } },
   },
   quick: {
-    steady: { groups: 200, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, env: { RATE: 200, SEND_S: 15, WARMUP_S: 3, START_DELAY_S: 5 } },
+    steady: { groups: 200, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, env: { RATE: 200, SEND_S: 12, WARMUP_S: 3, START_DELAY_S: 5 } },
     ramp: {
       groups: 300, groupUsers: 5, devicesPerUser: 2, onlinePerGroup: 2, vus: 4, conns: 2,
-      env: { STEPS: "250,500,1000,1500,2000,2500,3000,3500,4000,5000,6000,8000", STEP_S: 3, START_DELAY_S: 4 },
+      env: { STEPS: "250,500,1000,1500,2000,2500,3000,3500,4000,5000", STEP_S: 3, START_DELAY_S: 4 },
     },
-    groups100: { groups: 10, groupUsers: 100, devicesPerUser: 1, vus: 4, conns: 2, env: { RATE: 20, SEND_S: 15, WARMUP_S: 3, START_DELAY_S: 5 } },
+    groups100: { groups: 10, groupUsers: 100, devicesPerUser: 1, vus: 4, conns: 2, env: { RATE: 20, SEND_S: 12, WARMUP_S: 3, START_DELAY_S: 5 } },
     drain: { groups: 100, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, backlog: 100, env: { ACK_BATCH: 500 } },
-    connections: { groups: 200, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, env: { HOLD_S: 8 } },
+    connections: { groups: 200, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, env: { HOLD_S: 6 } },
   },
   full: {
     steady: { groups: 1000, groupUsers: 5, devicesPerUser: 2, vus: 20, conns: 2, env: { RATE: 1000, SEND_S: 60, WARMUP_S: 10, START_DELAY_S: 10 } },
