@@ -139,7 +139,7 @@ export function runDevices(clients, devices, options) {
     if (!list) latencies.set(rateTag, (list = []));
     return list;
   };
-  // Any rate tag's p99 so far (late deliveries of earlier steps keep arriving during later ones).
+  // Any rate tag's p99 so far (late results of earlier steps keep arriving during later ones).
   const p99Above = (limit) => {
     for (const list of latencies.values()) {
       if (list.length < 20) continue;
