@@ -1,5 +1,6 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import {
   type AckEventsRequest,
   AckEventsResponseSchema,
@@ -22,7 +23,7 @@ import {
   type SubscribeResponse,
   SubscribeResponseSchema,
 } from "../../gen/palaver/chat/v1/chat_pb.js";
-import type { Db } from "../ports/db.js";
+import type { Db, DeviceAck } from "../ports/db.js";
 import { type Caller, requireCaller } from "../transport/caller.js";
 import type { BidiRoute } from "../transport/grpc-bidi.js";
 import type { Chats } from "./chats/chats.js";
@@ -59,11 +60,7 @@ export function chatService(deps: ChatServiceDeps): {
 
   // Acks of concurrent streams share one DELETE (group commit, as sends do): thousands of devices acking every few
   // seconds were thousands of statements per second competing with sends for the connection pool.
-  const acks = new GroupCommitter(
-    (batch: { deviceKey: string; eventIds: readonly bigint[] }[]) => db.ackEventsOfDevices(batch),
-    256,
-    2,
-  );
+  const acks = new GroupCommitter((batch: DeviceAck[]) => db.ackEvents(batch), 256, 2);
 
   /** Each command once, for both the unary RPCs and the Connect stream's frames. */
   const commands = {
@@ -220,11 +217,7 @@ async function* decodeRequests(messages: AsyncIterable<Uint8Array>): AsyncGenera
 /** A Connect frame as its gRPC message (length prefix included); stored events without a protobuf encode. */
 function encodeConnectFrame(frame: Outgoing): Uint8Array {
   if (frame.kind === "stored") return grpcStoredEventMessage(frame.stored.body, frame.eventId);
-  const bytes = toBinary(ConnectResponseSchema, toConnectResponse(frame));
-  const message = new Uint8Array(5 + bytes.length);
-  new DataView(message.buffer).setUint32(1, bytes.length);
-  message.set(bytes, 5);
-  return message;
+  return encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame)));
 }
 
 function toConnectResponse(frame: Outgoing): ConnectResponse {

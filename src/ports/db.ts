@@ -6,6 +6,12 @@
  * Devices are known by a `deviceKey`: the decimal id the database gave the (user, device name) pair the first time
  * the device was seen. Inbox rows, presence and routing use it, so device names only need to be unique per user.
  */
+/** A device's ack of events in its inbox. */
+export interface DeviceAck {
+  deviceKey: string;
+  eventIds: readonly bigint[];
+}
+
 export interface Db {
   /** Runs the versioned migrations that have not run yet. */
   migrate(): Promise<void>;
@@ -75,12 +81,11 @@ export interface Db {
   /** Up to `limit` events of the device's inbox with event id above `afterEventId`, oldest first. */
   readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<StoredEvent[]>;
   /**
-   * Deletes these events from the device's inbox (ids not in it are ignored), then deletes each message whose last
-   * inbox row this was. Returns how many inbox rows were deleted.
+   * Deletes each ack's events from its device's inbox (ids not in it are ignored), then deletes each message whose
+   * last inbox row this was; several devices' acks at once (acks of concurrent streams share one statement). Returns,
+   * per ack, how many inbox rows it deleted (a row named twice counts for the first ack that names it).
    */
-  ackEvents(deviceKey: string, eventIds: readonly bigint[]): Promise<number>;
-  /** ackEvents for several devices at once, in one statement (acks of concurrent streams share it). */
-  ackEventsOfDevices(acks: readonly { deviceKey: string; eventIds: readonly bigint[] }[]): Promise<number[]>;
+  ackEvents(acks: readonly DeviceAck[]): Promise<number[]>;
   /** Number of events waiting in the device's inbox. */
   inboxDepth(deviceKey: string): Promise<number>;
 

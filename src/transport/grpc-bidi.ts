@@ -1,6 +1,7 @@
 import type * as http from "node:http";
 import type * as http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { compressedFlag, transformSplitEnvelope } from "@connectrpc/connect/protocol";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import type { Logger } from "pino";
@@ -126,23 +127,14 @@ async function serve(
   options.onCallEnd?.({ procedure, code: entry.code, seconds: (performance.now() - started) / 1000 });
 }
 
-/** The request's gRPC messages: length-prefixed frames split out of the HTTP/2 DATA as it arrives. */
+/** The request's gRPC messages, split out of the HTTP/2 DATA as it arrives (readMaxBytes checked per message). */
 async function* requestMessages(req: http2.Http2ServerRequest, readMaxBytes: number): AsyncGenerator<Uint8Array> {
-  let buffer: Buffer = Buffer.alloc(0);
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk]);
-    while (buffer.length >= 5) {
-      const length = buffer.readUInt32BE(1);
-      if (length > readMaxBytes) {
-        throw new ConnectError(`message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`, Code.ResourceExhausted);
-      }
-      if (buffer.length < 5 + length) break;
-      if ((buffer[0]! & 1) !== 0) throw new ConnectError("received a compressed message without grpc-encoding", Code.Internal);
-      yield buffer.subarray(5, 5 + length);
-      buffer = buffer.subarray(5 + length);
+  for await (const envelope of transformSplitEnvelope(readMaxBytes)(req as AsyncIterable<Uint8Array>)) {
+    if ((envelope.flags & compressedFlag) !== 0) {
+      throw new ConnectError("received a compressed message without grpc-encoding", Code.Internal);
     }
+    yield envelope.data;
   }
-  if (buffer.length > 0) throw new ConnectError("the request ended inside a message", Code.InvalidArgument);
 }
 
 function headerValue(value: string | string[] | undefined): string | null {

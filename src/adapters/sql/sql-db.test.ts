@@ -364,14 +364,33 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       const { messageId, deliveries } = stored(outcome);
       const eventOf = (deviceKey: string) => deliveries.find((d) => d.deviceKey === deviceKey)!.eventId;
 
-      expect(await db.ackEvents(bobPhone!, [eventOf(bobLaptop!)])).toBe(0); // not the phone's event
+      expect(await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobLaptop!)] }])).toEqual([0]); // not the phone's event
       expect(await db.inboxDepth(bobLaptop!)).toBe(2);
-      expect(await db.ackEvents(bobPhone!, [eventOf(bobPhone!), 999_999_999n])).toBe(1);
+      expect(await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!), 999_999_999n] }])).toEqual([1]);
       expect(await rowsOfMessage(messageId)).toBe(1);
-      expect(await db.ackEvents(bobPhone!, [eventOf(bobPhone!)])).toBe(0);
-      expect(await db.ackEvents(bobLaptop!, [eventOf(bobLaptop!)])).toBe(1);
+      expect(await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] }])).toEqual([0]);
+      expect(await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: [eventOf(bobLaptop!)] }])).toEqual([1]);
       expect(await rowsOfMessage(messageId)).toBe(0);
-      expect(await db.ackEvents(bobLaptop!, [])).toBe(0);
+      expect(await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: [] }])).toEqual([0]);
+    });
+
+    it("acks several devices' events in one call, each row counted for the first ack that names it", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const chat = await newChat([alice, bob]);
+      const [outcome] = await db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
+      const { messageId, deliveries } = stored(outcome);
+      const eventOf = (deviceKey: string) => deliveries.find((d) => d.deviceKey === deviceKey)!.eventId;
+
+      const acks = [
+        { deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] },
+        { deviceKey: bobLaptop!, eventIds: [eventOf(bobLaptop!)] },
+        { deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] },
+      ];
+      expect(await db.ackEvents(acks)).toEqual([1, 1, 0]);
+      expect(await db.inboxDepth(bobPhone!)).toBe(1); // the chat's creation, not acked
+      expect(await rowsOfMessage(messageId)).toBe(0);
     });
 
     it("deletes the message when its last two devices ack at the same moment", async () => {
@@ -380,7 +399,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
       const chat = await newChat([alice, bob]);
       const outcomes = (await db.storeMessages(Array.from({ length: 20 }, () => send(chat.chatId, alice, alicePhone!)))).map(stored);
-      await Promise.all(outcomes.flatMap(({ deliveries }) => deliveries.map((d) => db.ackEvents(d.deviceKey, [d.eventId]))));
+      await Promise.all(outcomes.flatMap(({ deliveries }) => deliveries.map((d) => db.ackEvents([{ deviceKey: d.deviceKey, eventIds: [d.eventId] }]))));
       for (const { messageId } of outcomes) expect(await rowsOfMessage(messageId)).toBe(0);
       expect(await db.inboxDepth(bobPhone!)).toBe(1);
       expect(await db.inboxDepth(bobLaptop!)).toBe(1);
@@ -456,7 +475,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
           encodeUpdate,
         );
         await db.storeMessages([send(chat.chatId, alice!, alicePhone), send(chat.chatId, alice!, alicePhone)]);
-        await db.ackEvents(alicePhone, (await db.readInbox(alicePhone, 0n, 10)).map((e) => e.eventId));
+        await db.ackEvents([{ deviceKey: alicePhone, eventIds: (await db.readInbox(alicePhone, 0n, 10)).map((e) => e.eventId) }]);
         const carolPhone = await db.registerDevice(carol!, "phone", now());
 
         const later = new Date(Date.now() + 31 * DAY_MS);
@@ -494,7 +513,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
         );
         const outcomes = (await db.storeMessages(Array.from({ length: 4 }, () => send(chat.chatId, alice, alicePhone)))).map(stored);
         // The laptop has read everything but the last message, so it stays under the limit.
-        await db.ackEvents(bobLaptop, (await db.readInbox(bobLaptop, 0n, 4)).map((e) => e.eventId));
+        await db.ackEvents([{ deviceKey: bobLaptop, eventIds: (await db.readInbox(bobLaptop, 0n, 4)).map((e) => e.eventId) }]);
 
         expect(await db.trimInboxes(3)).toBe(1); // the phone: 5 events (creation and 4 messages)
         expect((await db.readInbox(bobPhone, 0n, 10)).map((e) => text.decode(e.body))).toEqual(

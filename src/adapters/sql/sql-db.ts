@@ -2,6 +2,7 @@ import type {
   AttachmentRecord,
   ChatRecord,
   Db,
+  DeviceAck,
   ModifyOutcome,
   NewChat,
   ParticipantChange,
@@ -235,12 +236,7 @@ export class SqlDb implements Db {
     return rows.map((row) => ({ eventId: row.event_id, body: row.body }));
   }
 
-  async ackEvents(deviceKey: string, eventIds: readonly bigint[]): Promise<number> {
-    const [acked] = await this.ackEventsOfDevices([{ deviceKey, eventIds }]);
-    return acked!;
-  }
-
-  async ackEventsOfDevices(acks: readonly { deviceKey: string; eventIds: readonly bigint[] }[]): Promise<number[]> {
+  async ackEvents(acks: readonly DeviceAck[]): Promise<number[]> {
     // One DELETE for every (device, event) pair of the batch, joined to the inbox through unnest: many devices' acks
     // cost one statement and one message cleanup instead of two statements each.
     const deviceKeys: string[] = [];

@@ -35,14 +35,8 @@ export function storedBody(event: Event, body: Uint8Array): StoredBody {
  * small allocation and a copy instead of a message copy and a full protobuf encode.
  */
 export function eventField(body: Uint8Array, eventId: bigint): UnknownField {
-  const idBytes = varintLength(eventId);
-  const eventLength = 1 + idBytes + body.length;
-  const lengthBytes = varintLength(BigInt(eventLength));
-  const data = new Uint8Array(lengthBytes + eventLength);
-  let at = writeVarint(data, 0, BigInt(eventLength));
-  data[at++] = 0x08; // field 1 (event_id), varint
-  at = writeVarint(data, at, eventId);
-  data.set(body, at);
+  const data = new Uint8Array(eventFieldLength(body, eventId));
+  writeEventField(data, 0, body, eventId);
   return { no: 1, wireType: WireType.LengthDelimited, data };
 }
 
@@ -51,17 +45,25 @@ export function eventField(body: Uint8Array, eventId: bigint): UnknownField {
  * only field is this event, in one allocation.
  */
 export function grpcStoredEventMessage(body: Uint8Array, eventId: bigint): Uint8Array {
-  const eventLength = 1 + varintLength(eventId) + body.length;
-  const responseLength = 1 + varintLength(BigInt(eventLength)) + eventLength;
+  const responseLength = 1 + eventFieldLength(body, eventId);
   const message = new Uint8Array(5 + responseLength);
   new DataView(message.buffer).setUint32(1, responseLength);
-  let at = 5;
-  message[at++] = 0x0a; // ConnectResponse field 1 (event), length-delimited
-  at = writeVarint(message, at, BigInt(eventLength));
-  message[at++] = 0x08; // Event field 1 (event_id), varint
-  at = writeVarint(message, at, eventId);
-  message.set(body, at);
+  message[5] = 0x0a; // ConnectResponse field 1 (event), length-delimited
+  writeEventField(message, 6, body, eventId);
   return message;
+}
+
+/** Bytes of an event field's value with its length: the length, event_id (field 1), then the stored body. */
+function eventFieldLength(body: Uint8Array, eventId: bigint): number {
+  const eventLength = 1 + varintLength(eventId) + body.length;
+  return varintLength(BigInt(eventLength)) + eventLength;
+}
+
+function writeEventField(into: Uint8Array, start: number, body: Uint8Array, eventId: bigint): void {
+  let at = writeVarint(into, start, BigInt(1 + varintLength(eventId) + body.length));
+  into[at++] = 0x08; // Event field 1 (event_id), varint
+  at = writeVarint(into, at, eventId);
+  into.set(body, at);
 }
 
 function varintLength(value: bigint): number {
