@@ -232,6 +232,11 @@ export class Sender {
     this.client = grpcChatClient(url, token);
   }
 
+  /** An authenticated call, which records the sender's device (as the server does with any device it first sees). */
+  async register(chatId: string): Promise<void> {
+    await this.client.getChat({ chatId });
+  }
+
   /** Sends until acknowledged or `budgetMs` has passed; errors that retrying cannot fix are thrown. */
   async send(chatId: string, clientMessageId: string, budgetMs = 30_000): Promise<Ack | undefined> {
     const startedAt = Date.now();
