@@ -44,7 +44,7 @@ async function main(): Promise<void> {
   }
 
   const minio = await startMinio();
-  const s3 = new S3BlobStore({ ...minio, bucket: freshBucketName(), retentionDays: 1 });
+  const s3 = new S3BlobStore({ ...minio, bucket: freshBucketName(), expireAfterDays: 1 });
   try {
     await s3.init();
     results.push(await measure("MinIO (S3, single drive)", s3, body, sha256));

@@ -18,7 +18,7 @@ import { resolveAuthSecret } from "./auth/secret.js";
 import { createTokenVerifier } from "./auth/tokens.js";
 import type { Config } from "./config.js";
 import { attachmentService } from "./features/attachments/attachment-service.js";
-import { Attachments } from "./features/attachments/attachments.js";
+import { Attachments, attachmentLifetimeDays } from "./features/attachments/attachments.js";
 import { chatService } from "./features/chat-service.js";
 import { Chats } from "./features/chats/chats.js";
 import { DeliveryHub, type Routing } from "./features/delivery/hub.js";
@@ -190,7 +190,10 @@ function openBlobStore(
   publicUrl: () => string,
   logger: Logger,
 ): { store: BlobStore; httpHandler?: PlainHandler } {
-  if (config.s3) return { store: new S3BlobStore({ ...config.s3, retentionDays: config.retentionDays }, clock) };
+  if (config.s3) {
+    const expireAfterDays = attachmentLifetimeDays(config.retentionDays);
+    return { store: new S3BlobStore({ ...config.s3, expireAfterDays }, clock) };
+  }
   // Blob URLs get a key of their own, derived from the token secret, so neither can forge the other.
   const secret = createHmac("sha256", authSecret).update("palaver local blob urls").digest();
   const store = new LocalBlobStore(

@@ -22,6 +22,11 @@ export interface BlobStore {
     url: string;
     expiresAt: Date;
   }>;
+  /**
+   * Restarts the object's own expiry, if the store has one, as a later message carries it again; false when there is
+   * no object. `contentType` is the one it was uploaded with (a store may have to write it again).
+   */
+  keep(input: { key: string; contentType: string }): Promise<boolean>;
   /** The stored object's size, or null when there is none. */
   stat(key: string): Promise<{ sizeBytes: bigint } | null>;
   /** Removes these objects; keys with no object are fine. */

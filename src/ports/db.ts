@@ -68,8 +68,10 @@ export interface Db {
   markAttachmentUploaded(attachmentId: string, at: Date): Promise<void>;
   /** Whether the user uploaded the attachment or takes part in a chat where it was sent. */
   canDownloadAttachment(attachmentId: string, userId: string): Promise<boolean>;
-  /** Deletes the attachment records created before `cutoff` and returns them, so their objects can be deleted. */
-  deleteAttachmentsBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]>;
+  /** Restarts the attachment's lifetime at `at` (a later message carries it); never moves it back. */
+  markAttachmentKept(attachmentId: string, at: Date): Promise<void>;
+  /** Deletes the attachment records last kept before `cutoff` and returns them, so their objects can be deleted. */
+  deleteAttachmentsKeptBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]>;
 
   /**
    * A stored message's event and the inbox rows it still has (devices that have not acked it), or null when it is not
@@ -199,4 +201,6 @@ export interface AttachmentRecord {
   createdAt: Date;
   /** When the upload was confirmed; null until then. */
   uploadedAt: Date | null;
+  /** When its lifetime last started: its creation, or a later message that carried it. */
+  keptAt: Date;
 }

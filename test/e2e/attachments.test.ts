@@ -152,7 +152,39 @@ describe.each(["local", "minio"] as const)("attachments on the %s store", (store
     expect((await alice.chat.getChat({ chatId: chat!.chatId })).chat?.lastSeq).toBe(0n);
   });
 
-  it("deletes expired attachments and their objects in the retention run", async () => {
+  // The last tests: each runs the retention job weeks ahead, which drops today's partitions.
+  it("keeps forwarded media for the retention period after the forward, not after the upload", async () => {
+    const [alice, bob, carol] = [await user("alice"), await user("bob"), await user("carol")];
+    const { created, put } = await upload(alice, randomBytes(500));
+    await put();
+    const first = await alice.chat.createChat({ participantUserIds: [bob.userId] });
+    await alice.chat.sendMessage({ chatId: first.chat!.chatId, clientMessageId: "pic", attachmentIds: [created.attachmentId] });
+    /** Runs the retention job `days` after the upload; true when carol can still fetch the forwarded file. */
+    const carolHasItOnDay = async (days: number) => {
+      server.clock.advance(days * DAY_MS);
+      try {
+        await server.app.retention.run();
+      } finally {
+        server.clock.advance(-days * DAY_MS);
+      }
+      const download = carol.media.getAttachmentDownload({ attachmentId: created.attachmentId });
+      if ((await codeOf(download)) !== "ok") return false;
+      return (await fetch((await download).url)).ok;
+    };
+
+    server.clock.advance(25 * DAY_MS);
+    try {
+      await server.app.retention.run(); // makes the day's partitions
+      const second = await bob.chat.createChat({ participantUserIds: [carol.userId] });
+      await bob.chat.sendMessage({ chatId: second.chat!.chatId, clientMessageId: "fwd", attachmentIds: [created.attachmentId] });
+    } finally {
+      server.clock.advance(-25 * DAY_MS);
+    }
+    expect(await carolHasItOnDay(40)).toBe(true);
+    expect(await carolHasItOnDay(25 + 33)).toBe(false);
+  });
+
+  it("deletes attachments and their objects in the retention run two days after the retention period", async () => {
     const alice = await user("alice");
     const bytes = randomBytes(300);
     const { created, put } = await upload(alice, bytes);
@@ -160,12 +192,12 @@ describe.each(["local", "minio"] as const)("attachments on the %s store", (store
     const { url } = await alice.media.getAttachmentDownload({ attachmentId: created.attachmentId });
     expect((await fetch(url)).ok).toBe(true);
 
-    server.clock.advance(31 * DAY_MS);
+    server.clock.advance(33 * DAY_MS);
     try {
       const report = await server.app.retention.run();
       expect(report.attachmentsDeleted).toBeGreaterThanOrEqual(1);
     } finally {
-      server.clock.advance(-31 * DAY_MS);
+      server.clock.advance(-33 * DAY_MS);
     }
     expect(await codeOf(alice.media.getAttachmentDownload({ attachmentId: created.attachmentId }))).toBe(Code.NotFound);
     expect((await fetch(url)).ok).toBe(false);

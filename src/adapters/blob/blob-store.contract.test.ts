@@ -68,7 +68,7 @@ const s3: Backend = {
     const { minio, release } = await minioForSuite();
     return {
       fresh: async () => {
-        const config = { ...minio, bucket: freshBucketName(), retentionDays: 30 };
+        const config = { ...minio, bucket: freshBucketName(), expireAfterDays: 30 };
         const store = new S3BlobStore(config);
         await store.init();
         return { store, at: (clock) => new S3BlobStore(config, clock), close: async () => store.close() };
@@ -143,6 +143,11 @@ describe.each([local, s3])("BlobStore contract: $name", (backend) => {
     });
   }
 
+  /** A download of a PDF named x.pdf, valid for a minute. */
+  function signDownload(key: string, on: BlobStore = store) {
+    return on.signDownload({ key, fileName: "x.pdf", contentType: "application/pdf", expiresInSeconds: 60 });
+  }
+
   it("round-trips a 5 MiB file through the signed URLs", async () => {
     const body = randomBytes(5 * 1024 * 1024);
     const before = Date.now();
@@ -203,12 +208,7 @@ describe.each([local, s3])("BlobStore contract: $name", (backend) => {
   it("refuses an expired download URL", async () => {
     const body = randomBytes(1024);
     expect((await upload(await signUpload("attachments/x", body), body)).status).toBe(200);
-    const download = await target.at(anHourAgo).signDownload({
-      key: "attachments/x",
-      fileName: "x.pdf",
-      contentType: "application/pdf",
-      expiresInSeconds: 60,
-    });
+    const download = await signDownload("attachments/x", target.at(anHourAgo));
     expect((await fetch(download.url)).status).toBe(403);
   });
 
@@ -227,23 +227,13 @@ describe.each([local, s3])("BlobStore contract: $name", (backend) => {
   it("refuses a download URL with its signature changed", async () => {
     const body = randomBytes(1024);
     expect((await upload(await signUpload("attachments/x", body), body)).status).toBe(200);
-    const download = await store.signDownload({
-      key: "attachments/x",
-      fileName: "x.pdf",
-      contentType: "application/pdf",
-      expiresInSeconds: 60,
-    });
+    const download = await signDownload("attachments/x");
     expect((await fetch(tamperSignature(download.url))).status).toBe(403);
     expect((await fetch(download.url)).status).toBe(200);
   });
 
   it("answers 404 for a signed download of a missing object", async () => {
-    const download = await store.signDownload({
-      key: "attachments/missing",
-      fileName: "x.pdf",
-      contentType: "application/pdf",
-      expiresInSeconds: 60,
-    });
+    const download = await signDownload("attachments/missing");
     expect((await fetch(download.url)).status).toBe(404);
   });
 
@@ -263,16 +253,21 @@ describe.each([local, s3])("BlobStore contract: $name", (backend) => {
     expect(await store.stat("attachments/b")).toBeNull();
   });
 
+  it("keeps an object with its bytes, and says when there is none", async () => {
+    const body = randomBytes(64 * 1024);
+    expect(await store.keep({ key: "attachments/k", contentType: "application/pdf" })).toBe(false);
+    expect((await upload(await signUpload("attachments/k", body), body)).status).toBe(200);
+    expect(await store.keep({ key: "attachments/k", contentType: "application/pdf" })).toBe(true);
+    const download = await signDownload("attachments/k");
+    const res = await fetch(download.url);
+    expect(Buffer.from(await res.arrayBuffer()).equals(body)).toBe(true);
+  });
+
   it("does not take a key's prefix for an object", async () => {
     const body = randomBytes(10);
     expect((await upload(await signUpload("attachments/dir/a", body), body)).status).toBe(200);
     expect(await store.stat("attachments/dir")).toBeNull();
-    const download = await store.signDownload({
-      key: "attachments/dir",
-      fileName: "x.pdf",
-      contentType: "application/pdf",
-      expiresInSeconds: 60,
-    });
+    const download = await signDownload("attachments/dir");
     expect((await fetch(download.url)).status).toBe(404);
   });
 

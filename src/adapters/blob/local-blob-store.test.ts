@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import http from "node:http";
 import http2 from "node:http2";
@@ -6,6 +6,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { signPngUpload } from "../../../test/support/blob-uploads.js";
 import { LocalBlobStore } from "./local-blob-store.js";
 import type { BlobRequest, BlobResponse } from "./local-blob-http.js";
 
@@ -48,15 +49,7 @@ describe("LocalBlobStore's HTTP handler", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  function signUpload(body: Uint8Array, key = "attachments/x") {
-    return store.signUpload({
-      key,
-      sizeBytes: BigInt(body.length),
-      sha256: createHash("sha256").update(body).digest(),
-      contentType: "image/png",
-      expiresInSeconds: 60,
-    });
-  }
+  const signUpload = (body: Uint8Array, key = "attachments/x") => signPngUpload(store, key, body);
 
   /** A raw HTTP/1.1 request: fetch would normalise the paths these tests need to send as they are. */
   function raw(port: number, method: string, path: string, headers: http.OutgoingHttpHeaders = {}, body?: Buffer) {

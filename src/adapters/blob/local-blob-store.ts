@@ -83,6 +83,11 @@ export class LocalBlobStore implements BlobStore {
     }
   }
 
+  /** Nothing expires here but what the retention job deletes, so there is no clock to restart. */
+  async keep(input: { key: string }): Promise<boolean> {
+    return (await this.stat(input.key)) !== null;
+  }
+
   async delete(keys: readonly string[]): Promise<void> {
     keys.forEach(assertBlobKey);
     await Promise.all(keys.map((key) => rm(this.pathOf(key), { force: true })));

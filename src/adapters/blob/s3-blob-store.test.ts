@@ -1,14 +1,16 @@
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { crc32 } from "node:zlib";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import {
   GetBucketLifecycleConfigurationCommand,
+  HeadObjectCommand,
   type LifecycleRule,
   PutBucketLifecycleConfigurationCommand,
   S3Client,
 } from "@aws-sdk/client-s3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { signPngUpload } from "../../../test/support/blob-uploads.js";
 import { freshBucketName, type MinioConnection, minioForSuite } from "../../../test/support/minio.js";
 import { DependencyUnavailableError } from "../../errors.js";
 import { RETENTION_RULE_ID, S3BlobStore, type S3BlobStoreConfig } from "./s3-blob-store.js";
@@ -30,7 +32,7 @@ describe("S3BlobStore on MinIO", () => {
     await release?.();
   });
   beforeEach(async () => {
-    config = { ...minio, bucket: freshBucketName(), retentionDays: 30 };
+    config = { ...minio, bucket: freshBucketName(), expireAfterDays: 30 };
     store = new S3BlobStore(config);
     await store.init();
   });
@@ -40,7 +42,7 @@ describe("S3BlobStore on MinIO", () => {
     return (await admin.send(new GetBucketLifecycleConfigurationCommand({ Bucket: config.bucket }))).Rules ?? [];
   }
 
-  it("creates its bucket with a rule expiring objects after retentionDays", async () => {
+  it("creates its bucket with a rule expiring objects after expireAfterDays", async () => {
     expect(await rules()).toEqual([
       { ID: RETENTION_RULE_ID, Status: "Enabled", Filter: { Prefix: "" }, Expiration: { Days: 30 } },
     ]);
@@ -59,11 +61,25 @@ describe("S3BlobStore on MinIO", () => {
         LifecycleConfiguration: { Rules: [other, ...(await rules())] },
       }),
     );
-    const again = new S3BlobStore({ ...config, retentionDays: 7 });
+    const again = new S3BlobStore({ ...config, expireAfterDays: 7 });
     await again.init();
     again.close();
     const byId = Object.fromEntries((await rules()).map((r) => [r.ID, r.Expiration?.Days]));
     expect(byId).toEqual({ "someone-else": 3, [RETENTION_RULE_ID]: 7 });
+  });
+
+  it("keep() writes the object again, restarting the lifecycle rule's count, with its content type", async () => {
+    const body = randomBytes(4096);
+    const signed = await signPngUpload(store, "attachments/kept", body);
+    expect((await fetch(signed.url, { method: "PUT", headers: signed.headers, body })).status).toBe(200);
+    const head = () => admin.send(new HeadObjectCommand({ Bucket: config.bucket, Key: "attachments/kept" }));
+    const uploaded = await head();
+    await new Promise((resolve) => setTimeout(resolve, 1100)); // Last-Modified has whole seconds
+    expect(await store.keep({ key: "attachments/kept", contentType: "image/png" })).toBe(true);
+    const kept = await head();
+    expect(kept.LastModified!.getTime()).toBeGreaterThan(uploaded.LastModified!.getTime());
+    expect(kept.ContentType).toBe("image/png");
+    expect(kept.ContentLength).toBe(body.length);
   });
 
   describe("a client that does not send the pinned headers is refused", () => {
@@ -71,13 +87,7 @@ describe("S3BlobStore on MinIO", () => {
     const other = randomBytes(4096);
 
     async function put(headers: (signed: Record<string, string>) => Record<string, string>, sent: Uint8Array) {
-      const signed = await store.signUpload({
-        key: "attachments/x",
-        sizeBytes: BigInt(body.length),
-        sha256: createHash("sha256").update(body).digest(),
-        contentType: "image/png",
-        expiresInSeconds: 60,
-      });
+      const signed = await signPngUpload(store, "attachments/x", body);
       const res = await fetch(signed.url, { method: "PUT", headers: headers(signed.headers), body: sent });
       await res.arrayBuffer();
       return res.status;
@@ -136,6 +146,9 @@ describe("S3BlobStore on MinIO", () => {
       const down = new S3BlobStore({ ...config, endpoint });
       await expect(down.stat("attachments/x")).rejects.toBeInstanceOf(DependencyUnavailableError);
       await expect(down.delete(["attachments/x"])).rejects.toBeInstanceOf(DependencyUnavailableError);
+      await expect(down.keep({ key: "attachments/x", contentType: "image/png" })).rejects.toBeInstanceOf(
+        DependencyUnavailableError,
+      );
       await expect(down.init()).rejects.toBeInstanceOf(DependencyUnavailableError);
       down.close();
     }

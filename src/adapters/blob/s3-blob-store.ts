@@ -1,5 +1,6 @@
 import {
   type BucketLocationConstraint,
+  CopyObjectCommand,
   CreateBucketCommand,
   DeleteObjectsCommand,
   GetBucketLifecycleConfigurationCommand,
@@ -29,8 +30,8 @@ export interface S3BlobStoreConfig {
   region: string;
   accessKeyId: string;
   secretAccessKey: string;
-  /** Objects expire this many days after upload (a bucket lifecycle rule). */
-  retentionDays: number;
+  /** Objects expire this many days after their last write: the upload, or keep() (a bucket lifecycle rule). */
+  expireAfterDays: number;
 }
 
 /** The lifecycle rule this store owns; other rules on the bucket are left as they are. */
@@ -83,7 +84,7 @@ export class S3BlobStore implements BlobStore {
       ID: RETENTION_RULE_ID,
       Status: "Enabled",
       Filter: { Prefix: "" },
-      Expiration: { Days: this.config.retentionDays },
+      Expiration: { Days: this.config.expireAfterDays },
     };
     const others = (await this.lifecycleRules()).filter((r) => r.ID !== RETENTION_RULE_ID);
     await this.call(
@@ -145,6 +146,30 @@ export class S3BlobStore implements BlobStore {
       return { sizeBytes: BigInt(head.ContentLength ?? 0) };
     } catch (err) {
       if (statusOf(err) === 404) return null;
+      throw classify(err);
+    }
+  }
+
+  /**
+   * The lifecycle rule counts from an object's last write, so the object is copied onto itself (inside the store; no
+   * bytes pass through here). S3 allows such a copy only when it replaces the metadata: the content type is given again.
+   */
+  async keep(input: { key: string; contentType: string }): Promise<boolean> {
+    assertBlobKey(input.key); // URL-safe, so it needs no escaping in CopySource
+    try {
+      await this.client.send(
+        new CopyObjectCommand({
+          Bucket: this.config.bucket,
+          Key: input.key,
+          CopySource: `${this.config.bucket}/${input.key}`,
+          MetadataDirective: "REPLACE",
+          ContentType: input.contentType,
+          ChecksumAlgorithm: "SHA256",
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (statusOf(err) === 404) return false;
       throw classify(err);
     }
   }

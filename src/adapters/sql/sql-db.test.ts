@@ -431,15 +431,19 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
       expect(await db.canDownloadAttachment(randomUUID(), alice)).toBe(false);
     });
 
-    it("deletes attachments created before the cutoff, oldest first, up to the limit", async () => {
+    it("deletes attachments last kept before the cutoff, oldest first, up to the limit", async () => {
       const alice = uniqueUser("alice");
-      const old = [0, 1, 2].map((i) => newAttachment(alice, new Date(Date.UTC(2000, 0, 1, i))));
+      const old = [0, 1, 2, 3].map((i) => newAttachment(alice, new Date(Date.UTC(2000, 0, 1, i))));
       for (const a of old) await db.createAttachment(a);
+      const kept = new Date(Date.UTC(2000, 0, 3));
+      await db.markAttachmentKept(old[3]!.attachmentId, kept);
+      await db.markAttachmentKept(old[3]!.attachmentId, new Date(Date.UTC(2000, 0, 2))); // never moves back
       const cutoff = new Date(Date.UTC(2000, 0, 2));
-      expect(await db.deleteAttachmentsBefore(cutoff, 2)).toEqual(old.slice(0, 2));
-      expect(await db.deleteAttachmentsBefore(cutoff, 10)).toEqual(old.slice(2));
+      expect(await db.deleteAttachmentsKeptBefore(cutoff, 2)).toEqual(old.slice(0, 2));
+      expect(await db.deleteAttachmentsKeptBefore(cutoff, 10)).toEqual([old[2]]);
       expect(await db.getAttachment(old[0]!.attachmentId)).toBeNull();
-      expect(await db.deleteAttachmentsBefore(cutoff, 10)).toEqual([]);
+      expect(await db.getAttachment(old[3]!.attachmentId)).toEqual({ ...old[3], keptAt: kept });
+      expect(await db.deleteAttachmentsKeptBefore(cutoff, 10)).toEqual([]);
     });
   });
 
@@ -563,5 +567,6 @@ function newAttachment(uploaderUserId: string, createdAt = new Date()): Attachme
     objectKey: `attachments/${attachmentId}`,
     createdAt,
     uploadedAt: null,
+    keptAt: createdAt,
   };
 }

@@ -48,6 +48,7 @@ type AttachmentRow = {
   object_key: string;
   created_at: Date;
   uploaded_at: Date | null;
+  kept_at: Date;
 };
 
 /** The Db port on SQL: the same statements on Postgres (postgres.js) and on PGlite. */
@@ -148,9 +149,9 @@ export class SqlDb implements Db {
   async createAttachment(input: AttachmentRecord): Promise<{ attachment: AttachmentRecord; existing: boolean }> {
     const [created] = await this.driver.query<AttachmentRow>(
       `INSERT INTO attachments (attachment_id, uploader_user_id, sha256, size_bytes, content_type, file_name,
-                                object_key, created_at, uploaded_at)
+                                object_key, created_at, uploaded_at, kept_at)
        VALUES ($1::uuid, $2::text, $3::bytea, $4::bigint, $5::text, $6::text, $7::text, $8::timestamptz,
-               $9::timestamptz)
+               $9::timestamptz, $10::timestamptz)
        ON CONFLICT (uploader_user_id, sha256, size_bytes) DO NOTHING
        RETURNING *`,
       [
@@ -163,6 +164,7 @@ export class SqlDb implements Db {
         input.objectKey,
         input.createdAt,
         input.uploadedAt,
+        input.keptAt,
       ],
     );
     if (created) return { attachment: toAttachment(created), existing: false };
@@ -202,11 +204,18 @@ export class SqlDb implements Db {
     return row!.allowed;
   }
 
-  async deleteAttachmentsBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]> {
+  async markAttachmentKept(attachmentId: string, at: Date): Promise<void> {
+    await this.driver.query(
+      "UPDATE attachments SET kept_at = $2::timestamptz WHERE attachment_id = $1::uuid AND kept_at < $2::timestamptz",
+      [attachmentId, at],
+    );
+  }
+
+  async deleteAttachmentsKeptBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]> {
     const rows = await this.driver.query<AttachmentRow>(
       `WITH doomed AS (
-         SELECT attachment_id FROM attachments WHERE created_at < $1::timestamptz
-          ORDER BY created_at LIMIT $2::int FOR UPDATE SKIP LOCKED
+         SELECT attachment_id FROM attachments WHERE kept_at < $1::timestamptz
+          ORDER BY kept_at LIMIT $2::int FOR UPDATE SKIP LOCKED
        ), links AS (
          DELETE FROM attachment_chats WHERE attachment_id IN (SELECT attachment_id FROM doomed)
        )
@@ -367,5 +376,6 @@ function toAttachment(row: AttachmentRow): AttachmentRecord {
     objectKey: row.object_key,
     createdAt: row.created_at,
     uploadedAt: row.uploaded_at,
+    keptAt: row.kept_at,
   };
 }

@@ -15,6 +15,17 @@ import type { Clock } from "../../ports/clock.js";
 import type { AttachmentRecord, Db } from "../../ports/db.js";
 import type { Caller } from "../../transport/caller.js";
 
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * Days an attachment outlives the latest message that carried it. Messages go by whole days, 30 to 31 days after they
+ * were sent, and a send restarts an attachment's lifetime only when that last started over a day ago: two days of
+ * grace keep a message's media for as long as the message.
+ */
+export function attachmentLifetimeDays(retentionDays: number): number {
+  return retentionDays + 2;
+}
+
 export interface AttachmentsOptions {
   maxBytes: number;
   uploadUrlSeconds: number;
@@ -39,6 +50,7 @@ export class Attachments {
       throw new ConnectError(`an attachment is at most ${this.options.maxBytes} bytes`, Code.InvalidArgument);
     }
     const attachmentId = randomUUID();
+    const now = this.clock.now();
     const { attachment } = await this.db.createAttachment({
       attachmentId,
       uploaderUserId: caller.userId,
@@ -47,8 +59,9 @@ export class Attachments {
       contentType: request.contentType,
       fileName: request.fileName,
       objectKey: `attachments/${attachmentId}`,
-      createdAt: this.clock.now(),
+      createdAt: now,
       uploadedAt: null,
+      keptAt: now,
     });
     if (await this.isUploaded(attachment)) {
       return create(CreateAttachmentResponseSchema, { attachmentId: attachment.attachmentId, alreadyUploaded: true });
@@ -85,7 +98,8 @@ export class Attachments {
 
   /**
    * What recipients see of the attachments of a send. The sender must be able to see each one (its uploader, or a
-   * participant of a chat it was sent to, which lets a user forward media) and each must be uploaded.
+   * participant of a chat it was sent to, which lets a user forward media) and each must be uploaded. Each then lives
+   * on for its lifetime from this send.
    */
   async resolveForSend(userId: string, attachmentIds: readonly string[]): Promise<Attachment[]> {
     const caller = { userId };
@@ -98,6 +112,7 @@ export class Attachments {
           Code.FailedPrecondition,
         );
       }
+      await this.keepForSend(attachment);
       resolved.push(
         create(AttachmentSchema, {
           attachmentId,
@@ -117,6 +132,16 @@ export class Attachments {
     if (attachment && (await this.db.canDownloadAttachment(attachmentId, caller.userId))) return attachment;
     if (attachment) throw new ConnectError(`no access to attachment ${attachmentId}`, Code.PermissionDenied);
     throw new ConnectError(`attachment ${attachmentId} not found`, Code.NotFound);
+  }
+
+  /** Restarts the lifetime of media kept over a day ago (a forward, or the same bytes sent again), in store and record. */
+  private async keepForSend(attachment: AttachmentRecord): Promise<void> {
+    const now = this.clock.now();
+    if (now.getTime() - attachment.keptAt.getTime() < DAY_MS) return;
+    if (!(await this.blobs.keep({ key: attachment.objectKey, contentType: attachment.contentType }))) {
+      throw new ConnectError(`attachment ${attachment.attachmentId} has expired`, Code.NotFound);
+    }
+    await this.db.markAttachmentKept(attachment.attachmentId, now);
   }
 
   private async isUploaded(attachment: AttachmentRecord): Promise<boolean> {

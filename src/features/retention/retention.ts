@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { BlobStore } from "../../ports/blob-store.js";
 import type { Clock } from "../../ports/clock.js";
 import type { Db } from "../../ports/db.js";
+import { attachmentLifetimeDays } from "../attachments/attachments.js";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -54,7 +55,9 @@ export class Retention {
     const idempotencyKeysForgotten = await this.db.forgetSendsBefore(
       new Date(now.getTime() - this.options.idempotencyMs),
     );
-    const attachmentsDeleted = await this.deleteExpiredAttachments(cutoff);
+    const attachmentsDeleted = await this.deleteExpiredAttachments(
+      new Date(now.getTime() - attachmentLifetimeDays(this.options.retentionDays) * DAY_MS),
+    );
     const report = { partitionsCreated, partitionsDropped, inboxesTrimmed, idempotencyKeysForgotten, attachmentsDeleted };
     this.logger.info(report, "retention run");
     return report;
@@ -77,10 +80,10 @@ export class Retention {
     this.timer = undefined;
   }
 
-  private async deleteExpiredAttachments(cutoff: Date): Promise<number> {
+  private async deleteExpiredAttachments(keptBefore: Date): Promise<number> {
     let deleted = 0;
     for (;;) {
-      const expired = await this.db.deleteAttachmentsBefore(cutoff, 1000);
+      const expired = await this.db.deleteAttachmentsKeptBefore(keptBefore, 1000);
       if (expired.length === 0) return deleted;
       await this.blobs?.delete(expired.map((a) => a.objectKey));
       deleted += expired.length;
