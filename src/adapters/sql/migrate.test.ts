@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { type Backend, openTestDb, testBackends } from "../../../test/support/db.js";
+import { loadMigrations } from "./migrate.js";
 import { createPostgresDriver } from "./postgres-driver.js";
 import { SqlDb } from "./sql-db.js";
 
@@ -8,6 +9,7 @@ describe.each(testBackends())("migrations on %s", (backend: Backend) => {
     const { db, driver, close } = await openTestDb(backend);
     try {
       const before = await driver.query("SELECT version, name FROM schema_migrations ORDER BY version");
+      expect(before).toEqual((await loadMigrations()).map(({ version, name }) => ({ version, name })));
       expect(before[0]).toEqual({ version: 1, name: "0001_init.sql" });
       await db.migrate();
       expect(await driver.query("SELECT version, name FROM schema_migrations ORDER BY version")).toEqual(before);
@@ -26,7 +28,7 @@ describe.runIf(process.env.DATABASE_URL)("migrations on postgres", () => {
     try {
       await drivers[0]!.exec(`CREATE SCHEMA ${schema}`);
       await Promise.all(drivers.map((driver) => new SqlDb(driver).migrate()));
-      expect(await drivers[0]!.query("SELECT count(*)::int AS n FROM schema_migrations")).toEqual([{ n: 1 }]);
+      expect(await drivers[0]!.query("SELECT count(*)::int AS n FROM schema_migrations")).toEqual([{ n: (await loadMigrations()).length }]);
       expect(await drivers[0]!.query("SELECT to_regclass('inbox') IS NOT NULL AS ok")).toEqual([{ ok: true }]);
     } finally {
       await drivers[0]!.exec(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);

@@ -6,7 +6,7 @@ const FILE_NAME = /^(\d{4})_[a-z0-9_]+\.sql$/;
 /** Advisory lock key that serializes migrations of servers starting at once ("palv" in ASCII). */
 const MIGRATION_LOCK = 0x70616c76;
 
-interface Migration {
+export interface Migration {
   version: number;
   name: string;
   sql: string;
@@ -46,7 +46,8 @@ async function appliedVersions(driver: SqlDriver): Promise<Set<number>> {
   return new Set(rows.map((row) => row.version));
 }
 
-async function loadMigrations(): Promise<Migration[]> {
+/** The migrations this build carries, in version order. */
+export async function loadMigrations(): Promise<Migration[]> {
   const names = (await readdir(MIGRATIONS_DIR)).filter((name) => FILE_NAME.test(name)).sort();
   return Promise.all(
     names.map(async (name) => ({
