@@ -94,6 +94,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   });
   const messaging = new Messaging(db, hub, clock, (userId, ids) => attachments.resolveForSend(userId, ids), metrics, {
     maxBatch: config.limits.sendBatchMax,
+    sendsPerMinute: config.limits.sendsPerMinute,
     // PGlite is one connection; a Postgres pool takes a few batches at once.
     maxInFlight: config.databaseUrl ? 4 : 1,
   });

@@ -36,6 +36,7 @@ describe("loadConfig", () => {
         streamQueueLimit: 10_000,
         maxAttachmentBytes: 100 * 1024 * 1024,
         sendBatchMax: 256,
+        sendsPerMinute: 600,
       },
     });
     expect(config.nodeId).toMatch(/^node-[0-9a-f]{12}$/);
@@ -69,6 +70,7 @@ describe("loadConfig", () => {
       STREAM_QUEUE_LIMIT: "500",
       MAX_ATTACHMENT_BYTES: "1048576",
       SEND_BATCH_MAX: "64",
+      SEND_LIMIT_PER_MINUTE: "30",
     });
     expect(config).toEqual({
       port: 0,
@@ -84,7 +86,7 @@ describe("loadConfig", () => {
       tls: { certFile: join(dir, "cert.pem"), keyFile: join(dir, "key.pem") },
       logLevel: "debug",
       nodeEnv: "production",
-      limits: { maxParticipants: 50, maxInboxEvents: 1000, streamQueueLimit: 500, maxAttachmentBytes: 1048576, sendBatchMax: 64 },
+      limits: { maxParticipants: 50, maxInboxEvents: 1000, streamQueueLimit: 500, maxAttachmentBytes: 1048576, sendBatchMax: 64, sendsPerMinute: 30 },
     });
   });
 

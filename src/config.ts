@@ -43,6 +43,8 @@ export interface Limits {
   maxAttachmentBytes: number;
   /** Sends that may share one transaction (group commit). */
   sendBatchMax: number;
+  /** Messages one device may send a minute (per node). */
+  sendsPerMinute: number;
 }
 
 export const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
@@ -99,6 +101,7 @@ export function loadConfig(env: Env = process.env): Config {
       streamQueueLimit: read.integer("STREAM_QUEUE_LIMIT", 10_000, 1),
       maxAttachmentBytes: read.integer("MAX_ATTACHMENT_BYTES", 100 * 1024 * 1024, 1),
       sendBatchMax: read.integer("SEND_BATCH_MAX", 256, 1),
+      sendsPerMinute: read.integer("SEND_LIMIT_PER_MINUTE", 600, 1),
     },
   };
   if (problems.length > 0) throw new ConfigError(problems);

@@ -31,6 +31,7 @@ import { type DeviceStream, type Outgoing, StreamEnded } from "./delivery/device
 import { eventField, grpcStoredEventMessage } from "./delivery/events.js";
 import type { DeliveryHub } from "./delivery/hub.js";
 import { GroupCommitter } from "./messaging/group-commit.js";
+import { retryAfterSeconds } from "./messaging/send-limit.js";
 import type { Messaging } from "./messaging/send-message.js";
 import type { Metrics } from "./operations/metrics.js";
 
@@ -101,9 +102,14 @@ export function chatService(deps: ChatServiceDeps): {
       }
     } catch (error) {
       const connectError = deps.toConnectError(error);
+      const retryAfter = retryAfterSeconds(connectError);
       return {
         case: "error",
-        value: create(CommandErrorSchema, { code: connectError.code, message: connectError.rawMessage }),
+        value: create(CommandErrorSchema, {
+          code: connectError.code,
+          message: connectError.rawMessage,
+          retryAfter: retryAfter === undefined ? undefined : { seconds: BigInt(retryAfter) },
+        }),
       };
     }
   }

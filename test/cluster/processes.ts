@@ -127,6 +127,8 @@ export class PalaverNode extends LoggedProcess {
       AUTH_SECRET: options.authSecret,
       DATA_DIR: options.dataDir,
       LOG_LEVEL: "warn",
+      // The fault tests' few senders send as fast as the nodes answer, faster than a device may by default.
+      SEND_LIMIT_PER_MINUTE: "100000",
     });
     try {
       // Stops early when the process exits, which the check below reports.

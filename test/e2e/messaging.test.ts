@@ -1,4 +1,4 @@
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ConnectRequestSchema, ConnectResponseSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
@@ -8,10 +8,13 @@ import { testBackends } from "../support/db.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 import { codeOf } from "../support/codes.js";
 
+/** Low enough to reach in a test, above what any other test here sends from one device. */
+const SENDS_PER_MINUTE = 45;
+
 describe.each(testBackends())("messaging on %s", (backend) => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startTestServer(backend);
+    server = await startTestServer(backend, { SEND_LIMIT_PER_MINUTE: String(SENDS_PER_MINUTE) });
   });
   afterAll(() => server?.close());
 
@@ -60,6 +63,31 @@ describe.each(testBackends())("messaging on %s", (backend) => {
     expect((await api.getChat({ chatId })).chat?.lastSeq).toBe(0n);
     // Exactly 64 KiB is fine.
     expect((await api.sendMessage({ chatId, clientMessageId: "max", text: "x".repeat(65_536) })).seq).toBe(1n);
+  });
+
+  it("refuses a device's sends past its rate with RESOURCE_EXHAUSTED and when to retry, storing nothing", async () => {
+    const { alice, api, chatId } = await pair();
+    await Promise.all(
+      Array.from({ length: SENDS_PER_MINUTE }, (_, i) => api.sendMessage({ chatId, clientMessageId: `r${i}`, text: `${i}` })),
+    );
+    const refused = await api.sendMessage({ chatId, clientMessageId: "over", text: "one too many" }).then(
+      () => undefined,
+      (err: unknown) => ConnectError.from(err),
+    );
+    expect(refused?.code).toBe(Code.ResourceExhausted);
+    expect(Number(refused?.metadata.get("retry-after"))).toBeGreaterThan(0);
+
+    // The same device on its Connect stream is refused too; the user's other device is not.
+    const phone = ConnectDevice.open(server.url, await server.token(alice, "phone"));
+    await phone.waitForDrained();
+    const frame = await phone.command({ case: "sendMessage", value: { chatId, clientMessageId: "over-stream", text: "x" } });
+    const error = frame.outcome.case === "error" ? frame.outcome.value : undefined;
+    expect(error?.code).toBe(Code.ResourceExhausted);
+    expect(error?.retryAfter?.seconds).toBeGreaterThan(0n);
+    phone.disconnect();
+    const laptop = connectChatClient(server.url, await server.token(alice, "laptop"));
+    const sent = await laptop.sendMessage({ chatId, clientMessageId: "other-device", text: "fine" });
+    expect(sent.seq).toBe(BigInt(SENDS_PER_MINUTE + 1));
   });
 
   it("refuses a non-participant's send with PERMISSION_DENIED", async () => {

@@ -17,6 +17,7 @@ import { decodeStoredEvent, encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
 import type { Metrics } from "../operations/metrics.js";
 import { GroupCommitter } from "./group-commit.js";
+import { SendLimit } from "./send-limit.js";
 
 /** Checks that the caller may send these attachments (uploaded, by them) and returns what recipients see of them. */
 export type AttachmentResolver = (uploaderUserId: string, attachmentIds: readonly string[]) => Promise<Attachment[]>;
@@ -26,6 +27,8 @@ export interface SendOptions {
   maxBatch: number;
   /** Batches written at once. */
   maxInFlight: number;
+  /** Messages one device may send a minute. */
+  sendsPerMinute: number;
 }
 
 /**
@@ -34,6 +37,7 @@ export interface SendOptions {
  */
 export class Messaging {
   private readonly committer: GroupCommitter<PendingSend, SendOutcome>;
+  private readonly limit: SendLimit;
 
   constructor(
     private readonly db: Db,
@@ -50,6 +54,7 @@ export class Messaging {
       // Batches in flight at once never share a chat, so they never wait on each other's chat row locks.
       (send) => send.chatId.toLowerCase(),
     );
+    this.limit = new SendLimit(options.sendsPerMinute);
   }
 
   /**
@@ -64,6 +69,7 @@ export class Messaging {
   }
 
   async send(caller: Caller, request: SendMessageRequest): Promise<SendMessageResponse> {
+    await this.limit.take(caller);
     const attachments =
       request.attachmentIds.length > 0 ? await this.resolveAttachments(caller.userId, request.attachmentIds) : [];
     const messageId = randomUUID();

@@ -10,6 +10,7 @@ import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -487,8 +488,11 @@ func (*CommandResult_Error) isCommandResult_Outcome() {}
 type CommandError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// code is the gRPC status code (3 INVALID_ARGUMENT, 7 PERMISSION_DENIED, 14 UNAVAILABLE, ...).
-	Code          int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Code    int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// retry_after is set when the command may succeed if repeated after this long (a send past the device's rate, code
+	// 8 RESOURCE_EXHAUSTED); a unary call carries the same in its `retry-after` header or trailer, in seconds.
+	RetryAfter    *durationpb.Duration `protobuf:"bytes,3,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -535,6 +539,13 @@ func (x *CommandError) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *CommandError) GetRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetryAfter
+	}
+	return nil
 }
 
 type SubscribeRequest struct {
@@ -1229,7 +1240,7 @@ var File_palaver_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x1apalaver/chat/v1/chat.proto\x12\x0fpalaver.chat.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/event.proto\x1a\x1bpalaver/chat/v1/model.proto\"\x8d\x04\n" +
+	"\x1apalaver/chat/v1/chat.proto\x12\x0fpalaver.chat.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/event.proto\x1a\x1bpalaver/chat/v1/model.proto\"\x8d\x04\n" +
 	"\x0eConnectRequest\x12&\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x18@R\trequestId\x12E\n" +
@@ -1260,10 +1271,12 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"list_chats\x18\a \x01(\v2\".palaver.chat.v1.ListChatsResponseH\x00R\tlistChats\x125\n" +
 	"\x05error\x18\b \x01(\v2\x1d.palaver.chat.v1.CommandErrorH\x00R\x05errorB\t\n" +
-	"\aoutcome\"<\n" +
+	"\aoutcome\"x\n" +
 	"\fCommandError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x12\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12:\n" +
+	"\vretry_after\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryAfter\"\x12\n" +
 	"\x10SubscribeRequest\"A\n" +
 	"\x11SubscribeResponse\x12,\n" +
 	"\x05event\x18\x01 \x01(\v2\x16.palaver.chat.v1.EventR\x05event\"\x98\x01\n" +
@@ -1357,8 +1370,9 @@ var file_palaver_chat_v1_chat_proto_goTypes = []any{
 	(*ListChatsRequest)(nil),               // 17: palaver.chat.v1.ListChatsRequest
 	(*ListChatsResponse)(nil),              // 18: palaver.chat.v1.ListChatsResponse
 	(*Event)(nil),                          // 19: palaver.chat.v1.Event
-	(*Chat)(nil),                           // 20: palaver.chat.v1.Chat
-	(*timestamppb.Timestamp)(nil),          // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 20: google.protobuf.Duration
+	(*Chat)(nil),                           // 21: palaver.chat.v1.Chat
+	(*timestamppb.Timestamp)(nil),          // 22: google.protobuf.Timestamp
 }
 var file_palaver_chat_v1_chat_proto_depIdxs = []int32{
 	7,  // 0: palaver.chat.v1.ConnectRequest.create_chat:type_name -> palaver.chat.v1.CreateChatRequest
@@ -1376,34 +1390,35 @@ var file_palaver_chat_v1_chat_proto_depIdxs = []int32{
 	16, // 12: palaver.chat.v1.CommandResult.get_chat:type_name -> palaver.chat.v1.GetChatResponse
 	18, // 13: palaver.chat.v1.CommandResult.list_chats:type_name -> palaver.chat.v1.ListChatsResponse
 	4,  // 14: palaver.chat.v1.CommandResult.error:type_name -> palaver.chat.v1.CommandError
-	19, // 15: palaver.chat.v1.SubscribeResponse.event:type_name -> palaver.chat.v1.Event
-	20, // 16: palaver.chat.v1.CreateChatResponse.chat:type_name -> palaver.chat.v1.Chat
-	0,  // 17: palaver.chat.v1.ModifyChatParticipantsRequest.operation:type_name -> palaver.chat.v1.ParticipantOperation
-	20, // 18: palaver.chat.v1.ModifyChatParticipantsResponse.chat:type_name -> palaver.chat.v1.Chat
-	21, // 19: palaver.chat.v1.SendMessageResponse.sent_at:type_name -> google.protobuf.Timestamp
-	20, // 20: palaver.chat.v1.GetChatResponse.chat:type_name -> palaver.chat.v1.Chat
-	20, // 21: palaver.chat.v1.ListChatsResponse.chats:type_name -> palaver.chat.v1.Chat
-	1,  // 22: palaver.chat.v1.ChatService.Connect:input_type -> palaver.chat.v1.ConnectRequest
-	5,  // 23: palaver.chat.v1.ChatService.Subscribe:input_type -> palaver.chat.v1.SubscribeRequest
-	7,  // 24: palaver.chat.v1.ChatService.CreateChat:input_type -> palaver.chat.v1.CreateChatRequest
-	9,  // 25: palaver.chat.v1.ChatService.ModifyChatParticipants:input_type -> palaver.chat.v1.ModifyChatParticipantsRequest
-	11, // 26: palaver.chat.v1.ChatService.SendMessage:input_type -> palaver.chat.v1.SendMessageRequest
-	13, // 27: palaver.chat.v1.ChatService.AckEvents:input_type -> palaver.chat.v1.AckEventsRequest
-	15, // 28: palaver.chat.v1.ChatService.GetChat:input_type -> palaver.chat.v1.GetChatRequest
-	17, // 29: palaver.chat.v1.ChatService.ListChats:input_type -> palaver.chat.v1.ListChatsRequest
-	2,  // 30: palaver.chat.v1.ChatService.Connect:output_type -> palaver.chat.v1.ConnectResponse
-	6,  // 31: palaver.chat.v1.ChatService.Subscribe:output_type -> palaver.chat.v1.SubscribeResponse
-	8,  // 32: palaver.chat.v1.ChatService.CreateChat:output_type -> palaver.chat.v1.CreateChatResponse
-	10, // 33: palaver.chat.v1.ChatService.ModifyChatParticipants:output_type -> palaver.chat.v1.ModifyChatParticipantsResponse
-	12, // 34: palaver.chat.v1.ChatService.SendMessage:output_type -> palaver.chat.v1.SendMessageResponse
-	14, // 35: palaver.chat.v1.ChatService.AckEvents:output_type -> palaver.chat.v1.AckEventsResponse
-	16, // 36: palaver.chat.v1.ChatService.GetChat:output_type -> palaver.chat.v1.GetChatResponse
-	18, // 37: palaver.chat.v1.ChatService.ListChats:output_type -> palaver.chat.v1.ListChatsResponse
-	30, // [30:38] is the sub-list for method output_type
-	22, // [22:30] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	20, // 15: palaver.chat.v1.CommandError.retry_after:type_name -> google.protobuf.Duration
+	19, // 16: palaver.chat.v1.SubscribeResponse.event:type_name -> palaver.chat.v1.Event
+	21, // 17: palaver.chat.v1.CreateChatResponse.chat:type_name -> palaver.chat.v1.Chat
+	0,  // 18: palaver.chat.v1.ModifyChatParticipantsRequest.operation:type_name -> palaver.chat.v1.ParticipantOperation
+	21, // 19: palaver.chat.v1.ModifyChatParticipantsResponse.chat:type_name -> palaver.chat.v1.Chat
+	22, // 20: palaver.chat.v1.SendMessageResponse.sent_at:type_name -> google.protobuf.Timestamp
+	21, // 21: palaver.chat.v1.GetChatResponse.chat:type_name -> palaver.chat.v1.Chat
+	21, // 22: palaver.chat.v1.ListChatsResponse.chats:type_name -> palaver.chat.v1.Chat
+	1,  // 23: palaver.chat.v1.ChatService.Connect:input_type -> palaver.chat.v1.ConnectRequest
+	5,  // 24: palaver.chat.v1.ChatService.Subscribe:input_type -> palaver.chat.v1.SubscribeRequest
+	7,  // 25: palaver.chat.v1.ChatService.CreateChat:input_type -> palaver.chat.v1.CreateChatRequest
+	9,  // 26: palaver.chat.v1.ChatService.ModifyChatParticipants:input_type -> palaver.chat.v1.ModifyChatParticipantsRequest
+	11, // 27: palaver.chat.v1.ChatService.SendMessage:input_type -> palaver.chat.v1.SendMessageRequest
+	13, // 28: palaver.chat.v1.ChatService.AckEvents:input_type -> palaver.chat.v1.AckEventsRequest
+	15, // 29: palaver.chat.v1.ChatService.GetChat:input_type -> palaver.chat.v1.GetChatRequest
+	17, // 30: palaver.chat.v1.ChatService.ListChats:input_type -> palaver.chat.v1.ListChatsRequest
+	2,  // 31: palaver.chat.v1.ChatService.Connect:output_type -> palaver.chat.v1.ConnectResponse
+	6,  // 32: palaver.chat.v1.ChatService.Subscribe:output_type -> palaver.chat.v1.SubscribeResponse
+	8,  // 33: palaver.chat.v1.ChatService.CreateChat:output_type -> palaver.chat.v1.CreateChatResponse
+	10, // 34: palaver.chat.v1.ChatService.ModifyChatParticipants:output_type -> palaver.chat.v1.ModifyChatParticipantsResponse
+	12, // 35: palaver.chat.v1.ChatService.SendMessage:output_type -> palaver.chat.v1.SendMessageResponse
+	14, // 36: palaver.chat.v1.ChatService.AckEvents:output_type -> palaver.chat.v1.AckEventsResponse
+	16, // 37: palaver.chat.v1.ChatService.GetChat:output_type -> palaver.chat.v1.GetChatResponse
+	18, // 38: palaver.chat.v1.ChatService.ListChats:output_type -> palaver.chat.v1.ListChatsResponse
+	31, // [31:39] is the sub-list for method output_type
+	23, // [23:31] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_palaver_chat_v1_chat_proto_init() }

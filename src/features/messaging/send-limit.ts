@@ -1,0 +1,39 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { RateLimiterMemory, RateLimiterRes } from "rate-limiter-flexible";
+import type { Caller } from "../../transport/caller.js";
+
+const RETRY_AFTER = "retry-after";
+
+/** The seconds after which an error says its call may succeed if repeated, if it says so. */
+export function retryAfterSeconds(error: ConnectError): number | undefined {
+  const value = Number(error.metadata.get(RETRY_AFTER) ?? Number.NaN);
+  return Number.isInteger(value) && value > 0 ? value : undefined;
+}
+
+/**
+ * How many messages one device may send a minute, so that a runaway or hostile client cannot flood its chats' inboxes.
+ * Counted on the node that takes the send: a device's stream stays on one node, and a browser's unary calls mostly ride
+ * one connection. Past the limit a send is refused with RESOURCE_EXHAUSTED and a `retry-after` (seconds) header or
+ * trailer, before anything is stored.
+ */
+export class SendLimit {
+  private readonly limiter: RateLimiterMemory;
+
+  constructor(private readonly perMinute: number) {
+    this.limiter = new RateLimiterMemory({ points: perMinute, duration: 60 });
+  }
+
+  async take(caller: Caller): Promise<void> {
+    try {
+      await this.limiter.consume(caller.deviceKey);
+    } catch (rejection) {
+      if (!(rejection instanceof RateLimiterRes)) throw rejection;
+      const seconds = Math.max(1, Math.ceil(rejection.msBeforeNext / 1000));
+      throw new ConnectError(
+        `this device may send ${this.perMinute} messages a minute: retry in ${seconds} s`,
+        Code.ResourceExhausted,
+        { [RETRY_AFTER]: String(seconds) },
+      );
+    }
+  }
+}
