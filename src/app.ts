@@ -207,7 +207,11 @@ function openBlobStore(
 function openRouting(redisUrl: string, nodeId: string, logger: Logger): Routing {
   const connect = (role: string) => {
     // Commands fail fast while Redis is away (routing is best effort); the subscriber queues its SUBSCRIBE.
-    const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: role === "subscriber" });
+    const redis = new Redis(redisUrl, {
+      connectionName: `palaver-${nodeId}-${role}`, // names the node and role in CLIENT LIST
+      maxRetriesPerRequest: 1,
+      enableOfflineQueue: role === "subscriber",
+    });
     redis.on("error", (error: Error) => logger.warn({ err: error, role }, "redis connection error"));
     return redis;
   };

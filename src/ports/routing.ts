@@ -18,6 +18,8 @@ export interface Presence {
   release(deviceKey: string): Promise<void>;
   /** The node holding each of these devices, for those some node holds. */
   locate(deviceKeys: readonly string[]): Promise<Map<string, string>>;
+  /** Writes every record this node holds again (the store may have lost them), retrying until it takes them. */
+  restore(): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -30,7 +30,12 @@ export class RedisBus implements Bus {
     this.subscriber.on("ready", () => {
       if (!lost) return;
       lost = false;
-      link.resumed();
+      // ioredis subscribes again by itself; this waits for the channel to be live before saying so. (A failure closes
+      // the connection, and the next "ready" tries again.)
+      this.subscriber.subscribe(nodeChannel(this.nodeId)).then(
+        () => link.resumed(),
+        (error: unknown) => this.logger.warn({ err: error }, "subscribing again after a reconnect failed"),
+      );
     });
     this.subscriber.on("messageBuffer", (channel: Buffer, message: Buffer) => {
       if (channel.toString() !== nodeChannel(this.nodeId)) return;

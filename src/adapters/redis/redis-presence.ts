@@ -18,9 +18,13 @@ export interface RedisPresenceOptions {
  * this node's heartbeat keeps pushing back. Keys are per device so they spread over Redis Cluster slots. When Redis
  * comes back empty after a restart, the heartbeat (and the reconnect handler) writes every record again.
  */
+/** How long restore() waits between attempts while Redis does not answer. */
+const RESTORE_RETRY_MS = 200;
+
 export class RedisPresence implements Presence {
   private readonly held = new Set<string>();
   private readonly heartbeat: NodeJS.Timeout;
+  private closed = false;
 
   constructor(
     private readonly redis: Redis,
@@ -53,7 +57,20 @@ export class RedisPresence implements Presence {
     return nodes;
   }
 
+  async restore(): Promise<void> {
+    for (;;) {
+      try {
+        await this.writeAll();
+        return;
+      } catch (error) {
+        if (this.closed) throw error;
+        await new Promise((resolve) => setTimeout(resolve, RESTORE_RETRY_MS));
+      }
+    }
+  }
+
   async close(): Promise<void> {
+    this.closed = true;
     clearInterval(this.heartbeat);
     const keys = [...this.held];
     this.held.clear();
@@ -64,14 +81,21 @@ export class RedisPresence implements Presence {
   }
 
   private async refreshAll(): Promise<void> {
-    if (this.held.size === 0 || this.redis.status !== "ready") return;
+    if (this.redis.status !== "ready") return;
     try {
-      const pipeline = this.redis.pipeline();
-      for (const key of this.held) pipeline.set(deviceRecord(key), this.options.nodeId, "EX", this.options.ttlSeconds);
-      await pipeline.exec();
+      await this.writeAll();
     } catch (error) {
       this.logger.warn({ err: error }, "presence heartbeat failed");
     }
+  }
+
+  private async writeAll(): Promise<void> {
+    if (this.held.size === 0) return;
+    const pipeline = this.redis.pipeline();
+    for (const key of this.held) pipeline.set(deviceRecord(key), this.options.nodeId, "EX", this.options.ttlSeconds);
+    const replies = (await pipeline.exec()) ?? [];
+    const failed = replies.find(([error]) => error);
+    if (failed) throw failed[0];
   }
 }
 

@@ -9,11 +9,20 @@ import { RedisPresence } from "./redis-presence.js";
 const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const logger = pino({ level: "silent" });
 const clients: Redis[] = [];
-const connect = () => {
-  const redis = new Redis(redisUrl);
+const connect = (connectionName?: string) => {
+  const redis = new Redis(redisUrl, { connectionName });
   clients.push(redis);
   return redis;
 };
+
+/** Drops the named client's connection on the server side, as a Redis restart would; the client reconnects. */
+async function killConnection(admin: Redis, connectionName: string): Promise<void> {
+  const list = (await admin.client("LIST")) as string;
+  const line = list.split("\n").find((l) => l.includes(` name=${connectionName} `));
+  const id = /(?:^|\s)id=(\d+)/.exec(line ?? "")?.[1];
+  if (!id) throw new Error(`no connection named ${connectionName}`);
+  await admin.client("KILL", "ID", id);
+}
 afterAll(() => {
   for (const client of clients) client.disconnect();
 });
@@ -51,6 +60,18 @@ describe("RedisPresence", () => {
     await presence.close();
   });
 
+  it("writes its records again on restore() after Redis lost them", async () => {
+    const redis = connect();
+    const presence = new RedisPresence(redis, { nodeId: unique(), ttlSeconds: 30, heartbeatMs: 60_000 }, logger);
+    const devices = [unique(), unique()];
+    for (const device of devices) await presence.claim(device);
+    await redis.del(...devices.map((d) => `palaver:dev:{${d}}`));
+    expect((await presence.locate(devices)).size).toBe(0);
+    await presence.restore();
+    expect((await presence.locate(devices)).size).toBe(2);
+    await presence.close();
+  });
+
   it("keeps a device located while its node's heartbeat refreshes it", async () => {
     const redis = connect();
     const presence = new RedisPresence(redis, { nodeId: unique(), ttlSeconds: 1, heartbeatMs: 300 }, logger);
@@ -83,6 +104,24 @@ describe("RedisBus", () => {
       { body: [1, 2, 3], deliveries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }] },
     ]);
     expect(batchesAtA).toEqual([]);
+    await a.close();
+    await b.close();
+  });
+
+  it("says when its channel was lost and when it is live again", async () => {
+    const nodeA = `a${randomBytes(6).toString("hex")}`;
+    const nodeB = `b${randomBytes(6).toString("hex")}`;
+    const a = new RedisBus(nodeA, connect(), connect(), logger);
+    const b = new RedisBus(nodeB, connect(), connect(`sub-${nodeB}`), logger);
+    const received: Handoff[][] = [];
+    const link: string[] = [];
+    await b.subscribe((h) => received.push(h), { interrupted: () => link.push("interrupted"), resumed: () => link.push("resumed") });
+
+    await killConnection(connect(), `sub-${nodeB}`);
+    await expect.poll(() => link).toEqual(["interrupted", "resumed"]);
+    // Resumed means live: a hand-off published now arrives.
+    await a.publish(nodeB, [{ body: new Uint8Array([9]), deliveries: [{ deviceKey: "1", eventId: 1n }] }]);
+    await expect.poll(() => received.length).toBe(1);
     await a.close();
     await b.close();
   });

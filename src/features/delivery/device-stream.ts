@@ -80,9 +80,12 @@ export class DeviceStream {
     this.notify();
   }
 
-  /** Hand-offs from other nodes stopped (events may be missed from here): remember where. */
+  /**
+   * Hand-offs from other nodes stopped (events may be missed from here): remember where. Also while the backlog
+   * drains, since the drain reads only what was stored before its last page.
+   */
   markGap(): void {
-    if (!this.gap && !this.heldDuringDrain) this.gap = { after: this.maxSentId, sent: new Set() };
+    if (!this.gap) this.gap = { after: this.maxSentId, sent: new Set() };
   }
 
   /** Hand-offs are back: send what the inbox got since the gap began and this stream has not sent. */
@@ -123,6 +126,7 @@ export class DeviceStream {
         yield* this.takeReady();
         this.throwIfEnded();
         this.sentIds.add(stored.eventId);
+        this.gap?.sent.add(stored.eventId);
         if (stored.eventId > this.maxSentId) this.maxSentId = stored.eventId;
         // Sent as stored: the backlog is not decoded and re-encoded (see eventField).
         yield { kind: "stored", eventId: stored.eventId, stored: { body: stored.body } };

@@ -26,6 +26,9 @@ export interface Routing {
  */
 export class DeliveryHub {
   private readonly streams = new Map<string, DeviceStream>();
+  /** Whether hand-offs from other nodes are interrupted, and how many times they have been. */
+  private busDown = false;
+  private busOutages = 0;
 
   constructor(
     private readonly db: Db,
@@ -41,14 +44,31 @@ export class DeliveryHub {
       // While the bus is down, other nodes' events for these devices are lost on the way; once it is back, each
       // stream reads what it missed from the inbox.
       interrupted: () => {
+        this.busDown = true;
+        this.busOutages++;
         for (const stream of this.streams.values()) stream.markGap();
       },
-      resumed: () => {
-        for (const stream of this.streams.values()) {
-          stream.catchUp().catch((error: unknown) => this.logger.warn({ err: error }, "catch-up after a bus outage failed"));
-        }
-      },
+      resumed: () => void this.catchUpAfterOutage(),
     });
+  }
+
+  /**
+   * Waits until this node's presence records are written again (Redis may have come back empty), and only then reads
+   * the inboxes: a sender that looked a device up before that found no node and left the event in the inbox, where
+   * this read finds it; a sender after that hands it over.
+   */
+  private async catchUpAfterOutage(): Promise<void> {
+    const outage = this.busOutages;
+    try {
+      await this.routing!.presence.restore();
+    } catch (error) {
+      this.logger.warn({ err: error }, "presence restore after a bus outage failed; the streams catch up anyway");
+    }
+    if (this.busOutages !== outage) return; // interrupted again: the next resume catches up
+    this.busDown = false;
+    for (const stream of this.streams.values()) {
+      stream.catchUp().catch((error: unknown) => this.logger.warn({ err: error }, "catch-up after a bus outage failed"));
+    }
   }
 
   get connectedDevices(): number {
@@ -64,6 +84,7 @@ export class DeliveryHub {
     const previous = this.streams.get(deviceKey);
     this.streams.set(deviceKey, stream);
     previous?.end(new ConnectError("this device opened a newer stream, which replaces this one", Code.Aborted));
+    if (this.busDown) stream.markGap();
     if (this.routing) {
       try {
         await this.routing.presence.claim(deviceKey);

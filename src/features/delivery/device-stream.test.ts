@@ -1,0 +1,107 @@
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openTestDb, type TestDb } from "../../../test/support/db.js";
+import { SqlDb } from "../../adapters/sql/sql-db.js";
+import { DeviceStream, type Outgoing } from "./device-stream.js";
+
+const utf8 = new TextEncoder();
+
+/** The stream of a device against the real (PGlite) inbox, while hand-offs from other nodes are interrupted. */
+describe("DeviceStream across a bus outage", () => {
+  let testDb: TestDb;
+  let db: SqlDb;
+  beforeAll(async () => {
+    testDb = await openTestDb("pglite");
+    db = testDb.db;
+  });
+  afterAll(() => testDb?.close());
+
+  /** A chat of two new users; returns the recipient's device key and a function that stores one message for it. */
+  async function chatWithRecipient() {
+    const [alice, bob] = [`alice-${randomUUID()}`, `bob-${randomUUID()}`];
+    const aliceKey = await db.registerDevice(alice, "phone", new Date());
+    const bobKey = await db.registerDevice(bob, "phone", new Date());
+    const chatId = randomUUID();
+    await db.createChat(
+      { chatId, name: "chat", participantUserIds: [alice, bob], createdAt: new Date(), updateMessageId: randomUUID() },
+      () => utf8.encode("update"),
+    );
+    const store = async () => {
+      const [outcome] = await db.storeMessages([
+        {
+          chatId,
+          messageId: randomUUID(),
+          senderUserId: alice,
+          senderDeviceKey: aliceKey,
+          clientMessageId: randomUUID(),
+          sentAt: new Date(),
+          attachmentIds: [],
+          encode: () => utf8.encode("message"),
+        },
+      ]);
+      if (outcome?.kind !== "stored") throw new Error(`not stored: ${outcome?.kind}`);
+      return outcome.deliveries.find((d) => d.deviceKey === bobKey)!.eventId;
+    };
+    return { bobKey, store };
+  }
+
+  /** The ids of the next `count` stored events (other frames are skipped). */
+  async function take(frames: AsyncGenerator<Outgoing>, count: number): Promise<bigint[]> {
+    const ids: bigint[] = [];
+    while (ids.length < count) {
+      const { value } = await frames.next();
+      if (value?.kind === "stored") ids.push(value.eventId);
+    }
+    return ids;
+  }
+
+  /** The ids of the backlog's stored events, read up to InboxDrained. */
+  async function backlog(frames: AsyncGenerator<Outgoing>): Promise<bigint[]> {
+    const ids: bigint[] = [];
+    for (;;) {
+      const { value } = await frames.next();
+      if (value?.kind === "stored") ids.push(value.eventId);
+      if (value?.kind === "event" && value.event.kind.case === "inboxDrained") return ids;
+    }
+  }
+
+  it("a stream that opened while hand-offs were interrupted gets, once they are back, what it missed, once", async () => {
+    const { bobKey, store } = await chatWithRecipient();
+    const sent = [await store(), await store(), await store()];
+    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 2, recentIds: 2 });
+    stream.markGap(); // opened during the outage
+    const frames = stream.frames();
+    const drained = await backlog(frames); // the chat update and the three messages
+    expect(drained.slice(1)).toEqual(sent);
+    // Stored while the bus was down: the hand-off never came.
+    const missed = [await store(), await store()];
+
+    await stream.catchUp();
+    expect(await take(frames, 2)).toEqual(missed);
+    // A late live push of something already sent is dropped; a new one goes through.
+    const next = await store();
+    stream.pushEvent({ body: utf8.encode("message") }, missed[1]!);
+    stream.pushEvent({ body: utf8.encode("message") }, next);
+    expect(await take(frames, 1)).toEqual([next]);
+    stream.end();
+  });
+
+  it("a live stream gets what was stored during the outage, and nothing it already had", async () => {
+    const { bobKey, store } = await chatWithRecipient();
+    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 2, recentIds: 2 });
+    const frames = stream.frames();
+    await backlog(frames); // the chat update
+    const live = await store();
+    stream.pushEvent({ body: utf8.encode("message") }, live);
+    expect(await take(frames, 1)).toEqual([live]);
+    stream.markGap();
+    const pushedLive = await store();
+    stream.pushEvent({ body: utf8.encode("message") }, pushedLive); // a node on this side of the outage
+    const missed = await store();
+    expect(await take(frames, 1)).toEqual([pushedLive]);
+
+    await stream.catchUp();
+    expect(await take(frames, 1)).toEqual([missed]);
+    stream.end();
+  });
+});
