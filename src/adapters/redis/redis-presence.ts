@@ -13,14 +13,14 @@ export interface RedisPresenceOptions {
   heartbeatMs: number;
 }
 
-/**
- * Where each connected device is, in Redis: one key per device (`palaver:dev:{key}` → node id) with an expiry that
- * this node's heartbeat keeps pushing back. Keys are per device so they spread over Redis Cluster slots. When Redis
- * comes back empty after a restart, the heartbeat (and the reconnect handler) writes every record again.
- */
 /** How long restore() waits between attempts while Redis does not answer. */
 const RESTORE_RETRY_MS = 200;
 
+/**
+ * Where each connected device is, in Redis: one key per device (`palaver:dev:{key}` → node id) with an expiry that
+ * this node's heartbeat keeps pushing back. Keys are per device so they spread over Redis Cluster slots. When Redis
+ * comes back empty after a restart, the heartbeat, the reconnect handler and restore() write every record again.
+ */
 export class RedisPresence implements Presence {
   private readonly held = new Set<string>();
   private readonly heartbeat: NodeJS.Timeout;
