@@ -112,6 +112,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     metrics,
     validate: (frame) => validateOrThrow(ConnectRequestSchema, frame),
     toConnectError: (error) => toConnectError(error, logger),
+    subscribeKeepAliveMs: config.subscribeKeepAliveSeconds * 1000,
   });
 
   let server: Server | undefined;

@@ -19,6 +19,8 @@ export interface Config {
   /** Verifies asymmetric tokens against this key set, next to the HS256 secret. */
   authJwksUrl?: string;
   retentionDays: number;
+  /** How long a Subscribe stream may be quiet before the server sends an empty response to keep it open. */
+  subscribeKeepAliveSeconds: number;
   nodeId: string;
   /** Unset: cleartext (h2c and HTTP/1.1 on one port). */
   tls?: { certFile: string; keyFile: string };
@@ -91,6 +93,7 @@ export function loadConfig(env: Env = process.env): Config {
     authSecret: read.secret("AUTH_SECRET", 32),
     authJwksUrl: read.url("AUTH_JWKS_URL", ["https:", "http:"]),
     retentionDays: read.integer("RETENTION_DAYS", 30, 1),
+    subscribeKeepAliveSeconds: read.integer("SUBSCRIBE_KEEPALIVE_SECONDS", 25, 1),
     nodeId: read.matching("NODE_ID", idPattern) ?? `node-${randomBytes(6).toString("hex")}`,
     tls: tls && { certFile: tls.TLS_CERT_FILE, keyFile: tls.TLS_KEY_FILE },
     logLevel: read.oneOf("LOG_LEVEL", logLevels) ?? "info",

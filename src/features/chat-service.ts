@@ -30,6 +30,7 @@ import type { Chats } from "./chats/chats.js";
 import { type DeviceStream, type Outgoing, StreamEnded } from "./delivery/device-stream.js";
 import { eventField, grpcStoredEventMessage } from "./delivery/events.js";
 import type { DeliveryHub } from "./delivery/hub.js";
+import { withKeepAlive } from "./delivery/keep-alive.js";
 import { GroupCommitter } from "./messaging/group-commit.js";
 import { retryAfterSeconds } from "./messaging/send-limit.js";
 import type { Messaging } from "./messaging/send-message.js";
@@ -45,6 +46,8 @@ export interface ChatServiceDeps {
   validate: (request: ConnectRequest) => void;
   /** Turns anything a command threw into the error the unary call would have answered with. */
   toConnectError: (error: unknown) => ConnectError;
+  /** How long a Subscribe stream may be quiet before an empty response keeps it open. */
+  subscribeKeepAliveMs: number;
 }
 
 type Outcome = CommandResult["outcome"];
@@ -146,11 +149,13 @@ export function chatService(deps: ChatServiceDeps): {
         return openStream(ctx, toConnectResponse, frames);
       },
       subscribe(_request, ctx) {
-        return openStream(ctx, (frame): SubscribeResponse | null => {
+        const responses = openStream(ctx, (frame): SubscribeResponse | null => {
           if (frame.kind === "event") return create(SubscribeResponseSchema, { event: frame.event });
           if (frame.kind === "stored") return withEvent(create(SubscribeResponseSchema), frame);
           return null;
         });
+        // Browsers read this stream through proxies that end quiet connections; HTTP/2 clients of Connect get PINGs.
+        return withKeepAlive(responses, deps.subscribeKeepAliveMs, () => create(SubscribeResponseSchema));
       },
       createChat: (request, ctx) => commands.createChat(requireCaller(ctx), request),
       modifyChatParticipants: (request, ctx) => commands.modifyChatParticipants(requireCaller(ctx), request),

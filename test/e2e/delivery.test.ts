@@ -1,6 +1,6 @@
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConnectDevice, SubscribeDevice, grpcChatClient } from "../../src/client/device.js";
+import { ConnectDevice, SubscribeDevice, connectChatClient, grpcChatClient } from "../../src/client/device.js";
 import { openStalledStream } from "../support/stalled-stream.js";
 import { testBackends } from "../support/db.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
@@ -8,7 +8,7 @@ import { startTestServer, type TestServer, uniqueUser } from "../support/server.
 describe.each(testBackends())("delivery on %s", (backend) => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startTestServer(backend, { STREAM_QUEUE_LIMIT: "40" });
+    server = await startTestServer(backend, { STREAM_QUEUE_LIMIT: "40", SUBSCRIBE_KEEPALIVE_SECONDS: "1" });
   });
   afterAll(() => server?.close());
 
@@ -169,6 +169,27 @@ describe.each(testBackends())("delivery on %s", (backend) => {
     await back.waitForDrained();
     expect(back.stored).toHaveLength(0);
     back.disconnect();
+    sender.disconnect();
+  });
+
+  it("keeps a quiet Subscribe stream open with empty responses, and live events still come", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser);
+    const sender = await device(alice!, "phone");
+    const chatId = await createChat(sender, [bob!]);
+    const abort = new AbortController();
+    const browser = connectChatClient(server.url, await server.token(bob!, "browser"));
+    const responses = browser.subscribe({}, { signal: abort.signal })[Symbol.asyncIterator]();
+    const next = async () => (await responses.next()).value!;
+    while ((await next()).event?.kind.case !== "inboxDrained");
+
+    const quiet = performance.now();
+    expect((await next()).event).toBeUndefined(); // nothing was sent: a keep-alive, after SUBSCRIBE_KEEPALIVE_SECONDS
+    expect(performance.now() - quiet).toBeGreaterThanOrEqual(900);
+    await sender.command({ case: "sendMessage", value: { chatId, clientMessageId: "after", text: "still here" } });
+    let response = await next();
+    while (!response.event) response = await next();
+    expect(response.event.kind.case === "newMessage" && response.event.kind.value.text).toBe("still here");
+    abort.abort();
     sender.disconnect();
   });
 

@@ -230,6 +230,9 @@ export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*
  */
 export type SubscribeResponse = Message<"palaver.chat.v1.SubscribeResponse"> & {
   /**
+   * event is unset on a keep-alive: a stream that has been quiet for a while (25 s by default) gets an empty response,
+   * so that proxies which end idle connections keep it open. Ignore it.
+   *
    * @generated from field: palaver.chat.v1.Event event = 1;
    */
   event?: Event | undefined;

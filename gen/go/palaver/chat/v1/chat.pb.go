@@ -585,8 +585,10 @@ func (*SubscribeRequest) Descriptor() ([]byte, []int) {
 }
 
 type SubscribeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// event is unset on a keep-alive: a stream that has been quiet for a while (25 s by default) gets an empty response,
+	// so that proxies which end idle connections keep it open. Ignore it.
+	Event         *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
