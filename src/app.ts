@@ -145,7 +145,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     }),
   });
   publicUrl = config.publicUrl ?? server.url;
-  logger.info({ url: server.url, node: config.nodeId, database: config.databaseUrl ? "postgres" : "pglite" }, "palaver is serving");
+  logger.info({ url: server.url, database: config.databaseUrl ? "postgres" : "pglite" }, "palaver is serving");
 
   return {
     config,
