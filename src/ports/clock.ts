@@ -4,3 +4,6 @@ export interface Clock {
 }
 
 export const systemClock: Clock = { now: () => new Date() };
+
+/** One day in milliseconds: partitions, retention and media lifetimes count in whole days. */
+export const DAY_MS = 24 * 60 * 60 * 1000;

@@ -1,6 +1,6 @@
+import { DAY_MS } from "../../ports/clock.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 
-const DAY_MS = 24 * 60 * 60 * 1000;
 const PARENTS = ["messages", "inbox"] as const;
 const PARTITION_NAME = /^(messages|inbox)_p(\d{8})$/;
 /** Advisory lock key that keeps two servers from changing partitions at once ("part" in ASCII). */

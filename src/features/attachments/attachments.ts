@@ -11,11 +11,9 @@ import {
 } from "../../../gen/palaver/chat/v1/attachment_pb.js";
 import { type Attachment, AttachmentSchema } from "../../../gen/palaver/chat/v1/model_pb.js";
 import type { BlobStore } from "../../ports/blob-store.js";
-import type { Clock } from "../../ports/clock.js";
+import { type Clock, DAY_MS } from "../../ports/clock.js";
 import type { AttachmentRecord, Db } from "../../ports/db.js";
 import type { Caller } from "../../transport/caller.js";
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 /**
  * Days an attachment outlives the latest message that carried it. Messages go by whole days, 30 to 31 days after they

@@ -1,10 +1,8 @@
 import type { Logger } from "pino";
 import type { BlobStore } from "../../ports/blob-store.js";
-import type { Clock } from "../../ports/clock.js";
+import { type Clock, DAY_MS } from "../../ports/clock.js";
 import type { Db } from "../../ports/db.js";
 import { attachmentLifetimeDays } from "../attachments/attachments.js";
-
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 export interface RetentionOptions {
   retentionDays: number;
