@@ -6,7 +6,7 @@ const FILE_NAME = /^(\d{4})_[a-z0-9_]+\.sql$/;
 /** Advisory lock key that serializes migrations of servers starting at once ("palv" in ASCII). */
 const MIGRATION_LOCK = 0x70616c76;
 
-export interface Migration {
+interface Migration {
   version: number;
   name: string;
   sql: string;

@@ -125,9 +125,7 @@ export class DeviceStream {
       for (const stored of page) {
         yield* this.takeReady();
         this.throwIfEnded();
-        this.sentIds.add(stored.eventId);
-        this.gap?.sent.add(stored.eventId);
-        if (stored.eventId > this.maxSentId) this.maxSentId = stored.eventId;
+        this.markSent(stored.eventId);
         // Sent as stored: the backlog is not decoded and re-encoded (see eventField).
         yield { kind: "stored", eventId: stored.eventId, stored: { body: stored.body } };
         after = stored.eventId;
@@ -158,15 +156,18 @@ export class DeviceStream {
 
   /** Records an id as sent, keeping only the newest `recentIds` (the backlog's newest stay: they race live pushes). */
   private remember(eventId?: bigint): void {
-    if (eventId !== undefined) {
-      this.sentIds.add(eventId);
-      this.gap?.sent.add(eventId);
-      if (eventId > this.maxSentId) this.maxSentId = eventId;
-    }
+    if (eventId !== undefined) this.markSent(eventId);
     for (const oldest of this.sentIds) {
       if (this.sentIds.size <= this.options.recentIds) break;
       this.sentIds.delete(oldest);
     }
+  }
+
+  /** Records an id as sent or queued on this stream (and, during a bus outage, as not to be caught up again). */
+  private markSent(eventId: bigint): void {
+    this.sentIds.add(eventId);
+    this.gap?.sent.add(eventId);
+    if (eventId > this.maxSentId) this.maxSentId = eventId;
   }
 
   private *takeReady(): Generator<Outgoing> {
