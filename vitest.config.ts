@@ -8,8 +8,8 @@ export default defineConfig({
     hookTimeout: 120_000,
     // Two cores: one worker per core, and suites share a PGlite instance per worker.
     pool: "forks",
-    // One MinIO for the whole run (the S3 suites each take a fresh bucket).
-    globalSetup: ["test/support/minio.ts"],
+    // One S3 server (SeaweedFS) for the whole run (the S3 suites each take a fresh bucket).
+    globalSetup: ["test/support/s3-server.ts"],
     maxWorkers: 2,
   },
 });

@@ -1,9 +1,9 @@
 /**
  * Upload then download a 100 MiB file through each media backend with signed URLs, as a client would, and print MiB/s
  * for each direction (median of a few runs). The local store is served by a separate Node process (as the Palaver
- * server would serve it) and MinIO is the real binary, so the client's own work is not counted twice.
+ * server would serve it) and SeaweedFS is the real binary, so the client's own work is not counted twice.
  *
- *   npx tsx bench/blob-throughput.ts            (MinIO from `bash scripts/tools.sh minio`)
+ *   npx tsx bench/blob-throughput.ts            (SeaweedFS from `bash scripts/tools.sh weed`)
  */
 import { fork } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { LocalBlobStore, type LocalBlobStoreConfig } from "../src/adapters/blob/local-blob-store.js";
 import { S3BlobStore } from "../src/adapters/blob/s3-blob-store.js";
 import type { BlobStore } from "../src/ports/blob-store.js";
-import { freshBucketName, startMinio } from "../test/support/minio.js";
+import { freshBucketName, startS3Server } from "../test/support/s3-server.js";
 
 const SIZE = 100 * 1024 * 1024;
 const RUNS = 3;
@@ -43,14 +43,14 @@ async function main(): Promise<void> {
     await rm(dir, { recursive: true, force: true });
   }
 
-  const minio = await startMinio();
-  const s3 = new S3BlobStore({ ...minio, bucket: freshBucketName(), expireAfterDays: 1 });
+  const seaweed = await startS3Server();
+  const s3 = new S3BlobStore({ ...seaweed, bucket: freshBucketName(), expireAfterDays: 1 });
   try {
     await s3.init();
-    results.push(await measure("MinIO (S3, single drive)", s3, body, sha256));
+    results.push(await measure("SeaweedFS (S3, one server)", s3, body, sha256));
   } finally {
     s3.close();
-    await minio.stop();
+    await seaweed.stop();
   }
   console.log(`\n${SIZE / 2 ** 20} MiB, median of ${RUNS} runs, loopback:\n${results.join("\n")}`);
 }

@@ -53,7 +53,7 @@ describe("loadConfig", () => {
       DATA_DIR: "/var/lib/palaver",
       DATABASE_URL: "postgres://palaver@db/palaver",
       REDIS_URL: "redis://redis:6379",
-      S3_ENDPOINT: "http://minio:9000",
+      S3_ENDPOINT: "http://s3:8333",
       S3_BUCKET: "media",
       S3_REGION: "us-east-1",
       S3_ACCESS_KEY_ID: "id",
@@ -80,7 +80,7 @@ describe("loadConfig", () => {
       dataDir: "/var/lib/palaver",
       databaseUrl: "postgres://palaver@db/palaver",
       redisUrl: "redis://redis:6379",
-      s3: { endpoint: "http://minio:9000", bucket: "media", region: "us-east-1", accessKeyId: "id", secretAccessKey: "secret" },
+      s3: { endpoint: "http://s3:8333", bucket: "media", region: "us-east-1", accessKeyId: "id", secretAccessKey: "secret" },
       authSecret: "s".repeat(32),
       authJwksUrl: "https://idp.example/.well-known/jwks.json",
       retentionDays: 7,
@@ -124,7 +124,7 @@ describe("loadConfig", () => {
   });
 
   it("wants the S3 variables together", () => {
-    expect(problemsOf({ S3_ENDPOINT: "http://minio:9000", S3_BUCKET: "media" })).toEqual([
+    expect(problemsOf({ S3_ENDPOINT: "http://s3:8333", S3_BUCKET: "media" })).toEqual([
       "S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY are set together or not at all; " +
         "missing S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY",
     ]);

@@ -3,7 +3,7 @@ import { Code, createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AttachmentService } from "../../gen/palaver/chat/v1/attachment_pb.js";
 import { ConnectDevice, connectChatClient, connectTransport } from "../../src/client/device.js";
-import { freshBucketName, minioForSuite } from "../support/minio.js";
+import { freshBucketName, s3ForSuite } from "../support/s3-server.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 import { codeOf } from "../support/codes.js";
 
@@ -11,20 +11,20 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest();
 
-/** The media flow through the server's RPCs and real uploads, on the local store and on MinIO. */
-describe.each(["local", "minio"] as const)("attachments on the %s store", (store) => {
+/** The media flow through the server's RPCs and real uploads, on the local store and on S3 (SeaweedFS). */
+describe.each(["local", "s3"] as const)("attachments on the %s store", (store) => {
   let server: TestServer;
   let release = async () => {};
   beforeAll(async () => {
     let env: Record<string, string> = {};
-    if (store === "minio") {
-      const suite = await minioForSuite();
+    if (store === "s3") {
+      const suite = await s3ForSuite();
       release = suite.release;
       env = {
-        S3_ENDPOINT: suite.minio.endpoint,
-        S3_REGION: suite.minio.region,
-        S3_ACCESS_KEY_ID: suite.minio.accessKeyId,
-        S3_SECRET_ACCESS_KEY: suite.minio.secretAccessKey,
+        S3_ENDPOINT: suite.s3.endpoint,
+        S3_REGION: suite.s3.region,
+        S3_ACCESS_KEY_ID: suite.s3.accessKeyId,
+        S3_SECRET_ACCESS_KEY: suite.s3.secretAccessKey,
         S3_BUCKET: freshBucketName(),
       };
     }

@@ -5,7 +5,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { freshBucketName, minioForSuite } from "../../../test/support/minio.js";
+import { freshBucketName, s3ForSuite } from "../../../test/support/s3-server.js";
 import type { BlobStore } from "../../ports/blob-store.js";
 import type { Clock } from "../../ports/clock.js";
 import { LocalBlobStore } from "./local-blob-store.js";
@@ -63,12 +63,12 @@ const local: Backend = {
 };
 
 const s3: Backend = {
-  name: "S3BlobStore on MinIO",
+  name: "S3BlobStore on SeaweedFS",
   async start() {
-    const { minio, release } = await minioForSuite();
+    const { s3, release } = await s3ForSuite();
     return {
       fresh: async () => {
-        const config = { ...minio, bucket: freshBucketName(), expireAfterDays: 30 };
+        const config = { ...s3, bucket: freshBucketName(), expireAfterDays: 30 };
         const store = new S3BlobStore(config);
         await store.init();
         return { store, at: (clock) => new S3BlobStore(config, clock), close: async () => store.close() };

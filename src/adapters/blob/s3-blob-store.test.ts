@@ -11,28 +11,28 @@ import {
 } from "@aws-sdk/client-s3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { signPngUpload } from "../../../test/support/blob-uploads.js";
-import { freshBucketName, type MinioConnection, minioForSuite } from "../../../test/support/minio.js";
+import { freshBucketName, type S3Connection, s3ForSuite } from "../../../test/support/s3-server.js";
 import { DependencyUnavailableError } from "../../errors.js";
 import { RETENTION_RULE_ID, S3BlobStore, type S3BlobStoreConfig } from "./s3-blob-store.js";
 
-describe("S3BlobStore on MinIO", () => {
-  let minio: MinioConnection;
+describe("S3BlobStore on SeaweedFS", () => {
+  let s3: S3Connection;
   let release: () => Promise<void>;
   let admin: S3Client;
   let config: S3BlobStoreConfig;
   let store: S3BlobStore;
 
   beforeAll(async () => {
-    ({ minio, release } = await minioForSuite());
-    const { endpoint, region } = minio;
-    admin = new S3Client({ endpoint, region, forcePathStyle: true, credentials: minio });
+    ({ s3, release } = await s3ForSuite());
+    const { endpoint, region } = s3;
+    admin = new S3Client({ endpoint, region, forcePathStyle: true, credentials: s3 });
   });
   afterAll(async () => {
     admin?.destroy();
     await release?.();
   });
   beforeEach(async () => {
-    config = { ...minio, bucket: freshBucketName(), expireAfterDays: 30 };
+    config = { ...s3, bucket: freshBucketName(), expireAfterDays: 30 };
     store = new S3BlobStore(config);
     await store.init();
   });

@@ -24,7 +24,7 @@ type SignUploadInput = Parameters<BlobStore["signUpload"]>[0];
 type SignDownloadInput = Parameters<BlobStore["signDownload"]>[0];
 
 export interface S3BlobStoreConfig {
-  /** Unset for AWS itself. When set (MinIO and most other S3-compatible stores) requests use path-style addressing. */
+  /** Unset for AWS itself. When set (SeaweedFS and most S3-compatible stores) requests use path-style addressing. */
   endpoint?: string;
   bucket: string;
   region: string;
@@ -39,8 +39,9 @@ export const RETENTION_RULE_ID = "palaver-retention";
 
 /**
  * Headers a pre-signed PUT signs and the client must send as headers. The SDK would hoist x-amz-* headers into the
- * query string, where the store no longer checks the body against them. The checksum algorithm is pinned too: MinIO
- * honours an unsigned `x-amz-sdk-checksum-algorithm` naming another algorithm, whose checksum the client would choose.
+ * query string, where the store no longer checks the body against them. The checksum algorithm is pinned too: some
+ * stores honour an unsigned `x-amz-sdk-checksum-algorithm` naming another algorithm, whose checksum the client would
+ * choose.
  * A signed Content-Length makes a body of another length fail the signature.
  */
 const PINNED_UPLOAD_HEADERS = new Set([
@@ -52,7 +53,7 @@ const PINNED_UPLOAD_HEADERS = new Set([
 
 const DELETE_BATCH = 1000; // DeleteObjects' limit per request
 
-/** Media in an S3 bucket (AWS, MinIO, …); clients move the bytes with pre-signed URLs. */
+/** Media in an S3 bucket (AWS, SeaweedFS, …); clients move the bytes with pre-signed URLs. */
 export class S3BlobStore implements BlobStore {
   private readonly client: S3Client;
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Brings what the test suites drive that `npm ci` does not install; npm runs it before `npm test` and
+# `npm run test:cluster` (pretest scripts). Go-built tools go into the tools cache (scripts/tools.sh); Debian packages
+# are installed when running as root with apt-get. Anything it cannot bring stops the run at once, naming the command
+# that fixes it: a suite is never skipped for want of a tool.
+# Usage: bash scripts/test-prereqs.sh [cluster]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing() {
+  echo "the tests need $1; $2" >&2
+  exit 1
+}
+
+major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$major" -ge 24 ] || missing "Node 24 or later (this is $(node --version))" "run 'npm ci', which installs it into node_modules/.bin"
+command -v go >/dev/null || missing "Go 1.26 or later (for the S3 server and the Go client)" "install it from https://go.dev/dl/"
+
+# The Redis contract tests (and the cluster suite) use the machine's Redis.
+redis_ok() {
+  local hostport=${REDIS_URL:-redis://127.0.0.1:6379}
+  hostport=${hostport#*://}
+  hostport=${hostport##*@}
+  hostport=${hostport%%/*}
+  local reply=""
+  exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}" 2>/dev/null || return 1
+  printf 'PING\r\n' >&3
+  read -r -t 3 reply <&3 || true
+  exec 3>&-
+  [[ $reply == +PONG* || $reply == -NOAUTH* ]]
+}
+redis_ok || missing "a Redis at ${REDIS_URL:-redis://127.0.0.1:6379}" \
+  "start one with 'redis-server --daemonize yes --save \"\"' (Debian: apt-get install redis-server), or set REDIS_URL"
+
+bash scripts/tools.sh weed >/dev/null
+
+packages=()
+[ -n "${CHROMIUM_PATH:-}" ] || [ -x /usr/bin/chromium ] || packages+=(chromium)
+if [ "${1:-}" = cluster ]; then
+  command -v haproxy >/dev/null || packages+=(haproxy)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${packages[*]} from Debian's packages" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+  else
+    missing "${packages[*]}" "run 'sudo apt-get install -y ${packages[*]}' (or set CHROMIUM_PATH to a Chromium)"
+  fi
+fi
