@@ -23,7 +23,8 @@ redis_ok() {
   hostport=${hostport##*@}
   hostport=${hostport%%/*}
   local reply=""
-  exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}" 2>/dev/null || return 1
+  # (An exec with only redirections keeps them for the whole script: the braces scope the 2>/dev/null to this one.)
+  { exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}"; } 2>/dev/null || return 1
   printf 'PING\r\n' >&3
   read -r -t 3 reply <&3 || true
   exec 3>&-
