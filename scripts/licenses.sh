@@ -2,7 +2,8 @@
 # Licence gate, run by CI: fails, naming each package and its licence, when an npm package in package-lock.json or a Go
 # module used by our Go code or by the Go tools we build is not under a permissive licence, or has none we can read.
 # Usage: bash scripts/licenses.sh   (after npm ci; builds its Go checker with scripts/tools.sh when missing)
-# Packages whose metadata lacks a readable licence are settled by hand, per exact version, in scripts/licenses.clarify.json.
+# Packages whose metadata lacks a readable licence are settled by hand, per exact version, in
+# scripts/licenses.clarify.json.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
