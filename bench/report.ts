@@ -1,205 +1,559 @@
 /**
- * Renders bench/results/report.md from the latest result of each scenario, with bench/results/latency.svg: delivery
- * latency percentiles (p50, p95, p99) against the send rate, drawn by hand (no chart library).
+ * The shape of bench/results/<date>-<scenario>.json and the rendering of bench/results/report.md from the newest run's
+ * files, with two charts drawn by hand (no chart library): latency.svg (delivery latency p50/p99/p99.9 against the send
+ * rate) and cpu.svg (CPU per delivery of the server, Postgres and the load generator against the send rate).
+ *
+ *   npx tsx bench/run.ts --report-only [--out DIR]     re-renders DIR's report from its files
  */
-import { writeFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { LatencyPoint, ScenarioResult } from "./run.js";
+import type { CeilingResult } from "./pg-ceiling.js";
+
+// ---------------------------------------------------------------------------------------------------------------
+// The load generator's result (bench/loadgen/README.md: one per process, `loadgen merge` writes the same shape)
+
+export interface Latency {
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  max: number;
+  count: number;
+  /** The HDR histogram, base64 (kept so that results can be merged again). */
+  hdr?: string;
+}
+
+/** Watched processes, as the loadgen names them. */
+export type Watched = "server" | "postgres" | "redis" | "loadgen";
+
+export interface LoadgenPoint {
+  tag: string;
+  rate: number;
+  seconds: number;
+  /** /proc/loadavg's 1-minute figure when the step began (shard 0's; null for a step that never began). */
+  loadAvg1: number | null;
+  /** Not in the README's contract, written by the loadgen: sending stopped before this step (ramp). */
+  skipped?: boolean;
+  sendsDue: number;
+  sendsOk: number;
+  sendErrors: Record<string, number>;
+  deliveriesExpected: number;
+  deliveriesReceived: number;
+  duplicates: number;
+  deliveryLatency: Latency;
+  sendLatency: Latency;
+  cpuSeconds: Partial<Record<Watched, number>>;
+  cpuMicrosPerDelivery: Partial<Record<Watched, number>>;
+}
+
+export interface LoadgenResult {
+  scenario: string;
+  shards: number;
+  devices: number;
+  devicesPerConn: number;
+  points: LoadgenPoint[];
+  /** startedLateMs (beyond the README): how long after startAtMs the devices were all live (0: on time). */
+  connect?: { devices: number; secondsUntilAllLive: number; latency: Latency; failed: number; startedLateMs?: number };
+  drain?: { backlogEvents: number; secondsUntilAllDrained: number; eventsPerSecond: number };
+  /** Beyond the README: finalDrainFailed (devices that did not drain after the last reconnect), chatsUnchecked. */
+  churn?: {
+    reconnects: number;
+    lost: number;
+    duplicatesOnAStream: number;
+    redeliveredAfterReconnect: number;
+    finalDrainFailed?: number;
+    chatsUnchecked?: number;
+  };
+  memory?: { serverRssBeforeBytes: number; serverRssConnectedBytes: number; rssPerIdleDeviceBytes: number };
+  errors?: Record<string, number>;
+  loadgen?: { cpuSeconds: number; maxRssBytes: number };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One scenario's stored result (written by bench/run.ts)
+
+/** Marks the files of the Go load generator; the earlier load generator's files (2026-11-28/29) have none and are left out. */
+export const FORMAT = "loadgen-1";
+
+export interface Step {
+  tag: string;
+  rate: number;
+  seconds: number;
+}
+
+/** What the plan looked like, without its tokens. */
+export interface PlanShape {
+  groups: number;
+  groupUsers: number;
+  devicesPerUser: number;
+  devices: number;
+  senders: number;
+  recipientsPerSend: number;
+  /** connect: the devices were never seen by the server before they connect. */
+  newDevices: boolean;
+  /** drain: events stored for each device before it reconnects. */
+  backlogPerDevice?: number;
+  steps: Step[];
+  holdSeconds: number;
+  /** From writing the plan to its startAtMs: the time the devices have to connect. */
+  startDelaySeconds: number;
+  stopAboveP99Ms?: number;
+  inFlightPerSender: number;
+  ackDelayMs: number;
+  churn?: { everySeconds: number; fraction: number };
+  urls: number;
+}
+
+export interface ScenarioResult {
+  format: typeof FORMAT;
+  scenario: string;
+  profile: string;
+  /** When the scenario started (ISO). */
+  date: string;
+  backend: "pglite" | "postgres";
+  nodes: number;
+  shards: number;
+  devicesPerConn: number;
+  machine: { cpus: number; model: string };
+  shape: PlanShape;
+  /** /proc/loadavg (1, 5, 15 minutes) before the server started, and before the load generator started. */
+  loadAvgBefore: number[];
+  loadAvgBeforeLoadgen: number[];
+  setupSeconds: number;
+  fillSendsPerSecond?: number;
+  /** Wall time of the load generator processes. */
+  seconds: number;
+  /** CPU seconds over the whole loadgen run (connecting included), read by the runner from /proc. */
+  cpuSeconds: Partial<Record<Watched, number>>;
+  serverMaxRssBytes: number;
+  /** The server's own view (palaver_delivery_latency_seconds: stored to handed to the stream), bucket bounds. */
+  serverDeliveryP50Ms: number | null;
+  serverDeliveryP99Ms: number | null;
+  figures: Figures;
+  result: LoadgenResult;
+  pgCeiling?: CeilingResult;
+  notes: string[];
+  /** What makes the run fail: a lost message, a broken script or server. */
+  problems: string[];
+}
+
+/** Figures derived from the loadgen's result (also stored, for comparing runs by eye). */
+export interface Figures {
+  /** steady, groups100, churn: the tag of the measured step (the warm-up left out). */
+  measuredTag?: string;
+  /** ramp: highest step with p99 < 500 ms, nothing lost and the sends keeping up; 0 when none held. */
+  kneeSendsPerSecond?: number;
+  highestStepSent?: number;
+  pgCeilingSendsPerSecond?: number;
+  kneeShareOfPgCeiling?: number;
+}
+
+export const KNEE_P99_MS = 500;
+/** A step's sends "keep up" when this share of what the plan asked for came back stored. */
+export const KEEP_UP = 0.95;
+
+/** The points that sent something (a ramp that stopped early leaves its later steps empty). */
+export function sentPoints(r: ScenarioResult): LoadgenPoint[] {
+  return r.result.points.filter((p) => !p.skipped && (p.sendsDue > 0 || p.sendsOk > 0));
+}
+
+/** Whether a step held: p99 under the knee limit, every expected delivery received, sends keeping up. */
+export function held(p: LoadgenPoint): boolean {
+  return (
+    p.deliveryLatency.count > 0 &&
+    p.deliveryLatency.p99 < KNEE_P99_MS &&
+    p.deliveriesReceived >= p.deliveriesExpected &&
+    p.sendsOk >= KEEP_UP * p.rate * p.seconds
+  );
+}
+
+export function kneeOf(r: ScenarioResult): { knee: number; point: LoadgenPoint | undefined } {
+  const points = sentPoints(r).filter((p) => p.tag !== "warmup");
+  const failed = points.findIndex((p) => !held(p));
+  const ok = failed < 0 ? points : points.slice(0, failed);
+  const point = ok.at(-1);
+  return { knee: point?.rate ?? 0, point };
+}
+
+/** The step steady, groups100 and churn are judged by: the last one that is not warm-up. */
+export function measuredPoint(r: ScenarioResult): LoadgenPoint | undefined {
+  return sentPoints(r)
+    .filter((p) => p.tag !== "warmup")
+    .at(-1);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading a results directory
+
+const FILE = /^(\d{4}-\d{2}-\d{2})-([a-z0-9]+)\.json$/;
+
+/** The newest date's loadgen-format results in `dir` (one file per scenario), in the runner's scenario order. */
+export async function newestRun(dir: string, order: readonly string[]): Promise<ScenarioResult[]> {
+  const results: { day: string; result: ScenarioResult }[] = [];
+  for (const file of (await readdir(dir)).sort()) {
+    const m = FILE.exec(file);
+    if (!m) continue;
+    const result = JSON.parse(await readFile(join(dir, file), "utf8")) as Partial<ScenarioResult>;
+    if (result.format === FORMAT) results.push({ day: m[1]!, result: result as ScenarioResult });
+  }
+  const newest = results.map((r) => r.day).sort().at(-1);
+  const rank = (s: string) => (order.includes(s) ? order.indexOf(s) : order.length);
+  return results
+    .filter((r) => r.day === newest)
+    .map((r) => r.result)
+    .sort((a, b) => rank(a.scenario) - rank(b.scenario));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// report.md
+
+const ms = (v: number | undefined) => (v === undefined ? "-" : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+const int = (v: number | undefined) => (v === undefined ? "-" : Math.round(v).toLocaleString("en-US"));
+const kib = (bytes: number | undefined) => (bytes === undefined ? "-" : `${(bytes / 1024).toFixed(1)} KiB`);
+const mib = (bytes: number | undefined) => (bytes === undefined ? "-" : `${(bytes / 2 ** 20).toFixed(0)} MiB`);
+const codes = (errors: Record<string, number> | undefined) => {
+  const listed = Object.entries(errors ?? {}).filter(([, n]) => n > 0);
+  return listed.length === 0 ? "none" : listed.map(([code, n]) => `${code} ${n}`).join(", ");
+};
+const micros = (p: LoadgenPoint, who: Watched) => {
+  const v = p.cpuMicrosPerDelivery[who];
+  return v === undefined || (v === 0 && who !== "server") ? "-" : v.toFixed(0);
+};
 
 export async function renderReport(dir: string, results: ScenarioResult[]): Promise<void> {
   const by = new Map(results.map((r) => [r.scenario, r]));
-  // The ceiling measured in the same run as the ramp, the one its knee is a share of.
-  const ceiling = (by.get("ramp") ?? results.find((r) => r.pgCeiling))?.pgCeiling;
-  const lines: string[] = [];
-  lines.push("# Palaver benchmark report", "");
+  const first = results[0];
+  const lines: string[] = ["# Palaver benchmark report", ""];
+  if (!first) {
+    lines.push("No results of the Go load generator in this directory yet: run `npm run bench`.", "");
+    await writeFile(join(dir, "report.md"), `${lines.join("\n")}\n`);
+    return;
+  }
+  const ramp = by.get("ramp");
+  const ceiling = ramp?.pgCeiling ?? results.find((r) => r.pgCeiling)?.pgCeiling;
+  const setups = [...new Set(results.map((r) => `${r.profile} profile, ${r.backend}, ${r.nodes} node${r.nodes > 1 ? "s" : ""}, ${r.shards} loadgen process${r.shards > 1 ? "es" : ""}, ${r.devicesPerConn} device${r.devicesPerConn > 1 ? "s" : ""} per HTTP/2 connection`))];
   lines.push(
-    "Generated by `npm run bench` (bench/run.ts) from the latest `bench/results/<date>-<scenario>.json` of each scenario. " +
-      "k6 and the server share one 2-core machine with Postgres, so k6's own CPU is part of every figure; " +
-      "other work on the machine makes the numbers noisy.",
+    `Generated by \`npm run bench\` (bench/run.ts) from the ${first.date.slice(0, 10)} results in this directory ` +
+      `(\`<date>-<scenario>.json\`, the newest date's), measured with our Go load generator (bench/loadgen): ${setups.join("; ")}; ` +
+      `${first.machine.cpus} CPUs (${first.machine.model}). The load generator, the server and the database share the machine, ` +
+      "so the load generator's CPU (shown) is taken from the same cores, and other work on the machine makes figures noisy: " +
+      "each point carries the load average when it began.",
     "",
   );
 
-  lines.push("## Targets", "");
-  lines.push("| target | goal | measured | run | met |", "| --- | --- | --- | --- | --- |");
-  const steady = by.get("steady");
-  const ramp = by.get("ramp");
-  const drain = by.get("drain");
-  const conns = by.get("connections");
-  const fig = (r: ScenarioResult | undefined, key: string) => (r ? r.figures[key] : undefined);
-  const num = (v: unknown) => (typeof v === "number" ? v : null);
-  const row = (what: string, goal: string, value: number | null, shown: string, ok: boolean | null, r?: ScenarioResult) =>
-    lines.push(`| ${what} | ${goal} | ${value === null ? "-" : shown} | ${r ? `${r.profile}, ${r.backend}` : "-"} | ${ok === null ? "-" : ok ? "yes" : "no"} |`);
-  const p99 = num(fig(steady, "deliveryP99Ms"));
-  row(
-    "p99 delivery, steady",
-    "≤ 50 ms at 1,000 sends/s, 10,000 devices",
-    p99,
-    `${p99?.toFixed(1)} ms at ${fig(steady, "targetSendsPerSecond")} sends/s, ${fig(steady, "devices")} devices`,
-    p99 === null ? null : p99 <= 50 && num(fig(steady, "targetSendsPerSecond"))! >= 1000 && num(fig(steady, "devices"))! >= 10_000,
-    steady,
-  );
-  const share = num(fig(ramp, "kneeShareOfPgCeiling"));
-  row(
-    "knee / Postgres ceiling",
-    "≥ 25 %",
-    share,
-    `${fig(ramp, "kneeSendsPerSecond")} / ${fig(ramp, "pgCeilingSendsPerSecond")} sends/s = ${((share ?? 0) * 100).toFixed(1)} %`,
-    share === null ? null : share >= 0.25,
-    ramp,
-  );
-  const perDevice = num(fig(conns, "bytesPerDevice"));
-  row(
-    "memory per idle device",
-    "≤ 20 KB",
-    perDevice,
-    `${((perDevice ?? 0) / 1024).toFixed(1)} KiB (${fig(conns, "devices")} devices)`,
-    perDevice === null ? null : perDevice <= 20 * 1024,
-    conns,
-  );
-  const drained = num(fig(drain, "drainEventsPerSecond"));
-  row(
-    "drain",
-    "≥ 50,000 events/s",
-    drained,
-    `${drained} events/s (${fig(drain, "backlogEvents")} events, ${fig(drain, "devices")} devices)`,
-    drained === null ? null : drained >= 50_000,
-    drain,
-  );
-  lines.push("");
+  targets(lines, by);
 
   if (ceiling) {
+    const { knee } = ramp ? kneeOf(ramp) : { knee: 0 };
     lines.push(
       "## Postgres ceiling",
       "",
       `bench/pg-ceiling.ts, same run: ${ceiling.writers} writers, ${ceiling.batch} messages per transaction, ${ceiling.recipients} inbox rows each, ${ceiling.seconds} s: ` +
-        `**${ceiling.sendsPerSecond} sends/s** (${ceiling.inboxRowsPerSecond} inbox rows/s; batch commit p50 ${ceiling.batchMsP50} ms, max ${ceiling.batchMsMax} ms).`,
+        `**${int(ceiling.sendsPerSecond)} sends/s** (${int(ceiling.inboxRowsPerSecond)} inbox rows/s; batch commit p50 ${ceiling.batchMsP50} ms, max ${ceiling.batchMsMax} ms)` +
+        (ramp ? `; the ramp's knee, ${int(knee)} sends/s, is ${((knee / ceiling.sendsPerSecond) * 100).toFixed(1)} % of it.` : "."),
       "",
     );
   }
 
-  lines.push("## Delivery latency against send rate", "", "![delivery latency against send rate](latency.svg)", "");
   lines.push(
-    "Ramp steps (and the steady and groups100 rates) on the x axis; each message's latency counts against the rate it was sent at.",
+    "## Delivery latency against send rate",
+    "",
+    "![delivery latency against send rate](latency.svg)",
+    "",
+    "Ramp steps (circles) and the steady rate (squares). Latency runs from each message's due time on the send clock to its arrival on a recipient's stream, and counts against the step that sent it.",
+    "",
+    "## CPU per delivery against send rate",
+    "",
+    "![CPU per delivery against send rate](cpu.svg)",
+    "",
+    `CPU seconds of each watched process during the step, per delivery received.${results.some((r) => r.backend === "pglite") ? " On PGlite the database runs inside the server process, so its CPU is in the server's." : ""}`,
     "",
   );
 
   lines.push("## Scenarios", "");
-  for (const r of results) {
-    lines.push(`### ${r.scenario}`, "");
-    lines.push(
-      `${r.profile} profile, ${r.backend}${r.nodes > 1 ? `, ${r.nodes} nodes` : ""}, ${r.date}; k6 ran ${r.seconds} s (exit ${r.k6ExitCode}); ` +
-        `server CPU ${r.serverCpuSeconds} s, k6 CPU ${r.k6CpuSeconds} s, server max RSS ${(r.serverMaxRssBytes / 2 ** 20).toFixed(0)} MiB.`,
-      "",
-    );
-    lines.push("| figure | value |", "| --- | --- |");
-    for (const [key, value] of Object.entries(r.figures)) lines.push(`| ${key} | ${format(value)} |`);
-    if (r.points.length > 0) {
-      lines.push("", "| send rate (/s) | achieved (/s) | p50 ms | p95 ms | p99 ms | max ms |", "| --- | --- | --- | --- | --- | --- |");
-      for (const p of r.points.filter((point) => point.achievedSendsPerSecond !== 0 && point.p99 > 0)) {
-        lines.push(`| ${p.rate} | ${p.achievedSendsPerSecond ?? "-"} | ${p.p50.toFixed(1)} | ${p.p95.toFixed(1)} | ${p.p99.toFixed(1)} | ${p.max.toFixed(0)} |`);
-      }
-    }
-    for (const note of r.notes) lines.push("", `Note: ${note}.`);
-    lines.push("");
-  }
+  for (const r of results) scenarioSection(lines, r);
 
   await writeFile(join(dir, "report.md"), `${lines.join("\n")}\n`);
   await writeFile(join(dir, "latency.svg"), latencyChart(results));
+  await writeFile(join(dir, "cpu.svg"), cpuChart(results));
 }
 
-function format(value: unknown): string {
-  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(3);
-  return value === null || value === undefined ? "-" : String(value);
+/** The targets of the performance issue (#15), each against the figure of this run that measures it. */
+function targets(lines: string[], by: Map<string, ScenarioResult>): void {
+  const run = (r: ScenarioResult | undefined) => (r ? `${r.profile}, ${r.backend}, ${r.shape.devices.toLocaleString("en-US")} devices` : "not run");
+  // "met" only when the run had the issue's size; a smaller run shows its figure and leaves the verdict out.
+  const verdict = (sized: boolean, ok: boolean | undefined) => (ok === undefined ? "-" : !sized ? "- (smaller run)" : ok ? "yes" : "no");
+  lines.push("## Targets of the performance issue", "");
+  lines.push("| target | goal | measured | run | met |", "| --- | --- | --- | --- | --- |");
+  const row = (what: string, goal: string, shown: string, r: ScenarioResult | undefined, sized: boolean, ok: boolean | undefined) =>
+    lines.push(`| ${what} | ${goal} | ${r ? shown : "-"} | ${run(r)} | ${r ? verdict(sized, ok) : "-"} |`);
+
+  const steady = by.get("steady");
+  const sp = steady && measuredPoint(steady);
+  if (sp && steady!.shape.devices <= 2_000) {
+    row("2,000 devices, 250 msgs/s: p50 / p99", "(issue: 100 / 258 ms today)", `${ms(sp.deliveryLatency.p50)} / ${ms(sp.deliveryLatency.p99)} ms at ${sp.rate} msgs/s, ${((sp.cpuMicrosPerDelivery.server ?? 0) + (sp.cpuMicrosPerDelivery.postgres ?? 0)).toFixed(0)} µs CPU per delivery`, steady, steady!.shape.devices === 2_000 && sp.rate === 250, undefined);
+  }
+  const ramp = by.get("ramp");
+  const { knee, point: kp } = ramp ? kneeOf(ramp) : { knee: 0, point: undefined };
+  const tenK = (r: ScenarioResult | undefined) => (r?.shape.devices ?? 0) >= 10_000;
+  row("knee: highest rate with p99 < 500 ms, nothing lost", "≥ 1,000 msgs/s into 10,000 devices", `${int(knee)} msgs/s${kp ? ` (p99 ${ms(kp.deliveryLatency.p99)} ms)` : ""}`, ramp, tenK(ramp), knee >= 1000);
+  row("p99 at 1,000 msgs/s", "≤ 250 ms, 10,000 devices", sp ? `${ms(sp.deliveryLatency.p99)} ms at ${sp.rate} msgs/s` : "-", steady, tenK(steady) && sp?.rate === 1000, sp && sp.deliveryLatency.p99 <= 250);
+  const cpu = (p: LoadgenPoint | undefined) => (p ? (p.cpuMicrosPerDelivery.server ?? 0) + (p.cpuMicrosPerDelivery.postgres ?? 0) : undefined);
+  row("server + Postgres CPU per delivery", "≤ 100 µs at 1,000 msgs/s", sp ? `${cpu(sp)!.toFixed(0)} µs at ${sp.rate} msgs/s (steady)` : "-", steady, tenK(steady) && sp?.rate === 1000 && steady!.backend === "postgres", sp && cpu(sp)! <= 100);
+  row("server + Postgres CPU per delivery at the knee", "(reported)", kp ? `${cpu(kp)!.toFixed(0)} µs at ${kp.rate} msgs/s (ramp)` : "-", ramp, tenK(ramp), undefined);
+  const connect = by.get("connect");
+  const c = connect?.result.connect;
+  row("connecting new devices", "10,000 in ≤ 15 s", c ? `${c.secondsUntilAllLive.toFixed(1)} s for ${int(c.devices)} (${c.failed} failed)` : "-", connect, tenK(connect), c && c.secondsUntilAllLive <= 15 && c.failed === 0);
+  const conns = by.get("connections");
+  const known = conns?.result.connect;
+  row("reconnecting registered devices", "as fast as Centrifugo's 10 s for 10,000", known ? `${known.secondsUntilAllLive.toFixed(1)} s for ${int(known.devices)}` : "-", conns, tenK(conns), known && known.secondsUntilAllLive <= 10);
+  const mem = conns?.result.memory;
+  row("memory per idle device connection", "≤ 30 KiB", mem ? kib(mem.rssPerIdleDeviceBytes) : "-", conns, tenK(conns), mem && mem.rssPerIdleDeviceBytes <= 30 * 1024);
+  const drain = by.get("drain");
+  const d = drain?.result.drain;
+  row("drain", "≥ 100,000 events/s (5,000 devices × 100 events)", d ? `${int(d.eventsPerSecond)} events/s (${int(d.backlogEvents)} events)` : "-", drain, (drain?.shape.devices ?? 0) >= 5_000 && (drain?.shape.backlogPerDevice ?? 0) >= 100, d && d.eventsPerSecond >= 100_000);
+  const share = ramp?.figures.kneeShareOfPgCeiling;
+  row("knee / Postgres ceiling", "reported (7–10 % in earlier runs)", share === undefined ? "- (PGlite: no ceiling)" : `${(share * 100).toFixed(1)} % of ${int(ramp!.figures.pgCeilingSendsPerSecond)} sends/s`, ramp, true, undefined);
+  lines.push("");
 }
 
-/** Log-log chart of p50/p95/p99 delivery latency against send rate, with the 500 ms line and the knee marked. */
-export function latencyChart(results: ScenarioResult[]): string {
-  const series: { name: string; points: LatencyPoint[]; dash: string }[] = [];
-  for (const r of results) {
-    // Steps the test never reached carry no samples.
-    const points = r.points.filter((p) => p.achievedSendsPerSecond !== 0 && p.p99 > 0);
-    if (points.length > 0 && (r.scenario === "ramp" || r.scenario === "steady" || r.scenario === "groups100")) {
-      series.push({ name: r.scenario, points: points.sort((a, b) => a.rate - b.rate), dash: r.scenario === "ramp" ? "" : "4 3" });
+function scenarioSection(lines: string[], r: ScenarioResult): void {
+  const s = r.shape;
+  const res = r.result;
+  lines.push(`### ${r.scenario}`, "");
+  const what =
+    `${int(s.devices)} devices (${s.groups} groups of ${s.groupUsers} user${s.groupUsers > 1 ? "s" : ""} × ${s.devicesPerUser} device${s.devicesPerUser > 1 ? "s" : ""}` +
+    `${s.newDevices ? ", never seen by the server before" : ""}), ${s.senders} sending, ${s.recipientsPerSend} recipients per send` +
+    (s.backlogPerDevice ? `, ${s.backlogPerDevice} stored events each` : "") +
+    (s.churn ? `, ${(s.churn.fraction * 100).toFixed(0)} % of the devices dropping and reconnecting every ${s.churn.everySeconds} s` : "");
+  lines.push(
+    `${r.profile} profile, ${r.backend}${r.nodes > 1 ? `, ${r.nodes} nodes` : ""}, ${r.date}. ${what}. ` +
+      `Load generator: ${r.seconds} s, ${r.shards} process${r.shards > 1 ? "es" : ""}, ${r.devicesPerConn} device${r.devicesPerConn > 1 ? "s" : ""} per connection. ` +
+      `Load average before: ${r.loadAvgBefore.join(" / ")}.`,
+    "",
+  );
+  const points = sentPoints(r);
+  if (points.length > 0) {
+    lines.push(
+      "| step | rate /s | s | sends due / ok | delivery p50 / p90 / p99 / p99.9 / max ms | send p50 / p99 / max ms | deliveries expected / received | dup | send errors | CPU µs/delivery server / pg / redis / loadgen | load avg |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    );
+    for (const p of points) {
+      const d = p.deliveryLatency;
+      const sl = p.sendLatency;
+      const mark = r.scenario === "ramp" && p.tag !== "warmup" && !held(p) ? " ✗" : "";
+      lines.push(
+        `| ${p.tag}${mark} | ${int(p.rate)} | ${p.seconds} | ${int(p.sendsDue)} / ${int(p.sendsOk)} | ${ms(d.p50)} / ${ms(d.p90)} / ${ms(d.p99)} / ${ms(d.p999)} / ${ms(d.max)} | ` +
+          `${ms(sl.p50)} / ${ms(sl.p99)} / ${ms(sl.max)} | ${int(p.deliveriesExpected)} / ${int(p.deliveriesReceived)} | ${p.duplicates} | ${codes(p.sendErrors)} | ` +
+          `${micros(p, "server")} / ${micros(p, "postgres")} / ${micros(p, "redis")} / ${micros(p, "loadgen")} | ${p.loadAvg1 === null || p.loadAvg1 < 0 ? "-" : p.loadAvg1.toFixed(2)} |`,
+      );
+    }
+    lines.push("");
+  }
+  const figures: [string, string][] = [];
+  if (r.scenario === "ramp") {
+    const { knee } = kneeOf(r);
+    figures.push(["knee (highest step with p99 < 500 ms, nothing lost, sends keeping up)", `${int(knee)} sends/s`]);
+    if (r.figures.pgCeilingSendsPerSecond) {
+      figures.push(["Postgres ceiling, same run", `${int(r.figures.pgCeilingSendsPerSecond)} sends/s (knee = ${((r.figures.kneeShareOfPgCeiling ?? 0) * 100).toFixed(1)} %)`]);
     }
   }
+  if (res.connect) {
+    const c = res.connect;
+    figures.push(["connect: all live after", `${c.secondsUntilAllLive.toFixed(2)} s (${int(c.devices)} devices, ${c.failed} failed; per device p50 ${ms(c.latency.p50)} ms, p99 ${ms(c.latency.p99)} ms, max ${ms(c.latency.max)} ms)`]);
+  }
+  if (res.drain && r.scenario === "drain") {
+    figures.push(["drain", `${int(res.drain.eventsPerSecond)} events/s: ${int(res.drain.backlogEvents)} of ${int(s.devices * (s.backlogPerDevice ?? 0))} stored events in ${res.drain.secondsUntilAllDrained.toFixed(2)} s`]);
+    if (r.fillSendsPerSecond) figures.push(["backlog fill (unary SendMessage)", `${int(r.fillSendsPerSecond)} sends/s`]);
+  }
+  if (res.churn) {
+    const c = res.churn;
+    figures.push(["churn", `${int(c.reconnects)} reconnects, lost ${c.lost}, duplicates on one stream ${c.duplicatesOnAStream}, redelivered after a reconnect ${int(c.redeliveredAfterReconnect)}`]);
+  }
+  if (res.memory && r.scenario === "connections") {
+    const m = res.memory;
+    figures.push(["server RSS before / all connected", `${mib(m.serverRssBeforeBytes)} / ${mib(m.serverRssConnectedBytes)}: ${kib(m.rssPerIdleDeviceBytes)} per idle device`]);
+  }
+  figures.push(["server max RSS", mib(r.serverMaxRssBytes)]);
+  const cpu = Object.entries(r.cpuSeconds).filter(([, v]) => v !== undefined && v > 0);
+  if (cpu.length > 0) figures.push(["CPU seconds over the run (connecting included)", cpu.map(([k, v]) => `${k} ${v!.toFixed(1)}`).join(", ")]);
+  if (res.loadgen) figures.push(["load generator", `${res.loadgen.cpuSeconds.toFixed(1)} CPU s, max RSS ${mib(res.loadgen.maxRssBytes)}`]);
+  if (r.serverDeliveryP99Ms !== null) figures.push(["server's own delivery latency p50 / p99 (histogram bucket bounds)", `${r.serverDeliveryP50Ms} / ${r.serverDeliveryP99Ms} ms`]);
+  figures.push(["stream and ack errors", codes(res.errors)]);
+  lines.push("| figure | value |", "| --- | --- |");
+  for (const [k, v] of figures) lines.push(`| ${k} | ${v} |`);
+  for (const note of r.notes) lines.push("", `Note: ${note}.`);
+  for (const problem of r.problems) lines.push("", `**Problem: ${problem}.**`);
+  lines.push("");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Charts
+
+interface Series {
+  name: string;
+  color: string;
+  /** Ramp: circles joined by a solid line; a single rate: squares. */
+  marker: "circle" | "square";
+  points: { x: number; y: number }[];
+}
+
+interface Chart {
+  title: string;
+  xLabel: string;
+  yLabel: string;
+  yTick: (v: number) => string;
+  series: Series[];
+  hLines: { y: number; label: string; color: string }[];
+  vLines: { x: number; label: string; color: string; dash?: string }[];
+}
+
+/** The points of the chart's x axis: ramp steps that sent, and the steady rate. */
+function ratePoints(results: ScenarioResult[]): { ramp: LoadgenPoint[]; steady: LoadgenPoint[] } {
+  const ramp = results.find((r) => r.scenario === "ramp");
+  const steady = results.find((r) => r.scenario === "steady");
+  const steadyPoint = steady && measuredPoint(steady);
+  return {
+    ramp: ramp ? sentPoints(ramp).filter((p) => p.tag !== "warmup" && p.deliveryLatency.count > 0) : [],
+    steady: steadyPoint && steadyPoint.deliveryLatency.count > 0 ? [steadyPoint] : [],
+  };
+}
+
+function kneeLines(results: ScenarioResult[]): Chart["vLines"] {
+  const ramp = results.find((r) => r.scenario === "ramp");
+  const out: Chart["vLines"] = [];
+  const knee = ramp ? kneeOf(ramp).knee : 0;
+  if (knee > 0) out.push({ x: knee, label: `knee ${knee}/s`, color: "#c0392b" });
+  const ceiling = ramp?.pgCeiling?.sendsPerSecond;
+  if (ceiling) out.push({ x: ceiling, label: `Postgres alone ${ceiling}/s`, color: "#555", dash: "2 3" });
+  return out;
+}
+
+export function latencyChart(results: ScenarioResult[]): string {
+  const { ramp, steady } = ratePoints(results);
+  const keys = [
+    ["p50", "#2e86de"],
+    ["p99", "#8e44ad"],
+    ["p999", "#e67e22"],
+  ] as const;
+  const series: Series[] = [];
+  for (const [key, color] of keys) {
+    const label = key === "p999" ? "p99.9" : key;
+    if (ramp.length > 0) series.push({ name: `ramp ${label}`, color, marker: "circle", points: ramp.map((p) => ({ x: p.rate, y: p.deliveryLatency[key] })) });
+    if (steady.length > 0) series.push({ name: `steady ${label}`, color, marker: "square", points: steady.map((p) => ({ x: p.rate, y: p.deliveryLatency[key] })) });
+  }
+  return logChart({
+    title: "Delivery latency against send rate",
+    xLabel: "messages sent per second (log)",
+    yLabel: "delivery latency from due time (log)",
+    yTick: (v) => (v >= 1000 ? `${v / 1000} s` : `${v} ms`),
+    series,
+    hLines: [
+      { y: 500, label: "500 ms (knee limit)", color: "#c0392b" },
+      { y: 250, label: "250 ms target at 1,000/s", color: "#27ae60" },
+    ],
+    vLines: kneeLines(results),
+  });
+}
+
+export function cpuChart(results: ScenarioResult[]): string {
+  const { ramp, steady } = ratePoints(results);
+  const who = [
+    ["server", "#2e86de"],
+    ["postgres", "#27ae60"],
+    ["redis", "#c0392b"],
+    ["loadgen", "#7f8c8d"],
+  ] as const;
+  const series: Series[] = [];
+  for (const [key, color] of who) {
+    // Zero is "not watched" (PGlite has no Postgres process; one node has no Redis), and a log axis has no zero.
+    const pts = (list: LoadgenPoint[]) => list.map((p) => ({ x: p.rate, y: p.cpuMicrosPerDelivery[key] ?? 0 })).filter((p) => p.y > 0);
+    if (pts(ramp).length > 0) series.push({ name: `ramp ${key}`, color, marker: "circle", points: pts(ramp) });
+    if (pts(steady).length > 0) series.push({ name: `steady ${key}`, color, marker: "square", points: pts(steady) });
+  }
+  return logChart({
+    title: "CPU per delivery against send rate",
+    xLabel: "messages sent per second (log)",
+    yLabel: "CPU µs per delivery (log)",
+    yTick: (v) => (v >= 1000 ? `${v / 1000} ms` : `${v} µs`),
+    series,
+    hLines: [{ y: 100, label: "100 µs target (server + Postgres)", color: "#27ae60" }],
+    vLines: kneeLines(results),
+  });
+}
+
+/** A log-log chart: decades with 2 and 5 between, series as lines with markers, reference lines, a legend. */
+function logChart(c: Chart): string {
   const W = 760;
   const H = 420;
-  const M = { left: 70, right: 170, top: 40, bottom: 56 };
-  const all = series.flatMap((s) => s.points);
-  const rates = all.map((p) => p.rate);
-  const lats = all.flatMap((p) => [p.p50, p.p95, p.p99]).map((v) => Math.max(v, 0.5));
-  const xMin = Math.pow(10, Math.floor(Math.log10(Math.min(...rates, 10))));
-  const ramp = results.find((r) => r.scenario === "ramp");
-  const ceilingRate = ramp?.pgCeiling?.sendsPerSecond ?? 0;
-  const xMax = Math.pow(10, Math.ceil(Math.log10(Math.max(...rates, ceilingRate, 100))));
-  const yMin = Math.pow(10, Math.floor(Math.log10(Math.min(...lats, 1))));
-  const yMax = Math.pow(10, Math.ceil(Math.log10(Math.max(...lats, 1000))));
+  const M = { left: 70, right: 190, top: 40, bottom: 56 };
+  const xs = [...c.series.flatMap((s) => s.points.map((p) => p.x)), ...c.vLines.map((l) => l.x)];
+  const ys = c.series.flatMap((s) => s.points.map((p) => p.y)).filter((v) => v > 0);
+  const decade = (v: number, up: boolean) => Math.pow(10, (up ? Math.ceil : Math.floor)(Math.log10(v)));
+  const xMin = decade(Math.min(...xs, 10), false);
+  const xMax = decade(Math.max(...xs, 100), true);
+  const yAll = [...ys, ...c.hLines.map((l) => l.y)];
+  const yMin = decade(Math.min(...yAll), false);
+  const yMax = Math.max(decade(Math.max(...yAll), true), yMin * 10);
   const x = (v: number) => M.left + ((Math.log10(v) - Math.log10(xMin)) / (Math.log10(xMax) - Math.log10(xMin))) * (W - M.left - M.right);
   const y = (v: number) =>
     H - M.bottom - ((Math.log10(Math.max(v, yMin)) - Math.log10(yMin)) / (Math.log10(yMax) - Math.log10(yMin))) * (H - M.top - M.bottom);
+  const f = (v: number) => v.toFixed(1);
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
-  out.push(`<text x="${M.left}" y="22" font-size="15" font-weight="bold">Delivery latency against send rate</text>`);
-  // Grid and ticks: decades, with 2 and 5 between.
-  for (let d = xMin; d <= xMax; d *= 10) {
-    for (const m of [1, 2, 5]) {
-      const v = d * m;
-      if (v > xMax) break;
-      out.push(`<line x1="${x(v)}" y1="${M.top}" x2="${x(v)}" y2="${H - M.bottom}" stroke="#e5e5e5"/>`);
-      out.push(`<text x="${x(v)}" y="${H - M.bottom + 16}" text-anchor="middle">${v >= 1000 ? `${v / 1000}k` : v}</text>`);
-    }
+  out.push(`<text x="${M.left}" y="22" font-size="15" font-weight="bold">${escape(c.title)}</text>`);
+  const ticks = (lo: number, hi: number) => {
+    const list: number[] = [];
+    for (let d = lo; d <= hi; d *= 10) for (const m of [1, 2, 5]) if (d * m <= hi) list.push(d * m);
+    return list;
+  };
+  for (const v of ticks(xMin, xMax)) {
+    out.push(`<line x1="${f(x(v))}" y1="${M.top}" x2="${f(x(v))}" y2="${H - M.bottom}" stroke="#e5e5e5"/>`);
+    out.push(`<text x="${f(x(v))}" y="${H - M.bottom + 16}" text-anchor="middle">${v >= 1000 ? `${v / 1000}k` : v}</text>`);
   }
-  for (let d = yMin; d <= yMax; d *= 10) {
-    for (const m of [1, 2, 5]) {
-      const v = d * m;
-      if (v > yMax) break;
-      out.push(`<line x1="${M.left}" y1="${y(v)}" x2="${W - M.right}" y2="${y(v)}" stroke="#e5e5e5"/>`);
-      out.push(`<text x="${M.left - 6}" y="${y(v) + 4}" text-anchor="end">${v >= 1000 ? `${v / 1000} s` : `${v} ms`}</text>`);
-    }
+  for (const v of ticks(yMin, yMax)) {
+    out.push(`<line x1="${M.left}" y1="${f(y(v))}" x2="${W - M.right}" y2="${f(y(v))}" stroke="#e5e5e5"/>`);
+    out.push(`<text x="${M.left - 6}" y="${f(y(v) + 4)}" text-anchor="end">${escape(c.yTick(v))}</text>`);
   }
   out.push(`<rect x="${M.left}" y="${M.top}" width="${W - M.left - M.right}" height="${H - M.top - M.bottom}" fill="none" stroke="#888"/>`);
-  out.push(`<text x="${(M.left + W - M.right) / 2}" y="${H - 14}" text-anchor="middle">sends per second (log)</text>`);
-  out.push(`<text transform="translate(16 ${(M.top + H - M.bottom) / 2}) rotate(-90)" text-anchor="middle">delivery latency (log)</text>`);
-  // The 500 ms limit of the thresholds and the 50 ms target.
-  for (const [v, label, color] of [
-    [500, "500 ms (knee)", "#c0392b"],
-    [50, "50 ms target", "#27ae60"],
-  ] as const) {
-    if (v < yMin || v > yMax) continue;
-    out.push(`<line x1="${M.left}" y1="${y(v)}" x2="${W - M.right}" y2="${y(v)}" stroke="${color}" stroke-dasharray="6 4"/>`);
-    out.push(`<text x="${M.left + 4}" y="${y(v) - 4}" fill="${color}">${label}</text>`);
+  out.push(`<text x="${(M.left + W - M.right) / 2}" y="${H - 14}" text-anchor="middle">${escape(c.xLabel)}</text>`);
+  out.push(`<text transform="translate(16 ${(M.top + H - M.bottom) / 2}) rotate(-90)" text-anchor="middle">${escape(c.yLabel)}</text>`);
+  for (const l of c.hLines) {
+    if (l.y < yMin || l.y > yMax) continue;
+    out.push(`<line x1="${M.left}" y1="${f(y(l.y))}" x2="${W - M.right}" y2="${f(y(l.y))}" stroke="${l.color}" stroke-dasharray="6 4"/>`);
+    out.push(`<text x="${M.left + 4}" y="${f(y(l.y) - 4)}" fill="${l.color}">${escape(l.label)}</text>`);
   }
-  const colors = { p50: "#2e86de", p95: "#f39c12", p99: "#8e44ad" } as const;
+  for (const [i, l] of c.vLines.entries()) {
+    if (l.x < xMin || l.x > xMax) continue;
+    out.push(`<line x1="${f(x(l.x))}" y1="${M.top}" x2="${f(x(l.x))}" y2="${H - M.bottom}" stroke="${l.color}" stroke-width="1.5"${l.dash ? ` stroke-dasharray="${l.dash}"` : ""}/>`);
+    out.push(`<text x="${f(x(l.x) + 4)}" y="${H - M.bottom - 8 - i * 14}" fill="${l.color}">${escape(l.label)}</text>`);
+  }
+  if (c.series.length === 0) {
+    out.push(`<text x="${(M.left + W - M.right) / 2}" y="${(M.top + H - M.bottom) / 2}" text-anchor="middle" fill="#888">no ramp or steady points in this run</text>`);
+  }
   let legendY = M.top + 6;
-  for (const s of series) {
-    for (const key of ["p50", "p95", "p99"] as const) {
-      const pts = s.points.map((p) => `${x(p.rate).toFixed(1)},${y(p[key]).toFixed(1)}`);
-      if (pts.length > 1) {
-        out.push(`<polyline points="${pts.join(" ")}" fill="none" stroke="${colors[key]}" stroke-width="2" stroke-dasharray="${s.dash}"/>`);
-      }
-      for (const p of s.points) {
-        const shape =
-          s.name === "ramp"
-            ? `<circle cx="${x(p.rate).toFixed(1)}" cy="${y(p[key]).toFixed(1)}" r="3.5" fill="${colors[key]}"/>`
-            : `<rect x="${(x(p.rate) - 4).toFixed(1)}" y="${(y(p[key]) - 4).toFixed(1)}" width="8" height="8" fill="${colors[key]}"/>`;
-        out.push(shape);
-      }
-      out.push(`<line x1="${W - M.right + 12}" y1="${legendY}" x2="${W - M.right + 36}" y2="${legendY}" stroke="${colors[key]}" stroke-width="2" stroke-dasharray="${s.dash}"/>`);
-      out.push(`<text x="${W - M.right + 42}" y="${legendY + 4}">${s.name} ${key}</text>`);
-      legendY += 18;
+  for (const s of c.series) {
+    const pts = s.points.slice().sort((a, b) => a.x - b.x);
+    if (pts.length > 1) {
+      out.push(`<polyline points="${pts.map((p) => `${f(x(p.x))},${f(y(p.y))}`).join(" ")}" fill="none" stroke="${s.color}" stroke-width="2"/>`);
     }
-    legendY += 6;
-  }
-  const knee = ramp && typeof ramp.figures.kneeSendsPerSecond === "number" ? ramp.figures.kneeSendsPerSecond : 0;
-  if (knee > 0) {
-    out.push(`<line x1="${x(knee)}" y1="${M.top}" x2="${x(knee)}" y2="${H - M.bottom}" stroke="#c0392b" stroke-width="1.5"/>`);
-    out.push(`<text x="${x(knee) + 4}" y="${H - M.bottom - 8}" fill="#c0392b">knee ${knee}/s</text>`);
-  }
-  if (ceilingRate > 0 && ceilingRate <= xMax) {
-    out.push(`<line x1="${x(ceilingRate)}" y1="${M.top}" x2="${x(ceilingRate)}" y2="${H - M.bottom}" stroke="#555" stroke-dasharray="2 3"/>`);
-    out.push(`<text x="${x(ceilingRate) - 4}" y="${M.top + 14}" text-anchor="end" fill="#555">Postgres alone ${ceilingRate}/s</text>`);
+    for (const p of pts) out.push(marker(s, x(p.x), y(p.y)));
+    out.push(`<line x1="${W - M.right + 12}" y1="${legendY}" x2="${W - M.right + 36}" y2="${legendY}" stroke="${s.color}" stroke-width="2"/>`);
+    out.push(marker(s, W - M.right + 24, legendY));
+    out.push(`<text x="${W - M.right + 42}" y="${legendY + 4}">${escape(s.name)}</text>`);
+    legendY += 18;
   }
   out.push("</svg>");
   return `${out.join("\n")}\n`;
+}
+
+function marker(s: Series, cx: number, cy: number): string {
+  return s.marker === "circle"
+    ? `<circle cx="${cx.toFixed(1)}" cy="${cy.toFixed(1)}" r="3.5" fill="${s.color}"/>`
+    : `<rect x="${(cx - 4).toFixed(1)}" y="${(cy - 4).toFixed(1)}" width="8" height="8" fill="${s.color}"/>`;
+}
+
+function escape(text: string): string {
+  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }

@@ -1,112 +1,242 @@
 /**
- * `npm run bench`: Palaver's delivery benchmarks with k6 (bench/k6/*.js). For each scenario it starts the server as a
- * child process on a fresh database, creates the chats and registers the devices through the API, mints tokens, runs
- * the k6 script, and writes bench/results/<date>-<scenario>.json; at the end it renders bench/results/report.md with
- * an SVG chart of delivery latency against send rate. With Postgres it first measures the database alone on the same
- * write pattern (bench/pg-ceiling.ts), so the knee reads as a share of that ceiling.
+ * `npm run bench`: Palaver's delivery benchmarks, driven by our own Go load generator (bench/loadgen; its CLI, plan and
+ * result are in bench/loadgen/README.md). For each scenario it starts the server as a child process on a fresh
+ * database, creates the chats and registers the devices through the API, mints tokens, writes a plan, runs one or
+ * several loadgen processes on it, merges their results and writes bench/results/<date>-<scenario>.json; at the end it
+ * renders bench/results/report.md with its charts from the newest run's files (bench/report.ts). With Postgres it first
+ * measures the database alone on the same write pattern (bench/pg-ceiling.ts), so the ramp's knee reads as a share of
+ * that ceiling.
  *
- *   npm run bench                                   quick profile, every scenario (a few minutes)
- *   npm run bench -- --profile full                 bigger numbers, longer
- *   npm run bench -- --scenario steady --profile ci the tiny CI run (fails only on a broken script)
- *   npm run bench -- --scenario steady,ramp --nodes 2   (several nodes need REDIS_URL)
- *   --out DIR                                       results and report elsewhere than bench/results
+ *   npm run bench                                        quick profile, every scenario (under 5 minutes)
+ *   npm run bench -- --profile full                      the performance issue's sizes (10,000 devices)
+ *   npm run bench -- --profile ci                        every scenario, tiny (npm run bench:ci; fails only on a
+ *                                                        broken script or a lost message, never on a figure)
+ *   npm run bench -- --scenario steady,ramp              some scenarios (steady ramp groups100 drain connections connect churn)
+ *   npm run bench -- --nodes 2                           several server nodes (needs DATABASE_URL and REDIS_URL)
+ *   npm run bench -- --shards 2                          two loadgen processes on this host, merged
+ *   npm run bench -- --devices-per-conn 50               devices sharing one HTTP/2 connection (default 1, as phones)
+ *   --out DIR                                            results and report elsewhere than bench/results
+ *   --report-only                                        re-render DIR's report.md from its newest run
  *
  * Environment: DATABASE_URL (unset: PGlite in a temporary directory; set: a fresh database per scenario on that
- * server, dropped afterwards), REDIS_URL (with --nodes > 1), K6 (the k6 binary; default from scripts/tools.sh),
- * BENCH_CPU_PROF=1 (the server writes a V8 CPU profile into bench/results/profiles/).
+ * server, dropped afterwards), REDIS_URL (with --nodes > 1), BENCH_CPU_PROF=1 (the server writes V8 CPU profiles into
+ * <out>/profiles/), BENCH_PLAN='{"rate":500}' (overrides fields of each scenario's plan for one experiment),
+ * PALAVER_TOOLS_DIR (where the loadgen binary is cached; default ~/.cache/palaver/bin).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { createWriteStream, readFileSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { createHash, randomBytes } from "node:crypto";
+import { createWriteStream, existsSync, readdirSync, readFileSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { cpus, homedir, tmpdir } from "node:os";
+import { dirname, join, relative } from "node:path";
+import { createInterface } from "node:readline";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ChatService } from "../gen/palaver/chat/v1/chat_pb.js";
 import { mintToken } from "../src/auth/tokens.js";
 import { type CeilingResult, createDatabase, dropDatabase, measureCeiling } from "./pg-ceiling.js";
-import { renderReport } from "./report.js";
+import {
+  FORMAT,
+  KNEE_P99_MS,
+  type LoadgenPoint,
+  type LoadgenResult,
+  type PlanShape,
+  type ScenarioResult,
+  type Step,
+  type Watched,
+  held,
+  kneeOf,
+  measuredPoint,
+  newestRun,
+  renderReport,
+  sentPoints,
+} from "./report.js";
 
 const ROOT = join(dirname(import.meta.filename), "..");
 const RESULTS = join(ROOT, "bench", "results");
-const SCENARIOS = ["steady", "ramp", "groups100", "drain", "connections"] as const;
+const SCENARIOS = ["steady", "ramp", "groups100", "drain", "connections", "connect", "churn"] as const;
 type Scenario = (typeof SCENARIOS)[number];
 type Profile = "quick" | "full" | "ci";
 
-/** What one scenario runs with. groupUsers × devicesPerUser devices per chat; `online` of them connect to k6. */
+/**
+ * What one scenario runs with. Each group is a chat of groupUsers users × devicesPerUser devices; one device per
+ * group (user 0's first) sends, every other device of the group receives.
+ */
 interface Plan {
   groups: number;
   groupUsers: number;
   devicesPerUser: number;
-  /** Devices per group that connect (the rest are registered and offline: they still get inbox rows). */
-  onlinePerGroup?: number;
-  vus: number;
-  conns: number;
-  env: Record<string, string | number>;
-  /** drain: events stored for each device before it reconnects. */
+  /** A fixed rate (steady, groups100, churn): sends/s, after warmupSeconds at the same rate tagged "warmup". */
+  rate?: number;
+  /** Seconds at the (first) rate tagged "warmup" (JIT, pools, caches, late connects), left out of the figures. */
+  warmupSeconds?: number;
+  sendSeconds?: number;
+  /** ramp: a warm-up at the first rate, then one step per rate, stepSeconds each, until a step's p99 passes 500 ms. */
+  rampRates?: number[];
+  stepSeconds?: number;
+  /** Streams stay open this long after sending ends (late deliveries; the idle hold of connections). */
+  holdSeconds: number;
+  /** drain: events stored for each device while it is offline. */
   backlog?: number;
+  /** connect: devices the server has never seen (not registered beforehand). */
+  newDevices?: boolean;
+  churn?: { everySeconds: number; fraction: number };
+  /** From starting the load generator to the send clock's t0 (time for every device to connect). */
+  startDelaySeconds?: number;
 }
 
-const PLANS: Record<Profile, Partial<Record<Scenario, Plan>>> = {
+const fivePairs = { groupUsers: 5, devicesPerUser: 2 } as const;
+const hundreds = { groupUsers: 100, devicesPerUser: 1 } as const;
+
+const PLANS: Record<Profile, Record<Scenario, Plan>> = {
   ci: {
-    steady: { groups: 2, groupUsers: 5, devicesPerUser: 2, vus: 2, conns: 1, env: { RATE: 10, SEND_S: 5, START_DELAY_S: 3 } },
-    ramp: { groups: 4, groupUsers: 5, devicesPerUser: 2, onlinePerGroup: 2, vus: 2, conns: 1, env: { STEPS: "10,20", STEP_S: 3, START_DELAY_S: 3 } },
-    groups100: { groups: 1, groupUsers: 100, devicesPerUser: 1, vus: 2, conns: 1, env: { RATE: 2, SEND_S: 5, START_DELAY_S: 3 } },
-    drain: { groups: 2, groupUsers: 5, devicesPerUser: 2, vus: 2, conns: 1, backlog: 20, env: { ACK_BATCH: 100 } },
-    connections: { groups: 5, groupUsers: 5, devicesPerUser: 2, vus: 2, conns: 1, env: { HOLD_S: 3 } },
+    steady: { groups: 2, ...fivePairs, rate: 5, warmupSeconds: 1, sendSeconds: 3, holdSeconds: 2 },
+    ramp: { groups: 2, ...fivePairs, rampRates: [5, 10], warmupSeconds: 1, stepSeconds: 2, holdSeconds: 2 },
+    groups100: { groups: 1, ...hundreds, rate: 2, warmupSeconds: 1, sendSeconds: 3, holdSeconds: 2 },
+    drain: { groups: 2, ...fivePairs, backlog: 20, holdSeconds: 1 },
+    connections: { groups: 3, ...fivePairs, holdSeconds: 2 },
+    connect: { groups: 3, ...fivePairs, newDevices: true, holdSeconds: 1 },
+    churn: { groups: 2, ...fivePairs, rate: 5, warmupSeconds: 1, sendSeconds: 4, holdSeconds: 3, churn: { everySeconds: 1, fraction: 0.2 } },
   },
   quick: {
-    steady: { groups: 200, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, env: { RATE: 200, SEND_S: 12, WARMUP_S: 3, START_DELAY_S: 5 } },
-    ramp: {
-      groups: 300, groupUsers: 5, devicesPerUser: 2, onlinePerGroup: 2, vus: 4, conns: 2,
-      env: { STEPS: "250,500,1000,1500,2000,2500,3000,3500,4000,5000", STEP_S: 3, START_DELAY_S: 4 },
-    },
-    groups100: { groups: 10, groupUsers: 100, devicesPerUser: 1, vus: 4, conns: 2, env: { RATE: 20, SEND_S: 12, WARMUP_S: 3, START_DELAY_S: 5 } },
-    drain: { groups: 100, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, backlog: 100, env: { ACK_BATCH: 500 } },
-    connections: { groups: 200, groupUsers: 5, devicesPerUser: 2, vus: 4, conns: 2, env: { HOLD_S: 6 } },
+    // 2,000 devices at 250 msgs/s: the performance issue's first row.
+    steady: { groups: 200, ...fivePairs, rate: 250, warmupSeconds: 3, sendSeconds: 12, holdSeconds: 3 },
+    ramp: { groups: 200, ...fivePairs, rampRates: [100, 200, 300, 400, 500, 750, 1000], warmupSeconds: 2, stepSeconds: 3, holdSeconds: 3 },
+    groups100: { groups: 10, ...hundreds, rate: 20, warmupSeconds: 3, sendSeconds: 10, holdSeconds: 3 },
+    drain: { groups: 100, ...fivePairs, backlog: 50, holdSeconds: 1 }, // PGlite fills ~170 sends/s: under 5 min in all
+    connections: { groups: 200, ...fivePairs, holdSeconds: 5 },
+    connect: { groups: 200, ...fivePairs, newDevices: true, holdSeconds: 1 },
+    churn: { groups: 100, ...fivePairs, rate: 100, warmupSeconds: 2, sendSeconds: 10, holdSeconds: 4, churn: { everySeconds: 1, fraction: 0.05 } },
   },
   full: {
-    steady: { groups: 1000, groupUsers: 5, devicesPerUser: 2, vus: 20, conns: 2, env: { RATE: 1000, SEND_S: 60, WARMUP_S: 10, START_DELAY_S: 10 } },
+    // The performance issue's sizes: 10,000 devices, groups of 5 users × 2 devices, one sending device per group.
+    steady: { groups: 1000, ...fivePairs, rate: 1000, warmupSeconds: 10, sendSeconds: 60, holdSeconds: 5 },
     ramp: {
-      groups: 1000, groupUsers: 5, devicesPerUser: 2, onlinePerGroup: 2, vus: 8, conns: 2,
-      env: { STEPS: "500,1000,1500,2000,2500,3000,3500,4000,4500,5000,6000,7000,8000,10000", STEP_S: 8, START_DELAY_S: 8 },
+      groups: 1000,
+      ...fivePairs,
+      rampRates: [100, 200, 300, 400, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000],
+      warmupSeconds: 5,
+      stepSeconds: 8,
+      holdSeconds: 5,
     },
-    groups100: { groups: 50, groupUsers: 100, devicesPerUser: 1, vus: 10, conns: 2, env: { RATE: 50, SEND_S: 30, WARMUP_S: 5, START_DELAY_S: 8 } },
-    drain: { groups: 500, groupUsers: 5, devicesPerUser: 2, vus: 10, conns: 2, backlog: 100, env: { ACK_BATCH: 500 } },
-    connections: { groups: 1000, groupUsers: 5, devicesPerUser: 2, vus: 20, conns: 2, env: { HOLD_S: 15 } },
+    groups100: { groups: 50, ...hundreds, rate: 50, warmupSeconds: 5, sendSeconds: 30, holdSeconds: 5 },
+    drain: { groups: 500, ...fivePairs, backlog: 100, holdSeconds: 2 },
+    connections: { groups: 1000, ...fivePairs, holdSeconds: 15 },
+    connect: { groups: 1000, ...fivePairs, newDevices: true, holdSeconds: 2 },
+    churn: { groups: 500, ...fivePairs, rate: 250, warmupSeconds: 5, sendSeconds: 30, holdSeconds: 5, churn: { everySeconds: 1, fraction: 0.02 } },
   },
 };
+
+/** Sends a device may have unanswered at once, and how long it may hold an ack to batch it (docs/protocol.md). */
+const IN_FLIGHT_PER_SENDER = 4;
+const ACK_DELAY_MS = 50;
+
+function stepsOf(plan: Plan): Step[] {
+  const rates = plan.rampRates ?? (plan.rate ? [plan.rate] : []);
+  if (rates.length === 0) return [];
+  const steps: Step[] = [];
+  if (plan.warmupSeconds) steps.push({ tag: "warmup", rate: rates[0]!, seconds: plan.warmupSeconds });
+  const seconds = (plan.rampRates ? plan.stepSeconds : plan.sendSeconds) ?? 10;
+  for (const rate of rates) steps.push({ tag: String(rate), rate, seconds });
+  return steps;
+}
+
+/**
+ * Seconds from starting the load generator to the send clock's t0: time for every device to connect first (a floor,
+ * and about 250 connects/s, which the 2-core machine keeps for registered devices; the warm-up step absorbs a late
+ * start, and the result notes it). Without steps nothing waits for the clock: connecting and holding start at once.
+ */
+function startDelayOf(plan: Plan, steps: Step[], devices: number, profile: Profile): number {
+  if (plan.startDelaySeconds !== undefined) return plan.startDelaySeconds;
+  if (steps.length === 0) return 0;
+  return Math.ceil((profile === "ci" ? 2 : 3) + devices / 250);
+}
 
 interface Args {
   profile: Profile;
   scenarios: Scenario[];
   nodes: number;
+  shards: number;
+  devicesPerConn: number;
   /** Where results and the report go (default bench/results; CI writes outside the committed results). */
   out: string;
+  reportOnly: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const value = (name: string) => {
-    const i = argv.indexOf(`--${name}`);
-    return i >= 0 ? argv[i + 1] : undefined;
+  const known = new Set(["profile", "scenario", "nodes", "shards", "devices-per-conn", "out"]);
+  const values = new Map<string, string>();
+  let reportOnly = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--report-only") reportOnly = true;
+    else if (arg.startsWith("--") && known.has(arg.slice(2)) && argv[i + 1] !== undefined) values.set(arg.slice(2), argv[++i]!);
+    else throw new Error(`unknown argument ${arg} (see the top of bench/run.ts or bench/README.md)`);
+  }
+  const count = (name: string, fallback: number) => {
+    const n = Number(values.get(name) ?? fallback);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a whole number ≥ 1`);
+    return n;
   };
-  const profile = (value("profile") ?? "quick") as Profile;
+  const profile = (values.get("profile") ?? "quick") as Profile;
   if (!(profile in PLANS)) throw new Error(`--profile must be one of ${Object.keys(PLANS).join(", ")}`);
-  const scenarios = (value("scenario") ?? SCENARIOS.join(",")).split(",") as Scenario[];
+  const scenarios = (values.get("scenario") ?? SCENARIOS.join(",")).split(",") as Scenario[];
   for (const s of scenarios) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s} (${SCENARIOS.join(", ")})`);
-  const nodes = Number(value("nodes") ?? 1);
+  const nodes = count("nodes", 1);
   if (nodes > 1 && !process.env.REDIS_URL) throw new Error("--nodes > 1 needs REDIS_URL");
-  const out = value("out") ?? RESULTS;
-  return { profile, scenarios, nodes, out };
+  if (nodes > 1 && !process.env.DATABASE_URL) throw new Error("--nodes > 1 needs DATABASE_URL (PGlite is one process's)");
+  return {
+    profile,
+    scenarios,
+    nodes,
+    shards: count("shards", 1),
+    devicesPerConn: count("devices-per-conn", 1),
+    out: values.get("out") ?? RESULTS,
+    reportOnly,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The server under test
+// The load generator binary
+
+/**
+ * Builds bench/loadgen with the machine's Go into the tools cache and returns its path. The stamp beside it is a hash
+ * of the sources it is built from (bench/loadgen and the generated client gen/go), so it is rebuilt when they change.
+ */
+async function loadgenBinary(): Promise<string> {
+  const source = join(ROOT, "bench", "loadgen");
+  if (!existsSync(join(source, "go.mod"))) throw new Error("bench/loadgen/go.mod is missing");
+  const hash = createHash("sha256");
+  for (const dir of [source, join(ROOT, "gen", "go")]) {
+    const files = (readdirSync(dir, { recursive: true }) as string[]).filter((f) => /(\.go|go\.mod|go\.sum)$/.test(f)).sort();
+    for (const file of files) hash.update(`${relative(ROOT, join(dir, file))}\0`).update(readFileSync(join(dir, file)));
+  }
+  const stamp = hash.digest("hex");
+  const cache = process.env.PALAVER_TOOLS_DIR || join(homedir(), ".cache", "palaver", "bin");
+  const binary = join(cache, "loadgen");
+  const stampFile = join(cache, ".loadgen.version");
+  if (existsSync(binary) && existsSync(stampFile) && readFileSync(stampFile, "utf8").trim() === stamp) return binary;
+  await mkdir(cache, { recursive: true });
+  // Built beside the cache and moved in after success: an interrupted build leaves neither a half binary nor a stamp.
+  const scratch = await mkdtemp(join(cache, ".build-loadgen-"));
+  try {
+    console.log(`building bench/loadgen into ${cache}`);
+    const built = spawnSync("go", ["build", "-o", join(scratch, "loadgen"), "."], { cwd: source, stdio: "inherit" });
+    if (built.error) throw new Error(`could not run go (the load generator is built with the machine's Go): ${built.error.message}`);
+    if (built.status !== 0) throw new Error("go build in bench/loadgen failed");
+    await rename(join(scratch, "loadgen"), binary);
+    await writeFile(stampFile, `${stamp}\n`);
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+  return binary;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The server under test, and the processes whose CPU is watched
 
 interface Node {
   child: ChildProcess;
-  addr: string;
   url: string;
   exited: Promise<number | null>;
 }
@@ -114,93 +244,149 @@ interface Node {
 interface Servers {
   nodes: Node[];
   secret: Uint8Array;
-  backend: string;
+  backend: "pglite" | "postgres";
   close(): Promise<void>;
 }
 
-async function startServers(scenario: Scenario, count: number): Promise<Servers> {
+async function startServers(scenario: Scenario, count: number, out: string): Promise<Servers> {
   const dataDir = await mkdtemp(join(tmpdir(), `palaver-bench-${scenario}-`));
   const authSecret = randomBytes(32).toString("base64url");
   const base = process.env.DATABASE_URL;
   const dbName = `palaver_bench_${scenario}_${process.pid}`;
   const databaseUrl = base ? await createDatabase(base, dbName) : undefined;
-  const profileDir = join(RESULTS, "profiles");
+  const profileDir = join(out, "profiles");
   if (process.env.BENCH_CPU_PROF) await mkdir(profileDir, { recursive: true });
 
   const nodes: Node[] = [];
-  for (let i = 0; i < count; i++) {
-    const args = ["--import", "tsx"];
-    // One file per thread (the main thread's is the biggest; tsx's loader runs in a worker).
-    if (process.env.BENCH_CPU_PROF) args.push("--cpu-prof", "--cpu-prof-dir", join(profileDir, `${scenario}-node${i}`));
-    args.push("src/main.ts");
-    const child = spawn(process.execPath, args, {
-      cwd: ROOT,
-      env: {
-        ...process.env,
-        PORT: "0",
-        HOST: "127.0.0.1",
-        // PGlite is one process's: several nodes need Postgres.
-        DATA_DIR: count > 1 ? join(dataDir, `node${i}`) : dataDir,
-        AUTH_SECRET: authSecret,
-        LOG_LEVEL: "info",
-        NODE_ID: `bench-${i}`,
-        DATABASE_URL: databaseUrl ?? "",
-        REDIS_URL: count > 1 ? process.env.REDIS_URL : "",
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    // The server's log goes to a file (errors are also echoed); its path is printed at the end of the scenario.
-    const logFile = join(tmpdir(), `palaver-bench-${scenario}-node${i}.log`);
-    const log = createWriteStream(logFile);
-    console.log(`  server node ${i}: pid ${child.pid}, log ${logFile}`);
-    child.stdout!.pipe(log, { end: false });
-    child.stderr!.pipe(log, { end: false });
-    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-    const url = await new Promise<string>((resolve, reject) => {
-      let buffered = "";
-      const onData = (chunk: Buffer) => {
-        buffered += chunk.toString();
-        for (;;) {
-          const nl = buffered.indexOf("\n");
-          if (nl < 0) break;
-          const line = buffered.slice(0, nl);
-          buffered = buffered.slice(nl + 1);
-          try {
-            const entry = JSON.parse(line) as { msg?: string; url?: string; level?: number };
-            if (entry.msg === "palaver is serving" && entry.url) resolve(entry.url);
-            else if ((entry.level ?? 0) >= 50) process.stderr.write(`[server] ${line}\n`);
-          } catch {
-            process.stderr.write(`[server] ${line}\n`);
+  const close = async () => {
+    for (const node of nodes) node.child.kill("SIGTERM");
+    await Promise.all(nodes.map((n) => Promise.race([n.exited, sleep(20_000).then(() => n.child.kill("SIGKILL"))])));
+    if (base) await dropDatabase(base, dbName);
+    await rm(dataDir, { recursive: true, force: true });
+  };
+  try {
+    for (let i = 0; i < count; i++) {
+      const args = ["--import", "tsx"];
+      // One file per thread (the main thread's is the biggest; tsx's loader runs in a worker).
+      if (process.env.BENCH_CPU_PROF) args.push("--cpu-prof", "--cpu-prof-dir", join(profileDir, `${scenario}-node${i}`));
+      args.push("src/main.ts");
+      const child = spawn(process.execPath, args, {
+        cwd: ROOT,
+        env: {
+          ...process.env,
+          PORT: "0",
+          HOST: "127.0.0.1",
+          DATA_DIR: count > 1 ? join(dataDir, `node${i}`) : dataDir,
+          AUTH_SECRET: authSecret,
+          LOG_LEVEL: "info",
+          NODE_ID: `bench-${i}`,
+          DATABASE_URL: databaseUrl ?? "",
+          REDIS_URL: count > 1 ? process.env.REDIS_URL : "",
+        },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      // The server's log goes to a file (errors are also echoed); its path is printed when the node starts.
+      const logFile = join(tmpdir(), `palaver-bench-${scenario}-node${i}.log`);
+      const log = createWriteStream(logFile);
+      console.log(`  server node ${i}: pid ${child.pid}, log ${logFile}`);
+      child.stdout!.pipe(log, { end: false });
+      child.stderr!.pipe(log, { end: false });
+      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+      const node: Node = { child, url: "", exited };
+      nodes.push(node);
+      node.url = await new Promise<string>((resolve, reject) => {
+        let buffered = "";
+        child.stdout!.on("data", (chunk: Buffer) => {
+          buffered += chunk.toString();
+          for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+            const line = buffered.slice(0, nl);
+            buffered = buffered.slice(nl + 1);
+            try {
+              const entry = JSON.parse(line) as { msg?: string; url?: string; level?: number };
+              if (entry.msg === "palaver is serving" && entry.url) resolve(entry.url);
+              else if ((entry.level ?? 0) >= 50) process.stderr.write(`[server ${i}] ${line}\n`);
+            } catch {
+              process.stderr.write(`[server ${i}] ${line}\n`);
+            }
           }
-        }
-      };
-      child.stdout!.on("data", onData);
-      void exited.then((code) => reject(new Error(`the server exited (${code}) before serving`)));
-    });
-    nodes.push({ child, url, addr: url.replace(/^http:\/\//, ""), exited });
-    if (count > 1 && i === 0 && !databaseUrl) throw new Error("several nodes need DATABASE_URL");
+        });
+        void exited.then((code) => reject(new Error(`server node ${i} exited (${code}) before serving; see ${logFile}`)));
+      });
+    }
+  } catch (error) {
+    await close();
+    throw error;
   }
+  return { nodes, secret: new TextEncoder().encode(authSecret), backend: databaseUrl ? "postgres" : "pglite", close };
+}
+
+/** Resident memory and CPU seconds of a process, from /proc; undefined when it has ended. */
+function processStats(pid: number): { rssBytes: number; cpuSeconds: number } | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11]) + Number(fields[12]); // utime + stime
+    return { rssBytes: rssKb * 1024, cpuSeconds: ticks / 100 };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Pids of this machine's processes whose command name (/proc/<pid>/comm) is `name`. */
+function pidsNamed(name: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, "utf8").trim() === name) pids.push(Number(entry));
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return pids;
+}
+
+/** Whether a postgres:// or redis:// URL names this machine (a Unix socket counts), so its processes can be watched. */
+function isLocal(url: string): boolean {
+  try {
+    const host = new URL(url).hostname.replace(/^\[|\]$/g, "");
+    return host === "" || host === "localhost" || host === "::1" || host.startsWith("127.");
+  } catch {
+    return false;
+  }
+}
+
+interface Watch {
+  server: number[];
+  postgres: number[];
+  redis: number[];
+}
+
+function watchedPids(servers: Servers, nodes: number): Watch {
+  const db = process.env.DATABASE_URL;
   return {
-    nodes,
-    secret: new TextEncoder().encode(authSecret),
-    backend: databaseUrl ? "postgres" : "pglite",
-    async close() {
-      for (const node of nodes) node.child.kill("SIGTERM");
-      await Promise.all(nodes.map((n) => Promise.race([n.exited, sleep(20_000).then(() => n.child.kill("SIGKILL"))])));
-      if (base) await dropDatabase(base, dbName);
-      await rm(dataDir, { recursive: true, force: true });
-    },
+    server: servers.nodes.map((n) => n.child.pid!),
+    // Every postgres process of the machine: the backends serving the server, and the checkpointer, WAL writer, ….
+    // On PGlite the database runs inside the server process, whose CPU includes it.
+    postgres: servers.backend === "postgres" && db && isLocal(db) ? pidsNamed("postgres") : [],
+    redis: nodes > 1 && process.env.REDIS_URL && isLocal(process.env.REDIS_URL) ? pidsNamed("redis-server") : [],
   };
 }
 
-/** Resident memory and CPU seconds of a process, from /proc. */
-function processStats(pid: number): { rssBytes: number; cpuSeconds: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  const ticks = Number(fields[11]) + Number(fields[12]); // utime + stime
-  return { rssBytes: rssKb * 1024, cpuSeconds: ticks / 100 };
+/** CPU seconds of each pid now (pids that have ended are left out). */
+function cpuOf(pids: number[]): Map<number, number> {
+  const cpu = new Map<number, number>();
+  for (const pid of pids) {
+    const stats = processStats(pid);
+    if (stats) cpu.set(pid, stats.cpuSeconds);
+  }
+  return cpu;
+}
+
+function loadAvg(): number[] {
+  return readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).map(Number);
 }
 
 async function scrape(url: string): Promise<Map<string, number>> {
@@ -214,6 +400,21 @@ async function scrape(url: string): Promise<Map<string, number>> {
   return values;
 }
 
+/** Quantiles (ms, the bucket's upper bound) of a Prometheus histogram in seconds; null when it has no samples. */
+function histogramQuantiles(metrics: Map<string, number>, name: string, quantiles: number[]): (number | null)[] {
+  const buckets: { le: number; count: number }[] = [];
+  for (const [key, value] of metrics) {
+    const m = new RegExp(`^${name}_bucket\\{le="([^"]+)"\\}$`).exec(key);
+    if (m) buckets.push({ le: m[1] === "+Inf" ? Infinity : Number(m[1]), count: value });
+  }
+  buckets.sort((a, b) => a.le - b.le);
+  const total = buckets.at(-1)?.count ?? 0;
+  return quantiles.map((q) => {
+    const bucket = total > 0 ? buckets.find((b) => b.count >= q * total) : undefined;
+    return bucket && Number.isFinite(bucket.le) ? bucket.le * 1000 : null;
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Setup through the API
 
@@ -223,7 +424,6 @@ interface Device {
   token: string;
   chat: string;
   group: number;
-  online: boolean;
   sends: boolean;
 }
 
@@ -251,314 +451,260 @@ async function retry<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-async function setUp(servers: Servers, plan: Plan, tag: string) {
+/** A seeded shuffle (mulberry32), so shards (device i % N) and nodes (urls[i % len]) each get a mix of groups. */
+function shuffle<T>(items: T[], seed: number): T[] {
+  let a = seed >>> 0;
+  const random = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [items[i], items[j]] = [items[j]!, items[i]!];
+  }
+  return items;
+}
+
+/**
+ * Mints every device's token and creates the chats; registers the devices (a first authenticated call) unless the
+ * scenario measures new devices; for drain, stores `backlog` messages in each chat while every device is offline.
+ * Each chat is created by a device of its first user that is not in the plan ("setup"), so no plan device has a
+ * ChatUpdate waiting and a drained backlog is exactly the stored messages.
+ */
+async function setUp(servers: Servers, plan: Plan, scenario: Scenario) {
   const client = createClient(ChatService, createGrpcTransport({ baseUrl: servers.nodes[0]!.url }));
   const auth = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
-  const perGroup = plan.groupUsers * plan.devicesPerUser;
-  const online = plan.onlinePerGroup ?? perGroup;
+  const run = `${scenario.slice(0, 2)}${randomBytes(3).toString("hex")}`;
   const devices: Device[] = [];
-  const run = `${tag}${randomBytes(3).toString("hex")}`;
+  const creators: { group: number; user: string; token: string; chat: string }[] = [];
   for (let g = 0; g < plan.groups; g++) {
+    creators.push({ group: g, user: `${run}-g${g}-u0`, token: "", chat: "" });
     for (let u = 0; u < plan.groupUsers; u++) {
       for (let d = 0; d < plan.devicesPerUser; d++) {
-        const user = `${run}-g${g}-u${u}`;
-        const device = `d${d}`;
-        const slot = u * plan.devicesPerUser + d;
-        const partial = online < perGroup;
-        // A partly online group: user 0's first device sends, and the first devices of the next users watch.
-        const isOnline = !partial || slot === 0 || (d === 0 && u >= 1 && u < online);
-        devices.push({ user, device, token: "", chat: "", group: g, online: isOnline, sends: !partial || slot === 0 });
+        devices.push({ user: `${run}-g${g}-u${u}`, device: `d${d}`, token: "", chat: "", group: g, sends: u === 0 && d === 0 });
       }
     }
   }
-  let started = performance.now();
-  await pool(devices, 64, async (d) => {
+  const started = performance.now();
+  const holders = [...devices, ...creators.map((c) => Object.assign(c, { device: "setup" }))];
+  await pool(holders, 64, async (d) => {
     d.token = await mintToken(servers.secret, { userId: d.user, deviceName: d.device });
   });
-  // Chats first, then the devices: a device registered after its chat was created has no ChatUpdate waiting.
-  const creators = devices.filter((d) => d.user.endsWith("-u0") && d.device === "d0");
-  await pool(creators, 32, async (creator) => {
-    const others = Array.from({ length: plan.groupUsers - 1 }, (_, i) => creator.user.replace(/-u0$/, `-u${i + 1}`));
-    const res = await retry(() => client.createChat({ name: `bench ${creator.group}`, participantUserIds: others }, auth(creator.token)));
-    for (const d of devices) if (d.group === creator.group) d.chat = res.chat!.chatId;
+  await pool(creators, 32, async (c) => {
+    const others = Array.from({ length: plan.groupUsers - 1 }, (_, i) => `${run}-g${c.group}-u${i + 1}`);
+    const res = await retry(() => client.createChat({ name: `bench ${c.group}`, participantUserIds: others }, auth(c.token)));
+    c.chat = res.chat!.chatId;
   });
-  await pool(devices, 64, async (d) => {
-    await retry(() => client.listChats({ pageSize: 1 }, auth(d.token)));
-  });
-  console.log(`  set up ${plan.groups} chats, ${devices.length} devices in ${((performance.now() - started) / 1000).toFixed(1)} s`);
-
-  started = performance.now();
-  let filled = 0;
-  if (plan.backlog) {
-    // One extra device per group sends, so every one of the group's devices gets `backlog` events.
-    const senders = await Promise.all(
-      creators.map(async (c) => ({ chat: c.chat, token: await mintToken(servers.secret, { userId: c.user, deviceName: "filler" }) })),
-    );
-    const sends = senders.flatMap((s) => Array.from({ length: plan.backlog! }, (_, i) => ({ ...s, i })));
-    await pool(sends, 128, async (s) => {
-      await retry(() =>
-        client.sendMessage({ chatId: s.chat, clientMessageId: `fill-${s.i}`, text: `${Date.now()}|fill| backlog message ${s.i}` }, auth(s.token)),
-      );
-      filled++;
+  for (const d of devices) d.chat = creators[d.group]!.chat;
+  if (!plan.newDevices) {
+    await pool(devices, 64, async (d) => {
+      await retry(() => client.listChats({ pageSize: 1 }, auth(d.token)));
     });
-    const seconds = (performance.now() - started) / 1000;
-    console.log(`  stored ${filled} sends (${filled * perGroup} inbox events) in ${seconds.toFixed(1)} s: ${Math.round(filled / seconds)} sends/s`);
   }
-  return { devices, fillSendsPerSecond: plan.backlog ? filled / ((performance.now() - started) / 1000) : undefined };
+  const setupSeconds = (performance.now() - started) / 1000;
+  console.log(
+    `  set up ${plan.groups} chats, ${devices.length} devices${plan.newDevices ? " (tokens only: new to the server)" : ""} in ${setupSeconds.toFixed(1)} s`,
+  );
+
+  let fillSendsPerSecond: number | undefined;
+  if (plan.backlog) {
+    // The setup device sends: every one of the group's plan devices gets `backlog` events.
+    const fillStarted = performance.now();
+    const sends = creators.flatMap((c) => Array.from({ length: plan.backlog! }, (_, i) => ({ ...c, i })));
+    await pool(sends, 128, async (s) => {
+      await retry(() => client.sendMessage({ chatId: s.chat, clientMessageId: `fill-${s.i}`, text: `backlog message ${s.i}` }, auth(s.token)));
+    });
+    const seconds = (performance.now() - fillStarted) / 1000;
+    fillSendsPerSecond = sends.length / seconds;
+    const perGroup = plan.groupUsers * plan.devicesPerUser;
+    console.log(`  stored ${sends.length} sends (${sends.length * perGroup} inbox events) in ${seconds.toFixed(1)} s: ${Math.round(fillSendsPerSecond)} sends/s`);
+  }
+  return { devices: shuffle(devices, 0x5eed), setupSeconds, fillSendsPerSecond };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// k6
+// Running the load generator
 
-function k6Binary(): string {
-  if (process.env.K6) return process.env.K6;
-  const built = spawnSync("bash", [join(ROOT, "scripts", "tools.sh"), "k6"], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
-  if (built.status !== 0) throw new Error("could not build k6 (bash scripts/tools.sh k6)");
-  return join(built.stdout.trim(), "k6");
+/** The plan file of bench/loadgen/README.md. */
+interface LoadgenPlan {
+  scenario: Scenario;
+  urls: string[];
+  devices: { token: string; chatId: string; sends: boolean; online: boolean }[];
+  recipientsPerSend: number;
+  startAtMs: number;
+  steps: Step[];
+  holdSeconds: number;
+  stopAboveP99Ms?: number;
+  inFlightPerSender: number;
+  ackDelayMs: number;
+  churn?: { everySeconds: number; fraction: number };
+  connectTimeoutSeconds: number;
+  watch: Watch;
 }
 
-type Export = { metrics: Record<string, Record<string, number>> };
+/** Copies a child's output line by line with a prefix, so several loadgen processes stay readable. */
+function relay(child: ChildProcess, prefix: string): void {
+  for (const [from, to] of [
+    [child.stdout!, process.stdout],
+    [child.stderr!, process.stderr],
+  ] as const) {
+    createInterface({ input: from }).on("line", (line) => to.write(`  ${prefix} ${line}\n`));
+  }
+}
 
-async function runK6(
-  k6: string,
-  scenario: Scenario,
-  env: Record<string, string | number>,
+/** Writes the plan with its send clock `startDelayMs` from now, runs the loadgen processes on it, merges their results. */
+async function runLoadgen(
+  binary: string,
+  plan: LoadgenPlan,
+  startDelayMs: number,
+  args: Args,
   work: string,
-  servers: Servers,
-  watch?: (stats: { rssBytes: number; connected: number }) => void,
-): Promise<{ exitCode: number; export: Export; seconds: number; serverCpuSeconds: number; k6CpuSeconds: number; maxRss: number }> {
-  const exportFile = join(work, `${scenario}-summary.json`);
-  const args = ["run", "--quiet", "--address", "127.0.0.1:0", "--summary-export", exportFile];
-  for (const [key, value] of Object.entries(env)) args.push("-e", `${key}=${value}`);
-  args.push(join(ROOT, "bench", "k6", `${scenario}.js`));
-  const pid = servers.nodes[0]!.child.pid!;
-  const cpuBefore = servers.nodes.reduce((sum, n) => sum + processStats(n.child.pid!).cpuSeconds, 0);
+): Promise<{ result: LoadgenResult; seconds: number; cpuSeconds: ScenarioResult["cpuSeconds"]; serverMaxRssBytes: number }> {
+  const planFile = join(work, "plan.json");
+  plan.startAtMs = Date.now() + startDelayMs;
+  await writeFile(planFile, JSON.stringify(plan));
+  const watched = [...plan.watch.server, ...plan.watch.postgres, ...plan.watch.redis];
+  const before = cpuOf(watched);
   const started = performance.now();
-  const child = spawn(k6, args, { stdio: ["ignore", "inherit", "inherit"] });
-  let maxRss = 0;
-  let k6Cpu = 0;
-  const poll = setInterval(() => {
-    try {
-      const stats = processStats(pid);
-      maxRss = Math.max(maxRss, stats.rssBytes);
-      k6Cpu = processStats(child.pid!).cpuSeconds;
-      if (watch) {
-        void scrape(servers.nodes[0]!.url).then(
-          (m) => watch({ rssBytes: stats.rssBytes, connected: m.get("palaver_connected_devices") ?? 0 }),
-          () => {},
-        );
-      }
-    } catch {
-      // a process just ended
-    }
-  }, 500);
-  // No scenario runs for 10 minutes: a k6 still running then is stuck (it has hung on ending gRPC streams), and a
-  // benchmark must end rather than wait for ever.
-  const stuck = setTimeout(() => child.kill("SIGKILL"), 10 * 60_000);
-  const exitCode = await new Promise<number>((resolve) => child.once("exit", (code) => resolve(code ?? 1)));
+
+  const outputs = Array.from({ length: args.shards }, (_, i) => join(work, `result-${i}.json`));
+  const children = outputs.map((out, i) => {
+    const cli = ["run", "--plan", planFile, "--out", out, "--devices-per-conn", String(args.devicesPerConn)];
+    if (args.shards > 1) cli.push("--shard", `${i}/${args.shards}`);
+    const child = spawn(binary, cli, { stdio: ["ignore", "pipe", "pipe"] });
+    relay(child, args.shards > 1 ? `[loadgen ${i}]` : "[loadgen]");
+    return { child, exit: new Promise<number | null>((resolve) => child.once("exit", (code, signal) => resolve(signal ? null : code))) };
+  });
+
+  let serverMaxRssBytes = 0;
+  const sampleRss = () => {
+    const rss = plan.watch.server.reduce((sum, pid) => sum + (processStats(pid)?.rssBytes ?? 0), 0);
+    serverMaxRssBytes = Math.max(serverMaxRssBytes, rss);
+  };
+  sampleRss();
+  const poll = setInterval(sampleRss, 500);
+  // A run longer than its plan allows (connecting, sending, holding, and a minute to spare) is stuck: end it.
+  const planned = startDelayMs + plan.steps.reduce((s, step) => s + step.seconds * 1000, 0) + plan.holdSeconds * 1000;
+  const limitMs = planned + plan.connectTimeoutSeconds * 1000 + 60_000;
+  let timedOut = false;
+  const stuck = setTimeout(() => {
+    timedOut = true;
+    for (const { child } of children) child.kill("SIGKILL");
+  }, limitMs);
+  const codes = await Promise.all(children.map((c) => c.exit));
   clearTimeout(stuck);
   clearInterval(poll);
   const seconds = (performance.now() - started) / 1000;
-  const cpuAfter = servers.nodes.reduce((sum, n) => sum + processStats(n.child.pid!).cpuSeconds, 0);
-  // 0: thresholds held; 99: a threshold failed (a figure, not a broken script). Anything else is a failure.
-  if (exitCode !== 0 && exitCode !== 99) throw new Error(`k6 ${scenario} failed with exit code ${exitCode}`);
-  const summary = JSON.parse(await readFile(exportFile, "utf8")) as Export;
-  return { exitCode, export: summary, seconds, serverCpuSeconds: cpuAfter - cpuBefore, k6CpuSeconds: k6Cpu, maxRss };
+
+  // CPU of the watched processes over the whole run, connecting included (a process that ended meanwhile drops out).
+  const after = cpuOf(watched);
+  const sum = (pids: number[]) => round(pids.reduce((total, pid) => total + Math.max(0, (after.get(pid) ?? 0) - (before.get(pid) ?? 0)), 0), 2);
+  const cpuSeconds: ScenarioResult["cpuSeconds"] = { server: sum(plan.watch.server), postgres: sum(plan.watch.postgres), redis: sum(plan.watch.redis) };
+
+  if (timedOut) throw new Error(`loadgen ran over ${Math.round(limitMs / 1000)} s and was killed`);
+  codes.forEach((code, i) => {
+    if (code !== 0) throw new Error(`loadgen ${args.shards > 1 ? `shard ${i}/${args.shards} ` : ""}exited with ${code ?? "a signal"}`);
+  });
+  let resultFile = outputs[0]!;
+  if (args.shards > 1) {
+    resultFile = join(work, "merged.json");
+    const merged = spawnSync(binary, ["merge", "--out", resultFile, ...outputs], { stdio: "inherit" });
+    if (merged.status !== 0) throw new Error(`loadgen merge exited with ${merged.status}`);
+  }
+  const result = JSON.parse(await readFile(resultFile, "utf8")) as LoadgenResult;
+  cpuSeconds.loadgen = result.loadgen?.cpuSeconds;
+  return { result, seconds: round(seconds, 1), cpuSeconds, serverMaxRssBytes };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Figures
+// One scenario
 
-export interface LatencyPoint {
-  rate: number;
-  p50: number;
-  p95: number;
-  p99: number;
-  max: number;
-  achievedSendsPerSecond?: number;
-}
-
-export interface ScenarioResult {
-  scenario: Scenario;
-  profile: Profile;
-  date: string;
-  backend: string;
-  nodes: number;
-  plan: Plan;
-  k6ExitCode: number;
-  seconds: number;
-  serverCpuSeconds: number;
-  k6CpuSeconds: number;
-  serverMaxRssBytes: number;
-  figures: Record<string, number | string | null>;
-  points: LatencyPoint[];
-  pgCeiling?: CeilingResult;
-  notes: string[];
-}
-
-const metric = (e: Export, name: string, stat: string): number | null => e.metrics[name]?.[stat] ?? null;
-
-function latencyPoint(e: Export, tag: string, seconds?: number): LatencyPoint | null {
-  const name = `delivery_latency{rate:${tag}}`;
-  if (!e.metrics[name] || metric(e, name, "p(99)") === null) return null;
-  const sends = metric(e, `sends{rate:${tag}}`, "count");
-  // A step the ramp never reached (it stopped before) has no samples.
-  if (!metric(e, `deliveries{rate:${tag}}`, "count")) return null;
-  return {
-    rate: Number(tag),
-    p50: metric(e, name, "med")!,
-    p95: metric(e, name, "p(95)")!,
-    p99: metric(e, name, "p(99)")!,
-    max: metric(e, name, "max")!,
-    achievedSendsPerSecond: sends !== null && seconds ? Math.round(sends / seconds) : undefined,
+async function runScenario(binary: string, scenario: Scenario, args: Args, ceiling: CeilingResult | undefined): Promise<ScenarioResult> {
+  const plan: Plan = {
+    ...PLANS[args.profile][scenario],
+    // BENCH_PLAN='{"rate":500}' overrides a profile's settings for one experiment; the stored shape follows what ran.
+    ...(process.env.BENCH_PLAN ? (JSON.parse(process.env.BENCH_PLAN) as Partial<Plan>) : {}),
   };
-}
-
-function commonFigures(e: Export): Record<string, number | null> {
-  return {
-    sends: metric(e, "sends", "count"),
-    deliveries: metric(e, "deliveries", "count"),
-    errors: metric(e, "errors", "count") ?? 0,
-    sendErrorRate: metric(e, "send_error_rate", "value"),
-    deliveryP50Ms: metric(e, "delivery_latency", "med"),
-    deliveryP95Ms: metric(e, "delivery_latency", "p(95)"),
-    deliveryP99Ms: metric(e, "delivery_latency", "p(99)"),
-    deliveryMaxMs: metric(e, "delivery_latency", "max"),
-    sendP99Ms: metric(e, "send_latency", "p(99)"),
-    ...Object.fromEntries(
-      Object.entries(e.metrics)
-        .filter(([name, values]) => name.startsWith("errors{code:") && (values.count ?? 0) > 0)
-        .map(([name, values]) => [name.replace("errors{code:", "errors_").replace("}", ""), values.count ?? 0]),
-    ),
-  };
-}
-
-async function runScenario(k6: string, scenario: Scenario, args: Args, ceiling: CeilingResult | undefined): Promise<ScenarioResult> {
-  const plan = PLANS[args.profile][scenario];
-  if (!plan) throw new Error(`profile ${args.profile} has no ${scenario}`);
   console.log(`\n=== ${scenario} (${args.profile}) ===`);
-  const servers = await startServers(scenario, args.nodes);
-  const work = await mkdtemp(join(tmpdir(), `palaver-bench-k6-`));
+  const date = new Date().toISOString();
+  const loadAvgBefore = loadAvg();
+  const servers = await startServers(scenario, args.nodes, args.out);
+  const work = await mkdtemp(join(tmpdir(), "palaver-bench-loadgen-"));
   try {
-    const { devices, fillSendsPerSecond } = await setUp(servers, plan, scenario.slice(0, 2));
-    const online = devices.filter((d) => d.online);
-    const devicesFile = join(work, "devices.json");
-    await writeFile(devicesFile, JSON.stringify({ devices: online.map((d) => ({ t: d.token, c: d.chat, s: d.sends ? 1 : 0 })) }));
-
-    const pid = servers.nodes[0]!.child.pid!;
-    await sleep(1000);
-    const baseline = processStats(pid).rssBytes;
-    let plateau: { rssBytes: number; connected: number } | undefined;
-    // BENCH_ENV='{"RATE":500}' overrides a profile's k6 settings for one run (experiments); the figures and the
-    // stored plan follow what ran.
-    const settings: Plan["env"] = {
-      ...plan.env,
-      ...(process.env.BENCH_ENV ? (JSON.parse(process.env.BENCH_ENV) as Plan["env"]) : {}),
+    const { devices, setupSeconds, fillSendsPerSecond } = await setUp(servers, plan, scenario);
+    const steps = stepsOf(plan);
+    const startDelaySeconds = startDelayOf(plan, steps, devices.length, args.profile);
+    const recipientsPerSend = plan.groupUsers * plan.devicesPerUser - 1;
+    const watch = watchedPids(servers, args.nodes);
+    const loadgenPlan: LoadgenPlan = {
+      scenario,
+      urls: servers.nodes.map((n) => n.url),
+      devices: devices.map((d) => ({ token: d.token, chatId: d.chat, sends: d.sends, online: true })),
+      recipientsPerSend,
+      startAtMs: 0, // set when the plan is written
+      steps,
+      holdSeconds: plan.holdSeconds,
+      ...(plan.rampRates ? { stopAboveP99Ms: KNEE_P99_MS } : {}),
+      inFlightPerSender: IN_FLIGHT_PER_SENDER,
+      ackDelayMs: ACK_DELAY_MS,
+      ...(plan.churn ? { churn: plan.churn } : {}),
+      connectTimeoutSeconds: args.profile === "full" ? 300 : args.profile === "quick" ? 120 : 60,
+      watch,
     };
-    const env = {
-      ...settings,
-      DEVICES: devicesFile,
-      ADDRS: servers.nodes.map((n) => n.addr).join(","),
-      VUS: plan.vus,
-      CONNS: plan.conns,
-      SENDERS: online.filter((d) => d.sends).length,
+    const loadAvgBeforeLoadgen = loadAvg();
+    const run = await runLoadgen(binary, loadgenPlan, startDelaySeconds * 1000, args, work);
+    const metrics = await scrape(servers.nodes[0]!.url).catch(() => new Map<string, number>());
+    const [serverP50, serverP99] = histogramQuantiles(metrics, "palaver_delivery_latency_seconds", [0.5, 0.99]);
+
+    const shape: PlanShape = {
+      groups: plan.groups,
+      groupUsers: plan.groupUsers,
+      devicesPerUser: plan.devicesPerUser,
+      devices: devices.length,
+      senders: devices.filter((d) => d.sends).length,
+      recipientsPerSend,
+      newDevices: plan.newDevices ?? false,
+      ...(plan.backlog ? { backlogPerDevice: plan.backlog } : {}),
+      steps,
+      holdSeconds: plan.holdSeconds,
+      startDelaySeconds,
+      ...(loadgenPlan.stopAboveP99Ms ? { stopAboveP99Ms: loadgenPlan.stopAboveP99Ms } : {}),
+      inFlightPerSender: IN_FLIGHT_PER_SENDER,
+      ackDelayMs: ACK_DELAY_MS,
+      ...(plan.churn ? { churn: plan.churn } : {}),
+      urls: loadgenPlan.urls.length,
     };
-    const watch =
-      scenario === "connections"
-        ? (s: { rssBytes: number; connected: number }) => {
-            // The highest memory seen while every device is connected (checked every 500 ms).
-            if (s.connected >= online.length && (!plateau || s.rssBytes > plateau.rssBytes)) plateau = s;
-          }
-        : undefined;
-    const k6Run = await runK6(k6, scenario, env, work, servers, watch);
-    // The server's own view of live delivery: from sent_at to the push being handed to the stream (no k6 in it).
-    const serverMetrics = await scrape(servers.nodes[0]!.url).catch(() => new Map<string, number>());
-    const e = k6Run.export;
-    const notes: string[] = [];
-    const figures: ScenarioResult["figures"] = { devices: online.length, registeredDevices: devices.length, ...commonFigures(e) };
-    let points: LatencyPoint[] = [];
-
-    const serverLatency = histogramQuantiles(serverMetrics, "palaver_delivery_latency_seconds", [0.5, 0.99]);
-    figures.serverDeliveryP50Ms = serverLatency[0] ?? null;
-    figures.serverDeliveryP99Ms = serverLatency[1] ?? null;
-    if (scenario === "steady" || scenario === "groups100") {
-      const rate = Number(settings.RATE);
-      const measuredSeconds = Number(settings.SEND_S) - Number(settings.WARMUP_S ?? 0);
-      const point = latencyPoint(e, String(rate), measuredSeconds);
-      if (point) points = [point];
-      // The headline latency leaves out the warm-up seconds; the whole run's stays beside it.
-      figures.deliveryP99AllMs = figures.deliveryP99Ms ?? null;
-      figures.deliveryP50Ms = point?.p50 ?? null;
-      figures.deliveryP95Ms = point?.p95 ?? null;
-      figures.deliveryP99Ms = point?.p99 ?? null;
-      figures.deliveryMaxMs = point?.max ?? null;
-      figures.warmupSeconds = Number(settings.WARMUP_S ?? 0);
-      figures.targetSendsPerSecond = rate;
-      figures.achievedSendsPerSecond = point?.achievedSendsPerSecond ?? null;
-      figures.deliveriesPerSecond = Math.round((metric(e, `deliveries{rate:${rate}}`, "count") ?? 0) / measuredSeconds);
-      if (figures.warmupSeconds) notes.push(`the first ${figures.warmupSeconds} s of sending are warm-up, left out of the latency and rate figures (deliveryP99AllMs includes them)`);
-    }
-    if (scenario === "ramp") {
-      const steps = String(settings.STEPS).split(",");
-      const stepSeconds = Number(settings.STEP_S);
-      const reached = steps.map((tag) => latencyPoint(e, tag, stepSeconds)).filter((p): p is LatencyPoint => p !== null);
-      // The knee: the highest step whose p99 held under 500 ms and whose sends kept up (90 % of the plan). The first
-      // step that did not is the last one shown: after it the VUs stop sending one by one, so later steps are
-      // partial.
-      const failed = reached.findIndex((p) => p.p99 >= 500 || (p.achievedSendsPerSecond ?? 0) < 0.9 * p.rate);
-      const held = failed < 0 ? reached : reached.slice(0, failed);
-      points = failed < 0 ? reached : reached.slice(0, failed + 1);
-      figures.kneeSendsPerSecond = held.at(-1)?.rate ?? 0;
-      figures.highestStepReached = points.at(-1)?.rate ?? null;
-      if (ceiling) {
-        figures.pgCeilingSendsPerSecond = ceiling.sendsPerSecond;
-        figures.kneeShareOfPgCeiling = Number((figures.kneeSendsPerSecond / ceiling.sendsPerSecond).toFixed(3));
-      }
-      notes.push(`${plan.onlinePerGroup} of ${plan.groupUsers * plan.devicesPerUser} devices per group online: every send writes ${plan.groupUsers * plan.devicesPerUser - 1} inbox rows, one of which is pushed live`);
-    }
-    if (scenario === "drain") {
-      const events = metric(e, "backlog_events", "count") ?? 0;
-      const slowest = metric(e, "time_to_inbox_drained", "max") ?? 0;
-      figures.backlogEvents = events;
-      figures.expectedBacklogEvents = online.length * plan.backlog!;
-      figures.drainEventsPerSecond = slowest > 0 ? Math.round(events / (slowest / 1000)) : null;
-      figures.timeToInboxDrainedP50Ms = metric(e, "time_to_inbox_drained", "med");
-      figures.timeToInboxDrainedP99Ms = metric(e, "time_to_inbox_drained", "p(99)");
-      figures.timeToInboxDrainedMaxMs = slowest;
-      figures.fillSendsPerSecond = fillSendsPerSecond ? Math.round(fillSendsPerSecond) : null;
-    }
-    if (scenario === "connections") {
-      figures.baselineRssBytes = baseline;
-      figures.connectedRssBytes = plateau?.rssBytes ?? null;
-      figures.bytesPerDevice = plateau ? Math.round((plateau.rssBytes - baseline) / online.length) : null;
-      figures.timeToAllDrainedMs = metric(e, "time_to_inbox_drained", "max");
-      if (!plateau) notes.push("never saw every device connected at once: no memory figure");
-    }
-    if (args.nodes > 1) notes.push(`${args.nodes} nodes; CPU and memory figures are the sum or the first node's`);
-
     const result: ScenarioResult = {
+      format: FORMAT,
       scenario,
       profile: args.profile,
-      date: new Date().toISOString(),
+      date,
       backend: servers.backend,
       nodes: args.nodes,
-      plan: { ...plan, env: settings },
-      k6ExitCode: k6Run.exitCode,
-      seconds: Math.round(k6Run.seconds),
-      serverCpuSeconds: Number(k6Run.serverCpuSeconds.toFixed(1)),
-      k6CpuSeconds: Number(k6Run.k6CpuSeconds.toFixed(1)),
-      serverMaxRssBytes: k6Run.maxRss,
-      figures,
-      points,
-      pgCeiling: ceiling,
-      notes,
+      shards: args.shards,
+      devicesPerConn: args.devicesPerConn,
+      machine: { cpus: cpus().length, model: cpus()[0]?.model.trim() ?? "unknown" },
+      shape,
+      loadAvgBefore,
+      loadAvgBeforeLoadgen,
+      setupSeconds: round(setupSeconds, 1),
+      ...(fillSendsPerSecond ? { fillSendsPerSecond: Math.round(fillSendsPerSecond) } : {}),
+      seconds: run.seconds,
+      cpuSeconds: run.cpuSeconds,
+      serverMaxRssBytes: run.serverMaxRssBytes,
+      serverDeliveryP50Ms: serverP50 ?? null,
+      serverDeliveryP99Ms: serverP99 ?? null,
+      figures: {},
+      result: run.result,
+      ...(scenario === "ramp" && ceiling ? { pgCeiling: { ...ceiling, url: withoutCredentials(ceiling.url) } } : {}),
+      notes: [],
+      problems: [],
     };
-    printFigures(result);
-    if (scenario === "steady" || scenario === "groups100" || scenario === "ramp") {
-      if (!figures.sends) throw new Error(`${scenario}: no send succeeded; the script or the server is broken`);
-      if (!figures.deliveries) throw new Error(`${scenario}: no message was delivered; the script or the server is broken`);
-    }
-    if (scenario === "drain" && !figures.backlogEvents) throw new Error("drain: no backlog event arrived");
+    judge(result, watch);
+    printSummary(result);
     return result;
   } finally {
     await servers.close();
@@ -566,41 +712,130 @@ async function runScenario(k6: string, scenario: Scenario, args: Args, ceiling: 
   }
 }
 
-/** Quantiles (ms, the bucket's upper bound) of a Prometheus histogram in seconds; empty when it has no samples. */
-function histogramQuantiles(metrics: Map<string, number>, name: string, quantiles: number[]): (number | null)[] {
-  const buckets: { le: number; count: number }[] = [];
-  for (const [key, value] of metrics) {
-    const m = new RegExp(`^${name}_bucket\\{le="([^"]+)"\\}$`).exec(key);
-    if (m) buckets.push({ le: m[1] === "+Inf" ? Infinity : Number(m[1]), count: value });
+/**
+ * Fills in the derived figures, the notes, and the problems: what fails the run. A problem is a broken script or
+ * server (nothing sent, nothing delivered, a device that never connected) or a lost message (a delivery still missing
+ * after the hold, a churned device that never got a message, a backlog event that never came); never a latency or a
+ * rate. Past the ci profile, a step whose p99 passed 500 ms is saturated: what had not arrived when the hold ended is
+ * late rather than lost, and is noted.
+ */
+function judge(r: ScenarioResult, watch: Watch): void {
+  const res = r.result;
+  const { notes, problems } = r;
+  const sending = r.shape.steps.length > 0;
+  const points = sentPoints(r);
+  if (sending && !points.some((p) => p.sendsOk > 0)) problems.push("no send succeeded: the load generator or the server is broken");
+  if (sending && !points.some((p) => p.deliveriesReceived > 0)) problems.push("no message was delivered: the load generator or the server is broken");
+  for (const p of points) {
+    const missing = p.deliveriesExpected - p.deliveriesReceived;
+    if (missing <= 0) continue;
+    if (r.profile !== "ci" && p.deliveryLatency.p99 >= KNEE_P99_MS) {
+      notes.push(`step ${p.tag}: ${missing} of ${p.deliveriesExpected} deliveries had not arrived when the hold ended (saturated: p99 ${Math.round(p.deliveryLatency.p99)} ms)`);
+    } else {
+      problems.push(`step ${p.tag}: ${missing} of ${p.deliveriesExpected} deliveries never arrived (lost)`);
+    }
   }
-  buckets.sort((a, b) => a.le - b.le);
-  const total = buckets.at(-1)?.count ?? 0;
-  if (total === 0) return [];
-  return quantiles.map((q) => {
-    const bucket = buckets.find((b) => b.count >= q * total);
-    return bucket && Number.isFinite(bucket.le) ? bucket.le * 1000 : null;
-  });
+  if (res.churn && res.churn.lost > 0) problems.push(`churn: ${res.churn.lost} messages lost across reconnects`);
+  if (res.churn?.chatsUnchecked) notes.push(`churn: ${res.churn.chatsUnchecked} chats could not be checked for losses (their last seq could not be read)`);
+  if (res.churn && res.churn.duplicatesOnAStream > 0) notes.push(`churn: ${res.churn.duplicatesOnAStream} events came twice on one stream (the protocol says none should)`);
+  if (r.scenario === "drain") {
+    const expected = r.shape.devices * (r.shape.backlogPerDevice ?? 0);
+    const got = res.drain?.backlogEvents ?? 0;
+    if (got < expected) problems.push(`drain: ${got} of ${expected} stored events arrived before InboxDrained`);
+  }
+  if (res.connect && res.connect.failed > 0) problems.push(`${res.connect.failed} of ${res.connect.devices} devices never connected`);
+  // Devices still connecting at startAtMs: the first messages are due before anyone can send them (latency counts from due).
+  const late = res.connect?.startedLateMs ?? Math.max(0, ((res.connect?.secondsUntilAllLive ?? 0) - r.shape.startDelaySeconds) * 1000);
+  if (sending && late > 0) {
+    notes.push(`the devices were all live ${(late / 1000).toFixed(1)} s after the send clock started (${r.shape.startDelaySeconds} s after the load generator did): the first sends went out late, which the warm-up step absorbs`);
+  }
+  const sendErrors = points.reduce((n, p) => n + Object.values(p.sendErrors).reduce((a, b) => a + b, 0), 0);
+  if (sendErrors > 0) notes.push(`${sendErrors} sends were answered with an error (by code in the table)`);
+  if (r.scenario === "ramp") {
+    const { knee } = kneeOf(r);
+    r.figures.kneeSendsPerSecond = knee;
+    r.figures.highestStepSent = points.filter((p) => p.tag !== "warmup").at(-1)?.rate ?? 0;
+    if (r.pgCeiling) {
+      r.figures.pgCeilingSendsPerSecond = r.pgCeiling.sendsPerSecond;
+      r.figures.kneeShareOfPgCeiling = round(knee / r.pgCeiling.sendsPerSecond, 3);
+    }
+  } else if (sending) {
+    r.figures.measuredTag = measuredPoint(r)?.tag;
+    if (r.shape.steps.some((s) => s.tag === "warmup")) notes.push("the warm-up step (JIT, pools, caches) is shown but left out of the figures");
+  }
+  if (r.backend === "pglite") notes.push("PGlite: the database runs inside the server process, so the server's CPU includes it");
+  else if (watch.postgres.length === 0) notes.push("Postgres is not on this machine: its CPU is not measured");
+  if (r.nodes > 1) notes.push(`${r.nodes} nodes behind Redis on the same machine: server CPU and memory are their sum`);
 }
 
-function printFigures(result: ScenarioResult): void {
-  console.log(`\n  palaver ${result.scenario} (${result.profile}, ${result.backend}, k6 exit ${result.k6ExitCode}):`);
-  for (const [key, value] of Object.entries(result.figures)) console.log(`    ${key.padEnd(28)} ${value ?? "-"}`);
-  for (const p of result.points) {
-    console.log(`    rate ${String(p.rate).padStart(6)}/s  p50 ${p.p50.toFixed(1)} ms  p95 ${p.p95.toFixed(1)} ms  p99 ${p.p99.toFixed(1)} ms  achieved ${p.achievedSendsPerSecond ?? "-"}/s`);
+function printSummary(r: ScenarioResult): void {
+  const res = r.result;
+  const f = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
+  console.log(`\n  ${r.scenario} (${r.profile}, ${r.backend}, ${r.shape.devices} devices, ${r.seconds} s):`);
+  for (const p of sentPoints(r)) console.log(`    ${pointLine(r, p)}`);
+  if (r.scenario === "ramp") {
+    console.log(`    knee ${r.figures.kneeSendsPerSecond} sends/s${r.figures.kneeShareOfPgCeiling !== undefined ? ` = ${(r.figures.kneeShareOfPgCeiling * 100).toFixed(1)} % of Postgres alone (${r.figures.pgCeilingSendsPerSecond}/s)` : ""}`);
   }
-  console.log(`    server CPU ${result.serverCpuSeconds} s, k6 CPU ${result.k6CpuSeconds} s over ${result.seconds} s; server max RSS ${(result.serverMaxRssBytes / 2 ** 20).toFixed(0)} MiB`);
-  for (const note of result.notes) console.log(`    note: ${note}`);
+  if (res.connect) console.log(`    connect: ${res.connect.devices} devices live after ${res.connect.secondsUntilAllLive.toFixed(2)} s (p99 ${f(res.connect.latency.p99)} ms), ${res.connect.failed} failed`);
+  if (res.drain && r.scenario === "drain") console.log(`    drain: ${res.drain.backlogEvents} events in ${res.drain.secondsUntilAllDrained.toFixed(2)} s = ${Math.round(res.drain.eventsPerSecond)} events/s`);
+  if (res.churn) console.log(`    churn: ${res.churn.reconnects} reconnects, lost ${res.churn.lost}, duplicates on a stream ${res.churn.duplicatesOnAStream}, redelivered ${res.churn.redeliveredAfterReconnect}`);
+  if (res.memory && r.scenario === "connections") {
+    console.log(`    memory: server RSS ${(res.memory.serverRssBeforeBytes / 2 ** 20).toFixed(0)} → ${(res.memory.serverRssConnectedBytes / 2 ** 20).toFixed(0)} MiB, ${(res.memory.rssPerIdleDeviceBytes / 1024).toFixed(1)} KiB per idle device`);
+  }
+  const cpu = Object.entries(r.cpuSeconds)
+    .filter(([, v]) => v !== undefined && v > 0)
+    .map(([k, v]) => `${k} ${v!.toFixed(1)}`)
+    .join(", ");
+  console.log(`    CPU s over the run: ${cpu || "-"}; server max RSS ${(r.serverMaxRssBytes / 2 ** 20).toFixed(0)} MiB; load average before ${r.loadAvgBefore.join(" ")}`);
+  const errors = Object.entries(res.errors ?? {}).filter(([, n]) => n > 0);
+  if (errors.length > 0) console.log(`    errors: ${errors.map(([k, n]) => `${k} ${n}`).join(", ")}`);
+  for (const note of r.notes) console.log(`    note: ${note}`);
+  for (const problem of r.problems) console.log(`    PROBLEM: ${problem}`);
+}
+
+function pointLine(r: ScenarioResult, p: LoadgenPoint): string {
+  const d = p.deliveryLatency;
+  const f = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
+  const cpu = (["server", "postgres", "redis", "loadgen"] as Watched[])
+    .filter((k) => (p.cpuMicrosPerDelivery[k] ?? 0) > 0)
+    .map((k) => `${k} ${Math.round(p.cpuMicrosPerDelivery[k]!)}`)
+    .join(" ");
+  const mark = r.scenario === "ramp" && p.tag !== "warmup" ? (held(p) ? " ok" : " ✗") : "";
+  return (
+    `${p.tag.padStart(6)}${mark}: ${p.rate}/s × ${p.seconds} s, sent ${p.sendsOk}/${p.sendsDue}; delivery p50 ${f(d.p50)} p99 ${f(d.p99)} p99.9 ${f(d.p999)} max ${f(d.max)} ms; ` +
+    `send p99 ${f(p.sendLatency.p99)} ms; received ${p.deliveriesReceived}/${p.deliveriesExpected}, dup ${p.duplicates}; CPU µs/delivery ${cpu || "-"}; load ${p.loadAvg1 === null || p.loadAvg1 < 0 ? "-" : p.loadAvg1.toFixed(2)}`
+  );
+}
+
+/** A database URL fit for a committed file: no user or password. */
+function withoutCredentials(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = "";
+    u.password = "";
+    return u.toString();
+  } catch {
+    return "(unparsable)";
+  }
+}
+
+function round(value: number, digits: number): number {
+  return Number(value.toFixed(digits));
 }
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+async function writeReport(dir: string): Promise<void> {
+  await renderReport(dir, await newestRun(dir, SCENARIOS));
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  if (process.argv.includes("--report-only")) return writeReport(args.out);
+  if (args.reportOnly) return writeReport(args.out);
   const started = performance.now();
-  const k6 = k6Binary();
+  const binary = await loadgenBinary();
   await mkdir(args.out, { recursive: true });
   let ceiling: CeilingResult | undefined;
   if (process.env.DATABASE_URL && args.scenarios.includes("ramp")) {
@@ -610,23 +845,18 @@ async function main(): Promise<void> {
     console.log(`  Postgres alone: ${ceiling.sendsPerSecond} sends/s (${ceiling.inboxRowsPerSecond} inbox rows/s), batch of 256 p50 ${ceiling.batchMsP50} ms`);
   }
   const day = new Date().toISOString().slice(0, 10);
+  const problems: string[] = [];
   for (const scenario of args.scenarios) {
-    const result = await runScenario(k6, scenario, args, ceiling);
+    const result = await runScenario(binary, scenario, args, ceiling);
     await writeFile(join(args.out, `${day}-${scenario}.json`), `${JSON.stringify(result, null, 2)}\n`);
+    problems.push(...result.problems.map((p) => `${scenario}: ${p}`));
   }
   await writeReport(args.out);
   console.log(`\nwrote ${args.out}/${day}-*.json and ${args.out}/report.md in ${((performance.now() - started) / 1000).toFixed(0)} s`);
-}
-
-/** Renders report.md and latency.svg from the latest result of each scenario in `dir`. */
-async function writeReport(dir: string): Promise<void> {
-  const files = (await readdir(dir)).filter((f) => /^\d{4}-\d{2}-\d{2}-[a-z0-9]+\.json$/.test(f)).sort();
-  const latest = new Map<string, ScenarioResult>();
-  for (const file of files) {
-    const result = JSON.parse(await readFile(join(dir, file), "utf8")) as ScenarioResult;
-    latest.set(result.scenario, result);
+  if (problems.length > 0) {
+    console.error(`\nFAILED: ${problems.length} problem${problems.length > 1 ? "s" : ""}:\n${problems.map((p) => `  ${p}`).join("\n")}`);
+    process.exitCode = 1;
   }
-  await renderReport(dir, [...latest.values()]);
 }
 
 main().catch((error: unknown) => {

@@ -81,10 +81,6 @@ eval "$(sed -n '/^declare -A pinned=(/,/^)/p' scripts/tools.sh | sed '1s/pinned=
 [ "${#tool_pins[@]}" -gt 0 ] || { echo "go: no tool pins found in scripts/tools.sh" >&2; exit 1; }
 for tool in $(printf '%s\n' "${!tool_pins[@]}" | sort); do
   read -r module package <<<"${tool_pins[$tool]}"
-  if [ "$tool" = k6 ]; then
-    echo "go tool k6 ($module): not checked: AGPL-3.0, built only on request for npm run bench (never shipped or linked) until our own load generator replaces it"
-    continue
-  fi
   dir=$(module_dir "$module")
   go_check "tool $tool ($module)" "$dir" "./$package"
 done

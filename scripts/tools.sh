@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned Go tools into a cache outside the repo and prints its directory:
-#   weed (SeaweedFS: S3 for tests and CI), grpcurl (poking the API by hand), go-licenses (the licence check),
-#   k6 (the benchmarks' load generator; built only when asked for by name).
-# Usage: bash scripts/tools.sh [weed|grpcurl|go-licenses|k6]...   (no argument: all but k6)
+#   weed (SeaweedFS: S3 for tests and CI), grpcurl (poking the API by hand), go-licenses (the licence check).
+# Usage: bash scripts/tools.sh [weed|grpcurl|go-licenses]...   (no argument: all)
 # A tool whose stamp records the pinned version is not rebuilt; PALAVER_TOOLS_DIR moves the cache.
 #
 # Each tool is built inside its own downloaded module, so the module's go.mod applies as its authors test it
@@ -14,7 +13,6 @@ declare -A pinned=(
   [weed]="github.com/seaweedfs/seaweedfs@v0.0.0-20261109003541-7506e5f91cd6 weed" # SeaweedFS tags are not semver
   [grpcurl]="github.com/fullstorydev/grpcurl@v1.9.3 cmd/grpcurl"
   [go-licenses]="github.com/google/go-licenses/v2@v2.0.1 ."
-  [k6]="go.k6.io/k6@v1.8.1 ." # AGPL-3.0: bench only, until our own load generator replaces it
 )
 default=(weed grpcurl go-licenses)
 dir=${PALAVER_TOOLS_DIR:-$HOME/.cache/palaver/bin}

@@ -220,7 +220,7 @@ describe("error mapping and logging", () => {
       "content-type": "application/grpc",
       te: "trailers",
     });
-    // As k6 does: one list_services request, its answer read, then the connection closed with the stream open.
+    // As some load tools do: one list_services request, its answer read, then the connection closed with the stream open.
     stream.write(Buffer.from([0, 0, 0, 0, 2, 0x3a, 0]));
     await new Promise((resolve) => stream.once("data", resolve));
     session.destroy();
