@@ -118,6 +118,18 @@ func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64
 	return nil
 }
 
+// varintField is the varint field want of message b (0 when absent).
+func varintField(b []byte, want protowire.Number) (uint64, error) {
+	var got uint64
+	err := fields(b, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
+		if num == want && typ == protowire.VarintType {
+			got = v
+		}
+		return nil
+	})
+	return got, err
+}
+
 func (f *frame) decode(data []byte) error {
 	f.reset()
 	return fields(data, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
@@ -155,20 +167,14 @@ func (f *frame) decodeEvent(b []byte) error {
 			f.eventKind = eventOther
 		case num == 5 && typ == protowire.BytesType: // inbox_drained
 			f.eventKind = eventInboxDrained
-			return fields(bs, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
-				if num == 1 && typ == protowire.VarintType {
-					f.backlogEvents = v
-				}
-				return nil
-			})
+			var err error
+			f.backlogEvents, err = varintField(bs, 1)
+			return err
 		case num == 6 && typ == protowire.BytesType: // resync
 			f.eventKind = eventResync
-			return fields(bs, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
-				if num == 1 && typ == protowire.VarintType {
-					f.resyncReason = int32(v)
-				}
-				return nil
-			})
+			reason, err := varintField(bs, 1)
+			f.resyncReason = int32(reason)
+			return err
 		}
 		return nil
 	})
@@ -180,20 +186,14 @@ func (f *frame) decodeResult(b []byte) error {
 		case num == 1 && typ == protowire.BytesType:
 			f.requestID = append(f.requestID[:0], bs...)
 		case num == 4 && typ == protowire.BytesType: // send_message
-			return fields(bs, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
-				if num == 2 && typ == protowire.VarintType {
-					f.sendSeq = v
-				}
-				return nil
-			})
+			var err error
+			f.sendSeq, err = varintField(bs, 2)
+			return err
 		case num == 8 && typ == protowire.BytesType: // error
 			f.hasError = true
-			return fields(bs, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
-				if num == 1 && typ == protowire.VarintType {
-					f.errorCode = int32(v)
-				}
-				return nil
-			})
+			code, err := varintField(bs, 1)
+			f.errorCode = int32(code)
+			return err
 		}
 		return nil
 	})
