@@ -91,7 +91,13 @@ async function launch(binary: string): Promise<S3Server> {
     `-s3.port.grpc=${s3Grpc}`,
     "-s3.port.iceberg=0",
     "-s3.port.lance=0",
+    // Its local sockets go with its data; the gRPC ones are always /tmp/seaweedfs-<service>-grpc-<port>.sock.
+    `-filer.localSocket=${join(dataDir, "filer.sock")}`,
+    `-s3.localSocket=${join(dataDir, "s3.sock")}`,
   ];
+  const grpcSockets = Object.entries({ master: masterGrpc, volume: volumeGrpc, filer: filerGrpc, s3: s3Grpc }).map(
+    ([service, port]) => `/tmp/seaweedfs-${service}-grpc-${port}.sock`,
+  );
   const child = spawn(binary, args, {
     cwd: dataDir,
     // The S3 gateway's admin identity comes from these two variables.
@@ -114,7 +120,7 @@ async function launch(binary: string): Promise<S3Server> {
       child.kill("SIGKILL");
       await exited;
     }
-    await rm(dataDir, { recursive: true, force: true });
+    await Promise.all([dataDir, ...grpcSockets].map((path) => rm(path, { recursive: true, force: true })));
   };
   try {
     await waitUntilWritable(connection, child, () => output);
