@@ -294,29 +294,31 @@ func (r *runner) closeAll(cancel context.CancelFunc) {
 	for _, d := range r.devices {
 		d.close()
 	}
-	deadline := time.After(10 * time.Second)
-	for _, d := range r.devices {
-		select {
-		case <-d.done:
-		case <-deadline:
-			r.logf("some streams did not end in 10 s: cancelling them")
-			cancel()
-			gone := time.After(5 * time.Second)
-			for _, d := range r.devices {
-				select {
-				case <-d.done:
-				case <-gone:
-					r.logf("some streams did not end after cancelling: leaving them")
-					return
-				}
-			}
-			return
+	if !r.streamsEnd(10 * time.Second) {
+		r.logf("some streams did not end in 10 s: cancelling them")
+		cancel()
+		if !r.streamsEnd(5 * time.Second) {
+			r.logf("some streams did not end after cancelling: leaving them")
 		}
+		return
 	}
 	cancel()
 	for _, l := range r.links {
 		l.close()
 	}
+}
+
+// streamsEnd waits up to within for every device's stream to end, and says whether all did.
+func (r *runner) streamsEnd(within time.Duration) bool {
+	deadline := time.After(within)
+	for _, d := range r.devices {
+		select {
+		case <-d.done:
+		case <-deadline:
+			return false
+		}
+	}
+	return true
 }
 
 // lastSeqs reads the last seq of each of this shard's chats (GetChat by one of its devices), concurrently, for at
