@@ -1,5 +1,5 @@
 /**
- * Issue 4: many nodes behind an L4 load balancer, with nothing lost when a node dies (DESIGN.md §3, §5).
+ * Many nodes behind an L4 load balancer, with nothing lost when a node dies (docs/architecture.md: "Decisions").
  *
  * Three real nodes (`node --import tsx src/main.ts`) on a fresh database of the machine's Postgres and its Redis, with
  * HAProxy in front (deploy/haproxy.cfg rendered for loopback). Devices are placed by connecting straight to a node's

@@ -10,7 +10,7 @@ import { waitFor } from "./processes.js";
 const run = promisify(execFile);
 
 const REDIS_PORT = "6379";
-// The machine's own start command (DESIGN notes, scripts/services.sh): nothing kept on disk.
+// The machine's own start command (as scripts/services.sh starts it): nothing kept on disk.
 const REDIS_START = [
   "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", REDIS_PORT, "--save", "", "--appendonly", "no",
   "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",

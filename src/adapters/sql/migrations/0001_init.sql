@@ -1,4 +1,4 @@
--- Palaver's schema (DESIGN.md §4). Runs on Postgres and on PGlite. A migration runs as one transaction: no
+-- Palaver's schema (docs/architecture.md: "Storage"). Runs on Postgres and on PGlite. A migration runs as one transaction: no
 -- BEGIN/COMMIT here.
 
 -- A device is known by the key given to its (user, device name) pair the first time it was seen.
