@@ -1,13 +1,13 @@
 import { createHmac } from "node:crypto";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ConnectError, Code } from "@connectrpc/connect";
-import { Redis } from "ioredis";
 import { destination, type Logger } from "pino";
 import { AttachmentService } from "../gen/palaver/chat/v1/attachment_pb.js";
-import { ChatService, ConnectRequestSchema } from "../gen/palaver/chat/v1/chat_pb.js";
+import { ChatService } from "../gen/palaver/chat/v1/chat_pb.js";
 import { LocalBlobStore } from "./adapters/blob/local-blob-store.js";
 import { S3BlobStore } from "./adapters/blob/s3-blob-store.js";
+import { observed } from "./adapters/observed.js";
+import { connectRedis } from "./adapters/redis/connect.js";
 import { RedisBus } from "./adapters/redis/redis-bus.js";
 import { RedisPresence } from "./adapters/redis/redis-presence.js";
 import { createPgliteDriver } from "./adapters/sql/pglite-driver.js";
@@ -17,26 +17,29 @@ import { DeviceDirectory } from "./auth/device-directory.js";
 import { resolveAuthSecret } from "./auth/secret.js";
 import { createTokenVerifier } from "./auth/tokens.js";
 import type { Config } from "./config.js";
-import { attachmentService } from "./features/attachments/attachment-service.js";
 import { Attachments, attachmentLifetimeDays } from "./features/attachments/attachments.js";
-import { chatService } from "./features/chat-service.js";
 import { Chats } from "./features/chats/chats.js";
 import { DeliveryHub, type Routing } from "./features/delivery/hub.js";
-import { Messaging } from "./features/messaging/send-message.js";
-import { plainHttp, type PlainHandler } from "./features/operations/http-routes.js";
+import { Acks } from "./features/delivery/acks.js";
+import { Messaging } from "./features/messaging/messaging.js";
 import { Metrics } from "./features/operations/metrics.js";
 import { Retention, type RetentionReport } from "./features/retention/retention.js";
+import { Refusal } from "./errors.js";
 import { createLogger } from "./log.js";
 import type { BlobStore } from "./ports/blob-store.js";
 import { type Clock, systemClock } from "./ports/clock.js";
 import type { Db } from "./ports/db.js";
-import { authenticate, createInterceptors, toConnectError, validateOrThrow } from "./transport/interceptors.js";
+import { attachmentService } from "./transport/attachment-service.js";
+import { chatService } from "./transport/chat-service.js";
+import { toConnectError } from "./transport/errors.js";
+import { plainHttp, type PlainHandler } from "./transport/http-routes.js";
+import { createInterceptors } from "./transport/interceptors.js";
 import { type Server, startServer } from "./transport/server.js";
+import * as tunables from "./tunables.js";
 import { blobCors } from "./web/blob-cors.js";
 import { createDevTokenHandler } from "./web/dev-token.js";
 import { createStaticFiles } from "./web/static-files.js";
 
-const HOUR_MS = 60 * 60 * 1000;
 /** The built web client (`npm run build:web`), served at `/` when present. */
 const webDist = fileURLToPath(new URL("../web/dist", import.meta.url));
 
@@ -62,7 +65,10 @@ export interface AppOverrides {
 export async function startApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
   const logger = overrides.logger ?? createLogger(config);
   const clock = overrides.clock ?? systemClock;
-  const db = overrides.db ?? (await openDb(config));
+  let hub: DeliveryHub | undefined;
+  const metrics = new Metrics(() => hub?.connectedDevices ?? 0);
+  // Every call of the Db port is timed by method and outcome (palaver_db_call_duration_seconds).
+  const db = observed(overrides.db ?? (await openDb(config)), (call) => metrics.observeDbCall(call));
   await db.migrate();
   const secret = await resolveAuthSecret(config);
 
@@ -70,33 +76,36 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   const blobs = openBlobStore(config, secret, clock, () => publicUrl, logger);
   await blobs.store.init();
 
-  const routing = config.redisUrl ? openRouting(config.redisUrl, config.nodeId, logger) : null;
-  let hub: DeliveryHub | undefined;
-  const metrics = new Metrics(() => hub?.connectedDevices ?? 0);
+  const routing = config.redisUrl ? openRouting(config.redisUrl, config.nodeId, logger, metrics) : null;
   hub = new DeliveryHub(
     db,
-    { queueLimit: config.limits.streamQueueLimit, pageSize: 500, recentIds: 256 },
+    {
+      queueLimit: config.limits.streamQueueLimit,
+      pageSize: tunables.INBOX_PAGE_SIZE,
+      recentIds: tunables.STREAM_RECENT_IDS,
+    },
     logger,
     metrics,
     routing,
   );
   await hub.start();
 
-  const retention = newRetention(config, db, blobs.store, clock, logger);
+  const retention = newRetention(config, db, blobs.store, clock, logger, metrics);
   await retention.prepare();
-  retention.start(HOUR_MS);
+  retention.start(tunables.RETENTION_INTERVAL_MS);
 
   const chats = new Chats(db, hub, clock, { maxParticipants: config.limits.maxParticipants });
   const attachments = new Attachments(db, blobs.store, clock, {
     maxBytes: config.limits.maxAttachmentBytes,
-    uploadUrlSeconds: 15 * 60,
-    downloadUrlSeconds: HOUR_MS / 1000,
+    uploadUrlSeconds: tunables.UPLOAD_URL_SECONDS,
+    downloadUrlSeconds: tunables.DOWNLOAD_URL_SECONDS,
   });
   const messaging = new Messaging(db, hub, clock, (userId, ids) => attachments.resolveForSend(userId, ids), metrics, {
     maxBatch: config.limits.sendBatchMax,
     sendsPerMinute: config.limits.sendsPerMinute,
-    // PGlite is one connection; a Postgres pool takes a few batches at once.
-    maxInFlight: config.databaseUrl ? 4 : 1,
+    maxInFlight: config.databaseUrl
+      ? tunables.SEND_BATCHES_IN_FLIGHT_POSTGRES
+      : tunables.SEND_BATCHES_IN_FLIGHT_PGLITE,
   });
   const devices = new DeviceDirectory(db, clock);
 
@@ -104,14 +113,18 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     verifyToken: createTokenVerifier({ secret, jwksUrl: config.authJwksUrl }),
     resolveDevice: (userId: string, deviceName: string) => devices.resolve(userId, deviceName),
   };
+  const acks = new Acks(db, {
+    maxBatch: tunables.ACK_BATCH_MAX,
+    maxInFlight: tunables.ACK_BATCHES_IN_FLIGHT,
+    onBatch: metrics.batchObserver("acks"),
+  });
   const chat = chatService({
-    db,
     hub,
     chats,
     messaging,
+    acks,
     metrics,
-    validate: (frame) => validateOrThrow(ConnectRequestSchema, frame),
-    toConnectError: (error) => toConnectError(error, logger),
+    logger,
     subscribeKeepAliveMs: config.subscribeKeepAliveSeconds * 1000,
   });
 
@@ -122,7 +135,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     tls: config.tls,
     interceptors: createInterceptors({ logger, ...auth, onCallEnd: (call) => metrics.countCall(call) }),
     // Plain gRPC Connect streams skip connect-es's per-message pipeline (see transport/grpc-bidi.ts).
-    bidiRoutes: [chat.connectRoute((authorization) => authenticate(auth, authorization))],
+    bidiRoutes: [chat.connectRoute(auth)],
     bidiOptions: {
       logger,
       onCallEnd: (call) => metrics.countCall(call),
@@ -156,7 +169,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     async close() {
       retention.stop();
       await server.close();
-      hub.endAll(new ConnectError("server is shutting down", Code.Unavailable));
+      hub.endAll(new Refusal("shutting_down", "server is shutting down"));
       if (routing) await Promise.allSettled([routing.presence.close(), routing.bus.close()]);
       if (!overrides.db) await db.close();
     },
@@ -205,25 +218,38 @@ function openBlobStore(
   return { store, httpHandler: (req, res) => store.handleRequest(req, res) };
 }
 
-function openRouting(redisUrl: string, nodeId: string, logger: Logger): Routing {
-  const connect = (role: string) => {
-    // Commands fail fast while Redis is away (routing is best effort); the subscriber queues its SUBSCRIBE.
-    const redis = new Redis(redisUrl, {
-      connectionName: `palaver-${nodeId}-${role}`, // names the node and role in CLIENT LIST
-      maxRetriesPerRequest: 1,
-      enableOfflineQueue: role === "subscriber",
+function openRouting(redisUrl: string, nodeId: string, logger: Logger, metrics: Metrics): Routing {
+  const connect = (role: "commands" | "subscriber") => {
+    // Both counters start at 0 per role, so a rate over them is defined from the first scrape.
+    metrics.redisErrors.inc({ role }, 0);
+    metrics.redisReconnects.inc({ role }, 0);
+    return connectRedis(redisUrl, {
+      nodeId,
+      role,
+      logger,
+      onError: () => metrics.redisErrors.inc({ role }),
+      onReconnect: () => metrics.redisReconnects.inc({ role }),
     });
-    redis.on("error", (error: Error) => logger.warn({ err: error, role }, "redis connection error"));
-    return redis;
   };
   const commands = connect("commands");
   return {
-    presence: new RedisPresence(commands, { nodeId, ttlSeconds: 30, heartbeatMs: 10_000 }, logger),
+    presence: new RedisPresence(
+      commands,
+      { nodeId, ttlSeconds: tunables.PRESENCE_TTL_SECONDS, heartbeatMs: tunables.PRESENCE_HEARTBEAT_MS },
+      logger,
+    ),
     bus: new RedisBus(nodeId, commands, connect("subscriber"), logger),
   };
 }
 
-function newRetention(config: Config, db: Db, blobs: BlobStore, clock: Clock, logger: Logger): Retention {
+function newRetention(
+  config: Config,
+  db: Db,
+  blobs: BlobStore,
+  clock: Clock,
+  logger: Logger,
+  metrics?: Metrics,
+): Retention {
   return new Retention(
     db,
     blobs,
@@ -231,9 +257,10 @@ function newRetention(config: Config, db: Db, blobs: BlobStore, clock: Clock, lo
     {
       retentionDays: config.retentionDays,
       maxInboxEvents: config.limits.maxInboxEvents,
-      partitionsAhead: 3,
-      idempotencyMs: 48 * HOUR_MS,
+      partitionsAhead: tunables.PARTITIONS_AHEAD,
+      idempotencyMs: tunables.IDEMPOTENCY_MS,
     },
     logger,
+    (report) => metrics?.countRetentionRun(report),
   );
 }

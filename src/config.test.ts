@@ -2,7 +2,13 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "./config.js";
+import { create } from "@bufbuild/protobuf";
+import { createValidator } from "@bufbuild/protovalidate";
+import { CreateAttachmentRequestSchema } from "../gen/palaver/chat/v1/attachment_pb.js";
+import { CreateChatRequestSchema, ModifyChatParticipantsRequestSchema } from "../gen/palaver/chat/v1/chat_pb.js";
+import { idInputPattern, idPattern as webIdPattern } from "../web/src/ids.js";
+import { attachmentBytesRule, participantsRule, stringPattern } from "./api-rules.js";
+import { ConfigError, idPattern, loadConfig } from "./config.js";
 
 function problemsOf(env: Record<string, string>): string[] {
   try {
@@ -118,7 +124,8 @@ describe("loadConfig", () => {
       'RETENTION_DAYS must be an integer from 1 to 9007199254740991, got "0"',
       'NODE_ID must match ^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$, got "bad id"',
       'LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "loud"',
-      'MAX_PARTICIPANTS must be an integer from 2 to 9007199254740991, got "1"',
+      'MAX_PARTICIPANTS must be an integer from 2 to 101, the most the API allows ' +
+        '(chat.proto CreateChatRequest.participant_user_ids max_items 100, plus the creator), got "1"',
       'SEND_BATCH_MAX must be an integer from 1 to 9007199254740991, got "2.5"',
     ]);
   });
@@ -150,5 +157,58 @@ describe("loadConfig", () => {
     })();
     expect(error?.message).toContain("AUTH_SECRET");
     expect(error?.message).not.toContain("hunter2");
+  });
+
+  it("caps MAX_PARTICIPANTS and MAX_ATTACHMENT_BYTES at what the proto's rules allow, naming the rule", () => {
+    expect(loadConfig({ MAX_PARTICIPANTS: "101", MAX_ATTACHMENT_BYTES: "104857600" }).limits).toMatchObject({
+      maxParticipants: 101,
+      maxAttachmentBytes: 104857600,
+    });
+    expect(problemsOf({ MAX_PARTICIPANTS: "102", MAX_ATTACHMENT_BYTES: "104857601" })).toEqual([
+      'MAX_PARTICIPANTS must be an integer from 2 to 101, the most the API allows ' +
+        '(chat.proto CreateChatRequest.participant_user_ids max_items 100, plus the creator), got "102"',
+      'MAX_ATTACHMENT_BYTES must be an integer from 1 to 104857600, the most the API allows ' +
+        '(attachment.proto CreateAttachmentRequest.size_bytes lte 104857600), got "104857601"',
+    ]);
+  });
+});
+
+describe("the API's rules, read from the descriptors", () => {
+  const validator = createValidator();
+  const ids = (n: number) => Array.from({ length: n }, (_, i) => `user${i}`);
+
+  it("are the limits protovalidate enforces", () => {
+    const others = participantsRule.max - 1; // the creator is not in the list
+    const chat = (n: number) =>
+      validator.validate(CreateChatRequestSchema, create(CreateChatRequestSchema, { participantUserIds: ids(n) }));
+    expect(chat(others).kind).toBe("valid");
+    expect(chat(others + 1).kind).toBe("invalid");
+    expect(chat(participantsRule.min - 2).kind).toBe("invalid");
+    const upload = (sizeBytes: number) =>
+      validator.validate(
+        CreateAttachmentRequestSchema,
+        create(CreateAttachmentRequestSchema, {
+          sha256: new Uint8Array(32),
+          sizeBytes: BigInt(sizeBytes),
+          contentType: "image/png",
+          fileName: "a.png",
+        }),
+      );
+    expect(upload(attachmentBytesRule.max).kind).toBe("valid");
+    expect(upload(attachmentBytesRule.max + 1).kind).toBe("invalid");
+  });
+
+  it("give server and web client one id pattern: chat.proto's, written the same on both of its fields", () => {
+    const proto = stringPattern(ModifyChatParticipantsRequestSchema.field.userId);
+    expect(stringPattern(CreateChatRequestSchema.field.participantUserIds)).toBe(proto);
+    expect(idPattern.source).toBe(proto);
+    expect(webIdPattern.source).toBe(proto);
+  });
+
+  it("give the browser's input pattern (v mode, anchored by the browser) the same ids", () => {
+    const input = new RegExp(`^(?:${idInputPattern})$`, "v");
+    const samples = ["alice", "a", "x".repeat(128), "x".repeat(129), "bob-", "b.o_b@x-y", "-bob", ".bob", "bad id", "", "é"];
+    for (const id of samples) expect(input.test(id), id).toBe(idPattern.test(id));
+    expect(samples.filter((id) => idPattern.test(id))).toEqual(["alice", "a", "x".repeat(128), "bob-", "b.o_b@x-y"]);
   });
 });

@@ -1,7 +1,8 @@
 import { accessSync, constants } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { attachmentBytesRule as attachmentBytes, idPattern, participantsRule as participants } from "./api-rules.js";
 
-/** Everything the server reads from its environment, validated once at start (DESIGN §8). */
+/** Everything the server reads from its environment, validated once at start (README.md: "Configuration"). */
 export interface Config {
   port: number;
   host: string;
@@ -52,8 +53,8 @@ export interface Limits {
 export const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof logLevels)[number];
 
-/** The pattern user ids, device names and node ids share with the API. */
-export const idPattern = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+/** The pattern user ids, device names and node ids share with the API (read from chat.proto: see api-rules.ts). */
+export { idPattern };
 
 /** Thrown by loadConfig with one line per bad variable. */
 export class ConfigError extends Error {
@@ -99,10 +100,17 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: read.oneOf("LOG_LEVEL", logLevels) ?? "info",
     nodeEnv: read.string("NODE_ENV") ?? "development",
     limits: {
-      maxParticipants: read.integer("MAX_PARTICIPANTS", 100, 2),
+      // Capped at what the API's validation rules allow (api-rules.ts): a value above them is a start-up error.
+      maxParticipants: read.integer("MAX_PARTICIPANTS", 100, participants.min, participants.max, participants.rule),
       maxInboxEvents: read.integer("MAX_INBOX_EVENTS", 100_000, 1),
       streamQueueLimit: read.integer("STREAM_QUEUE_LIMIT", 10_000, 1),
-      maxAttachmentBytes: read.integer("MAX_ATTACHMENT_BYTES", 100 * 1024 * 1024, 1),
+      maxAttachmentBytes: read.integer(
+        "MAX_ATTACHMENT_BYTES",
+        attachmentBytes.max,
+        1,
+        attachmentBytes.max,
+        attachmentBytes.rule,
+      ),
       sendBatchMax: read.integer("SEND_BATCH_MAX", 256, 1),
       sendsPerMinute: read.integer("SEND_LIMIT_PER_MINUTE", 600, 1),
     },
@@ -123,12 +131,14 @@ class Reader {
     return value === "" ? undefined : value;
   }
 
-  integer(name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  /** `maxRule` names the API rule the maximum comes from, for the message. */
+  integer(name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER, maxRule?: string): number {
     const text = this.string(name);
     if (text === undefined) return fallback;
     const value = Number(text);
     if (!/^\d+$/.test(text) || value < min || value > max) {
-      this.problems.push(`${name} must be an integer from ${min} to ${max}, got "${text}"`);
+      const limit = maxRule ? `${max}, the most the API allows (${maxRule})` : `${max}`;
+      this.problems.push(`${name} must be an integer from ${min} to ${limit}, got "${text}"`);
       return fallback;
     }
     return value;

@@ -1,5 +1,5 @@
 import type { Clock } from "../ports/clock.js";
-import type { Db } from "../ports/db.js";
+import type { DeviceStore } from "../ports/db.js";
 
 /**
  * The key of each (user, device name) pair, recording the device the first time it is seen. Every authenticated call
@@ -9,7 +9,7 @@ export class DeviceDirectory {
   private readonly known = new Map<string, string>();
 
   constructor(
-    private readonly db: Db,
+    private readonly db: DeviceStore,
     private readonly clock: Clock,
     private readonly maxCached = 100_000,
   ) {}

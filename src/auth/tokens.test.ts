@@ -1,19 +1,18 @@
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { type CryptoKey, SignJWT, UnsecuredJWT, decodeJwt, exportJWK, generateKeyPair } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DependencyUnavailableError } from "../errors.js";
+import { DependencyUnavailableError, Refusal } from "../errors.js";
 import { createTokenVerifier, mintToken, parseTtl } from "./tokens.js";
 
 const secret = new TextEncoder().encode("a test secret that is long enough for HS256");
 const alice = { userId: "alice", deviceName: "phone" };
 
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
+async function rejection(promise: Promise<unknown>): Promise<Refusal> {
   const error = await promise.then(() => undefined, (e: unknown) => e);
-  expect(error).toBeInstanceOf(ConnectError);
-  expect((error as ConnectError).code).toBe(Code.Unauthenticated);
-  return error as ConnectError;
+  expect(error).toBeInstanceOf(Refusal);
+  expect((error as Refusal).kind).toBe("unauthenticated");
+  return error as Refusal;
 }
 
 describe("mintToken", () => {
@@ -59,24 +58,24 @@ describe("createTokenVerifier", () => {
   const verify = createTokenVerifier({ secret });
 
   it("refuses garbage, expired, wrongly signed, unsigned and claim-less tokens as UNAUTHENTICATED", async () => {
-    expect((await rejection(verify("garbage"))).rawMessage).toBe("token is malformed");
-    expect((await rejection(verify(""))).rawMessage).toBe("token is malformed");
+    expect((await rejection(verify("garbage"))).message).toBe("token is malformed");
+    expect((await rejection(verify(""))).message).toBe("token is malformed");
     const expired = await mintToken(secret, alice, { ttl: 60, now: new Date(Date.now() - 3_600_000) });
-    expect((await rejection(verify(expired))).rawMessage).toBe("token has expired");
+    expect((await rejection(verify(expired))).message).toBe("token has expired");
     const otherSecret = new TextEncoder().encode("some other secret of a sufficient length");
-    expect((await rejection(verify(await mintToken(otherSecret, alice)))).rawMessage).toBe("token signature is not valid");
+    expect((await rejection(verify(await mintToken(otherSecret, alice)))).message).toBe("token signature is not valid");
     const unsigned = new UnsecuredJWT({ device: "phone" }).setSubject("alice").setExpirationTime("1h").encode();
-    expect((await rejection(verify(unsigned))).rawMessage).toBe("token algorithm none is not accepted");
+    expect((await rejection(verify(unsigned))).message).toBe("token algorithm none is not accepted");
     const noExpiry = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "HS256" }).setSubject("alice").sign(secret);
-    expect((await rejection(verify(noExpiry))).rawMessage).toContain('"exp"');
+    expect((await rejection(verify(noExpiry))).message).toContain('"exp"');
     const noDevice = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setExpirationTime("1h").sign(secret);
-    expect((await rejection(verify(noDevice))).rawMessage).toContain("device claim");
+    expect((await rejection(verify(noDevice))).message).toContain("device claim");
   });
 
   it("refuses asymmetric tokens when no key set is configured", async () => {
     const { privateKey } = await generateKeyPair("ES256");
     const token = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "ES256" }).setSubject("alice").setExpirationTime("1h").sign(privateKey);
-    expect((await rejection(verify(token))).rawMessage).toBe("token algorithm ES256 is not accepted");
+    expect((await rejection(verify(token))).message).toBe("token algorithm ES256 is not accepted");
   });
 });
 
@@ -109,8 +108,8 @@ describe("createTokenVerifier with a JWKS URL", () => {
   it("refuses a token signed by a key outside the set", async () => {
     const verify = createTokenVerifier({ secret, jwksUrl });
     const stranger = (await generateKeyPair("ES256")).privateKey;
-    expect((await rejection(verify(await signed(stranger)))).rawMessage).toBe("token signature is not valid");
-    expect((await rejection(verify(await signed(stranger, "k9")))).rawMessage).toBe("no key in the key set matches the token");
+    expect((await rejection(verify(await signed(stranger)))).message).toBe("token signature is not valid");
+    expect((await rejection(verify(await signed(stranger, "k9")))).message).toBe("no key in the key set matches the token");
   });
 
   it("reports a key set it cannot fetch as an unavailable dependency", async () => {

@@ -1,7 +1,6 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { SignJWT, createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify, type JWTVerifyGetKey } from "jose";
 import { idPattern } from "../config.js";
-import { DependencyUnavailableError } from "../errors.js";
+import { DependencyUnavailableError, Refusal } from "../errors.js";
 
 /** Who a token speaks for: its `sub` and `device` claims. */
 export interface TokenSubject {
@@ -90,7 +89,7 @@ function remoteKeys(url: URL): JWTVerifyGetKey {
 }
 
 function explain(error: unknown): Error {
-  if (error instanceof ConnectError || error instanceof DependencyUnavailableError) return error;
+  if (error instanceof Refusal || error instanceof DependencyUnavailableError) return error;
   if (error instanceof errors.JWTExpired) return unauthenticated("token has expired");
   if (error instanceof errors.JWSSignatureVerificationFailed) return unauthenticated("token signature is not valid");
   if (error instanceof errors.JWTClaimValidationFailed) return unauthenticated(`token rejected: ${error.message}`);
@@ -99,8 +98,8 @@ function explain(error: unknown): Error {
   return unauthenticated("token is malformed");
 }
 
-function unauthenticated(message: string): ConnectError {
-  return new ConnectError(message, Code.Unauthenticated);
+function unauthenticated(message: string): Refusal {
+  return new Refusal("unauthenticated", message);
 }
 
 function checkId(what: string, value: string): void {

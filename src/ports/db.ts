@@ -1,7 +1,8 @@
 /**
- * The storage port: everything the features ask of the database. Postgres is the source of truth for chats,
- * messages and every device's inbox; the implementation (src/adapters/sql) runs the same SQL on real Postgres and on
- * PGlite. Methods that change several rows do it in one transaction.
+ * The storage ports: everything the features ask of the database, split by concern; each feature takes the ones it
+ * uses. Postgres is the source of truth for chats, messages and every device's inbox; the implementation
+ * (src/adapters/sql) runs the same SQL on real Postgres and on PGlite. Methods that change several rows do it in one
+ * transaction. src/adapters/memory holds the same contract in memory, for fast unit tests of the features.
  *
  * Devices are known by a `deviceKey`: the decimal id the database gave the (user, device name) pair the first time
  * the device was seen. Inbox rows, presence and routing use it, so device names only need to be unique per user.
@@ -12,30 +13,23 @@ export interface DeviceAck {
   eventIds: readonly bigint[];
 }
 
-export interface Db {
-  /** Runs the versioned migrations that have not run yet. */
-  migrate(): Promise<void>;
-  close(): Promise<void>;
-
-  // ---- devices ----
+/** Devices: the key of each (user, device name) pair. */
+export interface DeviceStore {
   /** Records the device the first time it is seen and returns its key (the same key every later time). */
   registerDevice(userId: string, deviceName: string, now: Date): Promise<string>;
-  /**
-   * Returns and clears the reason this device must resync (its unacked events were dropped by retention or by the
-   * inbox limit), or null.
-   */
-  takeResync(deviceKey: string): Promise<ResyncCause | null>;
+}
 
-  // ---- chats ----
+/** Chats and who takes part in them; every change stores a chat-update event in the inboxes of those it concerns. */
+export interface ChatStore {
   /**
    * Stores a new chat with its participants and one CREATED chat-update event in the inbox of every device of every
-   * participant. `encodeUpdate` turns the stored chat into the event body (see StoredEvent.body).
+   * participant. `encodeUpdate` turns the stored chat into the event body (see Fanout.body).
    */
-  createChat(input: NewChat, encodeUpdate: (chat: ChatRecord) => Uint8Array): Promise<StoredFanout & { chat: ChatRecord }>;
+  createChat(input: NewChat, encodeUpdate: (chat: ChatRecord) => Uint8Array): Promise<{ chat: ChatRecord; fanout: Fanout }>;
   /**
    * Adds or removes one participant, locking the chat against concurrent sends and changes. On a change it stores one
    * chat-update event for every device of everyone in the chat before or after the change (the removed user
-   * included). Adding a participant already there, or removing one who is not, changes nothing (`changed: false`).
+   * included). Adding a participant already there, or removing one who is not, changes nothing (`unchanged`).
    */
   modifyParticipants(
     input: ParticipantChange,
@@ -44,20 +38,43 @@ export interface Db {
   getChat(chatId: string): Promise<ChatRecord | null>;
   /** The user's chats ordered by chat id, after `afterChatId` when given. */
   listChats(userId: string, afterChatId: string | null, limit: number): Promise<ChatRecord[]>;
-  /** Whether the user takes part in the chat now. */
-  isParticipant(chatId: string, userId: string): Promise<boolean>;
+}
 
-  // ---- messages ----
+/** Sends: messages stored with their inbox entries. */
+export interface MessageStore {
   /**
    * Stores a batch of sends in one transaction (group commit). For each send, in order: a send whose
    * (senderDeviceKey, clientMessageId) was stored before returns that first result and stores nothing; a send to a
    * missing chat or from a non-participant is refused; otherwise the chat's next seq is assigned (gap-free), the
-   * message is stored with body `encode(seq)`, one inbox row is written for every device of every participant except
+   * message is stored with body `encode(seq)`, one inbox entry is written for every device of every participant except
    * the sending device, and the idempotency key is recorded. Refusals do not affect the other sends in the batch.
    */
   storeMessages(sends: readonly PendingSend[]): Promise<SendOutcome[]>;
+  /**
+   * A stored message's event and the inbox entries it still has (devices that have not acked it), or null when it is
+   * not stored: what a retried send pushes again, in case the first attempt's live push never happened.
+   */
+  pendingFanout(chatId: string, messageId: string): Promise<Fanout | null>;
+}
 
-  // ---- attachments ----
+/** A device's inbox: what a device stream reads and what acks delete. */
+export interface InboxStore {
+  /**
+   * Returns and clears the reason this device must resync (its unacked events were dropped by retention or by the
+   * inbox limit), or null.
+   */
+  takeResync(deviceKey: string): Promise<ResyncCause | null>;
+  /** Up to `limit` events of the device's inbox with event id above `afterEventId`, oldest first. */
+  readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<InboxEvent[]>;
+  /**
+   * Deletes each ack's events from its device's inbox (ids not in it are ignored), then deletes each message whose
+   * last inbox entry this was; several devices' acks at once (acks of concurrent streams share one statement).
+   */
+  ackEvents(acks: readonly DeviceAck[]): Promise<void>;
+}
+
+/** Attachment records: who uploaded what, whether the bytes are there, and who may download them. */
+export interface AttachmentStore {
   /**
    * Records an attachment about to be uploaded, unless this uploader already has one with the same sha256 and size:
    * then that one is returned (`existing: true`) and nothing is stored.
@@ -70,29 +87,14 @@ export interface Db {
   canDownloadAttachment(attachmentId: string, userId: string): Promise<boolean>;
   /** Restarts the attachment's lifetime at `at` (a later message carries it); never moves it back. */
   markAttachmentKept(attachmentId: string, at: Date): Promise<void>;
-  /** Deletes the attachment records last kept before `cutoff` and returns them, so their objects can be deleted. */
-  deleteAttachmentsKeptBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]>;
+}
 
+/** What the retention job drops, trims and forgets. */
+export interface RetentionStore {
   /**
-   * A stored message's event and the inbox rows it still has (devices that have not acked it), or null when it is not
-   * stored: what a retried send pushes again, in case the first attempt's live push never happened.
+   * Creates the daily partitions of messages and inbox from `from`'s UTC day through `days` days after it, and returns
+   * the names of those that did not exist yet (`messages_pYYYYMMDD`, `inbox_pYYYYMMDD`).
    */
-  pendingFanout(chatId: string, messageId: string): Promise<StoredFanout | null>;
-
-  // ---- inbox ----
-  /** Up to `limit` events of the device's inbox with event id above `afterEventId`, oldest first. */
-  readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<StoredEvent[]>;
-  /**
-   * Deletes each ack's events from its device's inbox (ids not in it are ignored), then deletes each message whose
-   * last inbox row this was; several devices' acks at once (acks of concurrent streams share one statement). Returns,
-   * per ack, how many inbox rows it deleted (a row named twice counts for the first ack that names it).
-   */
-  ackEvents(acks: readonly DeviceAck[]): Promise<number[]>;
-  /** Number of events waiting in the device's inbox. */
-  inboxDepth(deviceKey: string): Promise<number>;
-
-  // ---- retention ----
-  /** Creates the daily partitions of messages and inbox from `from`'s UTC day through `days` days after it. */
   ensurePartitions(from: Date, days: number): Promise<string[]>;
   /**
    * Drops the daily partitions whose whole day is before `cutoff`'s UTC day, after marking every device that still
@@ -100,12 +102,21 @@ export interface Db {
    */
   dropPartitionsBefore(cutoff: Date): Promise<string[]>;
   /**
-   * Deletes the oldest events of every inbox holding more than `maxEvents` (and the messages left with no inbox row),
-   * marking those devices for an INBOX_OVERFLOW resync. Returns the number of devices trimmed.
+   * Deletes the oldest events of every inbox holding more than `maxEvents` (and the messages left with no inbox
+   * entry), marking those devices for an INBOX_OVERFLOW resync. Returns the number of devices trimmed.
    */
   trimInboxes(maxEvents: number): Promise<number>;
   /** Forgets idempotency keys recorded before `cutoff`. Returns how many. */
   forgetSendsBefore(cutoff: Date): Promise<number>;
+  /** Deletes the attachment records last kept before `cutoff` and returns them, so their objects can be deleted. */
+  deleteAttachmentsKeptBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]>;
+}
+
+/** Every store, for the composition root: one database behind all of them. Features take only the ones they use. */
+export interface Db extends DeviceStore, ChatStore, MessageStore, InboxStore, AttachmentStore, RetentionStore {
+  /** Runs the versioned migrations that have not run yet. */
+  migrate(): Promise<void>;
+  close(): Promise<void>;
 }
 
 export type ResyncCause = "retention" | "inbox_overflow";
@@ -142,7 +153,7 @@ export interface ParticipantChange {
 }
 
 export type ModifyOutcome =
-  | ({ kind: "changed"; chat: ChatRecord } & StoredFanout)
+  | { kind: "changed"; chat: ChatRecord; fanout: Fanout }
   | { kind: "unchanged"; chat: ChatRecord }
   | { kind: "chat_not_found" }
   | { kind: "not_participant" }
@@ -158,33 +169,41 @@ export interface PendingSend {
   sentAt: Date;
   /** Attachments (already checked to be uploaded); recorded as sent in this chat, for download permission. */
   attachmentIds: readonly string[];
-  /** The stored event body for the seq the chat gives this message (see StoredEvent.body). */
+  /** The stored event body for the seq the chat gives this message (see Fanout.body). */
   encode(seq: bigint): Uint8Array;
 }
 
 export type SendOutcome =
-  | ({ kind: "stored"; messageId: string; seq: bigint; sentAt: Date } & StoredFanout)
+  | { kind: "stored"; messageId: string; seq: bigint; sentAt: Date; fanout: Fanout }
   | { kind: "duplicate"; messageId: string; seq: bigint; sentAt: Date }
   | { kind: "chat_not_found" }
   | { kind: "not_participant" };
 
-/** A stored event and the inbox rows it was written to: what live delivery pushes. */
-export interface StoredFanout {
+/**
+ * A stored event on its way to the devices it was stored for: what live delivery pushes, on this node and through the
+ * bus to others.
+ */
+export interface Fanout {
+  /**
+   * The event as the features encoded it, once for every device: a serialized palaver.chat.v1.Event with event_id 0,
+   * since each device's inbox entry gives the id.
+   */
   body: Uint8Array;
-  deliveries: Delivery[];
+  entries: InboxEntry[];
+  /** A new message's sent_at in ms since the epoch, for the delivery latency metric; absent for chat updates. */
+  sentAtMs?: number;
 }
 
-export interface Delivery {
+/** One row of a device's inbox: the device and the id its stored event has there. */
+export interface InboxEntry {
   deviceKey: string;
   eventId: bigint;
 }
 
-export interface StoredEvent {
+/** A stored event as a device's inbox holds it. */
+export interface InboxEvent {
   eventId: bigint;
-  /**
-   * The event as the features encoded it (a serialized palaver.chat.v1.Event with event_id 0); the reader sets
-   * event_id.
-   */
+  /** See Fanout.body. */
   body: Uint8Array;
 }
 

@@ -3,13 +3,7 @@
  * One node needs neither (every device is local); several nodes share Redis. Both are accelerators: an event they
  * lose is still in the device's inbox and is delivered on its next connect.
  */
-
-/** An event for some of this node's devices, as one node hands it to another. */
-export interface Handoff {
-  /** A serialized palaver.chat.v1.Event with event_id 0 (StoredEvent.body). */
-  body: Uint8Array;
-  deliveries: { deviceKey: string; eventId: bigint }[];
-}
+import type { Fanout } from "./db.js";
 
 export interface Presence {
   /** Records that this node holds the device (refreshed by a heartbeat until released). */
@@ -26,11 +20,14 @@ export interface Presence {
 export interface Bus {
   readonly nodeId: string;
   /**
-   * Delivers handoffs to this node's handler, and says when the channel was lost (hand-offs meanwhile are lost) and
-   * when it is back.
+   * Hands this node's handler the fanouts other nodes publish for its devices (a hand-off), and says when the channel
+   * was lost (hand-offs meanwhile are lost) and when it is back.
    */
-  subscribe(handler: (handoffs: Handoff[]) => void, link: { interrupted(): void; resumed(): void }): Promise<void>;
-  /** Sends handoffs to one node's channel, in one publish. */
-  publish(nodeId: string, handoffs: Handoff[]): Promise<void>;
+  subscribe(handler: (fanouts: Fanout[]) => void, link: { interrupted(): void; resumed(): void }): Promise<void>;
+  /**
+   * Queues fanouts (each with only that node's inbox entries) for one node's channel; fanouts queued in the same tick
+   * go out in one publish. Resolves once queued: a publish that fails later is logged, and the inbox keeps the events.
+   */
+  publish(nodeId: string, fanouts: Fanout[]): void;
   close(): Promise<void>;
 }

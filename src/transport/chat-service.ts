@@ -1,6 +1,8 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { encodeEnvelope } from "@connectrpc/connect/protocol";
+import type { Logger } from "pino";
 import {
   type AckEventsRequest,
   AckEventsResponseSchema,
@@ -16,36 +18,37 @@ import {
   CreateChatResponseSchema,
   type GetChatRequest,
   GetChatResponseSchema,
+  ListChatsResponseSchema,
   type ListChatsRequest,
   type ModifyChatParticipantsRequest,
   ModifyChatParticipantsResponseSchema,
+  ParticipantOperation,
   type SendMessageRequest,
+  SendMessageResponseSchema,
   type SubscribeResponse,
   SubscribeResponseSchema,
 } from "../../gen/palaver/chat/v1/chat_pb.js";
-import type { Db, DeviceAck } from "../ports/db.js";
-import { type Caller, requireCaller } from "../transport/caller.js";
-import type { BidiRoute } from "../transport/grpc-bidi.js";
-import type { Chats } from "./chats/chats.js";
-import { type DeviceStream, type Outgoing, StreamEnded } from "./delivery/device-stream.js";
-import { eventField, grpcStoredEventMessage } from "./delivery/events.js";
-import type { DeliveryHub } from "./delivery/hub.js";
-import { withKeepAlive } from "./delivery/keep-alive.js";
-import { GroupCommitter } from "./messaging/group-commit.js";
-import { retryAfterSeconds } from "./messaging/send-limit.js";
-import type { Messaging } from "./messaging/send-message.js";
-import type { Metrics } from "./operations/metrics.js";
+import type { Chats } from "../features/chats/chats.js";
+import type { Acks } from "../features/delivery/acks.js";
+import { type DeviceStream, type StreamFrame, StreamEnded } from "../features/delivery/device-stream.js";
+import { eventField, grpcStoredEventMessage } from "../features/delivery/events.js";
+import type { DeliveryHub } from "../features/delivery/hub.js";
+import { withKeepAlive } from "./keep-alive.js";
+import type { Messaging } from "../features/messaging/messaging.js";
+import type { Metrics } from "../features/operations/metrics.js";
+import type { Caller } from "../ports/caller.js";
+import { requireCaller } from "./caller.js";
+import { retryAfterSeconds, toConnectError } from "./errors.js";
+import type { BidiRoute } from "./grpc-bidi.js";
+import { authenticate, type InterceptorOptions, validateOrThrow } from "./interceptors.js";
 
 export interface ChatServiceDeps {
-  db: Db;
   hub: DeliveryHub;
   chats: Chats;
   messaging: Messaging;
+  acks: Acks;
   metrics: Metrics;
-  /** Validates one Connect frame's command with the same rules the validation interceptor applies to unary calls. */
-  validate: (request: ConnectRequest) => void;
-  /** Turns anything a command threw into the error the unary call would have answered with. */
-  toConnectError: (error: unknown) => ConnectError;
+  logger: Logger;
   /** How long a Subscribe stream may be quiet before an empty response keeps it open. */
   subscribeKeepAliveMs: number;
 }
@@ -58,34 +61,40 @@ type Outcome = CommandResult["outcome"];
  */
 export function chatService(deps: ChatServiceDeps): {
   service: ServiceImpl<typeof ChatService>;
-  connectRoute(authenticate: (authorization: string | null) => Promise<Caller>): BidiRoute;
+  connectRoute(auth: Pick<InterceptorOptions, "verifyToken" | "resolveDevice">): BidiRoute;
 } {
-  const { db, hub, chats, messaging, metrics } = deps;
+  const { hub, chats, messaging, acks, metrics, logger } = deps;
 
-  // Acks of concurrent streams share one DELETE (group commit, as sends do): thousands of devices acking every few
-  // seconds were thousands of statements per second competing with sends for the connection pool.
-  const acks = new GroupCommitter((batch: DeviceAck[]) => db.ackEvents(batch), 256, 2);
-
-  /** Each command once, for both the unary RPCs and the Connect stream's frames. */
+  /** Each command once, for both the unary RPCs and the Connect stream's frames: request in, feature, response out. */
   const commands = {
     createChat: async (caller: Caller, request: CreateChatRequest) =>
       create(CreateChatResponseSchema, { chat: await chats.create(caller, request) }),
     modifyChatParticipants: async (caller: Caller, request: ModifyChatParticipantsRequest) =>
-      create(ModifyChatParticipantsResponseSchema, { chat: await chats.modifyParticipants(caller, request) }),
-    sendMessage: (caller: Caller, request: SendMessageRequest) => messaging.send(caller, request),
+      create(ModifyChatParticipantsResponseSchema, {
+        chat: await chats.modifyParticipants(caller, {
+          chatId: request.chatId,
+          userId: request.userId,
+          operation: request.operation === ParticipantOperation.ADD ? "add" : "remove",
+        }),
+      }),
+    sendMessage: async (caller: Caller, request: SendMessageRequest) => {
+      const sent = await messaging.send(caller, request);
+      return create(SendMessageResponseSchema, { ...sent, sentAt: timestampFromDate(sent.sentAt) });
+    },
     ackEvents: async (caller: Caller, request: AckEventsRequest) => {
-      await acks.submit({ deviceKey: caller.deviceKey, eventIds: request.eventIds });
+      await acks.ack(caller, request.eventIds);
       return create(AckEventsResponseSchema);
     },
     getChat: async (caller: Caller, request: GetChatRequest) =>
       create(GetChatResponseSchema, { chat: await chats.get(caller, request.chatId) }),
-    listChats: (caller: Caller, request: ListChatsRequest) => chats.list(caller, request),
+    listChats: async (caller: Caller, request: ListChatsRequest) =>
+      create(ListChatsResponseSchema, await chats.list(caller, request)),
   };
 
   /** Runs one frame's command and wraps its response (or error) in the frame's outcome. */
   async function runCommand(caller: Caller, frame: ConnectRequest): Promise<Outcome> {
     try {
-      deps.validate(frame);
+      validateOrThrow(ConnectRequestSchema, frame);
       const command = frame.command;
       switch (command.case) {
         case "createChat":
@@ -104,7 +113,7 @@ export function chatService(deps: ChatServiceDeps): {
           throw new ConnectError("the frame carries no command", Code.InvalidArgument);
       }
     } catch (error) {
-      const connectError = deps.toConnectError(error);
+      const connectError = toConnectError(error, logger);
       const retryAfter = retryAfterSeconds(connectError);
       return {
         case: "error",
@@ -137,7 +146,7 @@ export function chatService(deps: ChatServiceDeps): {
   /** Opens the caller's device stream for the life of the RPC and maps its frames to the RPC's responses. */
   function openStream<Out>(
     ctx: HandlerContext,
-    toResponse: (frame: Outgoing) => Out | null,
+    toResponse: (frame: StreamFrame) => Out | null,
     frames?: AsyncIterable<ConnectRequest>,
   ): AsyncGenerator<Out> {
     return streamResponses(requireCaller(ctx), ctx.signal, toResponse, frames);
@@ -150,8 +159,8 @@ export function chatService(deps: ChatServiceDeps): {
       },
       subscribe(_request, ctx) {
         const responses = openStream(ctx, (frame): SubscribeResponse | null => {
-          if (frame.kind === "event") return create(SubscribeResponseSchema, { event: frame.event });
-          if (frame.kind === "stored") return withEvent(create(SubscribeResponseSchema), frame);
+          if (frame.kind === "signal") return create(SubscribeResponseSchema, { event: frame.event });
+          if (frame.kind === "event") return withEvent(create(SubscribeResponseSchema), frame);
           return null;
         });
         // Browsers read this stream through proxies that end quiet connections; HTTP/2 clients of Connect get PINGs.
@@ -168,11 +177,11 @@ export function chatService(deps: ChatServiceDeps): {
      * Connect served on the HTTP/2 stream (see transport/grpc-bidi.ts): the same stream as `connect` above, with each
      * outgoing frame encoded straight into its gRPC message bytes.
      */
-    connectRoute(authenticate: (authorization: string | null) => Promise<Caller>): BidiRoute {
+    connectRoute(auth): BidiRoute {
       return {
         path: `/${ChatService.typeName}/${ChatService.method.connect.name}`,
         async start(authorization) {
-          const caller = await authenticate(authorization);
+          const caller = await authenticate(auth, authorization);
           return {
             user: caller.userId,
             device: caller.deviceName,
@@ -187,7 +196,7 @@ export function chatService(deps: ChatServiceDeps): {
   async function* streamResponses<Out>(
     caller: Caller,
     signal: AbortSignal,
-    toResponse: (frame: Outgoing) => Out | null,
+    toResponse: (frame: StreamFrame) => Out | null,
     frames?: AsyncIterable<ConnectRequest>,
   ): AsyncGenerator<Out> {
     const stream = await hub.open(caller.deviceKey);
@@ -198,16 +207,15 @@ export function chatService(deps: ChatServiceDeps): {
     let live = false;
     try {
       for await (const frame of stream.frames()) {
-        if (frame.kind === "event") {
+        if (frame.kind === "signal") {
           const kind = frame.event.kind;
           if (kind.case === "inboxDrained") {
             metrics.backlog.observe(Number(kind.value.backlogEvents));
             live = true;
           }
-        } else if (frame.kind === "stored" && live) {
+        } else if (frame.kind === "event" && live) {
           metrics.deliveries.inc();
-          const sentAtMs = frame.stored.sentAtMs;
-          if (sentAtMs !== undefined) metrics.deliveryLatency.observe((Date.now() - sentAtMs) / 1000);
+          if (frame.sentAtMs !== undefined) metrics.deliveryLatency.observe((Date.now() - frame.sentAtMs) / 1000);
         }
         const response = toResponse(frame);
         if (response) yield response;
@@ -226,16 +234,16 @@ async function* decodeRequests(messages: AsyncIterable<Uint8Array>): AsyncGenera
 }
 
 /** A Connect frame as its gRPC message (length prefix included); stored events without a protobuf encode. */
-function encodeConnectFrame(frame: Outgoing): Uint8Array {
-  if (frame.kind === "stored") return grpcStoredEventMessage(frame.stored.body, frame.eventId);
+function encodeConnectFrame(frame: StreamFrame): Uint8Array {
+  if (frame.kind === "event") return grpcStoredEventMessage(frame.body, frame.eventId);
   return encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame)));
 }
 
-function toConnectResponse(frame: Outgoing): ConnectResponse {
+function toConnectResponse(frame: StreamFrame): ConnectResponse {
   switch (frame.kind) {
-    case "event":
+    case "signal":
       return create(ConnectResponseSchema, { frame: { case: "event", value: frame.event } });
-    case "stored":
+    case "event":
       return withEvent(create(ConnectResponseSchema), frame);
     case "result":
       return create(ConnectResponseSchema, { frame: { case: "result", value: frame.result } });
@@ -243,7 +251,7 @@ function toConnectResponse(frame: Outgoing): ConnectResponse {
 }
 
 /** Puts a stored event into field 1 (`event`) of the response as pre-encoded bytes (see eventField). */
-function withEvent<M extends ConnectResponse | SubscribeResponse>(response: M, frame: { eventId: bigint; stored: { body: Uint8Array } }): M {
-  response.$unknown = [eventField(frame.stored.body, frame.eventId)];
+function withEvent<M extends ConnectResponse | SubscribeResponse>(response: M, frame: { eventId: bigint; body: Uint8Array }): M {
+  response.$unknown = [eventField(frame.body, frame.eventId)];
   return response;
 }

@@ -1,5 +1,5 @@
-import type { NodeHandlerFn } from "../../transport/server.js";
-import type { Metrics } from "./metrics.js";
+import type { Metrics } from "../features/operations/metrics.js";
+import type { NodeHandlerFn } from "./server.js";
 
 export type PlainHandler = (...args: Parameters<NodeHandlerFn>) => Promise<boolean> | boolean;
 

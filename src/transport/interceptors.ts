@@ -8,8 +8,10 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import type { VerifyToken } from "../auth/tokens.js";
-import { DependencyUnavailableError } from "../errors.js";
-import { type Caller, callerKey } from "./caller.js";
+import { Refusal } from "../errors.js";
+import type { Caller } from "../ports/caller.js";
+import { callerKey } from "./caller.js";
+import { toConnectError } from "./errors.js";
 
 /** Services anyone may call without a token: load balancers probe health, tools discover the API. */
 const publicServices: readonly string[] = [Health.typeName, ReflectionV1.typeName, ReflectionV1alpha.typeName];
@@ -90,34 +92,6 @@ function errorMapping(logger: Logger): Interceptor {
   };
 }
 
-/**
- * The error mapping of every RPC, also for the Connect stream dispatcher to answer a single frame with:
- * ConnectErrors pass through, an unavailable dependency becomes UNAVAILABLE (safe to retry), an abort caused by the
- * call ending keeps the call's reason, and anything else is logged with its stack and hidden behind INTERNAL.
- */
-export function toConnectError(error: unknown, logger: Logger, signal?: AbortSignal): ConnectError {
-  if (error instanceof ConnectError) return error;
-  if (error instanceof DependencyUnavailableError) {
-    logger.warn({ dependency: error.dependency, err: error.cause }, error.message);
-    return new ConnectError(
-      `${error.dependency} is temporarily unavailable; retry shortly`,
-      Code.Unavailable,
-      undefined,
-      undefined,
-      error,
-    );
-  }
-  if (signal?.aborted && (error === signal.reason || (error instanceof Error && error.name === "AbortError"))) {
-    return ConnectError.from(signal.reason);
-  }
-  // A request stream cut short: the client reset its stream or dropped the connection while the handler read it.
-  if (error instanceof Error && (error as NodeJS.ErrnoException).code === "ERR_STREAM_PREMATURE_CLOSE") {
-    return new ConnectError("the client went away", Code.Canceled, undefined, undefined, error);
-  }
-  logger.error({ err: error }, "unexpected error in rpc handler");
-  return new ConnectError("internal error", Code.Internal, undefined, undefined, error);
-}
-
 /** Requires a valid bearer token on every non-public service and puts the Caller into the call's context. */
 function auth(options: InterceptorOptions): Interceptor {
   const open = new Set(publicServices);
@@ -140,10 +114,10 @@ export async function authenticate(
 
 function bearerToken(authorization: string | null): string {
   if (authorization === null) {
-    throw new ConnectError("missing token: send the header authorization: Bearer <token>", Code.Unauthenticated);
+    throw new Refusal("unauthenticated", "missing token: send the header authorization: Bearer <token>");
   }
   const match = /^Bearer +(\S+) *$/i.exec(authorization);
-  if (!match) throw new ConnectError("authorization header must be: Bearer <token>", Code.Unauthenticated);
+  if (!match) throw new Refusal("unauthenticated", "authorization header must be: Bearer <token>");
   return match[1];
 }
 

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResyncReason } from "../../gen/palaver/chat/v1/event_pb.js";
 import { ConnectDevice, connectChatClient } from "../../src/client/device.js";
 import { testBackends } from "../support/db.js";
+import { sample, scrapeMetrics } from "../support/metrics.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -18,8 +19,7 @@ describe.each(testBackends())("retention on %s", (backend) => {
     const api = connectChatClient(server.url, await server.token(alice!, "phone"));
     const { chat } = await api.createChat({ participantUserIds: [bob!] });
     for (let i = 0; i < 3; i++) await api.sendMessage({ chatId: chat!.chatId, clientMessageId: `old${i}`, text: "old" });
-    const bobKey = await server.deviceKey(bob!, "phone");
-    expect(await server.app.db.inboxDepth(bobKey)).toBe(0); // bob's phone did not exist yet
+    expect(await server.inbox(bob!, "phone")).toEqual([]); // bob's phone did not exist yet
 
     // Bob's phone appears, hears nothing for 31 days.
     const phone = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
@@ -37,7 +37,7 @@ describe.each(testBackends())("retention on %s", (backend) => {
     expect(report.partitionsDropped.length).toBeGreaterThanOrEqual(2);
     expect(await server.partitionsOf(today)).toEqual([]);
     expect(await server.messageCount(chat!.chatId)).toBe(0);
-    expect(await server.app.db.inboxDepth(bobKey)).toBe(0);
+    expect(await server.inbox(bob!, "phone")).toEqual([]);
 
     const back = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
     await back.waitForDrained();
@@ -62,8 +62,15 @@ describe.each(testBackends())("retention on %s", (backend) => {
     const api = connectChatClient(server.url, await server.token(alice!, "phone"));
     const { chat } = await api.createChat({ participantUserIds: [bob!] });
     for (let i = 1; i <= 8; i++) await api.sendMessage({ chatId: chat!.chatId, clientMessageId: `m${i}`, text: `m${i}` });
+    const before = await scrapeMetrics(server.url);
     const report = await server.app.retention.run();
     expect(report.inboxesTrimmed).toBeGreaterThanOrEqual(1);
+    // The run and what it trimmed show in the metrics.
+    const after = await scrapeMetrics(server.url);
+    const moved = (name: string, labels?: Record<string, string>) => sample(after, name, labels) - sample(before, name, labels);
+    expect(moved("palaver_retention_runs_total", { outcome: "ok" })).toBe(1);
+    expect(moved("palaver_retention_inboxes_trimmed_total")).toBe(report.inboxesTrimmed);
+    expect(moved("palaver_retention_partitions_dropped_total")).toBe(report.partitionsDropped.length);
 
     const back = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
     await back.waitForDrained();

@@ -6,6 +6,7 @@ import { dirname, join } from "node:path";
 import type { PGlite } from "@electric-sql/pglite";
 import { createPgliteInstance, pgliteSqlDriver } from "../../src/adapters/sql/pglite-driver.js";
 import { createPostgresDriver } from "../../src/adapters/sql/postgres-driver.js";
+import { MemoryDb } from "../../src/adapters/memory/memory-db.js";
 import { SqlDb } from "../../src/adapters/sql/sql-db.js";
 import type { SqlDriver } from "../../src/ports/sql.js";
 
@@ -57,6 +58,13 @@ export async function openTestDb(backend: Backend, options: TestDbOptions = {}):
       }
     },
   };
+}
+
+/** The in-memory Db for fast unit tests, with partitions from yesterday through two days ahead like openTestDb's. */
+export async function openMemoryDb(): Promise<MemoryDb> {
+  const db = new MemoryDb();
+  await db.ensurePartitions(new Date(Date.now() - DAY_MS), 3);
+  return db;
 }
 
 function postgresDriver(schema: string, url = process.env.DATABASE_URL): SqlDriver {

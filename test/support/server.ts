@@ -6,6 +6,7 @@ import { type App, startApp } from "../../src/app.js";
 import { type MintOptions, mintToken } from "../../src/auth/tokens.js";
 import { loadConfig } from "../../src/config.js";
 import type { Clock } from "../../src/ports/clock.js";
+import type { InboxEvent } from "../../src/ports/db.js";
 import { type Backend, openTestDb, type TestDbOptions } from "./db.js";
 
 /** The real clock, plus however far a test has moved it ahead (retention). */
@@ -26,6 +27,8 @@ export interface TestServer {
   clock: TestClock;
   token(userId: string, deviceName: string, options?: MintOptions): Promise<string>;
   deviceKey(userId: string, deviceName: string): Promise<string>;
+  /** The events waiting in the device's inbox, oldest first. */
+  inbox(userId: string, deviceName: string): Promise<InboxEvent[]>;
   /** Messages (not chat updates) the chat still has stored. */
   messageCount(chatId: string): Promise<number>;
   /** Which of messages and inbox have a partition for the given day. */
@@ -62,6 +65,8 @@ export async function startTestServer(
     clock,
     token: (userId, deviceName, options) => mintToken(secret, { userId, deviceName }, options),
     deviceKey: (userId, deviceName) => app.db.registerDevice(userId, deviceName, clock.now()),
+    inbox: async (userId, deviceName) =>
+      app.db.readInbox(await app.db.registerDevice(userId, deviceName, clock.now()), 0n, 100_000),
     messageCount: (chatId) => count("SELECT count(*)::int AS n FROM messages WHERE chat_id = $1 AND seq IS NOT NULL", [chatId]),
     async partitionsOf(day) {
       const rows = await testDb.driver.query<{ parent: string }>(

@@ -127,8 +127,7 @@ describe("web client", () => {
     await bob.waitForState("live");
     await bob.waitForTexts(["one", "two", "three", "four"]);
     // What the page shows, it acks: the server's inbox for this device empties.
-    const bobDevice = await server.deviceKey(bobId, "laptop");
-    await eventually(async () => (await server.app.db.inboxDepth(bobDevice)) === 0, "bob's acks to reach the server");
+    await eventually(async () => (await server.inbox(bobId, "laptop")).length === 0, "bob's acks to reach the server");
 
     // The whole browser goes away; the device comes back in a new one and gets its backlog.
     await bob.close();

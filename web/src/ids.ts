@@ -1,3 +1,7 @@
+import { getOption } from "@bufbuild/protobuf";
+import { field } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
+import { ModifyChatParticipantsRequestSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
+
 /**
  * A random UUID for client_message_id. crypto.randomUUID exists only in secure contexts (https, localhost); a page
  * opened over plain http on a LAN address falls back to getRandomValues, which is everywhere.
@@ -11,8 +15,22 @@ export function newClientMessageId(): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-/** The id pattern of the API (user ids, device names). */
-export const idPattern = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+/** The id pattern of the API (user ids, device names): chat.proto's rule on ModifyChatParticipantsRequest.user_id. */
+export const idPattern = new RegExp(apiIdPattern());
 
 /** The same pattern for an input's `pattern` attribute, which browsers compile in the stricter `v` mode. */
-export const idInputPattern = "[A-Za-z0-9][A-Za-z0-9._@\\-]{0,127}";
+export const idInputPattern = inputPattern(idPattern.source);
+
+function apiIdPattern(): string {
+  const rules = getOption(ModifyChatParticipantsRequestSchema.field.userId, field);
+  if (rules.type.case !== "string" || !rules.type.value.pattern) throw new Error("chat.proto lost the user_id pattern");
+  return rules.type.value.pattern;
+}
+
+/**
+ * An anchored pattern as an input's `pattern` attribute: the browser anchors it itself, and in `v` mode a `-` that
+ * ends a character class must be escaped.
+ */
+function inputPattern(source: string): string {
+  return source.replace(/^\^/, "").replace(/\$$/, "").replace(/(?<!\\)-\]/g, "\\-]");
+}

@@ -2,7 +2,8 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import { HandoffBatchSchema } from "../../../gen/palaver/cluster/v1/handoff_pb.js";
-import type { Bus, Handoff } from "../../ports/routing.js";
+import type { Fanout } from "../../ports/db.js";
+import type { Bus } from "../../ports/routing.js";
 
 /**
  * One Redis pub/sub channel per node. Hand-offs to the same node within one turn of the event loop go out as one
@@ -10,7 +11,7 @@ import type { Bus, Handoff } from "../../ports/routing.js";
  * still in the inbox. Subscribing needs its own connection, so the bus takes two clients.
  */
 export class RedisBus implements Bus {
-  private readonly pending = new Map<string, Handoff[]>();
+  private readonly pending = new Map<string, Fanout[]>();
   private flushScheduled = false;
 
   constructor(
@@ -20,7 +21,7 @@ export class RedisBus implements Bus {
     private readonly logger: Logger,
   ) {}
 
-  async subscribe(handler: (handoffs: Handoff[]) => void, link: Parameters<Bus["subscribe"]>[1]): Promise<void> {
+  async subscribe(handler: (fanouts: Fanout[]) => void, link: Parameters<Bus["subscribe"]>[1]): Promise<void> {
     let lost = false;
     this.subscriber.on("close", () => {
       if (lost) return;
@@ -49,15 +50,14 @@ export class RedisBus implements Bus {
     await this.subscriber.subscribe(nodeChannel(this.nodeId));
   }
 
-  publish(nodeId: string, handoffs: Handoff[]): Promise<void> {
+  publish(nodeId: string, fanouts: Fanout[]): void {
     let queue = this.pending.get(nodeId);
     if (!queue) this.pending.set(nodeId, (queue = []));
-    queue.push(...handoffs);
+    queue.push(...fanouts);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(() => this.flush());
     }
-    return Promise.resolve();
   }
 
   async close(): Promise<void> {
@@ -68,8 +68,8 @@ export class RedisBus implements Bus {
 
   private flush(): void {
     this.flushScheduled = false;
-    for (const [nodeId, handoffs] of this.pending) {
-      this.publisher.publish(nodeChannel(nodeId), encode(handoffs)).catch((error: unknown) => {
+    for (const [nodeId, fanouts] of this.pending) {
+      this.publisher.publish(nodeChannel(nodeId), encode(fanouts)).catch((error: unknown) => {
         this.logger.warn({ err: error, nodeId }, "hand-off publish failed; the inbox keeps the events");
       });
     }
@@ -81,19 +81,21 @@ function nodeChannel(nodeId: string): string {
   return `palaver:node:{${nodeId}}`;
 }
 
-function encode(handoffs: Handoff[]): Buffer {
+function encode(fanouts: Fanout[]): Buffer {
   const batch = create(HandoffBatchSchema, {
-    handoffs: handoffs.map((h) => ({
-      body: h.body,
-      deliveries: h.deliveries.map((d) => ({ deviceKey: BigInt(d.deviceKey), eventId: d.eventId })),
+    handoffs: fanouts.map((f) => ({
+      body: f.body,
+      deliveries: f.entries.map((e) => ({ deviceKey: BigInt(e.deviceKey), eventId: e.eventId })),
+      sentAtMs: BigInt(f.sentAtMs ?? 0),
     })),
   });
   return Buffer.from(toBinary(HandoffBatchSchema, batch));
 }
 
-function decode(message: Buffer): Handoff[] {
+function decode(message: Buffer): Fanout[] {
   return fromBinary(HandoffBatchSchema, message).handoffs.map((h) => ({
     body: h.body,
-    deliveries: h.deliveries.map((d) => ({ deviceKey: d.deviceKey.toString(), eventId: d.eventId })),
+    entries: h.deliveries.map((d) => ({ deviceKey: d.deviceKey.toString(), eventId: d.eventId })),
+    sentAtMs: h.sentAtMs === 0n ? undefined : Number(h.sentAtMs),
   }));
 }

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
 import { pino } from "pino";
 import { afterAll, describe, expect, it } from "vitest";
-import type { Handoff } from "../../ports/routing.js";
+import type { Fanout } from "../../ports/db.js";
 import { RedisBus } from "./redis-bus.js";
 import { RedisPresence } from "./redis-presence.js";
 
@@ -89,19 +89,19 @@ describe("RedisBus", () => {
     const nodeB = `b${randomBytes(6).toString("hex")}`;
     const a = new RedisBus(nodeA, connect(), connect(), logger);
     const b = new RedisBus(nodeB, connect(), connect(), logger);
-    const batchesAtA: Handoff[][] = [];
-    const batchesAtB: Handoff[][] = [];
+    const batchesAtA: Fanout[][] = [];
+    const batchesAtB: Fanout[][] = [];
     const link = { interrupted() {}, resumed() {} };
-    await a.subscribe((h) => batchesAtA.push(h), link);
-    await b.subscribe((h) => batchesAtB.push(h), link);
+    await a.subscribe((f) => batchesAtA.push(f), link);
+    await b.subscribe((f) => batchesAtB.push(f), link);
 
     const body = new Uint8Array([1, 2, 3]);
-    await a.publish(nodeB, [{ body, deliveries: [{ deviceKey: "7", eventId: 70n }] }]);
-    await a.publish(nodeB, [{ body, deliveries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }] }]);
+    a.publish(nodeB, [{ body, entries: [{ deviceKey: "7", eventId: 70n }], sentAtMs: 1_700_000_000_123 }]);
+    a.publish(nodeB, [{ body, entries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }] }]);
     await expect.poll(() => batchesAtB.length).toBe(1);
-    expect(batchesAtB[0]!.map((h) => ({ body: [...h.body], deliveries: h.deliveries }))).toEqual([
-      { body: [1, 2, 3], deliveries: [{ deviceKey: "7", eventId: 70n }] },
-      { body: [1, 2, 3], deliveries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }] },
+    expect(batchesAtB[0]!.map((f) => ({ ...f, body: [...f.body] }))).toEqual([
+      { body: [1, 2, 3], entries: [{ deviceKey: "7", eventId: 70n }], sentAtMs: 1_700_000_000_123 },
+      { body: [1, 2, 3], entries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }], sentAtMs: undefined },
     ]);
     expect(batchesAtA).toEqual([]);
     await a.close();
@@ -113,14 +113,14 @@ describe("RedisBus", () => {
     const nodeB = `b${randomBytes(6).toString("hex")}`;
     const a = new RedisBus(nodeA, connect(), connect(), logger);
     const b = new RedisBus(nodeB, connect(), connect(`sub-${nodeB}`), logger);
-    const received: Handoff[][] = [];
+    const received: Fanout[][] = [];
     const link: string[] = [];
-    await b.subscribe((h) => received.push(h), { interrupted: () => link.push("interrupted"), resumed: () => link.push("resumed") });
+    await b.subscribe((f) => received.push(f), { interrupted: () => link.push("interrupted"), resumed: () => link.push("resumed") });
 
     await killConnection(connect(), `sub-${nodeB}`);
     await expect.poll(() => link).toEqual(["interrupted", "resumed"]);
     // Resumed means live: a hand-off published now arrives.
-    await a.publish(nodeB, [{ body: new Uint8Array([9]), deliveries: [{ deviceKey: "1", eventId: 1n }] }]);
+    a.publish(nodeB, [{ body: new Uint8Array([9]), entries: [{ deviceKey: "1", eventId: 1n }] }]);
     await expect.poll(() => received.length).toBe(1);
     await a.close();
     await b.close();

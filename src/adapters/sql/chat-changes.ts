@@ -1,4 +1,4 @@
-import type { ChatRecord, Delivery, ModifyOutcome, NewChat, ParticipantChange, StoredFanout } from "../../ports/db.js";
+import type { ChatRecord, InboxEntry, ModifyOutcome, NewChat, ParticipantChange, Fanout } from "../../ports/db.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 
 export type ChatRow = {
@@ -28,7 +28,7 @@ export function createChat(
   driver: SqlDriver,
   input: NewChat,
   encodeUpdate: (chat: ChatRecord) => Uint8Array,
-): Promise<StoredFanout & { chat: ChatRecord }> {
+): Promise<{ chat: ChatRecord; fanout: Fanout }> {
   const participantUserIds = sorted(new Set(input.participantUserIds));
   return driver.transaction(async (tx) => {
     const [row] = await tx.query<ChatRow>(
@@ -43,14 +43,14 @@ export function createChat(
     );
     const chat = toChatRecord(row!, participantUserIds);
     const body = encodeUpdate(chat);
-    const deliveries = await storeChatUpdate(tx, {
+    const entries = await storeChatUpdate(tx, {
       chatId: chat.chatId,
       messageId: input.updateMessageId,
       at: input.createdAt,
       body,
       recipientUserIds: chat.participantUserIds,
     });
-    return { chat, body, deliveries };
+    return { chat, fanout: { body, entries } };
   });
 }
 
@@ -89,7 +89,7 @@ export function modifyParticipants(
     );
     const chat = toChatRecord(row, after);
     const body = encodeUpdate(chat);
-    const deliveries = await storeChatUpdate(tx, {
+    const entries = await storeChatUpdate(tx, {
       chatId: chat.chatId,
       messageId: change.updateMessageId,
       at: change.at,
@@ -97,7 +97,7 @@ export function modifyParticipants(
       // Everyone before or after the change: the removed user hears of the removal too.
       recipientUserIds: change.operation === "add" ? after : before,
     });
-    return { kind: "changed", chat, body, deliveries };
+    return { kind: "changed", chat, fanout: { body, entries } };
   });
 }
 
@@ -113,7 +113,7 @@ interface ChatUpdate {
  * Stores a chat update as a messages row without seq or sender (the body says who changed what) and one inbox row per
  * device of the recipients.
  */
-async function storeChatUpdate(tx: SqlQuery, update: ChatUpdate): Promise<Delivery[]> {
+async function storeChatUpdate(tx: SqlQuery, update: ChatUpdate): Promise<InboxEntry[]> {
   const rows = await tx.query<{ device_key: bigint; event_id: bigint }>(
     `WITH fanout AS (
        SELECT d.device_key, nextval('inbox_event_id_seq') AS event_id

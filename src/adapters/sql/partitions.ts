@@ -1,7 +1,8 @@
 import { DAY_MS } from "../../ports/clock.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 
-const PARENTS = ["messages", "inbox"] as const;
+/** The partitioned tables, in the order their partitions are created and dropped. */
+export const PARENTS = ["messages", "inbox"] as const;
 const PARTITION_NAME = /^(messages|inbox)_p(\d{8})$/;
 /** Advisory lock key that keeps two servers from changing partitions at once ("part" in ASCII). */
 const PARTITION_LOCK = 0x70617274;
@@ -91,11 +92,11 @@ function partitionName(parent: (typeof PARENTS)[number], day: Date): string {
   return `${parent}_p${dayKey(day)}`;
 }
 
-function startOfUtcDay(date: Date): Date {
+export function startOfUtcDay(date: Date): Date {
   return new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate()));
 }
 
 /** YYYYMMDD of a UTC day; sorts as the days do. */
-function dayKey(day: Date): string {
+export function dayKey(day: Date): string {
   return day.toISOString().slice(0, 10).replace(/-/g, "");
 }

@@ -9,8 +9,8 @@ import type {
   PendingSend,
   ResyncCause,
   SendOutcome,
-  StoredEvent,
-  StoredFanout,
+  InboxEvent,
+  Fanout,
 } from "../../ports/db.js";
 import type { SqlDriver } from "../../ports/sql.js";
 import { type ChatRow, createChat, modifyParticipants, toChatRecord } from "./chat-changes.js";
@@ -51,7 +51,7 @@ type AttachmentRow = {
   kept_at: Date;
 };
 
-/** The Db port on SQL: the same statements on Postgres (postgres.js) and on PGlite. */
+/** The Db ports on SQL: the same statements on Postgres (postgres.js) and on PGlite. */
 export class SqlDb implements Db {
   constructor(private readonly driver: SqlDriver) {}
 
@@ -84,25 +84,12 @@ export class SqlDb implements Db {
     return String(row!.device_key);
   }
 
-  async takeResync(deviceKey: string): Promise<ResyncCause | null> {
-    // The locking subquery reads the cause as it was; two concurrent calls: the second finds it cleared.
-    const [row] = await this.driver.query<{ resync_cause: ResyncCause }>(
-      `UPDATE devices d SET resync_cause = NULL
-         FROM (SELECT device_key, resync_cause FROM devices
-                WHERE device_key = $1::bigint AND resync_cause IS NOT NULL FOR UPDATE) old
-        WHERE d.device_key = old.device_key
-       RETURNING old.resync_cause`,
-      [deviceKey],
-    );
-    return row?.resync_cause ?? null;
-  }
-
   // ---- chats ----
 
   createChat(
     input: NewChat,
     encodeUpdate: (chat: ChatRecord) => Uint8Array,
-  ): Promise<StoredFanout & { chat: ChatRecord }> {
+  ): Promise<{ chat: ChatRecord; fanout: Fanout }> {
     return createChat(this.driver, input, encodeUpdate);
   }
 
@@ -130,18 +117,25 @@ export class SqlDb implements Db {
     return rows.map(chatWithParticipants);
   }
 
-  async isParticipant(chatId: string, userId: string): Promise<boolean> {
-    const rows = await this.driver.query(
-      "SELECT 1 FROM chat_participants WHERE chat_id = $1::uuid AND user_id = $2::text",
-      [chatId, userId],
-    );
-    return rows.length > 0;
-  }
-
   // ---- messages ----
 
   storeMessages(sends: readonly PendingSend[]): Promise<SendOutcome[]> {
     return storeMessages(this.driver, sends);
+  }
+
+  async pendingFanout(chatId: string, messageId: string): Promise<Fanout | null> {
+    const [row] = await this.driver.query<{ body: Uint8Array; entries: [string, string][] | null }>(
+      `SELECT m.body,
+              (SELECT json_agg(json_build_array(i.device_key::text, i.event_id::text) ORDER BY i.event_id)
+                 FROM inbox i
+                WHERE i.message_id = m.message_id AND i.created_at = m.created_at) AS entries
+         FROM messages m
+        WHERE m.chat_id = $1::uuid AND m.message_id = $2::uuid`,
+      [chatId, messageId],
+    );
+    if (!row) return null;
+    const entries = (row.entries ?? []).map(([deviceKey, eventId]) => ({ deviceKey, eventId: BigInt(eventId) }));
+    return { body: row.body, entries };
   }
 
   // ---- attachments ----
@@ -211,24 +205,22 @@ export class SqlDb implements Db {
     );
   }
 
-  async deleteAttachmentsKeptBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]> {
-    const rows = await this.driver.query<AttachmentRow>(
-      `WITH doomed AS (
-         SELECT attachment_id FROM attachments WHERE kept_at < $1::timestamptz
-          ORDER BY kept_at LIMIT $2::int FOR UPDATE SKIP LOCKED
-       ), links AS (
-         DELETE FROM attachment_chats WHERE attachment_id IN (SELECT attachment_id FROM doomed)
-       )
-       DELETE FROM attachments a USING doomed WHERE a.attachment_id = doomed.attachment_id
-       RETURNING a.*`,
-      [cutoff, limit],
-    );
-    return rows.map(toAttachment);
-  }
-
   // ---- inbox ----
 
-  async readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<StoredEvent[]> {
+  async takeResync(deviceKey: string): Promise<ResyncCause | null> {
+    // The locking subquery reads the cause as it was; two concurrent calls: the second finds it cleared.
+    const [row] = await this.driver.query<{ resync_cause: ResyncCause }>(
+      `UPDATE devices d SET resync_cause = NULL
+         FROM (SELECT device_key, resync_cause FROM devices
+                WHERE device_key = $1::bigint AND resync_cause IS NOT NULL FOR UPDATE) old
+        WHERE d.device_key = old.device_key
+       RETURNING old.resync_cause`,
+      [deviceKey],
+    );
+    return row?.resync_cause ?? null;
+  }
+
+  async readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<InboxEvent[]> {
     // The body comes from a subquery per row rather than a join: the plan then stays a merge of the partitions'
     // (device_key, event_id) index scans that stops at the limit, plus one primary-key lookup per event in the one
     // messages partition of its day. A join lets the planner hash the whole messages table instead.
@@ -245,7 +237,7 @@ export class SqlDb implements Db {
     return rows.map((row) => ({ eventId: row.event_id, body: row.body }));
   }
 
-  async ackEvents(acks: readonly DeviceAck[]): Promise<number[]> {
+  async ackEvents(acks: readonly DeviceAck[]): Promise<void> {
     // One DELETE for every (device, event) pair of the batch, joined to the inbox through unnest: many devices' acks
     // cost one statement and one message cleanup instead of two statements each.
     const deviceKeys: string[] = [];
@@ -256,52 +248,15 @@ export class SqlDb implements Db {
         eventIds.push(eventId);
       }
     }
-    if (eventIds.length === 0) return acks.map(() => 0);
-    const acked = await this.driver.query<MessageKey & { device_key: bigint; event_id: bigint }>(
+    if (eventIds.length === 0) return;
+    const acked = await this.driver.query<MessageKey>(
       `DELETE FROM inbox i
         USING unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
         WHERE i.device_key = a.device_key AND i.event_id = a.event_id
-       RETURNING i.device_key, i.event_id, i.chat_id, i.message_id, i.created_at`,
+       RETURNING i.chat_id, i.message_id, i.created_at`,
       [deviceKeys, eventIds],
     );
     await this.deleteMessagesWithoutInbox(acked);
-    // Each deleted row counts for the first ack in the batch that named it.
-    const owner = new Map<string, number>();
-    acks.forEach((ack, i) => {
-      for (const eventId of ack.eventIds) {
-        const key = `${ack.deviceKey}/${eventId}`;
-        if (!owner.has(key)) owner.set(key, i);
-      }
-    });
-    const counts = acks.map(() => 0);
-    for (const row of acked) {
-      const i = owner.get(`${row.device_key}/${row.event_id}`);
-      if (i !== undefined) counts[i]!++;
-    }
-    return counts;
-  }
-
-  async pendingFanout(chatId: string, messageId: string): Promise<StoredFanout | null> {
-    const [row] = await this.driver.query<{ body: Uint8Array; deliveries: [string, string][] | null }>(
-      `SELECT m.body,
-              (SELECT json_agg(json_build_array(i.device_key::text, i.event_id::text) ORDER BY i.event_id)
-                 FROM inbox i
-                WHERE i.message_id = m.message_id AND i.created_at = m.created_at) AS deliveries
-         FROM messages m
-        WHERE m.chat_id = $1::uuid AND m.message_id = $2::uuid`,
-      [chatId, messageId],
-    );
-    if (!row) return null;
-    const deliveries = (row.deliveries ?? []).map(([deviceKey, eventId]) => ({ deviceKey, eventId: BigInt(eventId) }));
-    return { body: row.body, deliveries };
-  }
-
-  async inboxDepth(deviceKey: string): Promise<number> {
-    const [row] = await this.driver.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM inbox WHERE device_key = $1::bigint",
-      [deviceKey],
-    );
-    return row!.n;
   }
 
   // ---- retention ----
@@ -340,6 +295,21 @@ export class SqlDb implements Db {
       [cutoff],
     );
     return row!.n;
+  }
+
+  async deleteAttachmentsKeptBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]> {
+    const rows = await this.driver.query<AttachmentRow>(
+      `WITH doomed AS (
+         SELECT attachment_id FROM attachments WHERE kept_at < $1::timestamptz
+          ORDER BY kept_at LIMIT $2::int FOR UPDATE SKIP LOCKED
+       ), links AS (
+         DELETE FROM attachment_chats WHERE attachment_id IN (SELECT attachment_id FROM doomed)
+       )
+       DELETE FROM attachments a USING doomed WHERE a.attachment_id = doomed.attachment_id
+       RETURNING a.*`,
+      [cutoff, limit],
+    );
+    return rows.map(toAttachment);
   }
 
   /**

@@ -1,4 +1,4 @@
-import type { PendingSend, SendOutcome } from "../../ports/db.js";
+import type { InboxEntry, PendingSend, SendOutcome } from "../../ports/db.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 
 /**
@@ -110,8 +110,7 @@ export function storeMessages(driver: SqlDriver, sends: readonly PendingSend[]):
         messageId: send.messageId,
         seq,
         sentAt: send.sentAt,
-        body: send.encode(seq),
-        deliveries: [],
+        fanout: { body: send.encode(seq), entries: [] as InboxEntry[], sentAtMs: send.sentAt.getTime() },
       };
       stored.set(key, { messageId: send.messageId, seq, sentAt: send.sentAt });
       accepted.push({ send, seq, outcome });
@@ -125,7 +124,7 @@ export function storeMessages(driver: SqlDriver, sends: readonly PendingSend[]):
       );
       for (const row of inboxRows) {
         const { outcome } = accepted[Number(row.i) - 1]!;
-        outcome.deliveries.push({ deviceKey: String(row.device_key), eventId: row.event_id });
+        outcome.fanout.entries.push({ deviceKey: String(row.device_key), eventId: row.event_id });
       }
     }
     return outcomes;
@@ -149,7 +148,7 @@ function writeParams(accepted: readonly Accepted[]): unknown[] {
     accepted.map(({ send }) => send.senderDeviceKey),
     accepted.map(({ send }) => send.clientMessageId),
     accepted.map(({ send }) => send.sentAt),
-    accepted.map(({ outcome }) => outcome.body),
+    accepted.map(({ outcome }) => outcome.fanout.body),
     links.map(([attachmentId]) => attachmentId),
     links.map(([, chatId]) => chatId),
   ];

@@ -1,19 +1,11 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
-import {
-  type CreateAttachmentRequest,
-  type CreateAttachmentResponse,
-  CreateAttachmentResponseSchema,
-  type GetAttachmentDownloadResponse,
-  GetAttachmentDownloadResponseSchema,
-} from "../../../gen/palaver/chat/v1/attachment_pb.js";
 import { type Attachment, AttachmentSchema } from "../../../gen/palaver/chat/v1/model_pb.js";
+import { Refusal } from "../../errors.js";
 import type { BlobStore } from "../../ports/blob-store.js";
+import type { Caller } from "../../ports/caller.js";
 import { type Clock, DAY_MS } from "../../ports/clock.js";
-import type { AttachmentRecord, Db } from "../../ports/db.js";
-import type { Caller } from "../../transport/caller.js";
+import type { AttachmentRecord, AttachmentStore } from "../../ports/db.js";
 
 /**
  * Days an attachment outlives the latest message that carried it. Messages go by whole days, 30 to 31 days after they
@@ -23,6 +15,19 @@ import type { Caller } from "../../transport/caller.js";
 export function attachmentLifetimeDays(retentionDays: number): number {
   return retentionDays + 2;
 }
+
+/** An attachment about to be uploaded, as its uploader describes it. */
+export interface NewAttachmentInput {
+  sha256: Uint8Array;
+  sizeBytes: bigint;
+  contentType: string;
+  fileName: string;
+}
+
+/** A new attachment and where to upload it, or, when this uploader already uploaded the same bytes, that one. */
+export type NewAttachment =
+  | { attachmentId: string; alreadyUploaded: true }
+  | { attachmentId: string; alreadyUploaded: false; upload: Awaited<ReturnType<BlobStore["signUpload"]>> };
 
 export interface AttachmentsOptions {
   maxBytes: number;
@@ -37,32 +42,32 @@ export interface AttachmentsOptions {
  */
 export class Attachments {
   constructor(
-    private readonly db: Db,
+    private readonly db: AttachmentStore,
     private readonly blobs: BlobStore,
     private readonly clock: Clock,
     private readonly options: AttachmentsOptions,
   ) {}
 
-  async create(caller: Caller, request: CreateAttachmentRequest): Promise<CreateAttachmentResponse> {
-    if (request.sizeBytes > BigInt(this.options.maxBytes)) {
-      throw new ConnectError(`an attachment is at most ${this.options.maxBytes} bytes`, Code.InvalidArgument);
+  async create(caller: Caller, input: NewAttachmentInput): Promise<NewAttachment> {
+    if (input.sizeBytes > BigInt(this.options.maxBytes)) {
+      throw new Refusal("invalid", `an attachment is at most ${this.options.maxBytes} bytes`);
     }
     const attachmentId = randomUUID();
     const now = this.clock.now();
     const { attachment } = await this.db.createAttachment({
       attachmentId,
       uploaderUserId: caller.userId,
-      sha256: request.sha256,
-      sizeBytes: request.sizeBytes,
-      contentType: request.contentType,
-      fileName: request.fileName,
+      sha256: input.sha256,
+      sizeBytes: input.sizeBytes,
+      contentType: input.contentType,
+      fileName: input.fileName,
       objectKey: `attachments/${attachmentId}`,
       createdAt: now,
       uploadedAt: null,
       keptAt: now,
     });
     if (await this.isUploaded(attachment)) {
-      return create(CreateAttachmentResponseSchema, { attachmentId: attachment.attachmentId, alreadyUploaded: true });
+      return { attachmentId: attachment.attachmentId, alreadyUploaded: true };
     }
     const upload = await this.blobs.signUpload({
       key: attachment.objectKey,
@@ -71,26 +76,20 @@ export class Attachments {
       contentType: attachment.contentType,
       expiresInSeconds: this.options.uploadUrlSeconds,
     });
-    return create(CreateAttachmentResponseSchema, {
-      attachmentId: attachment.attachmentId,
-      upload: { ...upload, expiresAt: timestampFromDate(upload.expiresAt) },
-    });
+    return { attachmentId: attachment.attachmentId, alreadyUploaded: false, upload };
   }
 
-  async download(caller: Caller, attachmentId: string): Promise<GetAttachmentDownloadResponse> {
+  /** A signed URL the caller downloads the attachment's bytes from, and when it stops working. */
+  async download(caller: Caller, attachmentId: string): Promise<{ url: string; expiresAt: Date }> {
     const attachment = await this.visible(caller, attachmentId);
     if (!(await this.isUploaded(attachment))) {
-      throw new ConnectError(`attachment ${attachmentId} has not been uploaded`, Code.FailedPrecondition);
+      throw new Refusal("not_ready", `attachment ${attachmentId} has not been uploaded`);
     }
-    const signed = await this.blobs.signDownload({
+    return this.blobs.signDownload({
       key: attachment.objectKey,
       fileName: attachment.fileName,
       contentType: attachment.contentType,
       expiresInSeconds: this.options.downloadUrlSeconds,
-    });
-    return create(GetAttachmentDownloadResponseSchema, {
-      url: signed.url,
-      expiresAt: timestampFromDate(signed.expiresAt),
     });
   }
 
@@ -105,9 +104,9 @@ export class Attachments {
     for (const attachmentId of attachmentIds) {
       const attachment = await this.visible(caller, attachmentId);
       if (!(await this.isUploaded(attachment))) {
-        throw new ConnectError(
+        throw new Refusal(
+          "not_ready",
           `attachment ${attachmentId} has not been uploaded: upload it to the URL CreateAttachment returned, then send`,
-          Code.FailedPrecondition,
         );
       }
       await this.keepForSend(attachment);
@@ -128,8 +127,8 @@ export class Attachments {
   private async visible(caller: Pick<Caller, "userId">, attachmentId: string): Promise<AttachmentRecord> {
     const attachment = await this.db.getAttachment(attachmentId);
     if (attachment && (await this.db.canDownloadAttachment(attachmentId, caller.userId))) return attachment;
-    if (attachment) throw new ConnectError(`no access to attachment ${attachmentId}`, Code.PermissionDenied);
-    throw new ConnectError(`attachment ${attachmentId} not found`, Code.NotFound);
+    if (attachment) throw new Refusal("forbidden", `no access to attachment ${attachmentId}`);
+    throw new Refusal("not_found", `attachment ${attachmentId} not found`);
   }
 
   /** Restarts the lifetime of media kept over a day ago (a forward, or the same bytes sent again), in store and record. */
@@ -137,7 +136,7 @@ export class Attachments {
     const now = this.clock.now();
     if (now.getTime() - attachment.keptAt.getTime() < DAY_MS) return;
     if (!(await this.blobs.keep({ key: attachment.objectKey, contentType: attachment.contentType }))) {
-      throw new ConnectError(`attachment ${attachment.attachmentId} has expired`, Code.NotFound);
+      throw new Refusal("not_found", `attachment ${attachment.attachmentId} has expired`);
     }
     await this.db.markAttachmentKept(attachment.attachmentId, now);
   }

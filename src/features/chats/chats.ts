@@ -1,20 +1,12 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
-import {
-  type CreateChatRequest,
-  type ListChatsRequest,
-  type ListChatsResponse,
-  ListChatsResponseSchema,
-  type ModifyChatParticipantsRequest,
-  ParticipantOperation,
-} from "../../../gen/palaver/chat/v1/chat_pb.js";
-import { ChatUpdateKind, type Event, EventSchema } from "../../../gen/palaver/chat/v1/event_pb.js";
+import { ChatUpdateKind, EventSchema } from "../../../gen/palaver/chat/v1/event_pb.js";
 import { type Chat, ChatSchema } from "../../../gen/palaver/chat/v1/model_pb.js";
-import type { ChatRecord, Db } from "../../ports/db.js";
+import { Refusal } from "../../errors.js";
+import type { Caller } from "../../ports/caller.js";
 import type { Clock } from "../../ports/clock.js";
-import type { Caller } from "../../transport/caller.js";
+import type { ChatRecord, ChatStore } from "../../ports/db.js";
 import { encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
 
@@ -24,77 +16,88 @@ export interface ChatsOptions {
   maxParticipants: number;
 }
 
+export interface NewChatInput {
+  name: string;
+  /** Besides the caller; repeats are ignored. */
+  participantUserIds: readonly string[];
+}
+
+export interface ParticipantInput {
+  chatId: string;
+  userId: string;
+  operation: "add" | "remove";
+}
+
+export interface ChatPage {
+  chats: Chat[];
+  /** The last chat's id when the page is full, else empty. */
+  nextPageToken: string;
+}
+
+/** Chats per ListChats page when the client asks for none: the API's default (chat.proto ListChatsRequest.page_size). */
+const DEFAULT_PAGE_SIZE = 100;
+
 /** Creating chats, changing who is in them, and reading them. Every change reaches every device of everyone involved. */
 export class Chats {
   constructor(
-    private readonly db: Db,
+    private readonly db: ChatStore,
     private readonly hub: DeliveryHub,
     private readonly clock: Clock,
     private readonly options: ChatsOptions,
   ) {}
 
-  async create(caller: Caller, request: CreateChatRequest): Promise<Chat> {
-    const participants = [...new Set([caller.userId, ...request.participantUserIds])].sort();
+  async create(caller: Caller, input: NewChatInput): Promise<Chat> {
+    const participants = [...new Set([caller.userId, ...input.participantUserIds])].sort();
     if (participants.length < 2) {
-      throw new ConnectError("a chat needs at least one participant besides the caller", Code.InvalidArgument);
+      throw new Refusal("invalid", "a chat needs at least one participant besides the caller");
     }
     if (participants.length > this.options.maxParticipants) {
-      throw new ConnectError(
+      throw new Refusal(
+        "invalid",
         `a chat has at most ${this.options.maxParticipants} participants, the caller included (asked for ${participants.length})`,
-        Code.InvalidArgument,
       );
     }
     const at = this.clock.now();
-    const encode = updateEncoder(ChatUpdateKind.CREATED, caller.userId, "", at);
-    const stored = await this.db.createChat(
+    const created = await this.db.createChat(
       {
         chatId: randomUUID(),
-        name: request.name,
+        name: input.name,
         participantUserIds: participants,
         createdAt: at,
         updateMessageId: randomUUID(),
       },
-      encode.body,
+      chatUpdateBody(ChatUpdateKind.CREATED, caller.userId, "", at),
     );
-    await this.hub.deliver({ event: encode.event(), body: stored.body, deliveries: stored.deliveries });
-    return toChat(stored.chat);
+    await this.hub.deliver(created.fanout);
+    return toChat(created.chat);
   }
 
-  async modifyParticipants(caller: Caller, request: ModifyChatParticipantsRequest): Promise<Chat> {
-    const adding = request.operation === ParticipantOperation.ADD;
+  async modifyParticipants(caller: Caller, input: ParticipantInput): Promise<Chat> {
     const at = this.clock.now();
-    const encode = updateEncoder(
-      adding ? ChatUpdateKind.PARTICIPANT_ADDED : ChatUpdateKind.PARTICIPANT_REMOVED,
-      caller.userId,
-      request.userId,
-      at,
-    );
+    const kind = input.operation === "add" ? ChatUpdateKind.PARTICIPANT_ADDED : ChatUpdateKind.PARTICIPANT_REMOVED;
     const outcome = await this.db.modifyParticipants(
       {
-        chatId: request.chatId,
+        chatId: input.chatId,
         actorUserId: caller.userId,
-        userId: request.userId,
-        operation: adding ? "add" : "remove",
+        userId: input.userId,
+        operation: input.operation,
         maxParticipants: this.options.maxParticipants,
         at,
         updateMessageId: randomUUID(),
       },
-      encode.body,
+      chatUpdateBody(kind, caller.userId, input.userId, at),
     );
     switch (outcome.kind) {
       case "chat_not_found":
-        throw chatNotFound(request.chatId);
+        throw chatNotFound(input.chatId);
       case "not_participant":
-        throw new ConnectError("only participants may change a chat", Code.PermissionDenied);
+        throw new Refusal("forbidden", "only participants may change a chat");
       case "too_many_participants":
-        throw new ConnectError(
-          `a chat has at most ${this.options.maxParticipants} participants`,
-          Code.InvalidArgument,
-        );
+        throw new Refusal("invalid", `a chat has at most ${this.options.maxParticipants} participants`);
       case "unchanged":
         return toChat(outcome.chat);
       case "changed":
-        await this.hub.deliver({ event: encode.event(), body: outcome.body, deliveries: outcome.deliveries });
+        await this.hub.deliver(outcome.fanout);
         return toChat(outcome.chat);
     }
   }
@@ -103,43 +106,37 @@ export class Chats {
     const chat = await this.db.getChat(chatId);
     if (!chat) throw chatNotFound(chatId);
     if (!chat.participantUserIds.includes(caller.userId)) {
-      throw new ConnectError("only participants may read a chat", Code.PermissionDenied);
+      throw new Refusal("forbidden", "only participants may read a chat");
     }
     return toChat(chat);
   }
 
-  async list(caller: Caller, request: ListChatsRequest): Promise<ListChatsResponse> {
-    if (request.pageToken !== "" && !UUID.test(request.pageToken)) {
-      throw new ConnectError("page_token is not one this server gave", Code.InvalidArgument);
+  /** The caller's chats by chat id, a page at a time; the page token is the last chat id of the page before. */
+  async list(caller: Caller, page: { pageSize: number; pageToken: string }): Promise<ChatPage> {
+    if (page.pageToken !== "" && !UUID.test(page.pageToken)) {
+      throw new Refusal("invalid", "page_token is not one this server gave");
     }
-    const limit = request.pageSize || 100;
-    const chats = await this.db.listChats(caller.userId, request.pageToken || null, limit);
-    return create(ListChatsResponseSchema, {
+    const limit = page.pageSize || DEFAULT_PAGE_SIZE;
+    const chats = await this.db.listChats(caller.userId, page.pageToken || null, limit);
+    return {
       chats: chats.map(toChat),
       nextPageToken: chats.length === limit ? chats[chats.length - 1]!.chatId : "",
-    });
+    };
   }
 }
 
-/**
- * The chat-update event, built from the chat as the database has it after the change: `body` encodes it for the store
- * (called inside the transaction), `event()` returns the same event for live delivery.
- */
-function updateEncoder(kind: ChatUpdateKind, actorUserId: string, subjectUserId: string, at: Date) {
-  let event: Event | undefined;
-  return {
-    body(chat: ChatRecord): Uint8Array {
-      event = create(EventSchema, {
+/** Encodes the chat-update event from the chat as the database has it after the change (inside the transaction). */
+function chatUpdateBody(kind: ChatUpdateKind, actorUserId: string, subjectUserId: string, at: Date) {
+  return (chat: ChatRecord): Uint8Array =>
+    encodeStoredEvent(
+      create(EventSchema, {
         chatId: chat.chatId,
         kind: {
           case: "chatUpdate",
           value: { chat: toChat(chat), kind, actorUserId, subjectUserId, updatedAt: timestampFromDate(at) },
         },
-      });
-      return encodeStoredEvent(event);
-    },
-    event: (): Event => event!,
-  };
+      }),
+    );
 }
 
 export function toChat(record: ChatRecord): Chat {
@@ -152,6 +149,6 @@ export function toChat(record: ChatRecord): Chat {
   });
 }
 
-export function chatNotFound(chatId: string): ConnectError {
-  return new ConnectError(`chat ${chatId} not found`, Code.NotFound);
+export function chatNotFound(chatId: string): Refusal {
+  return new Refusal("not_found", `chat ${chatId} not found`);
 }

@@ -1,20 +1,17 @@
 import { randomUUID } from "node:crypto";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openTestDb, type TestDb } from "../../../test/support/db.js";
-import { SqlDb } from "../../adapters/sql/sql-db.js";
-import { DeviceStream, type Outgoing } from "./device-stream.js";
+import { beforeAll, describe, expect, it } from "vitest";
+import { openMemoryDb } from "../../../test/support/db.js";
+import type { MemoryDb } from "../../adapters/memory/memory-db.js";
+import { DeviceStream, type StreamFrame } from "./device-stream.js";
 
 const utf8 = new TextEncoder();
 
-/** The stream of a device against the real (PGlite) inbox, while hand-offs from other nodes are interrupted. */
+/** The stream of a device against an inbox (the in-memory store), while hand-offs from other nodes are interrupted. */
 describe("DeviceStream across a bus outage", () => {
-  let testDb: TestDb;
-  let db: SqlDb;
+  let db: MemoryDb;
   beforeAll(async () => {
-    testDb = await openTestDb("pglite");
-    db = testDb.db;
+    db = await openMemoryDb();
   });
-  afterAll(() => testDb?.close());
 
   /** A chat of two new users; returns the recipient's device key and a function that stores one message for it. */
   async function chatWithRecipient() {
@@ -40,28 +37,28 @@ describe("DeviceStream across a bus outage", () => {
         },
       ]);
       if (outcome?.kind !== "stored") throw new Error(`not stored: ${outcome?.kind}`);
-      return outcome.deliveries.find((d) => d.deviceKey === bobKey)!.eventId;
+      return outcome.fanout.entries.find((e) => e.deviceKey === bobKey)!.eventId;
     };
     return { bobKey, store };
   }
 
   /** The ids of the next `count` stored events (other frames are skipped). */
-  async function take(frames: AsyncGenerator<Outgoing>, count: number): Promise<bigint[]> {
+  async function take(frames: AsyncGenerator<StreamFrame>, count: number): Promise<bigint[]> {
     const ids: bigint[] = [];
     while (ids.length < count) {
       const { value } = await frames.next();
-      if (value?.kind === "stored") ids.push(value.eventId);
+      if (value?.kind === "event") ids.push(value.eventId);
     }
     return ids;
   }
 
   /** The ids of the backlog's stored events, read up to InboxDrained. */
-  async function backlog(frames: AsyncGenerator<Outgoing>): Promise<bigint[]> {
+  async function backlog(frames: AsyncGenerator<StreamFrame>): Promise<bigint[]> {
     const ids: bigint[] = [];
     for (;;) {
       const { value } = await frames.next();
-      if (value?.kind === "stored") ids.push(value.eventId);
-      if (value?.kind === "event" && value.event.kind.case === "inboxDrained") return ids;
+      if (value?.kind === "event") ids.push(value.eventId);
+      if (value?.kind === "signal" && value.event.kind.case === "inboxDrained") return ids;
     }
   }
 

@@ -1,18 +1,19 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { Event } from "../../../gen/palaver/chat/v1/event_pb.js";
 import type { CommandResult } from "../../../gen/palaver/chat/v1/chat_pb.js";
-import type { Db } from "../../ports/db.js";
-import { inboxDrainedEvent, resyncEvent, type StoredBody } from "./events.js";
+import { Refusal } from "../../errors.js";
+import type { Fanout, InboxStore } from "../../ports/db.js";
+import { inboxDrainedEvent, resyncEvent } from "./events.js";
 
 /**
- * What the stream sends: an event made here (InboxDrained, Resync), a stored event (kept as its stored bytes, shared
- * by every device it goes to, and given this device's event id only when written), or a command's result.
+ * What a device stream sends: a stored event (its bytes as stored, shared by every device it goes to, given this
+ * device's event id only when written), a signal made here (Resync, InboxDrained: never stored, never acked), or a
+ * command's result.
  */
-export type Outgoing =
-  | { kind: "event"; event: Event }
-  | { kind: "stored"; eventId: bigint; stored: StoredBody }
+export type StreamFrame =
+  | { kind: "event"; eventId: bigint; body: Uint8Array; sentAtMs?: number }
+  | { kind: "signal"; event: Event }
   | { kind: "result"; result: CommandResult };
-type StoredFrame = Extract<Outgoing, { kind: "stored" }>;
+type EventFrame = Extract<StreamFrame, { kind: "event" }>;
 
 export interface DeviceStreamOptions {
   /** Frames waiting for a slow reader before the stream is ended with RESOURCE_EXHAUSTED. */
@@ -35,13 +36,13 @@ export interface DeviceStreamOptions {
  * frames queue up to `queueLimit`, past which the stream ends with RESOURCE_EXHAUSTED (the events stay in the inbox).
  */
 export class DeviceStream {
-  private readonly ready: Outgoing[] = [];
-  private heldDuringDrain: StoredFrame[] | null = [];
+  private readonly ready: StreamFrame[] = [];
+  private heldDuringDrain: EventFrame[] | null = [];
   /** Ids of the events sent or queued on this stream, oldest first (all of the backlog while it drains). */
   private readonly sentIds = new Set<bigint>();
   private wake: (() => void) | null = null;
   /** undefined while open; null when ended cleanly; the error to end with otherwise. */
-  private ending: ConnectError | null | undefined;
+  private ending: Error | null | undefined;
   /** Set by finish(): end cleanly once the queued frames are out. */
   private finishing = false;
   /** The highest event id sent or queued on this stream. */
@@ -51,14 +52,14 @@ export class DeviceStream {
 
   constructor(
     readonly deviceKey: string,
-    private readonly db: Db,
+    private readonly db: InboxStore,
     private readonly options: DeviceStreamOptions,
   ) {}
 
-  /** A live event for this device: the event's shared stored form, and this device's event id for it. */
-  pushEvent(stored: StoredBody, eventId: bigint): void {
+  /** A live event for this device: the stored event (shared by its recipients), and this device's event id for it. */
+  pushEvent(fanout: Pick<Fanout, "body" | "sentAtMs">, eventId: bigint): void {
     if (this.ending !== undefined || this.sentIds.has(eventId)) return;
-    const frame: StoredFrame = { kind: "stored", eventId, stored };
+    const frame: EventFrame = { kind: "event", eventId, body: fanout.body, sentAtMs: fanout.sentAtMs };
     if (this.heldDuringDrain) {
       this.heldDuringDrain.push(frame);
       this.checkBound(this.heldDuringDrain.length + this.ready.length);
@@ -72,8 +73,8 @@ export class DeviceStream {
     if (this.ending === undefined) this.enqueue({ kind: "result", result });
   }
 
-  /** Ends the stream: cleanly without an error, else with it. The first call wins. */
-  end(error: ConnectError | null = null): void {
+  /** Ends the stream: cleanly without an error, else with it (a Refusal, or the call's own reason). The first call wins. */
+  end(error: Error | null = null): void {
     if (this.ending !== undefined) return;
     this.ending = error;
     this.heldDuringDrain = null;
@@ -95,9 +96,9 @@ export class DeviceStream {
     try {
       for (let after = gap.after; this.ending === undefined; ) {
         const page = await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
-        for (const stored of page) {
-          if (!gap.sent.has(stored.eventId)) this.pushEvent({ body: stored.body }, stored.eventId);
-          after = stored.eventId;
+        for (const event of page) {
+          if (!gap.sent.has(event.eventId)) this.pushEvent(event, event.eventId);
+          after = event.eventId;
         }
         if (page.length < this.options.pageSize) break;
       }
@@ -116,25 +117,25 @@ export class DeviceStream {
     return this.ending !== undefined;
   }
 
-  async *frames(): AsyncGenerator<Outgoing> {
+  async *frames(): AsyncGenerator<StreamFrame> {
     const resync = await this.db.takeResync(this.deviceKey);
-    if (resync) yield { kind: "event", event: resyncEvent(resync) };
+    if (resync) yield { kind: "signal", event: resyncEvent(resync) };
     let backlog = 0;
     for (let after = 0n; ; ) {
       const page = await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
-      for (const stored of page) {
+      for (const event of page) {
         yield* this.takeReady();
         this.throwIfEnded();
-        this.markSent(stored.eventId);
+        this.markSent(event.eventId);
         // Sent as stored: the backlog is not decoded and re-encoded (see eventField).
-        yield { kind: "stored", eventId: stored.eventId, stored: { body: stored.body } };
-        after = stored.eventId;
+        yield { kind: "event", eventId: event.eventId, body: event.body };
+        after = event.eventId;
         backlog++;
       }
       if (page.length < this.options.pageSize) break;
     }
     this.throwIfEnded();
-    yield { kind: "event", event: inboxDrainedEvent(backlog) };
+    yield { kind: "signal", event: inboxDrainedEvent(backlog) };
     this.goLive();
     for (;;) {
       yield* this.takeReady();
@@ -170,7 +171,7 @@ export class DeviceStream {
     if (eventId > this.maxSentId) this.maxSentId = eventId;
   }
 
-  private *takeReady(): Generator<Outgoing> {
+  private *takeReady(): Generator<StreamFrame> {
     while (this.ready.length > 0 && this.ending === undefined) yield this.ready.shift()!;
   }
 
@@ -181,7 +182,7 @@ export class DeviceStream {
     throw new StreamEnded();
   }
 
-  private enqueue(frame: Outgoing): void {
+  private enqueue(frame: StreamFrame): void {
     this.ready.push(frame);
     this.checkBound(this.ready.length + (this.heldDuringDrain?.length ?? 0));
     this.notify();
@@ -190,9 +191,9 @@ export class DeviceStream {
   private checkBound(waiting: number): void {
     if (waiting > this.options.queueLimit) {
       this.end(
-        new ConnectError(
+        new Refusal(
+          "too_slow",
           `more than ${this.options.queueLimit} events waiting for this slow stream: it is closed and the events stay in the inbox; reconnect to receive them`,
-          Code.ResourceExhausted,
         ),
       );
     }

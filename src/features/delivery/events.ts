@@ -1,30 +1,11 @@
-import { create, fromBinary, toBinary, type UnknownField } from "@bufbuild/protobuf";
+import { create, toBinary, type UnknownField } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
-import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { type Event, EventSchema, ResyncReason } from "../../../gen/palaver/chat/v1/event_pb.js";
 import type { ResyncCause } from "../../ports/db.js";
 
 /** The stored form of an event: the whole Event with event_id 0, since each device's inbox row gives the id. */
 export function encodeStoredEvent(event: Event): Uint8Array {
   return toBinary(EventSchema, event);
-}
-
-export function decodeStoredEvent(body: Uint8Array, eventId: bigint): Event {
-  const event = fromBinary(EventSchema, body);
-  event.eventId = eventId;
-  return event;
-}
-
-/** A stored event as every device's stream shares it: its stored bytes, and its send time for the latency metric. */
-export interface StoredBody {
-  body: Uint8Array;
-  /** A new message's sent_at in ms since the epoch; undefined for other events and backlog reads. */
-  sentAtMs?: number;
-}
-
-export function storedBody(event: Event, body: Uint8Array): StoredBody {
-  const sentAt = event.kind.case === "newMessage" ? event.kind.value.sentAt : undefined;
-  return { body, sentAtMs: sentAt ? timestampMs(sentAt) : undefined };
 }
 
 /**

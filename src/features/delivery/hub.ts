@@ -1,18 +1,9 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
-import type { Event } from "../../../gen/palaver/chat/v1/event_pb.js";
-import type { Db, Delivery } from "../../ports/db.js";
-import type { Bus, Handoff, Presence } from "../../ports/routing.js";
+import { Refusal } from "../../errors.js";
+import type { Fanout, InboxEntry, InboxStore } from "../../ports/db.js";
+import type { Bus, Presence } from "../../ports/routing.js";
 import type { Metrics } from "../operations/metrics.js";
 import { DeviceStream, type DeviceStreamOptions } from "./device-stream.js";
-import { decodeStoredEvent, storedBody } from "./events.js";
-
-/** What a stored event needs to be pushed live: the event, its stored bytes (for other nodes), and its inbox rows. */
-export interface LiveEvent {
-  event: Event;
-  body: Uint8Array;
-  deliveries: readonly Delivery[];
-}
 
 export interface Routing {
   presence: Presence;
@@ -31,7 +22,7 @@ export class DeliveryHub {
   private busOutages = 0;
 
   constructor(
-    private readonly db: Db,
+    private readonly db: InboxStore,
     private readonly streamOptions: DeviceStreamOptions,
     private readonly logger: Logger,
     private readonly metrics: Metrics,
@@ -40,7 +31,7 @@ export class DeliveryHub {
 
   /** Starts taking hand-offs from other nodes. */
   async start(): Promise<void> {
-    await this.routing?.bus.subscribe((handoffs) => this.receive(handoffs), {
+    await this.routing?.bus.subscribe((fanouts) => this.receive(fanouts), {
       // While the bus is down, other nodes' events for these devices are lost on the way; once it is back, each
       // stream reads what it missed from the inbox.
       interrupted: () => {
@@ -83,7 +74,7 @@ export class DeliveryHub {
     const stream = new DeviceStream(deviceKey, this.db, this.streamOptions);
     const previous = this.streams.get(deviceKey);
     this.streams.set(deviceKey, stream);
-    previous?.end(new ConnectError("this device opened a newer stream, which replaces this one", Code.Aborted));
+    previous?.end(new Refusal("replaced", "this device opened a newer stream, which replaces this one"));
     if (this.busDown) stream.markGap();
     if (this.routing) {
       try {
@@ -106,50 +97,49 @@ export class DeliveryHub {
   }
 
   /** Ends every stream, e.g. at shutdown: clients reconnect (to another node) and resume from their inbox. */
-  endAll(error: ConnectError): void {
-    for (const stream of this.streams.values()) stream.end(error);
+  endAll(reason: Refusal): void {
+    for (const stream of this.streams.values()) stream.end(reason);
   }
 
-  /** Pushes a stored event to every recipient device that is connected somewhere. */
-  async deliver(live: LiveEvent): Promise<void> {
-    const remote: Delivery[] = [];
-    // One shared stored form for every recipient; each stream adds only its device's event id when it writes it.
-    const stored = storedBody(live.event, live.body);
-    for (const delivery of live.deliveries) {
-      const stream = this.streams.get(delivery.deviceKey);
-      if (stream) stream.pushEvent(stored, delivery.eventId);
-      else remote.push(delivery);
+  /**
+   * Pushes a stored event to every recipient device that is connected somewhere: this node's streams at once, other
+   * nodes' devices through the bus.
+   */
+  async deliver(fanout: Fanout): Promise<void> {
+    const remote: InboxEntry[] = [];
+    for (const entry of fanout.entries) {
+      const stream = this.streams.get(entry.deviceKey);
+      if (stream) stream.pushEvent(fanout, entry.eventId);
+      else remote.push(entry);
     }
-    if (this.routing && remote.length > 0) await this.handOff(live.body, remote);
+    if (this.routing && remote.length > 0) await this.handOff(fanout, remote);
   }
 
-  private async handOff(body: Uint8Array, deliveries: Delivery[]): Promise<void> {
+  private async handOff(fanout: Fanout, entries: InboxEntry[]): Promise<void> {
     const { presence, bus } = this.routing!;
     try {
-      const nodes = await presence.locate(deliveries.map((d) => d.deviceKey));
-      const perNode = new Map<string, Delivery[]>();
-      for (const delivery of deliveries) {
-        const node = nodes.get(delivery.deviceKey);
+      const nodes = await presence.locate(entries.map((e) => e.deviceKey));
+      const perNode = new Map<string, InboxEntry[]>();
+      for (const entry of entries) {
+        const node = nodes.get(entry.deviceKey);
         if (!node || node === bus.nodeId) continue;
         let list = perNode.get(node);
         if (!list) perNode.set(node, (list = []));
-        list.push(delivery);
+        list.push(entry);
       }
-      await Promise.all([...perNode].map(([node, list]) => bus.publish(node, [{ body, deliveries: list }])));
-      for (const list of perNode.values()) this.metrics.handoffs.inc({ direction: "out" }, list.length);
+      for (const [node, list] of perNode) {
+        bus.publish(node, [{ body: fanout.body, entries: list, sentAtMs: fanout.sentAtMs }]);
+        this.metrics.handoffs.inc({ direction: "out" }, list.length);
+      }
     } catch (error) {
       this.logger.warn({ err: error }, "hand-off to other nodes failed; the inbox keeps the events");
     }
   }
 
-  private receive(handoffs: Handoff[]): void {
-    for (const handoff of handoffs) {
-      // Decoded once per hand-off, only for its send time (the latency metric); the bytes go out as they came.
-      const stored = storedBody(decodeStoredEvent(handoff.body, 0n), handoff.body);
-      for (const delivery of handoff.deliveries) {
-        this.streams.get(delivery.deviceKey)?.pushEvent(stored, delivery.eventId);
-      }
-      this.metrics.handoffs.inc({ direction: "in" }, handoff.deliveries.length);
+  private receive(fanouts: Fanout[]): void {
+    for (const fanout of fanouts) {
+      for (const entry of fanout.entries) this.streams.get(entry.deviceKey)?.pushEvent(fanout, entry.eventId);
+      this.metrics.handoffs.inc({ direction: "in" }, fanout.entries.length);
     }
   }
 }

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { Metrics } from "../operations/metrics.js";
 import { GroupCommitter } from "./group-commit.js";
 
 function deferred() {
@@ -73,7 +74,7 @@ describe("GroupCommitter", () => {
       },
       10,
       2,
-      (item) => item[0]!,
+      { keyOf: (item) => item[0]! },
     );
     const first = committer.submit("a1");
     const others = ["a2", "b1", "a3"].map((item) => committer.submit(item));
@@ -83,5 +84,35 @@ describe("GroupCommitter", () => {
     gate.release();
     expect(await Promise.all([first, ...others])).toEqual(["a1", "a2", "b1", "a3"]);
     expect(batches).toEqual([["a1"], ["b1"], ["a2", "a3"]]);
+  });
+
+  it("tells its onBatch observer each batch's size, into the batch-size histogram under the committer's name", async () => {
+    const metrics = new Metrics(() => 0);
+    const gate = deferred();
+    let calls = 0;
+    const committer = new GroupCommitter<string, string>(
+      async (items) => {
+        if (calls++ === 0) await gate.done;
+        return items;
+      },
+      10,
+      2,
+      { keyOf: (item) => item[0]!, onBatch: metrics.batchObserver("sends") },
+    );
+    const first = committer.submit("a1");
+    const rest = ["a2", "a3", "b1"].map((item) => committer.submit(item));
+    await rest[2]; // "b1" went alone; "a2" and "a3" wait for "a1"'s batch
+    gate.release();
+    await Promise.all([first, ...rest]);
+    const { values } = await metrics.batchSize.get();
+    const sent = (suffix: string, le?: number) =>
+      values.find((v) => {
+        const labels: Record<string, unknown> = v.labels;
+        const name = `palaver_group_commit_batch_size${suffix}`;
+        return v.metricName === name && labels.committer === "sends" && labels.le === le;
+      })?.value;
+    expect(sent("_count")).toBe(3);
+    expect(sent("_sum")).toBe(4);
+    expect(sent("_bucket", 1)).toBe(2);
   });
 });

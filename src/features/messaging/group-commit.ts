@@ -1,3 +1,14 @@
+export interface GroupCommitOptions<Item> {
+  /**
+   * What an item locks while its batch is written (a send: its chat). An item whose key an in-flight batch holds
+   * waits for the next batch, so batches written at once never wait on each other's row locks: under load,
+   * overlapping batches had serialized behind each other's chat locks, each holding them for several round trips.
+   */
+  keyOf?: (item: Item) => string;
+  /** Told each batch's size as it starts to be written (Metrics.batchObserver); unset: nothing is observed. */
+  onBatch?: (size: number) => void;
+}
+
 /**
  * Group commit: callers submit one item each; items that arrive while earlier batches are being written wait and go
  * together in the next batch. One transaction per batch instead of per item is where send throughput comes from,
@@ -13,13 +24,15 @@ export class GroupCommitter<Item, Result> {
     private readonly maxBatch: number,
     /** Batches written at once (a connection pool can take several; PGlite is one connection). */
     private readonly maxInFlight: number,
-    /**
-     * What an item locks while its batch is written (a send: its chat). An item whose key an in-flight batch holds
-     * waits for the next batch, so batches written at once never wait on each other's row locks: under load,
-     * overlapping batches had serialized behind each other's chat locks, each holding them for several round trips.
-     */
-    private readonly keyOf?: (item: Item) => string,
-  ) {}
+    /** The batch's lock keys and size observer (see GroupCommitOptions). */
+    options: GroupCommitOptions<Item> = {},
+  ) {
+    this.keyOf = options.keyOf;
+    this.onBatch = options.onBatch;
+  }
+
+  private readonly keyOf?: (item: Item) => string;
+  private readonly onBatch?: (size: number) => void;
 
   /** Keys held by the batches in flight, with how many of their items hold each. */
   private readonly busy = new Map<string, number>();
@@ -36,6 +49,7 @@ export class GroupCommitter<Item, Result> {
       const batch = this.keyOf ? this.takeFree(this.keyOf) : this.queue.splice(0, this.maxBatch);
       if (batch.length === 0) return;
       this.inFlight++;
+      this.onBatch?.(batch.length);
       void this.write(batch);
     }
   }

@@ -1,19 +1,14 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
-import {
-  type SendMessageRequest,
-  type SendMessageResponse,
-  SendMessageResponseSchema,
-} from "../../../gen/palaver/chat/v1/chat_pb.js";
-import { type Event, EventSchema } from "../../../gen/palaver/chat/v1/event_pb.js";
+import { EventSchema } from "../../../gen/palaver/chat/v1/event_pb.js";
 import type { Attachment } from "../../../gen/palaver/chat/v1/model_pb.js";
-import type { Db, PendingSend, SendOutcome } from "../../ports/db.js";
+import { Refusal } from "../../errors.js";
+import type { Caller } from "../../ports/caller.js";
 import type { Clock } from "../../ports/clock.js";
-import type { Caller } from "../../transport/caller.js";
+import type { MessageStore, PendingSend, SendOutcome } from "../../ports/db.js";
 import { chatNotFound } from "../chats/chats.js";
-import { decodeStoredEvent, encodeStoredEvent } from "../delivery/events.js";
+import { encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
 import type { Metrics } from "../operations/metrics.js";
 import { GroupCommitter } from "./group-commit.js";
@@ -21,6 +16,22 @@ import { SendLimit } from "./send-limit.js";
 
 /** Checks that the caller may send these attachments (uploaded, by them) and returns what recipients see of them. */
 export type AttachmentResolver = (uploaderUserId: string, attachmentIds: readonly string[]) => Promise<Attachment[]>;
+
+/** A message as its sender's device sends it. */
+export interface SendInput {
+  chatId: string;
+  /** The sending device's id for it: a retry with the same id is answered with the first result and stored once. */
+  clientMessageId: string;
+  text: string;
+  attachmentIds: readonly string[];
+}
+
+/** What the sender is told: the message as stored (the first attempt's, for a retry). */
+export interface SendResult {
+  messageId: string;
+  seq: bigint;
+  sentAt: Date;
+}
 
 export interface SendOptions {
   /** Most sends stored in one transaction. */
@@ -40,7 +51,7 @@ export class Messaging {
   private readonly limit: SendLimit;
 
   constructor(
-    private readonly db: Db,
+    private readonly db: MessageStore,
     private readonly hub: DeliveryHub,
     private readonly clock: Clock,
     private readonly resolveAttachments: AttachmentResolver,
@@ -51,8 +62,11 @@ export class Messaging {
       (sends) => db.storeMessages(sends),
       options.maxBatch,
       options.maxInFlight,
-      // Batches in flight at once never share a chat, so they never wait on each other's chat row locks.
-      (send) => send.chatId.toLowerCase(),
+      {
+        // Batches in flight at once never share a chat, so they never wait on each other's chat row locks.
+        keyOf: (send) => send.chatId.toLowerCase(),
+        onBatch: metrics.batchObserver("sends"),
+      },
     );
     this.limit = new SendLimit(options.sendsPerMinute);
   }
@@ -61,65 +75,58 @@ export class Messaging {
    * A retry may follow a first attempt whose live push never happened (its node died after the commit): push the
    * message again to the devices that have not acked it. Streams drop events they already sent.
    */
-  private async pushAgain(chatId: string, messageId: string): Promise<void> {
+  private async pushAgain(chatId: string, messageId: string, sentAt: Date): Promise<void> {
     const pending = await this.db.pendingFanout(chatId, messageId);
-    if (pending && pending.deliveries.length > 0) {
-      await this.hub.deliver({ event: decodeStoredEvent(pending.body, 0n), ...pending });
-    }
+    if (pending && pending.entries.length > 0) await this.hub.deliver({ ...pending, sentAtMs: sentAt.getTime() });
   }
 
-  async send(caller: Caller, request: SendMessageRequest): Promise<SendMessageResponse> {
+  async send(caller: Caller, input: SendInput): Promise<SendResult> {
     await this.limit.take(caller);
     const attachments =
-      request.attachmentIds.length > 0 ? await this.resolveAttachments(caller.userId, request.attachmentIds) : [];
+      input.attachmentIds.length > 0 ? await this.resolveAttachments(caller.userId, input.attachmentIds) : [];
     const messageId = randomUUID();
     const sentAt = this.clock.now();
-    let event: Event | undefined;
     const outcome = await this.committer.submit({
-      chatId: request.chatId,
+      chatId: input.chatId,
       messageId,
       senderUserId: caller.userId,
       senderDeviceKey: caller.deviceKey,
-      clientMessageId: request.clientMessageId,
+      clientMessageId: input.clientMessageId,
       sentAt,
-      attachmentIds: request.attachmentIds,
-      encode: (seq) => {
-        event = create(EventSchema, {
-          chatId: request.chatId,
-          kind: {
-            case: "newMessage",
-            value: {
-              messageId,
-              seq,
-              senderUserId: caller.userId,
-              senderDeviceId: caller.deviceName,
-              text: request.text,
-              attachments,
-              sentAt: timestampFromDate(sentAt),
-              clientMessageId: request.clientMessageId,
+      attachmentIds: input.attachmentIds,
+      encode: (seq) =>
+        encodeStoredEvent(
+          create(EventSchema, {
+            chatId: input.chatId,
+            kind: {
+              case: "newMessage",
+              value: {
+                messageId,
+                seq,
+                senderUserId: caller.userId,
+                senderDeviceId: caller.deviceName,
+                text: input.text,
+                attachments,
+                sentAt: timestampFromDate(sentAt),
+                clientMessageId: input.clientMessageId,
+              },
             },
-          },
-        });
-        return encodeStoredEvent(event);
-      },
+          }),
+        ),
     });
     switch (outcome.kind) {
       case "chat_not_found":
-        throw chatNotFound(request.chatId);
+        throw chatNotFound(input.chatId);
       case "not_participant":
-        throw new ConnectError("only participants may send to a chat", Code.PermissionDenied);
+        throw new Refusal("forbidden", "only participants may send to a chat");
       case "stored":
-        await this.hub.deliver({ event: event!, body: outcome.body, deliveries: outcome.deliveries });
+        await this.hub.deliver(outcome.fanout);
         break;
       case "duplicate":
-        await this.pushAgain(request.chatId, outcome.messageId);
+        await this.pushAgain(input.chatId, outcome.messageId, outcome.sentAt);
         break;
     }
     this.metrics.sends.inc({ outcome: outcome.kind });
-    return create(SendMessageResponseSchema, {
-      messageId: outcome.messageId,
-      seq: outcome.seq,
-      sentAt: timestampFromDate(outcome.sentAt),
-    });
+    return { messageId: outcome.messageId, seq: outcome.seq, sentAt: outcome.sentAt };
   }
 }

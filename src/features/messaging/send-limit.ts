@@ -1,14 +1,6 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { RateLimiterMemory, RateLimiterRes } from "rate-limiter-flexible";
-import type { Caller } from "../../transport/caller.js";
-
-const RETRY_AFTER = "retry-after";
-
-/** The seconds after which an error says its call may succeed if repeated, if it says so. */
-export function retryAfterSeconds(error: ConnectError): number | undefined {
-  const value = Number(error.metadata.get(RETRY_AFTER) ?? Number.NaN);
-  return Number.isInteger(value) && value > 0 ? value : undefined;
-}
+import { Refusal } from "../../errors.js";
+import type { Caller } from "../../ports/caller.js";
 
 /**
  * How many messages one device may send a minute, so that a runaway or hostile client cannot flood its chats' inboxes.
@@ -29,10 +21,10 @@ export class SendLimit {
     } catch (rejection) {
       if (!(rejection instanceof RateLimiterRes)) throw rejection;
       const seconds = Math.max(1, Math.ceil(rejection.msBeforeNext / 1000));
-      throw new ConnectError(
+      throw new Refusal(
+        "rate_limited",
         `this device may send ${this.perMinute} messages a minute: retry in ${seconds} s`,
-        Code.ResourceExhausted,
-        { [RETRY_AFTER]: String(seconds) },
+        seconds,
       );
     }
   }

@@ -49,6 +49,64 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly dbSeconds = new Histogram({
+    name: "palaver_db_call_duration_seconds",
+    help: "Database call latency by operation (the Db port's method) and outcome (ok, error)",
+    labelNames: ["operation", "outcome"] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+    registers: [this.registry],
+  });
+  readonly batchSize = new Histogram({
+    name: "palaver_group_commit_batch_size",
+    help: "Items written together in one group-commit batch, by committer (sends, acks)",
+    labelNames: ["committer"] as const,
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+    registers: [this.registry],
+  });
+  readonly redisErrors = new Counter({
+    name: "palaver_redis_errors_total",
+    help: "Errors a Redis connection reported, by its role (commands, subscriber)",
+    labelNames: ["role"] as const,
+    registers: [this.registry],
+  });
+  readonly redisReconnects = new Counter({
+    name: "palaver_redis_reconnects_total",
+    help: "Reconnects a Redis connection began after losing Redis, by its role (commands, subscriber)",
+    labelNames: ["role"] as const,
+    registers: [this.registry],
+  });
+  readonly retentionRuns = new Counter({
+    name: "palaver_retention_runs_total",
+    help: "Retention job runs on this node by outcome (ok, error)",
+    labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
+  readonly retentionPartitionsCreated = new Counter({
+    name: "palaver_retention_partitions_created_total",
+    help: "Daily partitions (of messages and inbox) the retention job created ahead",
+    registers: [this.registry],
+  });
+  readonly retentionPartitionsDropped = new Counter({
+    name: "palaver_retention_partitions_dropped_total",
+    help: "Daily partitions (of messages and inbox) the retention job dropped past RETENTION_DAYS",
+    registers: [this.registry],
+  });
+  readonly retentionInboxesTrimmed = new Counter({
+    name: "palaver_retention_inboxes_trimmed_total",
+    help: "Device inboxes the retention job cut back to MAX_INBOX_EVENTS",
+    registers: [this.registry],
+  });
+  readonly retentionIdempotencyKeysForgotten = new Counter({
+    name: "palaver_retention_idempotency_keys_forgotten_total",
+    help: "Idempotency keys (client_message_id) the retention job forgot",
+    registers: [this.registry],
+  });
+  readonly retentionAttachmentsDeleted = new Counter({
+    name: "palaver_retention_attachments_deleted_total",
+    help: "Expired attachments the retention job deleted with their stored bytes",
+    registers: [this.registry],
+  });
+
   constructor(connectedDevices: () => number) {
     new Gauge({
       name: "palaver_connected_devices",
@@ -65,4 +123,35 @@ export class Metrics {
     this.rpcs.inc({ procedure: call.procedure, code: call.code });
     this.rpcSeconds.observe({ procedure: call.procedure }, call.seconds);
   }
+
+  /** For adapters/observed.ts around the Db port. */
+  observeDbCall(call: { operation: string; outcome: "ok" | "error"; seconds: number }): void {
+    this.dbSeconds.observe({ operation: call.operation, outcome: call.outcome }, call.seconds);
+  }
+
+  /** What a GroupCommitter's `onBatch` option takes: observes each batch's size under the committer's name. */
+  batchObserver(committer: "sends" | "acks"): (size: number) => void {
+    const child = this.batchSize.labels({ committer });
+    return (size) => child.observe(size);
+  }
+
+  /** For the retention job: a report after a run that finished, undefined after one that failed. */
+  countRetentionRun(report: RetentionCounts | undefined): void {
+    this.retentionRuns.inc({ outcome: report ? "ok" : "error" });
+    if (!report) return;
+    this.retentionPartitionsCreated.inc(report.partitionsCreated.length);
+    this.retentionPartitionsDropped.inc(report.partitionsDropped.length);
+    this.retentionInboxesTrimmed.inc(report.inboxesTrimmed);
+    this.retentionIdempotencyKeysForgotten.inc(report.idempotencyKeysForgotten);
+    this.retentionAttachmentsDeleted.inc(report.attachmentsDeleted);
+  }
+}
+
+/** What one retention run did (features/retention's RetentionReport). */
+export interface RetentionCounts {
+  partitionsCreated: readonly string[];
+  partitionsDropped: readonly string[];
+  inboxesTrimmed: number;
+  idempotencyKeysForgotten: number;
+  attachmentsDeleted: number;
 }

@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { BlobStore } from "../../ports/blob-store.js";
 import { type Clock, DAY_MS } from "../../ports/clock.js";
-import type { Db } from "../../ports/db.js";
+import type { RetentionStore } from "../../ports/db.js";
 import { attachmentLifetimeDays } from "../attachments/attachments.js";
 
 export interface RetentionOptions {
@@ -32,11 +32,14 @@ export class Retention {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly db: Db,
-    private readonly blobs: BlobStore | null,
+    private readonly db: RetentionStore,
+    /** Where expired attachments' objects are deleted. */
+    private readonly blobs: Pick<BlobStore, "delete">,
     private readonly clock: Clock,
     private readonly options: RetentionOptions,
     private readonly logger: Logger,
+    /** Told of every run: its report, or undefined when it failed (Metrics.countRetentionRun). */
+    private readonly onRun: (report: RetentionReport | undefined) => void = () => {},
   ) {}
 
   /** Creates today's and the coming days' partitions: what a server needs before its first send. */
@@ -45,6 +48,16 @@ export class Retention {
   }
 
   async run(): Promise<RetentionReport> {
+    let report: RetentionReport | undefined;
+    try {
+      report = await this.runSteps();
+      return report;
+    } finally {
+      this.onRun(report);
+    }
+  }
+
+  private async runSteps(): Promise<RetentionReport> {
     const now = this.clock.now();
     const cutoff = new Date(now.getTime() - this.options.retentionDays * DAY_MS);
     const partitionsCreated = await this.db.ensurePartitions(now, this.options.partitionsAhead);
@@ -83,7 +96,7 @@ export class Retention {
     for (;;) {
       const expired = await this.db.deleteAttachmentsKeptBefore(keptBefore, 1000);
       if (expired.length === 0) return deleted;
-      await this.blobs?.delete(expired.map((a) => a.objectKey));
+      await this.blobs.delete(expired.map((a) => a.objectKey));
       deleted += expired.length;
     }
   }

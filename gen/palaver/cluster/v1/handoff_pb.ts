@@ -10,11 +10,12 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file palaver/cluster/v1/handoff.proto.
  */
 export const file_palaver_cluster_v1_handoff: GenFile = /*@__PURE__*/
-  fileDesc("CiBwYWxhdmVyL2NsdXN0ZXIvdjEvaGFuZG9mZi5wcm90bxIScGFsYXZlci5jbHVzdGVyLnYxIj0KDEhhbmRvZmZCYXRjaBItCghoYW5kb2ZmcxgBIAMoCzIbLnBhbGF2ZXIuY2x1c3Rlci52MS5IYW5kb2ZmIkkKB0hhbmRvZmYSDAoEYm9keRgBIAEoDBIwCgpkZWxpdmVyaWVzGAIgAygLMhwucGFsYXZlci5jbHVzdGVyLnYxLkRlbGl2ZXJ5IjAKCERlbGl2ZXJ5EhIKCmRldmljZV9rZXkYASABKAQSEAoIZXZlbnRfaWQYAiABKARiBnByb3RvMw");
+  fileDesc("CiBwYWxhdmVyL2NsdXN0ZXIvdjEvaGFuZG9mZi5wcm90bxIScGFsYXZlci5jbHVzdGVyLnYxIj0KDEhhbmRvZmZCYXRjaBItCghoYW5kb2ZmcxgBIAMoCzIbLnBhbGF2ZXIuY2x1c3Rlci52MS5IYW5kb2ZmIl0KB0hhbmRvZmYSDAoEYm9keRgBIAEoDBIwCgpkZWxpdmVyaWVzGAIgAygLMhwucGFsYXZlci5jbHVzdGVyLnYxLkRlbGl2ZXJ5EhIKCnNlbnRfYXRfbXMYAyABKAMiMAoIRGVsaXZlcnkSEgoKZGV2aWNlX2tleRgBIAEoBBIQCghldmVudF9pZBgCIAEoBGIGcHJvdG8z");
 
 /**
  * HandoffBatch is what one Palaver node publishes on another node's bus channel: freshly stored events for devices
- * connected to that node. It is internal to a cluster; clients never see it.
+ * connected to that node (each a fanout, in docs/architecture.md's words). It is internal to a cluster; clients never
+ * see it.
  *
  * @generated from message palaver.cluster.v1.HandoffBatch
  */
@@ -33,7 +34,7 @@ export const HandoffBatchSchema: GenMessage<HandoffBatch> = /*@__PURE__*/
   messageDesc(file_palaver_cluster_v1_handoff, 0);
 
 /**
- * Handoff is one stored event and the inbox rows (device, event id) it was written to on the receiving node's devices.
+ * Handoff is one stored event and its inbox entries (device, event id) on the receiving node's devices.
  *
  * @generated from message palaver.cluster.v1.Handoff
  */
@@ -46,9 +47,19 @@ export type Handoff = Message<"palaver.cluster.v1.Handoff"> & {
   body: Uint8Array;
 
   /**
+   * deliveries are the inbox entries (the name predates the glossary; renaming it would break the wire format).
+   *
    * @generated from field: repeated palaver.cluster.v1.Delivery deliveries = 2;
    */
   deliveries: Delivery[];
+
+  /**
+   * sent_at_ms is a new message's sent_at in ms since the epoch (the receiver's delivery latency metric counts from
+   * it), 0 for other events.
+   *
+   * @generated from field: int64 sent_at_ms = 3;
+   */
+  sentAtMs: bigint;
 };
 
 /**
@@ -59,6 +70,8 @@ export const HandoffSchema: GenMessage<Handoff> = /*@__PURE__*/
   messageDesc(file_palaver_cluster_v1_handoff, 1);
 
 /**
+ * Delivery is one inbox entry: a device and the id its event has in that device's inbox.
+ *
  * @generated from message palaver.cluster.v1.Delivery
  */
 export type Delivery = Message<"palaver.cluster.v1.Delivery"> & {

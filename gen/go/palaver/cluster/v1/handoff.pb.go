@@ -22,7 +22,8 @@ const (
 )
 
 // HandoffBatch is what one Palaver node publishes on another node's bus channel: freshly stored events for devices
-// connected to that node. It is internal to a cluster; clients never see it.
+// connected to that node (each a fanout, in docs/architecture.md's words). It is internal to a cluster; clients never
+// see it.
 type HandoffBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Handoffs      []*Handoff             `protobuf:"bytes,1,rep,name=handoffs,proto3" json:"handoffs,omitempty"`
@@ -67,12 +68,16 @@ func (x *HandoffBatch) GetHandoffs() []*Handoff {
 	return nil
 }
 
-// Handoff is one stored event and the inbox rows (device, event id) it was written to on the receiving node's devices.
+// Handoff is one stored event and its inbox entries (device, event id) on the receiving node's devices.
 type Handoff struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// body is a serialized palaver.chat.v1.Event with event_id 0.
-	Body          []byte      `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
-	Deliveries    []*Delivery `protobuf:"bytes,2,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	Body []byte `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
+	// deliveries are the inbox entries (the name predates the glossary; renaming it would break the wire format).
+	Deliveries []*Delivery `protobuf:"bytes,2,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	// sent_at_ms is a new message's sent_at in ms since the epoch (the receiver's delivery latency metric counts from
+	// it), 0 for other events.
+	SentAtMs      int64 `protobuf:"varint,3,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -121,6 +126,14 @@ func (x *Handoff) GetDeliveries() []*Delivery {
 	return nil
 }
 
+func (x *Handoff) GetSentAtMs() int64 {
+	if x != nil {
+		return x.SentAtMs
+	}
+	return 0
+}
+
+// Delivery is one inbox entry: a device and the id its event has in that device's inbox.
 type Delivery struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DeviceKey     uint64                 `protobuf:"varint,1,opt,name=device_key,json=deviceKey,proto3" json:"device_key,omitempty"`
@@ -179,12 +192,14 @@ const file_palaver_cluster_v1_handoff_proto_rawDesc = "" +
 	"\n" +
 	" palaver/cluster/v1/handoff.proto\x12\x12palaver.cluster.v1\"G\n" +
 	"\fHandoffBatch\x127\n" +
-	"\bhandoffs\x18\x01 \x03(\v2\x1b.palaver.cluster.v1.HandoffR\bhandoffs\"[\n" +
+	"\bhandoffs\x18\x01 \x03(\v2\x1b.palaver.cluster.v1.HandoffR\bhandoffs\"y\n" +
 	"\aHandoff\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12<\n" +
 	"\n" +
 	"deliveries\x18\x02 \x03(\v2\x1c.palaver.cluster.v1.DeliveryR\n" +
-	"deliveries\"D\n" +
+	"deliveries\x12\x1c\n" +
+	"\n" +
+	"sent_at_ms\x18\x03 \x01(\x03R\bsentAtMs\"D\n" +
 	"\bDelivery\x12\x1d\n" +
 	"\n" +
 	"device_key\x18\x01 \x01(\x04R\tdeviceKey\x12\x19\n" +

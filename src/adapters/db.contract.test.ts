@@ -1,0 +1,550 @@
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openMemoryDb, openTestDb, testBackends } from "../../test/support/db.js";
+import { encodeUpdate, newAttachment, send, stored, uniqueUser } from "../../test/support/store-fixtures.js";
+import { DAY_MS } from "../ports/clock.js";
+import type { ChatRecord, Db, ParticipantChange } from "../ports/db.js";
+
+const text = new TextDecoder();
+
+/** A database of its own for one suite (or one test), and how to throw it away. */
+interface Backend {
+  name: string;
+  open(): Promise<{ db: Db; close(): Promise<void> }>;
+}
+
+/**
+ * The Db ports' contract: what the features may count on, held against every implementation. The SQL on PGlite and on
+ * Postgres (when DATABASE_URL is set) is the real thing; MemoryDb must behave the same for feature unit tests to mean
+ * anything. What only SQL has (partition tables, row locks, statement counts) is in sql/sql-db.test.ts.
+ */
+const backends: Backend[] = [
+  ...testBackends().map((backend) => ({ name: `SqlDb on ${backend}`, open: () => openTestDb(backend) })),
+  {
+    name: "MemoryDb",
+    async open() {
+      const db = await openMemoryDb();
+      return { db, close: () => db.close() };
+    },
+  },
+];
+
+describe.each(backends)("the Db contract: $name", (backend) => {
+  let db: Db;
+  let close: () => Promise<void>;
+  beforeAll(async () => {
+    ({ db, close } = await backend.open());
+  });
+  afterAll(() => close?.());
+
+  const now = () => new Date();
+  const registered = async (userId: string, ...deviceNames: string[]) =>
+    Promise.all(deviceNames.map((name) => db.registerDevice(userId, name, now())));
+  async function newChat(participantUserIds: string[], name = "chat"): Promise<ChatRecord> {
+    const { chat } = await db.createChat(
+      { chatId: randomUUID(), name, participantUserIds, createdAt: now(), updateMessageId: randomUUID() },
+      encodeUpdate,
+    );
+    return chat;
+  }
+  const readAll = (deviceKey: string) => db.readInbox(deviceKey, 0n, 10_000);
+  const bodiesOf = async (deviceKey: string) => (await readAll(deviceKey)).map((e) => text.decode(e.body));
+  const change = (
+    chatId: string,
+    actorUserId: string,
+    userId: string,
+    operation: "add" | "remove",
+    maxParticipants = 100,
+  ): ParticipantChange => ({ chatId, actorUserId, userId, operation, maxParticipants, at: now(), updateMessageId: randomUUID() });
+  const participantsOf = async (chatId: string) => (await db.getChat(chatId))!.participantUserIds;
+
+  describe("devices", () => {
+    it("registers a device once and returns its key every time", async () => {
+      const alice = uniqueUser("alice");
+      const key = await db.registerDevice(alice, "phone", now());
+      expect(key).toMatch(/^[1-9][0-9]*$/);
+      expect(await db.registerDevice(alice, "phone", now())).toBe(key);
+      expect(await db.registerDevice(alice, "laptop", now())).not.toBe(key);
+      expect(await db.registerDevice(uniqueUser("bob"), "phone", now())).not.toBe(key);
+    });
+
+    it("gives the same key to concurrent first registrations", async () => {
+      const alice = uniqueUser("alice");
+      const keys = await Promise.all(Array.from({ length: 8 }, () => db.registerDevice(alice, "phone", now())));
+      expect(new Set(keys).size).toBe(1);
+    });
+
+    it("has no resync cause for a new device", async () => {
+      const [key] = await registered(uniqueUser("alice"), "phone");
+      expect(await db.takeResync(key!)).toBeNull();
+    });
+  });
+
+  describe("chats", () => {
+    it("creates a chat and delivers the CREATED update to every device of every participant", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const chatId = randomUUID();
+      const createdAt = now();
+      const result = await db.createChat(
+        { chatId, name: "lunch", participantUserIds: [bob, alice], createdAt, updateMessageId: randomUUID() },
+        encodeUpdate,
+      );
+      const chat = { chatId, name: "lunch", participantUserIds: [alice, bob].sort(), createdAt, lastSeq: 0n };
+      expect(result.chat).toEqual(chat);
+      expect(text.decode(result.fanout.body)).toBe(text.decode(encodeUpdate(chat)));
+      expect(result.fanout.entries.map((e) => e.deviceKey).sort()).toEqual([alicePhone, bobPhone, bobLaptop].sort());
+      for (const { deviceKey, eventId } of result.fanout.entries) {
+        expect(await readAll(deviceKey)).toEqual([{ eventId, body: result.fanout.body }]);
+      }
+      expect(await db.getChat(chatId)).toEqual(chat);
+    });
+
+    it("returns null for a chat that does not exist", async () => {
+      expect(await db.getChat(randomUUID())).toBeNull();
+    });
+
+    it("takes chat ids in any case and gives them back in lower case", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const chatId = randomUUID();
+      await db.createChat(
+        { chatId: chatId.toUpperCase(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
+        encodeUpdate,
+      );
+      expect((await db.getChat(chatId.toUpperCase()))?.chatId).toBe(chatId);
+      const outcomes = await db.storeMessages([
+        send(chatId.toUpperCase(), alice, alicePhone!),
+        send(chatId, alice, alicePhone!),
+      ]);
+      expect(outcomes.map((o) => stored(o).seq)).toEqual([1n, 2n]);
+    });
+
+    it("lists a user's chats by chat id, in pages", async () => {
+      const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+      const chats = await Promise.all([newChat([alice, bob]), newChat([alice, carol]), newChat([bob, carol])]);
+      const alices = chats.filter((c) => c.participantUserIds.includes(alice)).sort((a, b) => (a.chatId < b.chatId ? -1 : 1));
+      expect(await db.listChats(alice, null, 10)).toEqual(alices);
+      expect(await db.listChats(alice, null, 1)).toEqual([alices[0]]);
+      expect(await db.listChats(alice, alices[0]!.chatId, 10)).toEqual([alices[1]]);
+      expect(await db.listChats(alice, alices[1]!.chatId, 10)).toEqual([]);
+      expect(await db.listChats(uniqueUser("nobody"), null, 10)).toEqual([]);
+    });
+
+    it("adds a participant and tells every device of everyone in the chat after the change", async () => {
+      const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+      const [[alicePhone], [bobPhone], [carolPhone]] = await Promise.all([alice, bob, carol].map((u) => registered(u, "phone")));
+      const chat = await newChat([alice, bob]);
+      const outcome = await db.modifyParticipants(change(chat.chatId, alice, carol, "add"), encodeUpdate);
+      expect(outcome.kind).toBe("changed");
+      if (outcome.kind !== "changed") return;
+      expect(outcome.chat.participantUserIds).toEqual([alice, bob, carol].sort());
+      expect(text.decode(outcome.fanout.body)).toBe(text.decode(encodeUpdate(outcome.chat)));
+      expect(outcome.fanout.entries.map((e) => e.deviceKey).sort()).toEqual([alicePhone, bobPhone, carolPhone].sort());
+      expect(await bodiesOf(carolPhone!)).toEqual([text.decode(outcome.fanout.body)]);
+      expect(await participantsOf(chat.chatId)).toEqual([alice, bob, carol].sort());
+    });
+
+    it("removes a participant and tells the removed user's devices too", async () => {
+      const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+      await registered(alice, "phone");
+      const [carolPhone, carolLaptop] = await registered(carol, "phone", "laptop");
+      const chat = await newChat([alice, bob, carol]);
+      const outcome = await db.modifyParticipants(change(chat.chatId, alice, carol, "remove"), encodeUpdate);
+      expect(outcome.kind).toBe("changed");
+      if (outcome.kind !== "changed") return;
+      expect(outcome.chat.participantUserIds).toEqual([alice, bob].sort());
+      expect(outcome.fanout.entries.map((e) => e.deviceKey)).toEqual(expect.arrayContaining([carolPhone, carolLaptop]));
+      expect(await participantsOf(chat.chatId)).toEqual([alice, bob].sort());
+    });
+
+    it("changes and stores nothing when the participant is already there, or already gone", async () => {
+      const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+      const [alicePhone] = await registered(alice, "phone");
+      const chat = await newChat([alice, bob]);
+      const inbox = await readAll(alicePhone!);
+      const unchanged = { kind: "unchanged", chat };
+      expect(await db.modifyParticipants(change(chat.chatId, alice, bob, "add"), encodeUpdate)).toEqual(unchanged);
+      expect(await db.modifyParticipants(change(chat.chatId, alice, carol, "remove"), encodeUpdate)).toEqual(unchanged);
+      expect(await readAll(alicePhone!)).toEqual(inbox);
+    });
+
+    it("refuses a change to a missing chat, by a non-participant, or past the participant limit", async () => {
+      const [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(uniqueUser);
+      const chat = await newChat([alice!, bob!, carol!]);
+      const outcome = (c: ParticipantChange) => db.modifyParticipants(c, encodeUpdate);
+      expect(await outcome(change(randomUUID(), alice!, dave!, "add"))).toEqual({ kind: "chat_not_found" });
+      expect(await outcome(change(chat.chatId, dave!, dave!, "add"))).toEqual({ kind: "not_participant" });
+      expect(await outcome(change(chat.chatId, alice!, dave!, "add", 3))).toEqual({ kind: "too_many_participants" });
+      expect(await participantsOf(chat.chatId)).toEqual(chat.participantUserIds);
+    });
+  });
+
+  describe("messages", () => {
+    it("stores a batch: gap-free seqs per chat, an inbox entry for every device but the sending one", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone, aliceLaptop] = await registered(alice, "phone", "laptop");
+      const [bobPhone] = await registered(bob, "phone");
+      const chat = await newChat([alice, bob]);
+      const sends = [send(chat.chatId, alice, alicePhone!), send(chat.chatId, bob, bobPhone!), send(chat.chatId, alice, alicePhone!)];
+      const outcomes = (await db.storeMessages(sends)).map(stored);
+      expect(outcomes.map((o) => o.seq)).toEqual([1n, 2n, 3n]);
+      outcomes.forEach((outcome, i) => {
+        expect(outcome.messageId).toBe(sends[i]!.messageId);
+        expect(outcome.sentAt).toEqual(sends[i]!.sentAt);
+        expect(outcome.fanout.sentAtMs).toBe(sends[i]!.sentAt.getTime());
+        expect(text.decode(outcome.fanout.body)).toBe(`message:${sends[i]!.messageId}:${i + 1}`);
+      });
+      expect(outcomes[0]!.fanout.entries.map((e) => e.deviceKey).sort()).toEqual([aliceLaptop, bobPhone].sort());
+      expect(outcomes[1]!.fanout.entries.map((e) => e.deviceKey).sort()).toEqual([alicePhone, aliceLaptop].sort());
+      expect((await db.getChat(chat.chatId))!.lastSeq).toBe(3n);
+
+      // Bob's phone holds the chat's creation, then alice's two messages, in seq order.
+      expect(await bodiesOf(bobPhone!)).toEqual([
+        text.decode(encodeUpdate(chat)),
+        `message:${sends[0]!.messageId}:1`,
+        `message:${sends[2]!.messageId}:3`,
+      ]);
+    });
+
+    it("returns the first result for a retried send and stores nothing", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone] = await registered(bob, "phone");
+      const chat = await newChat([alice, bob]);
+      const first = send(chat.chatId, alice, alicePhone!);
+      const [original] = await db.storeMessages([first]);
+      const inbox = await readAll(bobPhone!);
+      const retry = send(chat.chatId, alice, alicePhone!, { clientMessageId: first.clientMessageId });
+      const [again] = await db.storeMessages([retry]);
+      expect(again).toEqual({ kind: "duplicate", messageId: first.messageId, seq: 1n, sentAt: first.sentAt });
+      expect(original).toMatchObject({ kind: "stored", messageId: first.messageId, seq: 1n });
+      expect(await readAll(bobPhone!)).toEqual(inbox);
+      expect(await db.pendingFanout(chat.chatId, retry.messageId)).toBeNull();
+      expect((await db.getChat(chat.chatId))!.lastSeq).toBe(1n);
+    });
+
+    it("treats a key repeated within one batch as a duplicate of its first send", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const chat = await newChat([alice, bob]);
+      const first = send(chat.chatId, alice, alicePhone!);
+      const outcomes = await db.storeMessages([first, send(chat.chatId, alice, alicePhone!, { clientMessageId: first.clientMessageId })]);
+      expect(outcomes[1]).toEqual({ kind: "duplicate", messageId: first.messageId, seq: 1n, sentAt: first.sentAt });
+      expect((await db.getChat(chat.chatId))!.lastSeq).toBe(1n);
+    });
+
+    it("refuses sends to a missing chat or from a non-participant without affecting the rest of the batch", async () => {
+      const [alice, bob, mallory] = ["alice", "bob", "mallory"].map(uniqueUser);
+      const [alicePhone] = await registered(alice!, "phone");
+      const [malloryPhone] = await registered(mallory!, "phone");
+      const chat = await newChat([alice!, bob!]);
+      const outcomes = await db.storeMessages([
+        send(chat.chatId, alice!, alicePhone!),
+        send(chat.chatId, mallory!, malloryPhone!),
+        send(randomUUID(), alice!, alicePhone!),
+        send(chat.chatId, alice!, alicePhone!),
+      ]);
+      expect(outcomes.map((o) => o.kind)).toEqual(["stored", "not_participant", "chat_not_found", "stored"]);
+      expect(outcomes.filter((o) => o.kind === "stored").map((o) => stored(o).seq)).toEqual([1n, 2n]);
+      // A refused send records no key: once mallory is in the chat, the same send is stored.
+      const refused = send(chat.chatId, mallory!, malloryPhone!);
+      expect((await db.storeMessages([refused]))[0]!.kind).toBe("not_participant");
+      await db.modifyParticipants(change(chat.chatId, alice!, mallory!, "add"), encodeUpdate);
+      expect((await db.storeMessages([refused]))[0]).toMatchObject({ kind: "stored", seq: 3n });
+    });
+
+    it("stops delivering to a removed participant", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone] = await registered(bob, "phone");
+      const chat = await newChat([alice, bob, uniqueUser("carol")]);
+      await db.modifyParticipants(change(chat.chatId, bob, bob, "remove"), encodeUpdate);
+      const [outcome] = await db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
+      expect(stored(outcome).fanout.entries.map((e) => e.deviceKey)).not.toContain(bobPhone);
+    });
+
+    it("keeps no message that no device will read, but still gives it its seq and key", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const chat = await newChat([alice, bob]); // bob has no device yet
+      const first = send(chat.chatId, alice, alicePhone!);
+      const { messageId, fanout } = stored((await db.storeMessages([first]))[0]);
+      expect(fanout.entries).toEqual([]);
+      expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
+      const [retry] = await db.storeMessages([send(chat.chatId, alice, alicePhone!, { clientMessageId: first.clientMessageId })]);
+      expect(retry).toMatchObject({ kind: "duplicate", messageId, seq: 1n });
+    });
+
+    it("keeps seqs gap-free and event ids in seq order under concurrent batches to one chat", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const senders = await registered(alice, "a", "b", "c", "d");
+      const [bobPhone] = await registered(bob, "phone");
+      const chat = await newChat([alice, bob]);
+      const batches = Array.from({ length: 8 }, (_, b) =>
+        Array.from({ length: 25 }, () => send(chat.chatId, alice, senders[b % senders.length]!)),
+      );
+      const outcomes = (await Promise.all(batches.map((batch) => db.storeMessages(batch)))).flat().map(stored);
+      expect(outcomes.map((o) => o.seq).sort((a, b) => Number(a - b))).toEqual(Array.from({ length: 200 }, (_, i) => BigInt(i + 1)));
+      expect((await db.getChat(chat.chatId))!.lastSeq).toBe(200n);
+      const seqsInEventOrder = (await bodiesOf(bobPhone!)).slice(1).map((body) => Number(body.split(":")[2]));
+      expect(seqsInEventOrder).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    });
+
+    it("records attachments as sent in the chat, for download permission", async () => {
+      const [alice, bob, eve] = ["alice", "bob", "eve"].map(uniqueUser);
+      const [alicePhone] = await registered(alice!, "phone");
+      const chat = await newChat([alice!, bob!]);
+      const { attachment } = await db.createAttachment(newAttachment(alice!));
+      await db.storeMessages([send(chat.chatId, alice!, alicePhone!, { attachmentIds: [attachment.attachmentId] })]);
+      expect(await db.canDownloadAttachment(attachment.attachmentId, bob!)).toBe(true);
+      expect(await db.canDownloadAttachment(attachment.attachmentId, eve!)).toBe(false);
+    });
+
+    it("gives a stored message's event and the inbox entries it still has, for a retry to push again", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const chat = await newChat([alice, bob]);
+      const { messageId, fanout } = stored((await db.storeMessages([send(chat.chatId, alice, alicePhone!)]))[0]);
+      const phoneEntry = fanout.entries.find((e) => e.deviceKey === bobPhone)!;
+      expect(await db.pendingFanout(chat.chatId, messageId)).toEqual({ body: fanout.body, entries: fanout.entries });
+      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: fanout.entries.filter((e) => e !== phoneEntry).map((e) => e.eventId) }]);
+      expect(await db.pendingFanout(chat.chatId, messageId)).toEqual({ body: fanout.body, entries: [phoneEntry] });
+      expect(await db.pendingFanout(chat.chatId, randomUUID())).toBeNull();
+    });
+  });
+
+  describe("inbox", () => {
+    it("reads the inbox after an event id, oldest first, in pages", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone] = await registered(bob, "phone");
+      const chat = await newChat([alice, bob]);
+      await db.storeMessages(Array.from({ length: 5 }, () => send(chat.chatId, alice, alicePhone!)));
+      const all = await readAll(bobPhone!);
+      expect(all).toHaveLength(6);
+      const firstPage = await db.readInbox(bobPhone!, 0n, 2);
+      expect(firstPage).toEqual(all.slice(0, 2));
+      expect(await db.readInbox(bobPhone!, firstPage[1]!.eventId, 10)).toEqual(all.slice(2));
+      expect(await db.readInbox(bobPhone!, all[5]!.eventId, 10)).toEqual([]);
+    });
+
+    it("deletes acked events of that device only, and the message after its last device acks", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const chat = await newChat([alice, bob]);
+      const [outcome] = await db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
+      const { messageId, fanout } = stored(outcome);
+      const eventOf = (deviceKey: string) => fanout.entries.find((e) => e.deviceKey === deviceKey)!.eventId;
+      const creation = text.decode(encodeUpdate(chat));
+      const message = text.decode(fanout.body);
+
+      await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobLaptop!)] }]); // not the phone's event
+      expect(await bodiesOf(bobLaptop!)).toEqual([creation, message]);
+      expect(await bodiesOf(bobPhone!)).toEqual([creation, message]);
+      await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!), 999_999_999n] }]);
+      expect(await bodiesOf(bobPhone!)).toEqual([creation]);
+      expect(await db.pendingFanout(chat.chatId, messageId)).not.toBeNull();
+      await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] }]); // again: nothing to delete
+      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: [eventOf(bobLaptop!)] }]);
+      expect(await bodiesOf(bobLaptop!)).toEqual([creation]);
+      expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
+      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: [] }]);
+      expect(await bodiesOf(bobLaptop!)).toEqual([creation]);
+    });
+
+    it("acks several devices' events in one call, an event named twice deleted once", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const chat = await newChat([alice, bob]);
+      const [outcome] = await db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
+      const { messageId, fanout } = stored(outcome);
+      const eventOf = (deviceKey: string) => fanout.entries.find((e) => e.deviceKey === deviceKey)!.eventId;
+
+      await db.ackEvents([
+        { deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] },
+        { deviceKey: bobLaptop!, eventIds: [eventOf(bobLaptop!)] },
+        { deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] },
+      ]);
+      // The chat's creation, not acked, is all either device has left.
+      expect(await bodiesOf(bobPhone!)).toEqual([text.decode(encodeUpdate(chat))]);
+      expect(await bodiesOf(bobLaptop!)).toEqual([text.decode(encodeUpdate(chat))]);
+      expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
+    });
+
+    it("deletes the message when its last two devices ack at the same moment", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const chat = await newChat([alice, bob]);
+      const outcomes = (await db.storeMessages(Array.from({ length: 20 }, () => send(chat.chatId, alice, alicePhone!)))).map(stored);
+      await Promise.all(outcomes.flatMap(({ fanout }) => fanout.entries.map((e) => db.ackEvents([{ deviceKey: e.deviceKey, eventIds: [e.eventId] }]))));
+      for (const { messageId } of outcomes) expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
+      expect(await readAll(bobPhone!)).toHaveLength(1);
+      expect(await readAll(bobLaptop!)).toHaveLength(1);
+    });
+  });
+
+  describe("attachments", () => {
+    it("returns the uploader's existing attachment for the same bytes instead of a new one", async () => {
+      const alice = uniqueUser("alice");
+      const first = newAttachment(alice);
+      expect(await db.createAttachment(first)).toEqual({ attachment: first, existing: false });
+      const again = { ...newAttachment(alice), sha256: first.sha256, sizeBytes: first.sizeBytes };
+      expect(await db.createAttachment(again)).toEqual({ attachment: first, existing: true });
+      expect(await db.getAttachment(again.attachmentId)).toBeNull();
+      const bobs = { ...newAttachment(uniqueUser("bob")), sha256: first.sha256, sizeBytes: first.sizeBytes };
+      expect((await db.createAttachment(bobs)).existing).toBe(false);
+    });
+
+    it("records the upload once and lets only the uploader download an unsent attachment", async () => {
+      const alice = uniqueUser("alice");
+      const attachment = newAttachment(alice);
+      await db.createAttachment(attachment);
+      const uploadedAt = now();
+      await db.markAttachmentUploaded(attachment.attachmentId, uploadedAt);
+      await db.markAttachmentUploaded(attachment.attachmentId, new Date(uploadedAt.getTime() + 1000));
+      expect(await db.getAttachment(attachment.attachmentId)).toEqual({ ...attachment, uploadedAt });
+      expect(await db.canDownloadAttachment(attachment.attachmentId, alice)).toBe(true);
+      expect(await db.canDownloadAttachment(attachment.attachmentId, uniqueUser("bob"))).toBe(false);
+      expect(await db.canDownloadAttachment(randomUUID(), alice)).toBe(false);
+    });
+
+    it("deletes attachments last kept before the cutoff, oldest first, up to the limit", async () => {
+      const alice = uniqueUser("alice");
+      const old = [0, 1, 2, 3].map((i) => newAttachment(alice, new Date(Date.UTC(2000, 0, 1, i))));
+      for (const a of old) await db.createAttachment(a);
+      const kept = new Date(Date.UTC(2000, 0, 3));
+      await db.markAttachmentKept(old[3]!.attachmentId, kept);
+      await db.markAttachmentKept(old[3]!.attachmentId, new Date(Date.UTC(2000, 0, 2))); // never moves back
+      const cutoff = new Date(Date.UTC(2000, 0, 2));
+      expect(await db.deleteAttachmentsKeptBefore(cutoff, 2)).toEqual(old.slice(0, 2));
+      expect(await db.deleteAttachmentsKeptBefore(cutoff, 10)).toEqual([old[2]]);
+      expect(await db.getAttachment(old[0]!.attachmentId)).toBeNull();
+      expect(await db.getAttachment(old[3]!.attachmentId)).toEqual({ ...old[3], keptAt: kept });
+      expect(await db.deleteAttachmentsKeptBefore(cutoff, 10)).toEqual([]);
+    });
+  });
+
+  describe("retention", () => {
+    // Each test drops or trims across the whole database, so it gets one of its own.
+    const withOwnDb = async (fn: (own: Db) => Promise<void>) => {
+      const own = await backend.open();
+      try {
+        await fn(own.db);
+      } finally {
+        await own.close();
+      }
+    };
+
+    it("creates the partitions of the coming days once", async () => {
+      await withOwnDb(async (db) => {
+        const from = new Date(Date.UTC(2031, 4, 30, 13));
+        expect((await db.ensurePartitions(from, 2)).sort()).toEqual(
+          ["20310530", "20310531", "20310601"].flatMap((d) => [`inbox_p${d}`, `messages_p${d}`]).sort(),
+        );
+        expect(await db.ensurePartitions(from, 2)).toEqual([]);
+      });
+    });
+
+    it("drops whole days past retention, and tells the devices that had events there to resync, once", async () => {
+      await withOwnDb(async (db) => {
+        const [alice, bob, carol] = ["alice", "bob", "carol"].map(uniqueUser);
+        const alicePhone = await db.registerDevice(alice!, "phone", now());
+        const bobPhone = await db.registerDevice(bob!, "phone", now());
+        const { chat } = await db.createChat(
+          { chatId: randomUUID(), name: "old", participantUserIds: [alice!, bob!], createdAt: now(), updateMessageId: randomUUID() },
+          encodeUpdate,
+        );
+        const outcomes = (await db.storeMessages([send(chat.chatId, alice!, alicePhone), send(chat.chatId, alice!, alicePhone)])).map(stored);
+        await db.ackEvents([{ deviceKey: alicePhone, eventIds: (await db.readInbox(alicePhone, 0n, 10)).map((e) => e.eventId) }]);
+        const carolPhone = await db.registerDevice(carol!, "phone", now());
+
+        const later = new Date(Date.now() + 31 * DAY_MS);
+        await db.ensurePartitions(later, 2);
+        const dropped = await db.dropPartitionsBefore(new Date(later.getTime() - 30 * DAY_MS));
+        const today = now().toISOString().slice(0, 10).replace(/-/g, "");
+        expect(dropped).toEqual(expect.arrayContaining([`messages_p${today}`, `inbox_p${today}`]));
+        expect(dropped.every((name) => name.slice(-8) <= today)).toBe(true);
+        expect(await db.readInbox(bobPhone, 0n, 10)).toEqual([]);
+        for (const { messageId } of outcomes) expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
+
+        // Two connects at once: one of them tells the device.
+        expect((await Promise.all([db.takeResync(bobPhone), db.takeResync(bobPhone)])).sort()).toEqual([null, "retention"]);
+        expect(await db.takeResync(bobPhone)).toBeNull();
+        expect(await db.takeResync(alicePhone)).toBeNull(); // it had acked everything
+        expect(await db.takeResync(carolPhone)).toBeNull();
+        expect(await db.dropPartitionsBefore(new Date(later.getTime() - 30 * DAY_MS))).toEqual([]);
+
+        // The chat goes on in the new days' partitions.
+        const [outcome] = await db.storeMessages([send(chat.chatId, alice!, alicePhone, { sentAt: later })]);
+        expect(stored(outcome).seq).toBe(3n);
+        expect(await db.readInbox(bobPhone, 0n, 10)).toHaveLength(1);
+      });
+    });
+
+    it("refuses to store a message for a day whose partition does not exist, and stores nothing of its batch", async () => {
+      await withOwnDb(async (db) => {
+        const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+        const alicePhone = await db.registerDevice(alice, "phone", now());
+        const bobPhone = await db.registerDevice(bob, "phone", now());
+        const { chat } = await db.createChat(
+          { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
+          encodeUpdate,
+        );
+        const farAhead = new Date(Date.now() + 100 * DAY_MS);
+        await expect(
+          db.storeMessages([send(chat.chatId, alice, alicePhone), send(chat.chatId, alice, alicePhone, { sentAt: farAhead })]),
+        ).rejects.toThrow();
+        expect((await db.getChat(chat.chatId))!.lastSeq).toBe(0n);
+        expect(await db.readInbox(bobPhone, 0n, 10)).toHaveLength(1); // the chat's creation only
+      });
+    });
+
+    it("trims the oldest events of inboxes over the limit, and their messages once no inbox holds them", async () => {
+      await withOwnDb(async (db) => {
+        const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+        const alicePhone = await db.registerDevice(alice, "phone", now());
+        const [bobPhone, bobLaptop] = [await db.registerDevice(bob, "phone", now()), await db.registerDevice(bob, "laptop", now())];
+        const { chat } = await db.createChat(
+          { chatId: randomUUID(), name: "busy", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
+          encodeUpdate,
+        );
+        const outcomes = (await db.storeMessages(Array.from({ length: 4 }, () => send(chat.chatId, alice, alicePhone)))).map(stored);
+        // The laptop has read everything but the last message, so it stays under the limit.
+        await db.ackEvents([{ deviceKey: bobLaptop, eventIds: (await db.readInbox(bobLaptop, 0n, 4)).map((e) => e.eventId) }]);
+
+        expect(await db.trimInboxes(3)).toBe(1); // the phone: 5 events (creation and 4 messages)
+        expect((await db.readInbox(bobPhone, 0n, 10)).map((e) => text.decode(e.body))).toEqual(
+          outcomes.slice(1).map((o) => text.decode(o.fanout.body)),
+        );
+        expect(await db.takeResync(bobPhone)).toBe("inbox_overflow");
+        expect(await db.takeResync(bobLaptop)).toBeNull();
+        // The first message had only the phone's entry left; the second still has it.
+        expect(await db.pendingFanout(chat.chatId, outcomes[0]!.messageId)).toBeNull();
+        expect((await db.pendingFanout(chat.chatId, outcomes[1]!.messageId))?.entries.map((e) => e.deviceKey)).toEqual([bobPhone]);
+        expect(await db.trimInboxes(3)).toBe(0);
+      });
+    });
+
+    it("forgets idempotency keys sent before the cutoff", async () => {
+      await withOwnDb(async (db) => {
+        const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+        const alicePhone = await db.registerDevice(alice, "phone", now());
+        const { chat } = await db.createChat(
+          { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
+          encodeUpdate,
+        );
+        const first = send(chat.chatId, alice, alicePhone, { sentAt: new Date(Date.now() - 60_000) });
+        await db.storeMessages([first, send(chat.chatId, alice, alicePhone)]);
+        expect(await db.forgetSendsBefore(new Date(Date.now() - 30_000))).toBe(1);
+        const [retry] = await db.storeMessages([send(chat.chatId, alice, alicePhone, { clientMessageId: first.clientMessageId })]);
+        expect(retry).toMatchObject({ kind: "stored", seq: 3n });
+      });
+    });
+  });
+});

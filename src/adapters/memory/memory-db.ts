@@ -1,0 +1,406 @@
+import type {
+  AttachmentRecord,
+  ChatRecord,
+  Db,
+  DeviceAck,
+  Fanout,
+  InboxEntry,
+  InboxEvent,
+  ModifyOutcome,
+  NewChat,
+  ParticipantChange,
+  PendingSend,
+  ResyncCause,
+  SendOutcome,
+} from "../../ports/db.js";
+import { DAY_MS } from "../../ports/clock.js";
+import { dayKey, PARENTS, startOfUtcDay } from "../sql/partitions.js";
+
+/** Chat and attachment ids are uuids: compared without regard to case and returned in lower case, as Postgres does. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+interface Device {
+  key: bigint;
+  resync: ResyncCause | null;
+}
+
+interface Chat {
+  chatId: string;
+  name: string;
+  createdAt: Date;
+  lastSeq: bigint;
+  participants: Set<string>;
+}
+
+/** A stored message or chat update, with the inbox entries that still refer to it (event id → device key). */
+interface StoredMessage {
+  chatId: string;
+  messageId: string;
+  /** Its day's partition (dayKey). */
+  day: string;
+  body: Uint8Array;
+  entries: Map<bigint, bigint>;
+}
+
+interface SentKey {
+  messageId: string;
+  seq: bigint;
+  sentAt: Date;
+}
+
+/**
+ * The Db ports in memory, with the SQL implementation's semantics (the contract tests in src/adapters/db.contract.test.ts
+ * hold both to it): for fast unit tests of the features, never for serving. Every call runs to completion before the
+ * next, so a batch is as atomic as the SQL's transaction: a call that fails (a missing partition, a malformed uuid)
+ * fails before it changes anything.
+ */
+export class MemoryDb implements Db {
+  /** user id → device name → device. */
+  private readonly devices = new Map<string, Map<string, Device>>();
+  private readonly devicesByKey = new Map<bigint, Device>();
+  private lastDeviceKey = 0n;
+  private readonly chats = new Map<string, Chat>();
+  /** By `${chatId}/${messageId}`. */
+  private readonly messages = new Map<string, StoredMessage>();
+  /** device key → event id → message; event ids only grow, so each map is in event id order. */
+  private readonly inboxes = new Map<bigint, Map<bigint, StoredMessage>>();
+  private lastEventId = 0n;
+  /** Idempotency keys by `${senderDeviceKey}/${clientMessageId}`. */
+  private readonly sent = new Map<string, SentKey>();
+  private readonly attachments = new Map<string, AttachmentRecord>();
+  /** attachment id → chats it was sent in. */
+  private readonly attachmentChats = new Map<string, Set<string>>();
+  /** The days (dayKey) whose partitions exist. */
+  private readonly days = new Set<string>();
+
+  async migrate(): Promise<void> {}
+
+  async close(): Promise<void> {}
+
+  // ---- devices ----
+
+  async registerDevice(userId: string, deviceName: string, _now: Date): Promise<string> {
+    let byName = this.devices.get(userId);
+    if (!byName) this.devices.set(userId, (byName = new Map()));
+    let device = byName.get(deviceName);
+    if (!device) {
+      device = { key: ++this.lastDeviceKey, resync: null };
+      byName.set(deviceName, device);
+      this.devicesByKey.set(device.key, device);
+    }
+    return String(device.key);
+  }
+
+  // ---- chats ----
+
+  async createChat(
+    input: NewChat,
+    encodeUpdate: (chat: ChatRecord) => Uint8Array,
+  ): Promise<{ chat: ChatRecord; fanout: Fanout }> {
+    const chatId = uuid(input.chatId);
+    if (this.chats.has(chatId)) throw new Error(`chat ${chatId} already exists`);
+    const chat: Chat = {
+      chatId,
+      name: input.name,
+      createdAt: input.createdAt,
+      lastSeq: 0n,
+      participants: new Set(input.participantUserIds),
+    };
+    const updateId = uuid(input.updateMessageId);
+    const record = toRecord(chat);
+    const body = encodeUpdate(record);
+    this.requirePartition(input.createdAt);
+    this.chats.set(chatId, chat);
+    // A chat update is stored even when no device will read it, as the SQL stores it.
+    const entries = this.storeMessage(chatId, updateId, input.createdAt, body, this.devicesOf(chat.participants));
+    return { chat: record, fanout: { body, entries } };
+  }
+
+  async modifyParticipants(
+    change: ParticipantChange,
+    encodeUpdate: (chat: ChatRecord) => Uint8Array,
+  ): Promise<ModifyOutcome> {
+    const chat = this.chats.get(uuid(change.chatId));
+    if (!chat) return { kind: "chat_not_found" };
+    if (!chat.participants.has(change.actorUserId)) return { kind: "not_participant" };
+    const add = change.operation === "add";
+    if (chat.participants.has(change.userId) === add) return { kind: "unchanged", chat: toRecord(chat) };
+    if (add && chat.participants.size >= change.maxParticipants) return { kind: "too_many_participants" };
+
+    const before = new Set(chat.participants);
+    const after = new Set(before);
+    if (add) after.add(change.userId);
+    else after.delete(change.userId);
+    const updateId = uuid(change.updateMessageId);
+    const record = toRecord({ ...chat, participants: after });
+    const body = encodeUpdate(record);
+    this.requirePartition(change.at);
+    chat.participants = after;
+    // Everyone before or after the change: the removed user hears of the removal too.
+    const recipients = this.devicesOf(add ? after : before);
+    const entries = this.storeMessage(chat.chatId, updateId, change.at, body, recipients);
+    return { kind: "changed", chat: record, fanout: { body, entries } };
+  }
+
+  async getChat(chatId: string): Promise<ChatRecord | null> {
+    const chat = this.chats.get(uuid(chatId));
+    return chat ? toRecord(chat) : null;
+  }
+
+  async listChats(userId: string, afterChatId: string | null, limit: number): Promise<ChatRecord[]> {
+    const after = afterChatId === null ? "" : uuid(afterChatId);
+    return [...this.chats.values()]
+      .filter((chat) => chat.participants.has(userId) && chat.chatId > after)
+      .sort((a, b) => (a.chatId < b.chatId ? -1 : 1))
+      .slice(0, limit)
+      .map(toRecord);
+  }
+
+  // ---- messages ----
+
+  async storeMessages(sends: readonly PendingSend[]): Promise<SendOutcome[]> {
+    // Decided first, written after, so a send that cannot be written (no partition for its day) fails the whole batch
+    // before anything is stored, as the SQL's transaction rolls back.
+    const lastSeqs = new Map<Chat, bigint>();
+    const earlierInBatch = new Map<string, SentKey>();
+    const writes: (() => void)[] = [];
+    const outcomes = sends.map((send): SendOutcome => {
+      const key = `${send.senderDeviceKey}/${send.clientMessageId}`;
+      const earlier = this.sent.get(key) ?? earlierInBatch.get(key);
+      if (earlier) return { kind: "duplicate", ...earlier };
+      const chat = this.chats.get(uuid(send.chatId));
+      if (!chat) return { kind: "chat_not_found" };
+      if (!chat.participants.has(send.senderUserId)) return { kind: "not_participant" };
+
+      const messageId = uuid(send.messageId);
+      const seq = (lastSeqs.get(chat) ?? chat.lastSeq) + 1n;
+      lastSeqs.set(chat, seq);
+      const stored = { messageId: send.messageId, seq, sentAt: send.sentAt };
+      earlierInBatch.set(key, stored);
+      const recipients = this.devicesOf(chat.participants).filter((d) => String(d) !== send.senderDeviceKey);
+      // A message no device will read is not kept: its seq and idempotency key are all that is needed of it.
+      if (recipients.length > 0) this.requirePartition(send.sentAt);
+      const attachmentIds = send.attachmentIds.map(uuid);
+      const fanout: Fanout = { body: send.encode(seq), entries: [], sentAtMs: send.sentAt.getTime() };
+      writes.push(() => {
+        if (recipients.length > 0) {
+          fanout.entries = this.storeMessage(chat.chatId, messageId, send.sentAt, fanout.body, recipients);
+        }
+        this.sent.set(key, stored);
+        chat.lastSeq = seq;
+        for (const attachmentId of attachmentIds) this.linkAttachment(attachmentId, chat.chatId);
+      });
+      return { kind: "stored", ...stored, fanout };
+    });
+    for (const write of writes) write();
+    return outcomes;
+  }
+
+  async pendingFanout(chatId: string, messageId: string): Promise<Fanout | null> {
+    const message = this.messages.get(`${uuid(chatId)}/${uuid(messageId)}`);
+    if (!message) return null;
+    return { body: message.body, entries: entriesOf(message) };
+  }
+
+  // ---- inbox ----
+
+  async takeResync(deviceKey: string): Promise<ResyncCause | null> {
+    const device = this.devicesByKey.get(BigInt(deviceKey));
+    const cause = device?.resync ?? null;
+    if (device) device.resync = null;
+    return cause;
+  }
+
+  async readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<InboxEvent[]> {
+    const events: InboxEvent[] = [];
+    for (const [eventId, message] of this.inboxes.get(BigInt(deviceKey)) ?? []) {
+      if (events.length === limit) break;
+      if (eventId > afterEventId) events.push({ eventId, body: message.body });
+    }
+    return events;
+  }
+
+  async ackEvents(acks: readonly DeviceAck[]): Promise<void> {
+    for (const ack of acks) {
+      const inbox = this.inboxes.get(BigInt(ack.deviceKey));
+      for (const eventId of ack.eventIds) {
+        const message = inbox?.get(eventId);
+        if (message) this.deleteEntry(inbox!, eventId, message);
+      }
+    }
+  }
+
+  // ---- attachments ----
+
+  async createAttachment(input: AttachmentRecord): Promise<{ attachment: AttachmentRecord; existing: boolean }> {
+    const sameBytes = [...this.attachments.values()].find(
+      (a) =>
+        a.uploaderUserId === input.uploaderUserId &&
+        a.sizeBytes === input.sizeBytes &&
+        Buffer.compare(a.sha256, input.sha256) === 0,
+    );
+    if (sameBytes) return { attachment: { ...sameBytes }, existing: true };
+    const attachmentId = uuid(input.attachmentId);
+    if (this.attachments.has(attachmentId)) throw new Error(`attachment ${attachmentId} already exists`);
+    const attachment = { ...input, attachmentId };
+    this.attachments.set(attachmentId, attachment);
+    return { attachment: { ...attachment }, existing: false };
+  }
+
+  async getAttachment(attachmentId: string): Promise<AttachmentRecord | null> {
+    const attachment = this.attachments.get(uuid(attachmentId));
+    return attachment ? { ...attachment } : null;
+  }
+
+  async markAttachmentUploaded(attachmentId: string, at: Date): Promise<void> {
+    const attachment = this.attachments.get(uuid(attachmentId));
+    if (attachment && attachment.uploadedAt === null) attachment.uploadedAt = at;
+  }
+
+  async canDownloadAttachment(attachmentId: string, userId: string): Promise<boolean> {
+    const id = uuid(attachmentId);
+    const attachment = this.attachments.get(id);
+    if (!attachment) return false;
+    if (attachment.uploaderUserId === userId) return true;
+    return [...(this.attachmentChats.get(id) ?? [])].some((chatId) => this.chats.get(chatId)?.participants.has(userId));
+  }
+
+  async markAttachmentKept(attachmentId: string, at: Date): Promise<void> {
+    const attachment = this.attachments.get(uuid(attachmentId));
+    if (attachment && attachment.keptAt < at) attachment.keptAt = at;
+  }
+
+  // ---- retention ----
+
+  async ensurePartitions(from: Date, days: number): Promise<string[]> {
+    const created: string[] = [];
+    for (let i = 0; i <= days; i++) {
+      const day = dayKey(new Date(startOfUtcDay(from).getTime() + i * DAY_MS));
+      if (this.days.has(day)) continue;
+      this.days.add(day);
+      created.push(...PARENTS.map((parent) => `${parent}_p${day}`));
+    }
+    return created;
+  }
+
+  async dropPartitionsBefore(cutoff: Date): Promise<string[]> {
+    const cutoffDay = dayKey(cutoff);
+    const dropped: string[] = [];
+    for (const day of [...this.days].filter((d) => d < cutoffDay).sort()) {
+      for (const message of this.messages.values()) {
+        if (message.day !== day) continue;
+        for (const [eventId, deviceKey] of message.entries) {
+          this.devicesByKey.get(deviceKey)!.resync = "retention";
+          this.inboxes.get(deviceKey)!.delete(eventId);
+        }
+        this.messages.delete(messageKey(message));
+      }
+      this.days.delete(day);
+      dropped.push(...PARENTS.map((parent) => `${parent}_p${day}`));
+    }
+    return dropped;
+  }
+
+  async trimInboxes(maxEvents: number): Promise<number> {
+    let trimmed = 0;
+    for (const [deviceKey, inbox] of this.inboxes) {
+      if (inbox.size <= maxEvents) continue;
+      // The oldest first: the map is in event id order.
+      for (const [eventId, message] of [...inbox].slice(0, inbox.size - maxEvents)) {
+        this.deleteEntry(inbox, eventId, message);
+      }
+      this.devicesByKey.get(deviceKey)!.resync = "inbox_overflow";
+      trimmed++;
+    }
+    return trimmed;
+  }
+
+  async forgetSendsBefore(cutoff: Date): Promise<number> {
+    let forgotten = 0;
+    for (const [key, sent] of this.sent) {
+      if (sent.sentAt < cutoff) {
+        this.sent.delete(key);
+        forgotten++;
+      }
+    }
+    return forgotten;
+  }
+
+  async deleteAttachmentsKeptBefore(cutoff: Date, limit: number): Promise<AttachmentRecord[]> {
+    const doomed = [...this.attachments.values()]
+      .filter((a) => a.keptAt < cutoff)
+      .sort((a, b) => a.keptAt.getTime() - b.keptAt.getTime())
+      .slice(0, limit);
+    for (const attachment of doomed) {
+      this.attachments.delete(attachment.attachmentId);
+      this.attachmentChats.delete(attachment.attachmentId);
+    }
+    return doomed;
+  }
+
+  // ---- helpers ----
+
+  /** The keys of every device of these users, in key order (the order the SQL takes event ids in). */
+  private devicesOf(userIds: Iterable<string>): bigint[] {
+    const keys: bigint[] = [];
+    for (const userId of userIds) for (const device of this.devices.get(userId)?.values() ?? []) keys.push(device.key);
+    return keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  }
+
+  /** Writing a message needs its day's partition, as in SQL (created ahead by the retention job). */
+  private requirePartition(at: Date): void {
+    const day = dayKey(at);
+    if (!this.days.has(day)) throw new Error(`no partition of messages for ${day}`);
+  }
+
+  /** Stores a message (ids already in lower case) and one inbox entry per device. */
+  private storeMessage(chatId: string, messageId: string, at: Date, body: Uint8Array, deviceKeys: bigint[]): InboxEntry[] {
+    const message: StoredMessage = { chatId, messageId, day: dayKey(at), body, entries: new Map() };
+    this.messages.set(messageKey(message), message);
+    for (const deviceKey of deviceKeys) {
+      const eventId = ++this.lastEventId;
+      message.entries.set(eventId, deviceKey);
+      let inbox = this.inboxes.get(deviceKey);
+      if (!inbox) this.inboxes.set(deviceKey, (inbox = new Map()));
+      inbox.set(eventId, message);
+    }
+    return entriesOf(message);
+  }
+
+  /** Deletes one inbox entry, and its message when that was the message's last. */
+  private deleteEntry(inbox: Map<bigint, StoredMessage>, eventId: bigint, message: StoredMessage): void {
+    inbox.delete(eventId);
+    message.entries.delete(eventId);
+    if (message.entries.size === 0) this.messages.delete(messageKey(message));
+  }
+
+  private linkAttachment(attachmentId: string, chatId: string): void {
+    let chats = this.attachmentChats.get(attachmentId);
+    if (!chats) this.attachmentChats.set(attachmentId, (chats = new Set()));
+    chats.add(chatId);
+  }
+}
+
+function uuid(id: string): string {
+  if (!UUID.test(id)) throw new Error(`invalid input syntax for type uuid: "${id}"`);
+  return id.toLowerCase();
+}
+
+function messageKey(message: Pick<StoredMessage, "chatId" | "messageId">): string {
+  return `${message.chatId}/${message.messageId}`;
+}
+
+function entriesOf(message: StoredMessage): InboxEntry[] {
+  return [...message.entries].map(([eventId, deviceKey]) => ({ deviceKey: String(deviceKey), eventId }));
+}
+
+/** Participants in code-unit order, as the SQL's "C" collation sorts these ids. */
+function toRecord(chat: Chat): ChatRecord {
+  return {
+    chatId: chat.chatId,
+    name: chat.name,
+    participantUserIds: [...chat.participants].sort(),
+    createdAt: chat.createdAt,
+    lastSeq: chat.lastSeq,
+  };
+}

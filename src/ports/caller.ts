@@ -1,0 +1,6 @@
+/** Who is calling: the user and device named by the bearer token, and the key the database gave that device. */
+export interface Caller {
+  userId: string;
+  deviceName: string;
+  deviceKey: string;
+}

@@ -1,0 +1,49 @@
+/**
+ * The server's fixed tunables, each with why it has its value. What an operator sets is config (src/config.ts, the
+ * README's table); what the API allows is the proto (src/api-rules.ts); the rest lives here, wired in app.ts.
+ */
+
+const SECOND_MS = 1000;
+const MINUTE_MS = 60 * SECOND_MS;
+const HOUR_MS = 60 * MINUTE_MS;
+
+// Delivery (features/delivery/hub.ts)
+
+/** Inbox rows read per query while a stream drains its backlog: few round trips, bounded memory per stream. */
+export const INBOX_PAGE_SIZE = 500;
+/** Newest event ids a stream remembers, to drop a second push of one (backlog/live overlap, retried sends). */
+export const STREAM_RECENT_IDS = 256;
+
+// Routing over Redis (adapters/redis/redis-presence.ts)
+
+/** How long a device's presence record lives without a refresh: a dead node's devices are unrouted after this. */
+export const PRESENCE_TTL_SECONDS = 30;
+/** How often a node refreshes its presence records: a third of the TTL, so two missed beats do not lose a device. */
+export const PRESENCE_HEARTBEAT_MS = 10 * SECOND_MS;
+
+// Group commit (features/messaging/group-commit.ts)
+
+/** Send batches written at once on Postgres: a pool takes a few, and more only queue behind the chats' row locks. */
+export const SEND_BATCHES_IN_FLIGHT_POSTGRES = 4;
+/** Send batches written at once on PGlite: it is one connection, so a second batch would only wait. */
+export const SEND_BATCHES_IN_FLIGHT_PGLITE = 1;
+/** Acks that may share one statement: acks are small, and one statement per batch is what keeps them cheap. */
+export const ACK_BATCH_MAX = 256;
+/** Ack batches written at once: one writing while the next gathers, without taking the pool from sends. */
+export const ACK_BATCHES_IN_FLIGHT = 2;
+
+// Attachments (features/attachments/attachments.ts)
+
+/** How long a pre-signed upload URL is valid: long enough for a 100 MiB upload on a slow link, short if it leaks. */
+export const UPLOAD_URL_SECONDS = (15 * MINUTE_MS) / SECOND_MS;
+/** How long a download URL is valid: a client asks again for each view, so an hour covers a long one. */
+export const DOWNLOAD_URL_SECONDS = HOUR_MS / SECOND_MS;
+
+// Retention (features/retention/retention.ts)
+
+/** How often every node runs the retention job: day partitions need no finer grain, and runs are idempotent. */
+export const RETENTION_INTERVAL_MS = HOUR_MS;
+/** Daily partitions created ahead of today, so a send never waits on DDL and a few failed runs in a row do no harm. */
+export const PARTITIONS_AHEAD = 3;
+/** How long idempotency keys are kept: docs/protocol.md promises at least 24 h; twice that is the margin. */
+export const IDEMPOTENCY_MS = 48 * HOUR_MS;

@@ -1,0 +1,53 @@
+/** Inputs for tests of the Db ports: the contract suite, the SQL-only suite, feature tests on MemoryDb. */
+import { randomBytes, randomUUID } from "node:crypto";
+import type { AttachmentRecord, ChatRecord, PendingSend, SendOutcome } from "../../src/ports/db.js";
+
+const utf8 = new TextEncoder();
+
+/** A user id no other test uses (tests of a file may share one database). */
+export const uniqueUser = (name: string) => `${name}-${randomBytes(4).toString("hex")}`;
+
+/** The update body: enough of the chat to check that it is the chat after the change. */
+export const encodeUpdate = (chat: ChatRecord) => utf8.encode(`update:${chat.chatId}:${chat.participantUserIds.join(",")}`);
+
+/** A send whose body says which message and seq it was encoded for: `message:<messageId>:<seq>`. */
+export function send(
+  chatId: string,
+  senderUserId: string,
+  senderDeviceKey: string,
+  overrides: Partial<PendingSend> = {},
+): PendingSend {
+  const messageId = overrides.messageId ?? randomUUID();
+  return {
+    chatId,
+    messageId,
+    senderUserId,
+    senderDeviceKey,
+    clientMessageId: randomUUID(),
+    sentAt: new Date(),
+    attachmentIds: [],
+    encode: (seq) => utf8.encode(`message:${messageId}:${seq}`),
+    ...overrides,
+  };
+}
+
+export function stored(outcome: SendOutcome | undefined) {
+  if (outcome?.kind !== "stored") throw new Error(`expected a stored send, got ${outcome?.kind}`);
+  return outcome;
+}
+
+export function newAttachment(uploaderUserId: string, createdAt = new Date()): AttachmentRecord {
+  const attachmentId = randomUUID();
+  return {
+    attachmentId,
+    uploaderUserId,
+    sha256: new Uint8Array(randomBytes(32)),
+    sizeBytes: 5_000_000_000n,
+    contentType: "image/png",
+    fileName: "cat.png",
+    objectKey: `attachments/${attachmentId}`,
+    createdAt,
+    uploadedAt: null,
+    keptAt: createdAt,
+  };
+}
