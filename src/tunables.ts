@@ -9,7 +9,7 @@ const HOUR_MS = 60 * MINUTE_MS;
 
 // Delivery (features/delivery/hub.ts)
 
-/** Inbox rows read per query while a stream drains its backlog: few round trips, bounded memory per stream. */
+/** Inbox entries read per query while a stream drains its backlog: few round trips, bounded memory per stream. */
 export const INBOX_PAGE_SIZE = 500;
 /** Newest event ids a stream remembers, to drop a second push of one (backlog/live overlap, retried sends). */
 export const STREAM_RECENT_IDS = 256;

@@ -5,7 +5,7 @@
  * transaction. src/adapters/memory holds the same contract in memory, for fast unit tests of the features.
  *
  * Devices are known by a `deviceKey`: the decimal id the database gave the (user, device name) pair the first time
- * the device was seen. Inbox rows, presence and routing use it, so device names only need to be unique per user.
+ * the device was seen. Inbox entries, presence and routing use it, so device names only need to be unique per user.
  */
 /** A device's ack of events in its inbox. */
 export interface DeviceAck {

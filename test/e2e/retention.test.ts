@@ -14,7 +14,7 @@ describe.each(testBackends())("retention on %s", (backend) => {
   });
   afterAll(() => server?.close());
 
-  it("drops whole day partitions after RETENTION_DAYS, with their messages and inbox rows, and tells the device to resync", async () => {
+  it("drops whole day partitions after RETENTION_DAYS, with their messages and inbox entries, and tells the device to resync", async () => {
     const [alice, bob] = ["alice", "bob"].map(uniqueUser);
     const api = connectChatClient(server.url, await server.token(alice!, "phone"));
     const { chat } = await api.createChat({ participantUserIds: [bob!] });

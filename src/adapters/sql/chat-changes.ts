@@ -110,7 +110,7 @@ interface ChatUpdate {
 }
 
 /**
- * Stores a chat update as a messages row without seq or sender (the body says who changed what) and one inbox row per
+ * Stores a chat update as a messages row without seq or sender (the body says who changed what) and one inbox entry per
  * device of the recipients.
  */
 async function storeChatUpdate(tx: SqlQuery, update: ChatUpdate): Promise<InboxEntry[]> {

@@ -46,7 +46,7 @@ export async function ensurePartitions(driver: SqlDriver, from: Date, days: numb
 
 /**
  * Drops the partitions of the days before `cutoff`'s UTC day, a day per transaction, after marking every device that
- * still had an inbox row in that day for a retention resync. Returns the dropped partitions' names.
+ * still had an inbox entry in that day for a retention resync. Returns the dropped partitions' names.
  */
 export async function dropPartitionsBefore(driver: SqlDriver, cutoff: Date): Promise<string[]> {
   const cutoffKey = dayKey(startOfUtcDay(cutoff));

@@ -80,7 +80,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
     const ms = performance.now() - started;
     expect(counting.statements()).toBe(3);
     expect(outcomes.every((o) => o.fanout.entries.length === 9)).toBe(true);
-    console.info(`${backend}: 256 sends, 2304 inbox rows in ${ms.toFixed(0)} ms`);
+    console.info(`${backend}: 256 sends, 2304 inbox entries in ${ms.toFixed(0)} ms`);
   });
 
   it("creates each partition table once when two servers create the coming days' partitions at the same time", async () => {

@@ -313,7 +313,7 @@ export class SqlDb implements Db {
   }
 
   /**
-   * Deletes those messages that no inbox row refers to any more. It must run after the inbox rows' deletion has
+   * Deletes those messages that no inbox entry refers to any more. It must run after the inbox entries' deletion has
    * committed, in a statement of its own: when the last two devices of a message ack at once, a transaction that both
    * deleted and checked would still see the other's uncommitted row, and neither would delete the message. Checked
    * after commit, the later of the two sees both rows gone.

@@ -20,8 +20,8 @@ const CHECK_SENDS = `
 
 /**
  * Writes the accepted sends in one statement: messages, idempotency keys, attachment links, the chats' last seq, and
- * one inbox row per device of every participant but the sending one. Event ids are taken in batch order, so a
- * device's events of one chat follow the seqs. Returns the inbox rows.
+ * one inbox entry per device of every participant but the sending one. Event ids are taken in batch order, so a
+ * device's events of one chat follow the seqs. Returns the inbox entries.
  */
 const WRITE_SENDS = `
   WITH sends AS (

@@ -3,7 +3,7 @@ import { WireType } from "@bufbuild/protobuf/wire";
 import { type Event, EventSchema, ResyncReason } from "../../../gen/palaver/chat/v1/event_pb.js";
 import type { ResyncCause } from "../../ports/db.js";
 
-/** The stored form of an event: the whole Event with event_id 0, since each device's inbox row gives the id. */
+/** The stored form of an event: the whole Event with event_id 0, since each device's inbox entry gives the id. */
 export function encodeStoredEvent(event: Event): Uint8Array {
   return toBinary(EventSchema, event);
 }

@@ -43,7 +43,7 @@ export interface SendOptions {
 }
 
 /**
- * Sending: store first (message, seq and one inbox row per recipient device, in one transaction shared with other
+ * Sending: store first (message, seq and one inbox entry per recipient device, in one transaction shared with other
  * concurrent sends), answer, and push the event to connected recipients.
  */
 export class Messaging {

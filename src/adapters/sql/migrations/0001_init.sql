@@ -92,5 +92,5 @@ CREATE TABLE inbox (
   message_id uuid NOT NULL,
   PRIMARY KEY (device_key, event_id, created_at)
 ) PARTITION BY RANGE (created_at);
--- Whether a message still has inbox rows (acks delete the message after its last one).
+-- Whether a message still has inbox entries (acks delete the message after its last one).
 CREATE INDEX inbox_message_idx ON inbox (message_id);
