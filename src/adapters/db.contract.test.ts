@@ -331,7 +331,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       expect(await db.readInbox(bobPhone!, all[5]!.eventId, 10)).toEqual([]);
     });
 
-    it("deletes acked events of that device only, and the message after its last device acks", async () => {
+    /** Alice's message in a chat with Bob, who has a phone and a laptop; eventOf gives each device's event id. */
+    async function messageToBobsTwoDevices() {
       const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
       const [alicePhone] = await registered(alice, "phone");
       const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
@@ -339,6 +340,11 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       const [outcome] = await db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
       const { messageId, fanout } = stored(outcome);
       const eventOf = (deviceKey: string) => fanout.entries.find((e) => e.deviceKey === deviceKey)!.eventId;
+      return { chat, bobPhone: bobPhone!, bobLaptop: bobLaptop!, messageId, fanout, eventOf };
+    }
+
+    it("deletes acked events of that device only, and the message after its last device acks", async () => {
+      const { chat, bobPhone, bobLaptop, messageId, fanout, eventOf } = await messageToBobsTwoDevices();
       const creation = text.decode(encodeUpdate(chat));
       const message = text.decode(fanout.body);
 
@@ -357,13 +363,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     });
 
     it("acks several devices' events in one call, an event named twice deleted once", async () => {
-      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-      const [alicePhone] = await registered(alice, "phone");
-      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
-      const chat = await newChat([alice, bob]);
-      const [outcome] = await db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
-      const { messageId, fanout } = stored(outcome);
-      const eventOf = (deviceKey: string) => fanout.entries.find((e) => e.deviceKey === deviceKey)!.eventId;
+      const { chat, bobPhone, bobLaptop, messageId, eventOf } = await messageToBobsTwoDevices();
 
       await db.ackEvents([
         { deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] },
