@@ -1,49 +1,19 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
-	"fmt"
+	"strconv"
 
+	chatv1 "github.com/palaver-chat/palaver/gen/go/palaver/chat/v1"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
-// codec is connect's binary protobuf codec ("proto") with one shortcut: a ConnectResponse read into a *frame is
-// decoded by hand, keeping only what loadgen uses, into buffers the frame reuses. The generated decoder allocates
-// every message, string and timestamp of every event (ten allocations), which at tens of thousands of events a
-// second is a good part of loadgen's CPU. Everything else (requests, unary calls) goes through the generated code.
-type codec struct{}
-
-func (codec) Name() string { return "proto" }
-
-func (codec) Marshal(m any) ([]byte, error) {
-	pm, ok := m.(proto.Message)
-	if !ok {
-		return nil, fmt.Errorf("cannot marshal %T", m)
-	}
-	return proto.Marshal(pm)
-}
-
-func (codec) MarshalAppend(dst []byte, m any) ([]byte, error) {
-	pm, ok := m.(proto.Message)
-	if !ok {
-		return nil, fmt.Errorf("cannot marshal %T", m)
-	}
-	return proto.MarshalOptions{}.MarshalAppend(dst, pm)
-}
-
-func (codec) Unmarshal(data []byte, m any) error {
-	if f, ok := m.(*frame); ok {
-		return f.decode(data)
-	}
-	pm, ok := m.(proto.Message)
-	if !ok {
-		return fmt.Errorf("cannot unmarshal into %T", m)
-	}
-	return proto.Unmarshal(data, pm)
-}
-
-func (codec) IsBinary() bool { return true }
+// A ConnectResponse is decoded by hand into a reused *frame, keeping only what loadgen uses: the generated decoder
+// allocates every message, string and timestamp of every event (ten allocations), which at tens of thousands of
+// events a second is a good part of loadgen's CPU. Requests are marshalled by the generated code into a reused
+// buffer (requestEncoder).
 
 // Kinds of frame (ConnectResponse.frame) and of event (Event.kind) loadgen tells apart.
 const (
@@ -59,8 +29,8 @@ const (
 	eventResync
 )
 
-// frame is one ConnectResponse as loadgen needs it. Byte fields are copies (the codec's buffer goes back to a pool),
-// valid until the next decode into the same frame.
+// frame is one ConnectResponse as loadgen needs it. Byte fields are copies (the message's bytes belong to the
+// connection's reader), valid until the next decode into the same frame.
 type frame struct {
 	kind int
 
@@ -197,4 +167,52 @@ func (f *frame) decodeResult(b []byte) error {
 		}
 		return nil
 	})
+}
+
+// requestEncoder builds a device's ConnectRequest frames, gRPC length prefix included, in one reused buffer: a frame
+// is valid until the next one is built (the stream copies it into the connection's buffer).
+type requestEncoder struct {
+	buf       []byte
+	text      []byte
+	id        []byte
+	ack       *chatv1.AckEventsRequest
+	ackFrame  *chatv1.ConnectRequest
+	msg       *chatv1.SendMessageRequest
+	sendFrame *chatv1.ConnectRequest
+}
+
+// acks is an ack_events frame numbered n ("a<n>").
+func (e *requestEncoder) acks(n int64, ids []uint64) []byte {
+	if e.ackFrame == nil {
+		e.ack = &chatv1.AckEventsRequest{}
+		e.ackFrame = &chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{AckEvents: e.ack}}
+	}
+	e.id = strconv.AppendInt(append(e.id[:0], 'a'), n, 10)
+	e.ackFrame.RequestId = string(e.id)
+	e.ack.EventIds = ids
+	return e.frame(e.ackFrame)
+}
+
+// send is the send_message frame of message k ("s<k>").
+func (e *requestEncoder) send(chatID, clientMessageID string, k, due int64, tag string) []byte {
+	if e.sendFrame == nil {
+		e.msg = &chatv1.SendMessageRequest{ChatId: chatID}
+		e.sendFrame = &chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_SendMessage{SendMessage: e.msg}}
+		e.text = make([]byte, 0, 128)
+	}
+	e.id = strconv.AppendInt(append(e.id[:0], 's'), k, 10)
+	e.sendFrame.RequestId = string(e.id)
+	e.msg.ClientMessageId = clientMessageID
+	e.msg.Text = messageText(e.text, due, tag)
+	return e.frame(e.sendFrame)
+}
+
+func (e *requestEncoder) frame(m proto.Message) []byte {
+	b, err := proto.MarshalOptions{}.MarshalAppend(append(e.buf[:0], 0, 0, 0, 0, 0), m)
+	if err != nil {
+		panic(err) // these messages always marshal
+	}
+	binary.BigEndian.PutUint32(b[1:5], uint32(len(b)-5))
+	e.buf = b
+	return b
 }

@@ -27,7 +27,7 @@ func TestFrameDecodesWhatProtobufEncodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := (codec{}).Unmarshal(raw, &f); err != nil {
+		if err := f.decode(raw); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -61,7 +61,7 @@ func TestFrameDecodesWhatProtobufEncodes(t *testing.T) {
 	if f.kind != frameResult || string(f.requestID) != "a3" || !f.hasError || f.errorCode != 8 {
 		t.Errorf("error result: %+v", f)
 	}
-	if err := (codec{}).Unmarshal([]byte{0x0a, 0x05, 0x08}, &f); err == nil {
+	if err := f.decode([]byte{0x0a, 0x05, 0x08}); err == nil {
 		t.Error("a truncated frame decoded")
 	}
 }

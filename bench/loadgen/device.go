@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"io"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	chatv1 "github.com/palaver-chat/palaver/gen/go/palaver/chat/v1"
+	"github.com/palaver-chat/palaver/gen/go/palaver/chat/v1/chatv1connect"
 )
 
 // maxAckBatch is the most event ids one ack_events frame may carry (docs/protocol.md).
@@ -26,9 +24,10 @@ type outgoing struct {
 	sent bool // written at least once: a later write is a resend after a reconnect
 }
 
-// device is one phone: a Connect stream at a time (a session), re-opened after a drop. Its goroutine reads the
-// stream; a writer goroutine per session owns the stream's send side (acks and messages), so a slow stream never
-// holds up the send clock or another device.
+// device is one phone: a Connect stream at a time (a session), re-opened after a drop. Its goroutine opens the
+// stream and waits for its end; the stream's frames are handled by its connection's reader (h2conn), and whoever
+// has something to send writes it: the reader (acks with ackDelayMs 0, messages freed by an answer), the send clock
+// (due messages), the ack clock (acks that are due), close (the last acks and the half-close).
 type device struct {
 	r      *runner
 	index  int // in the plan
@@ -38,15 +37,16 @@ type device struct {
 	link   *link
 	done   chan struct{} // closed when run returns
 
-	mu       sync.Mutex // guards the fields below, shared by the reader, the writer and the send clock
-	sess     *session
-	queue    []outgoing // due, not yet written on this session
-	inflight []outgoing // written, unanswered
-	unacked  []uint64   // handled, not yet acked
-	ackDue   time.Time
-	closing  bool // end: ack what was handled, half-close, no new session
-	nextAck  int64
-	closed   chan struct{} // closed with closing: cuts a reconnect's backoff short
+	mu        sync.Mutex // guards the fields below, shared by the reader, the send clock, the ack clock and close
+	sess      *session
+	queue     []outgoing // due, not yet written on this session
+	inflight  []outgoing // written, unanswered
+	unacked   []uint64   // handled, not yet acked
+	ackQueued bool       // the ack clock (or, ackDelayMs 0, the reader's idle pass) will ack what is unacked
+	closing   bool       // end: ack what was handled, half-close, no new session
+	nextAck   int64
+	closed    chan struct{} // closed with closing: cuts a reconnect's backoff short
+	enc       requestEncoder
 
 	// Read by the runner while the device runs.
 	sessions      atomic.Int64 // sessions started
@@ -54,7 +54,8 @@ type device struct {
 	live          atomic.Bool  // drained at least once
 	firstOpenedAt time.Time
 
-	// The reader's own (the device goroutine), read by the runner once the device has ended.
+	// The current stream's reader's own (one session at a time), read by the runner once the device has ended.
+	f          frame  // the frame being handled: its buffers are reused, the hot path does not allocate
 	seen       seqSet // seqs of this device's chat received on any session
 	streamSeen seqSet // ... on the current session
 	own        seqSet // seqs of the messages this device sent (from their results)
@@ -64,30 +65,19 @@ type device struct {
 // session is one Connect stream of a device.
 type session struct {
 	num        int64
-	conn       connect.StreamingClientConn
-	opened     time.Time
-	wake       chan struct{}
-	ackTimer   *time.Timer // armed by the reader when an event waits for its ack
-	readerDone chan struct{}
+	stream     *grpcStream
 	dropped    atomic.Bool // the end was asked for (churn drop): reconnect at once, not an error
-	drained    bool
+	drained    bool        // the reader's
+	halfClosed bool        // under device.mu
 }
 
-func (d *device) wakeWriter() {
-	if s := d.sess; s != nil {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// enqueue hands a due message to the device (the send clock calls it).
+// enqueue hands a due message to the device (the send clock calls it) and writes it if the window allows.
 func (d *device) enqueue(o outgoing) {
 	d.mu.Lock()
 	d.queue = append(d.queue, o)
-	if len(d.inflight) < d.r.window {
-		d.wakeWriter()
+	if s := d.sess; s != nil && len(d.inflight) < d.r.window {
+		d.pumpLocked(s)
+		s.stream.c.flush()
 	}
 	d.mu.Unlock()
 }
@@ -101,15 +91,20 @@ func (d *device) markDropped() {
 	d.mu.Unlock()
 }
 
-// close asks the device to end: the writer acks what was handled and half-closes; the server answers what it was
-// sent and ends the stream.
+// close asks the device to end: it acks what was handled and half-closes; the server answers what it was sent and
+// ends the stream.
 func (d *device) close() {
 	d.mu.Lock()
 	if !d.closing {
 		d.closing = true
 		close(d.closed)
 	}
-	d.wakeWriter()
+	if s := d.sess; s != nil && !s.halfClosed {
+		d.writeAcksLocked(s)
+		s.halfClosed = true
+		_ = s.stream.write(nil, true)
+		s.stream.c.flush()
+	}
 	d.mu.Unlock()
 }
 
@@ -139,7 +134,7 @@ func (d *device) run(ctx context.Context) {
 			kind = "connect/"
 		}
 		code := "OK" // the server ended the stream without an error: not asked for either
-		if err != nil && !errors.Is(err, io.EOF) {
+		if err != nil {
 			code = codeName(connect.CodeOf(err))
 		}
 		d.r.errs.add(kind+code, 1)
@@ -160,68 +155,82 @@ func (d *device) run(ctx context.Context) {
 	}
 }
 
-// session opens a stream, reads it to its end and returns how it ended (nil: the device is closing).
+// session opens a stream on the link's connection, waits for its end and returns how it ended (nil: the device is
+// closing).
 func (d *device) session(ctx context.Context) (*session, error) {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s := &session{wake: make(chan struct{}, 1), readerDone: make(chan struct{}), ackTimer: time.NewTimer(time.Hour)}
-	s.ackTimer.Stop()
-	// The link's lock is held while the session is registered, so a drop either marks it or comes after its client.
-	d.link.mu.Lock()
-	client := d.link.client
+	s := &session{}
+	if d.firstOpenedAt.IsZero() {
+		d.firstOpenedAt = time.Now()
+	}
+	l := d.link
+	var c *h2conn
+	for {
+		var err error
+		if c, err = l.conn(ctx); err != nil {
+			return s, err
+		}
+		// The link's lock is held while the session is registered, so a drop either marks it or replaced l.cur
+		// before (then dial again).
+		l.mu.Lock()
+		if l.cur == c {
+			break
+		}
+		l.mu.Unlock()
+	}
 	d.mu.Lock()
 	if d.closing {
 		d.mu.Unlock()
-		d.link.mu.Unlock()
+		l.mu.Unlock()
 		return nil, nil
 	}
+	d.streamSeen.clear() // the last session's reader is done with it
 	s.num = d.sessions.Add(1)
+	stream, err := c.open(chatv1connect.ChatServiceConnectProcedure, d.token, func(msg []byte) error { return d.handle(s, msg) })
+	if err != nil {
+		d.mu.Unlock()
+		l.mu.Unlock()
+		return s, err
+	}
+	s.stream = stream
 	d.sess = s
-	// Sends left unanswered by the last session go first, with the same client_message_id (idempotent).
+	// Sends left unanswered by the last session go first, with the same client_message_id (idempotent); acks left
+	// by it go now (event ids are the device's, not the stream's).
 	if len(d.inflight) > 0 {
 		d.queue = append(d.inflight, d.queue...)
 		d.inflight = nil
 	}
+	d.writeAcksLocked(s)
+	d.pumpLocked(s)
+	c.flush()
 	d.mu.Unlock()
-	d.link.mu.Unlock()
+	l.mu.Unlock()
 
-	s.opened = time.Now()
-	if d.firstOpenedAt.IsZero() {
-		d.firstOpenedAt = s.opened
+	select {
+	case <-stream.done:
+	case <-ctx.Done():
+		c.close(connect.NewError(connect.CodeCanceled, ctx.Err()))
+		<-stream.done
 	}
-	d.streamSeen.clear()
-	stream := client.Connect(sctx)
-	stream.RequestHeader().Set("Authorization", "Bearer "+d.token)
-	s.conn, _ = stream.Conn()
-	writerDone := make(chan struct{})
-	go d.writer(s, writerDone)
-	err := d.read(s)
-	close(s.readerDone)
-	cancel()
-	<-writerDone
-	_ = s.conn.CloseResponse()
 	d.mu.Lock()
 	d.sess = nil
 	d.mu.Unlock()
-	return s, err
+	return s, stream.err
 }
 
-// read handles frames until the stream ends. The frame and its buffers are reused: the hot path does not allocate.
-func (d *device) read(s *session) error {
-	var f frame
-	for {
-		f.reset() // an empty message leaves the frame as it is
-		if err := s.conn.Receive(&f); err != nil {
-			return err
-		}
-		now := time.Now()
-		switch f.kind {
-		case frameEvent:
-			d.onEvent(s, &f, now)
-		case frameResult:
-			d.onResult(&f, now)
-		}
+// handle is the stream's message handler, in its connection's reader goroutine.
+func (d *device) handle(s *session, msg []byte) error {
+	f := &d.f
+	if err := f.decode(msg); err != nil {
+		return connect.NewError(connect.CodeInternal, err)
 	}
+	now := time.Now()
+	switch f.kind {
+	case frameEvent:
+		d.onEvent(s, f, now)
+	case frameResult:
+		d.onResult(s, f, now)
+	}
+	return nil
 }
 
 func (d *device) onEvent(s *session, f *frame, now time.Time) {
@@ -249,15 +258,16 @@ func (d *device) onEvent(s *session, f *frame, now time.Time) {
 	}
 	d.mu.Lock()
 	d.unacked = append(d.unacked, f.eventID)
-	if len(d.unacked) == 1 {
-		d.ackDue = now.Add(r.ackDelay)
+	switch {
+	case len(d.unacked) >= maxAckBatch:
+		d.writeAcksLocked(s) // a full batch goes at once (flushed when the reader is idle)
+	case !d.ackQueued:
+		d.ackQueued = true
 		if r.ackDelay > 0 {
-			s.ackTimer.Reset(r.ackDelay) // wakes the writer when the ack is due, not now
+			r.acks.add(d, now.Add(r.ackDelay))
 		} else {
-			d.wakeWriter()
+			s.stream.c.later(d)
 		}
-	} else if len(d.unacked) == maxAckBatch {
-		d.wakeWriter()
 	}
 	d.mu.Unlock()
 }
@@ -312,7 +322,7 @@ func (d *device) delivered() {
 	}
 }
 
-func (d *device) onResult(f *frame, now time.Time) {
+func (d *device) onResult(s *session, f *frame, now time.Time) {
 	id := f.requestID
 	if len(id) < 2 {
 		return
@@ -338,7 +348,7 @@ func (d *device) onResult(f *frame, now time.Time) {
 			}
 		}
 		if found && len(d.queue) > 0 {
-			d.wakeWriter()
+			d.pumpLocked(s) // flushed when the reader is idle
 		}
 		d.mu.Unlock()
 		if !found {
@@ -360,101 +370,50 @@ func (d *device) onResult(f *frame, now time.Time) {
 	}
 }
 
-// writer owns the session's send side: it sends the headers, then acks (at most ackDelay after the first unacked
-// event was handled, at once when a batch is full) and due messages (while fewer than inFlightPerSender are
-// unanswered). On close it acks what is left and half-closes.
-func (d *device) writer(s *session, done chan struct{}) {
-	defer close(done)
-	// Send the headers now: the server starts the backlog as soon as the stream opens.
-	if err := s.conn.Send(nil); err != nil {
-		return // the reader gets the stream's error
+// ackDue acks what is unacked: the ack clock calls it when the first of them is due, and with ackDelayMs 0 the
+// reader does (idle) once it has handled what it read. It returns the connection to flush (nil: nothing written).
+func (d *device) ackDue() *h2conn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ackQueued = false
+	s := d.sess
+	if s == nil || len(d.unacked) == 0 {
+		return nil // left for the next session, which acks them when it opens
 	}
-	r := d.r
-	timer := s.ackTimer
-	var (
-		ids   []uint64
-		batch []outgoing
-		text  = make([]byte, 0, 128)
-		idBuf = make([]byte, 0, 24)
-	)
-	ack := &chatv1.AckEventsRequest{}
-	ackFrame := &chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{AckEvents: ack}}
-	msg := &chatv1.SendMessageRequest{ChatId: d.chatID}
-	sendFrame := &chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_SendMessage{SendMessage: msg}}
-	select { // a first pass: messages may have waited for this session
-	case s.wake <- struct{}{}:
-	default:
-	}
-	for {
-		select {
-		case <-s.wake:
-		case <-timer.C:
-		case <-s.readerDone:
+	d.writeAcksLocked(s)
+	return s.stream.c
+}
+
+// idle is ackDue for the reader, which flushes after its idlers.
+func (d *device) idle() { d.ackDue() }
+
+// writeAcksLocked writes every unacked id in ack_events frames of at most maxAckBatch ids; what cannot be written
+// (the stream has ended) stays for the next session. The caller flushes.
+func (d *device) writeAcksLocked(s *session) {
+	for len(d.unacked) > 0 && !s.halfClosed {
+		n := min(len(d.unacked), maxAckBatch)
+		d.nextAck++
+		if s.stream.write(d.enc.acks(d.nextAck, d.unacked[:n]), false) != nil {
 			return
 		}
-		for {
-			d.mu.Lock()
-			now := time.Now()
-			closing := d.closing
-			ids = ids[:0]
-			if n := len(d.unacked); n > 0 && (closing || n >= maxAckBatch || !now.Before(d.ackDue)) {
-				n = min(n, maxAckBatch)
-				ids = append(ids, d.unacked[:n]...)
-				d.unacked = d.unacked[:copy(d.unacked, d.unacked[n:])]
-				d.ackDue = now // what is left is overdue too
-			}
-			batch = batch[:0]
-			if !closing {
-				for len(d.queue) > 0 && len(d.inflight) < r.window {
-					o := d.queue[0]
-					d.queue = d.queue[1:]
-					if o.sent {
-						r.resent.Add(1)
-					}
-					o.sent = true
-					d.inflight = append(d.inflight, o)
-					batch = append(batch, o)
-				}
-			}
-			more := len(d.unacked) > 0 && (closing || len(d.unacked) >= maxAckBatch)
-			wait := time.Duration(-1)
-			if len(d.unacked) > 0 {
-				wait = max(0, d.ackDue.Sub(now))
-			}
-			if len(ids) > 0 {
-				d.nextAck++
-			}
-			ackNum := d.nextAck
-			d.mu.Unlock()
+		d.unacked = d.unacked[:copy(d.unacked, d.unacked[n:])]
+	}
+}
 
-			if len(ids) > 0 {
-				ackFrame.RequestId = "a" + strconv.FormatInt(ackNum, 10)
-				ack.EventIds = ids
-				if s.conn.Send(ackFrame) != nil {
-					return
-				}
-			}
-			for _, o := range batch {
-				idBuf = strconv.AppendInt(append(idBuf[:0], 's'), o.k, 10)
-				sendFrame.RequestId = string(idBuf)
-				msg.ClientMessageId = r.clientMessageID(o.k)
-				msg.Text = messageText(text, o.due, r.plan.Steps[o.step].Tag)
-				if s.conn.Send(sendFrame) != nil {
-					return
-				}
-			}
-			if closing && !more {
-				_ = s.conn.CloseRequest()
-				return
-			}
-			if more || len(ids) == maxAckBatch {
-				continue
-			}
-			if wait >= 0 {
-				timer.Reset(wait)
-			}
-			break
+// pumpLocked writes due messages while fewer than inFlightPerSender are unanswered. The caller flushes.
+func (d *device) pumpLocked(s *session) {
+	r := d.r
+	for !d.closing && len(d.queue) > 0 && len(d.inflight) < r.window {
+		o := d.queue[0]
+		if s.stream.write(d.enc.send(d.chatID, r.clientMessageID(o.k), o.k, o.due, r.plan.Steps[o.step].Tag), false) != nil {
+			return // the stream has ended: the next session sends it
 		}
+		d.queue = d.queue[1:]
+		if o.sent {
+			r.resent.Add(1)
+		}
+		o.sent = true
+		d.inflight = append(d.inflight, o)
 	}
 }
 

@@ -90,10 +90,9 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	// One P unless GOMAXPROCS says otherwise: loadgen shares the machine with the server, and on one P a frame's
-	// hand-offs between goroutines (HTTP/2 read loop, stream reader, writer) are run-queue operations instead of
-	// thread wake-ups (measured: 10-30 % less CPU per delivery on the 2-core bench machine). Several processes
-	// (--shard) use more cores.
+	// One P unless GOMAXPROCS says otherwise: loadgen shares the machine with the server, and on one P the wake-ups
+	// of its goroutines (connection readers, send clock, ack clock) are run-queue operations instead of thread
+	// wake-ups. Several processes (--shard) use more cores.
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}

@@ -26,6 +26,8 @@ type runner struct {
 	share         float64 // this shard's share of the rate: its sending devices / all sending devices
 	window        int
 	ackDelay      time.Duration
+	acks          *ackClock // writes due acks (ackDelayMs > 0)
+	unary         unaryClients
 	sampler       bool         // shard 0 samples the watched processes
 	startAt       atomic.Int64 // unix µs: the send clock's t0 (read by readers to tell this run's messages)
 	cmidPrefix    string
@@ -83,6 +85,9 @@ func newRunner(p *Plan, shard, shards, perConn int) *runner {
 		connectHist: newHist(),
 		allLive:     make(chan struct{}),
 		cmidPrefix:  fmt.Sprintf("lg%d-%d-", p.StartAtMs, shard),
+	}
+	if r.ackDelay > 0 {
+		r.acks = newAckClock(r.ackDelay)
 	}
 	// Devices by index: this shard's are those with index % shards == shard. Device i uses urls[i % len(urls)]; a
 	// link holds up to perConn devices of one url.
@@ -163,6 +168,10 @@ func (r *runner) execute(ctx context.Context, stop <-chan struct{}) (*Result, er
 	}
 	devCtx, cancelDevices := context.WithCancel(ctx)
 	defer cancelDevices()
+	if r.acks != nil {
+		go r.acks.run()
+		defer close(r.acks.stop)
+	}
 
 	// Connect: every device at once; each is live at its first InboxDrained.
 	r.logf("connecting %d devices over %d connections", len(r.devices), len(r.links))
@@ -304,7 +313,7 @@ func (r *runner) closeAll(cancel context.CancelFunc) {
 	}
 	cancel()
 	for _, l := range r.links {
-		l.close()
+		l.close(errConnClosed)
 	}
 }
 
@@ -345,7 +354,7 @@ func (r *runner) lastSeqs(ctx context.Context) map[string]uint64 {
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				req := connect.NewRequest(&chatv1.GetChatRequest{ChatId: chat})
 				req.Header().Set("Authorization", "Bearer "+d.token)
-				resp, err := d.link.chatClient().GetChat(cctx, req)
+				resp, err := r.unary.get(d.link.url).GetChat(cctx, req)
 				cancel()
 				if err == nil {
 					mu.Lock()
