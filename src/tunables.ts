@@ -7,6 +7,11 @@ const SECOND_MS = 1000;
 const MINUTE_MS = 60 * SECOND_MS;
 const HOUR_MS = 60 * MINUTE_MS;
 
+// Serving (transport/server.ts)
+
+/** Connections the kernel queues for accept: 10,000 devices reconnecting at once overflowed Node's 511 (bench/README.md). */
+export const LISTEN_BACKLOG = 4096;
+
 // Delivery (features/delivery/hub.ts)
 
 /** Inbox entries read per query while a stream drains its backlog: few round trips, bounded memory per stream. */

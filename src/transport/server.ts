@@ -12,6 +12,7 @@ import { createCleartextListener } from "./cleartext.js";
 import { HealthStatus, registerHealth, ServingStatus } from "./health.js";
 import { type BidiOptions, type BidiRoute, grpcBidiHandler } from "./grpc-bidi.js";
 import { registerReflection } from "./reflection.js";
+import { LISTEN_BACKLOG } from "../tunables.js";
 
 /** A plain Node request listener, for HTTP/1.1 and HTTP/2 alike. */
 export type NodeHandlerFn = NonNullable<ConnectNodeAdapterOptions["fallback"]>;
@@ -145,7 +146,9 @@ export async function startServer(options: ServerOptions): Promise<Server> {
       reject(error);
     };
     listener.once("error", failed);
-    listener.listen(options.port, options.host ?? "0.0.0.0", () => {
+    // Thousands of devices connect at once after a deploy or a node's death; see LISTEN_BACKLOG. The kernel caps it at
+    // net.core.somaxconn.
+    listener.listen({ port: options.port, host: options.host ?? "0.0.0.0", backlog: LISTEN_BACKLOG }, () => {
       listener.off("error", failed);
       resolve();
     });
