@@ -6,6 +6,7 @@ import { silentLogger } from "../../test/support/features.js";
 import { Refusal } from "../errors.js";
 import { toConnectError } from "./errors.js";
 import { type BidiRoute, grpcBidiHandler } from "./grpc-bidi.js";
+import { Shutdown } from "./shutdown.js";
 
 /** gRPC's 5-byte prefix (flags, big-endian length) and the message. */
 function frame(message: Uint8Array, flags = 0): Buffer {
@@ -50,7 +51,7 @@ describe("gRPC bidi streams served on the HTTP/2 stream", () => {
     const handle = grpcBidiHandler(
       [echo],
       { logger: silentLogger, readMaxBytes: 1024, toConnectError: (error, signal) => toConnectError(error, silentLogger, signal) },
-      new AbortController().signal,
+      new Shutdown(),
     );
     server = http2.createServer((req, res) => {
       if (!handle(req, res)) res.writeHead(404).end();

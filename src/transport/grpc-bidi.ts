@@ -6,6 +6,7 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import type { Logger } from "pino";
 import { logLevelFor } from "./interceptors.js";
+import type { Shutdown } from "./shutdown.js";
 
 /**
  * A bidirectional gRPC method served straight on the HTTP/2 stream, beside connect-es. Why: a device stream writes
@@ -43,7 +44,7 @@ type Request = http.IncomingMessage | http2.Http2ServerRequest;
 export function grpcBidiHandler(
   routes: readonly BidiRoute[],
   options: BidiOptions,
-  shuttingDown: AbortSignal,
+  shutdown: Shutdown,
 ): (req: Request, res: unknown) => boolean {
   const byPath = new Map(routes.map((route) => [route.path, route]));
   return (req, res) => {
@@ -54,7 +55,7 @@ export function grpcBidiHandler(
     if (type !== "application/grpc" && type !== "application/grpc+proto") return false;
     const encoding = req.headers["grpc-encoding"];
     if (encoding !== undefined && encoding !== "identity") return false;
-    void serve(route, req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, options, shuttingDown);
+    void serve(route, req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, options, shutdown);
     return true;
   };
 }
@@ -64,22 +65,20 @@ async function serve(
   req: http2.Http2ServerRequest,
   res: http2.Http2ServerResponse,
   options: BidiOptions,
-  shuttingDown: AbortSignal,
+  shutdown: Shutdown,
 ): Promise<void> {
   const started = performance.now();
   const procedure = route.path.slice(1);
   // Aborts when the call is over or the client went away, and with UNAVAILABLE when the server shuts down.
   const call = new AbortController();
-  const onShutdown = () => call.abort(shuttingDown.reason);
-  if (shuttingDown.aborted) onShutdown();
-  else shuttingDown.addEventListener("abort", onShutdown, { once: true });
+  const cancelShutdown = shutdown.onShutdown(() => call.abort(shutdown.signal.reason));
   const timeout = parseTimeout(headerValue(req.headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
   const deadline =
     timeout.timeoutMs === undefined
       ? undefined
       : setTimeout(() => call.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)), timeout.timeoutMs);
   res.once("close", () => {
-    shuttingDown.removeEventListener("abort", onShutdown);
+    cancelShutdown();
     clearTimeout(deadline);
     call.abort();
   });

@@ -1,4 +1,3 @@
-import { setMaxListeners } from "node:events";
 import { readFile } from "node:fs/promises";
 import * as http from "node:http";
 import * as http2 from "node:http2";
@@ -12,6 +11,7 @@ import { createCleartextListener } from "./cleartext.js";
 import { HealthStatus, registerHealth, ServingStatus } from "./health.js";
 import { type BidiOptions, type BidiRoute, grpcBidiHandler } from "./grpc-bidi.js";
 import { registerReflection } from "./reflection.js";
+import { Shutdown } from "./shutdown.js";
 import { LISTEN_BACKLOG } from "../tunables.js";
 
 /** A plain Node request listener, for HTTP/1.1 and HTTP/2 alike. */
@@ -61,9 +61,7 @@ const h2SessionWindowBytes = 16 * 1024 * 1024;
 
 export async function startServer(options: ServerOptions): Promise<Server> {
   const pingIntervalMs = options.pingIntervalMs ?? 30_000;
-  const shutdown = new AbortController();
-  // Every open stream listens for shutdown: thousands of listeners are expected, not a leak.
-  setMaxListeners(0, shutdown.signal);
+  const shutdown = new Shutdown();
   const health = new HealthStatus();
   const rpc = connectNodeAdapter({
     routes: (router) => {
@@ -74,14 +72,14 @@ export async function startServer(options: ServerOptions): Promise<Server> {
       registerHealth(router, health);
       registerReflection(router, [...served, Health]);
     },
-    interceptors: [...(options.interceptors ?? []), abortStreamsOn(shutdown.signal)],
+    interceptors: [...(options.interceptors ?? []), abortStreamsOn(shutdown)],
     fallback: options.fallback,
     readMaxBytes,
   });
 
   const bidi =
     options.bidiRoutes && options.bidiOptions
-      ? grpcBidiHandler(options.bidiRoutes, { ...options.bidiOptions, readMaxBytes }, shutdown.signal)
+      ? grpcBidiHandler(options.bidiRoutes, { ...options.bidiOptions, readMaxBytes }, shutdown)
       : undefined;
 
   // Calls in flight, so close can tell when the last one has finished.
@@ -160,7 +158,7 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   const close = async (graceMs: number) => {
     health.setAll(ServingStatus.NOT_SERVING);
     const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
-    shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable));
+    shutdown.begin(new ConnectError("server is shutting down", Code.Unavailable));
     // GOAWAY: no new streams; a session closes itself once its last stream has ended.
     for (const session of sessions) session.close();
 
@@ -196,18 +194,16 @@ function servicesOf(router: ConnectRouter): DescService[] {
  * Links the shutdown signal into the context signal of streaming calls only: open streams are told to end when the
  * server closes, while unary calls in flight keep running to completion.
  */
-function abortStreamsOn(shutdown: AbortSignal): Interceptor {
+function abortStreamsOn(shutdown: Shutdown): Interceptor {
   return (next) => (req) => {
     if (!req.stream) return next(req);
     const linked = new AbortController();
-    const onShutdown = () => linked.abort(shutdown.reason);
-    // The call's own signal aborts when the call ends, however it ends, which also releases the shutdown listener.
+    const cancel = shutdown.onShutdown(() => linked.abort(shutdown.signal.reason));
+    // The call's own signal aborts when the call ends, however it ends, which also releases the shutdown callback.
     const onEnd = () => {
-      shutdown.removeEventListener("abort", onShutdown);
+      cancel();
       linked.abort(req.signal.reason);
     };
-    if (shutdown.aborted) onShutdown();
-    else shutdown.addEventListener("abort", onShutdown, { once: true });
     if (req.signal.aborted) onEnd();
     else req.signal.addEventListener("abort", onEnd, { once: true });
     return next({ ...req, signal: linked.signal });
