@@ -24,6 +24,7 @@ import {
   ModifyChatParticipantsResponseSchema,
   ParticipantOperation,
   type SendMessageRequest,
+  type SendMessageResponse,
   SendMessageResponseSchema,
   type SubscribeResponse,
   SubscribeResponseSchema,
@@ -34,7 +35,7 @@ import { type DeviceStream, type StreamFrame, StreamEnded } from "../features/de
 import { eventField, grpcStoredEventMessage } from "../features/delivery/events.js";
 import type { DeliveryHub } from "../features/delivery/hub.js";
 import { withKeepAlive } from "./keep-alive.js";
-import type { Messaging } from "../features/messaging/messaging.js";
+import type { Messaging, SendResult } from "../features/messaging/messaging.js";
 import type { Metrics } from "../features/operations/metrics.js";
 import type { Caller } from "../ports/caller.js";
 import { requireCaller } from "./caller.js";
@@ -77,10 +78,7 @@ export function chatService(deps: ChatServiceDeps): {
           operation: request.operation === ParticipantOperation.ADD ? "add" : "remove",
         }),
       }),
-    sendMessage: async (caller: Caller, request: SendMessageRequest) => {
-      const sent = await messaging.send(caller, request);
-      return create(SendMessageResponseSchema, { ...sent, sentAt: timestampFromDate(sent.sentAt) });
-    },
+    sendMessage: async (caller: Caller, request: SendMessageRequest) => sendResponse(await messaging.send(caller, request)),
     ackEvents: async (caller: Caller, request: AckEventsRequest) => {
       await acks.ack(caller, request.eventIds);
       return create(AckEventsResponseSchema);
@@ -113,30 +111,76 @@ export function chatService(deps: ChatServiceDeps): {
           throw new ConnectError("the frame carries no command", Code.InvalidArgument);
       }
     } catch (error) {
-      const connectError = toConnectError(error, logger);
-      const retryAfter = retryAfterSeconds(connectError);
-      return {
-        case: "error",
-        value: create(CommandErrorSchema, {
-          code: connectError.code,
-          message: connectError.rawMessage,
-          retryAfter: retryAfter === undefined ? undefined : { seconds: BigInt(retryAfter) },
-        }),
-      };
+      return failed(error);
     }
   }
 
+  /** A command's error as the frame's outcome, with the code and message the unary call would have answered with. */
+  function failed(error: unknown): Outcome {
+    const connectError = toConnectError(error, logger);
+    const retryAfter = retryAfterSeconds(connectError);
+    return {
+      case: "error",
+      value: create(CommandErrorSchema, {
+        code: connectError.code,
+        message: connectError.rawMessage,
+        retryAfter: retryAfter === undefined ? undefined : { seconds: BigInt(retryAfter) },
+      }),
+    };
+  }
+
   /**
-   * Reads the device's frames one at a time (so one device's sends keep their order) and answers each on the
-   * stream. When the client half-closes, the stream ends after the last answer.
+   * Queues a send frame for storage and returns when it is queued (a bad frame or a refusal before that is answered
+   * at once); the answer follows on the stream once the send is stored.
+   */
+  async function queueSend(
+    caller: Caller,
+    frame: ConnectRequest,
+    request: SendMessageRequest,
+    stream: DeviceStream,
+  ): Promise<{ answered: Promise<void> } | undefined> {
+    const answer = (outcome: Outcome) =>
+      stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
+    let queued: { stored: Promise<SendResult> };
+    try {
+      validateOrThrow(ConnectRequestSchema, frame);
+      queued = await messaging.queue(caller, request);
+    } catch (error) {
+      answer(failed(error));
+      return undefined;
+    }
+    const answered = queued.stored.then(
+      (sent): void => answer({ case: "sendMessage", value: sendResponse(sent) }),
+      (error: unknown): void => answer(failed(error)),
+    );
+    return { answered };
+  }
+
+  /**
+   * Reads the device's frames in order and answers each on the stream. Sends are pipelined: each is queued before the
+   * next frame is read (so a device's sends keep their order in seq) and several are stored at once, answered as they
+   * are stored; any other command first waits for the sends in flight, and runs alone. When the client half-closes,
+   * the stream ends after the last answer.
    */
   async function readCommands(caller: Caller, frames: AsyncIterable<ConnectRequest>, stream: DeviceStream) {
+    const sending = new Set<Promise<void>>();
     try {
       for await (const frame of frames) {
         if (stream.ended) return;
+        if (frame.command.case === "sendMessage") {
+          const queued = await queueSend(caller, frame, frame.command.value, stream);
+          if (queued) {
+            const { answered } = queued;
+            sending.add(answered);
+            void answered.then(() => sending.delete(answered));
+          }
+          continue;
+        }
+        await Promise.all(sending);
         const outcome = await runCommand(caller, frame);
         stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
       }
+      await Promise.all(sending);
       stream.finish();
     } catch {
       stream.end(); // the client went away mid-frame
@@ -231,6 +275,10 @@ export function chatService(deps: ChatServiceDeps): {
 
 async function* decodeRequests(messages: AsyncIterable<Uint8Array>): AsyncGenerator<ConnectRequest> {
   for await (const bytes of messages) yield fromBinary(ConnectRequestSchema, bytes);
+}
+
+function sendResponse(sent: SendResult): SendMessageResponse {
+  return create(SendMessageResponseSchema, { ...sent, sentAt: timestampFromDate(sent.sentAt) });
 }
 
 /** A Connect frame as its gRPC message (length prefix included); stored events without a protobuf encode. */

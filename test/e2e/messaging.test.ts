@@ -7,6 +7,7 @@ import { rawGrpcCall } from "../support/raw-grpc.js";
 import { testBackends } from "../support/db.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 import { codeOf } from "../support/codes.js";
+import { sample, scrapeMetrics } from "../support/metrics.js";
 
 /** Low enough to reach in a test, above what any other test here sends from one device. */
 const SENDS_PER_MINUTE = 45;
@@ -105,6 +106,41 @@ describe.each(testBackends())("messaging on %s", (backend) => {
     const good = await device.command({ case: "sendMessage", value: { chatId, clientMessageId: "ok", text: "x" } });
     expect(good.outcome.case).toBe("sendMessage");
     device.disconnect();
+  });
+
+  it("stores sends pipelined on one stream together, in the order sent, and runs a later command after them", async () => {
+    const { alice, chatId } = await pair();
+    const sendFrames = Array.from({ length: 20 }, (_, i) =>
+      create(ConnectRequestSchema, {
+        requestId: `s${i}`,
+        command: { case: "sendMessage", value: { chatId, clientMessageId: `p${i}`, text: `m${i}` } },
+      }),
+    );
+    const getChat = create(ConnectRequestSchema, { requestId: "g", command: { case: "getChat", value: { chatId } } });
+    const batches = async () =>
+      sample(await scrapeMetrics(server.url), "palaver_group_commit_batch_size_count", { committer: "sends" });
+    const batchesBefore = await batches();
+    const { messages, status } = await rawGrpcCall(
+      server.url,
+      "/palaver.chat.v1.ChatService/Connect",
+      await server.token(alice, "pipeline"),
+      [...sendFrames, getChat].map((frame) => toBinary(ConnectRequestSchema, frame)),
+    );
+    expect(status).toBe(0);
+    const results = messages
+      .map((bytes) => fromBinary(ConnectResponseSchema, bytes).frame)
+      .flatMap((f) => (f.case === "result" ? [f.value] : []));
+    const seqOf = new Map(
+      results.flatMap((r) => (r.outcome.case === "sendMessage" ? [[r.requestId, r.outcome.value.seq] as const] : [])),
+    );
+    // Every send answered, with seqs in the order the frames were sent.
+    expect(sendFrames.map((f) => seqOf.get(f.requestId))).toEqual(sendFrames.map((_, i) => BigInt(i + 1)));
+    // The GetChat after them saw all of them stored, and came last.
+    const last = results.at(-1)!;
+    expect(last.requestId).toBe("g");
+    expect(last.outcome.case === "getChat" && last.outcome.value.chat?.lastSeq).toBe(20n);
+    // One at a time they would have been 20 batches; queued together, the first went alone and the rest shared.
+    expect((await batches()) - batchesBefore).toBeLessThan(20);
   });
 
   it("answers every command a device sent before half-closing its stream, then ends the stream cleanly", async () => {

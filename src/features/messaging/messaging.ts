@@ -81,12 +81,21 @@ export class Messaging {
   }
 
   async send(caller: Caller, input: SendInput): Promise<SendResult> {
+    return (await this.queue(caller, input)).stored;
+  }
+
+  /**
+   * Takes the send in: its rate limit and attachments checked, then queued for the next batch. Resolves once it is
+   * queued, so a caller that queues one send after the other gets their seqs in that order while they are stored
+   * together; `stored` settles with the send's result.
+   */
+  async queue(caller: Caller, input: SendInput): Promise<{ stored: Promise<SendResult> }> {
     await this.limit.take(caller);
     const attachments =
       input.attachmentIds.length > 0 ? await this.resolveAttachments(caller.userId, input.attachmentIds) : [];
     const messageId = randomUUID();
     const sentAt = this.clock.now();
-    const outcome = await this.committer.submit({
+    const outcome = this.committer.submit({
       chatId: input.chatId,
       messageId,
       senderUserId: caller.userId,
@@ -114,16 +123,21 @@ export class Messaging {
           }),
         ),
     });
+    return { stored: outcome.then((o) => this.answer(input.chatId, o)) };
+  }
+
+  /** Pushes a stored send to its recipients and says what the sender is told; a refusal throws. */
+  private async answer(chatId: string, outcome: SendOutcome): Promise<SendResult> {
     switch (outcome.kind) {
       case "chat_not_found":
-        throw chatNotFound(input.chatId);
+        throw chatNotFound(chatId);
       case "not_participant":
         throw new Refusal("forbidden", "only participants may send to a chat");
       case "stored":
         await this.hub.deliver(outcome.fanout);
         break;
       case "duplicate":
-        await this.pushAgain(input.chatId, outcome.messageId, outcome.sentAt);
+        await this.pushAgain(chatId, outcome.messageId, outcome.sentAt);
         break;
     }
     this.metrics.sends.inc({ outcome: outcome.kind });
