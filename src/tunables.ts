@@ -12,6 +12,13 @@ const HOUR_MS = 60 * MINUTE_MS;
 /** Connections the kernel queues for accept: 10,000 devices reconnecting at once overflowed Node's 511 (bench/README.md). */
 export const LISTEN_BACKLOG = 4096;
 
+/**
+ * Sends one Connect stream may have in flight (docs/protocol.md): enough to store a device's burst in one batch; past
+ * it the stream reads no more frames until one is answered. It bounds the results a pipelining client can have waiting
+ * at once, which count towards STREAM_QUEUE_LIMIT like events do.
+ */
+export const SENDS_IN_FLIGHT_PER_STREAM = 16;
+
 // Delivery (features/delivery/hub.ts)
 
 /** Inbox entries read per query while a stream drains its backlog: few round trips, bounded memory per stream. */

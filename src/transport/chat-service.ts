@@ -38,6 +38,7 @@ import { withKeepAlive } from "./keep-alive.js";
 import type { Messaging, SendResult } from "../features/messaging/messaging.js";
 import type { Metrics } from "../features/operations/metrics.js";
 import type { Caller } from "../ports/caller.js";
+import { SENDS_IN_FLIGHT_PER_STREAM } from "../tunables.js";
 import { requireCaller } from "./caller.js";
 import { retryAfterSeconds, toConnectError } from "./errors.js";
 import type { BidiRoute } from "./grpc-bidi.js";
@@ -55,6 +56,8 @@ export interface ChatServiceDeps {
 }
 
 type Outcome = CommandResult["outcome"];
+/** A frame's command other than a send: those run one at a time. */
+type OtherCommand = Exclude<ConnectRequest["command"], { case: "sendMessage" }>;
 
 /**
  * ChatService: the unary commands, the Subscribe stream, and the Connect stream that carries both; and Connect as a
@@ -89,18 +92,15 @@ export function chatService(deps: ChatServiceDeps): {
       create(ListChatsResponseSchema, await chats.list(caller, request)),
   };
 
-  /** Runs one frame's command and wraps its response (or error) in the frame's outcome. */
-  async function runCommand(caller: Caller, frame: ConnectRequest): Promise<Outcome> {
+  /** Runs one frame's command (any but a send, see queueSend) and wraps its response or error in the frame's outcome. */
+  async function runCommand(caller: Caller, frame: ConnectRequest, command: OtherCommand): Promise<Outcome> {
     try {
       validateOrThrow(ConnectRequestSchema, frame);
-      const command = frame.command;
       switch (command.case) {
         case "createChat":
           return { case: command.case, value: await commands.createChat(caller, command.value) };
         case "modifyChatParticipants":
           return { case: command.case, value: await commands.modifyChatParticipants(caller, command.value) };
-        case "sendMessage":
-          return { case: command.case, value: await commands.sendMessage(caller, command.value) };
         case "ackEvents":
           return { case: command.case, value: await commands.ackEvents(caller, command.value) };
         case "getChat":
@@ -158,8 +158,8 @@ export function chatService(deps: ChatServiceDeps): {
 
   /**
    * Reads the device's frames in order and answers each on the stream. Sends are pipelined: each is queued before the
-   * next frame is read (so a device's sends keep their order in seq) and several are stored at once, answered as they
-   * are stored; any other command first waits for the sends in flight, and runs alone. When the client half-closes,
+   * next frame is read (so a device's sends keep their order in seq) and up to SENDS_IN_FLIGHT_PER_STREAM are stored
+   * at once, answered as they are stored; any other command first waits for the sends in flight, and runs alone. When the client half-closes,
    * the stream ends after the last answer.
    */
   async function readCommands(caller: Caller, frames: AsyncIterable<ConnectRequest>, stream: DeviceStream) {
@@ -168,6 +168,7 @@ export function chatService(deps: ChatServiceDeps): {
       for await (const frame of frames) {
         if (stream.ended) return;
         if (frame.command.case === "sendMessage") {
+          if (sending.size >= SENDS_IN_FLIGHT_PER_STREAM) await Promise.race(sending);
           const queued = await queueSend(caller, frame, frame.command.value, stream);
           if (queued) {
             const { answered } = queued;
@@ -177,7 +178,7 @@ export function chatService(deps: ChatServiceDeps): {
           continue;
         }
         await Promise.all(sending);
-        const outcome = await runCommand(caller, frame);
+        const outcome = await runCommand(caller, frame, frame.command);
         stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
       }
       await Promise.all(sending);

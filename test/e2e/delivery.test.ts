@@ -1,6 +1,9 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConnectRequestSchema, ConnectResponseSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
 import { ConnectDevice, SubscribeDevice, connectChatClient, grpcChatClient } from "../../src/client/device.js";
+import { rawGrpcCall } from "../support/raw-grpc.js";
 import { openStalledStream } from "../support/stalled-stream.js";
 import { testBackends } from "../support/db.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
@@ -85,6 +88,34 @@ describe.each(testBackends())("delivery on %s", (backend) => {
     expect(back.messages.at(-1)?.text).toBe("live one");
     sender.disconnect();
     back.disconnect();
+  });
+
+  it("answers more pipelined sends than STREAM_QUEUE_LIMIT (40) without taking the sender for a slow reader", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser);
+    const sender = await device(alice!, "phone");
+    const chatId = await createChat(sender, [bob!]);
+    sender.disconnect();
+    const frames = Array.from({ length: 60 }, (_, i) =>
+      toBinary(
+        ConnectRequestSchema,
+        create(ConnectRequestSchema, {
+          requestId: `s${i}`,
+          command: { case: "sendMessage", value: { chatId, clientMessageId: `burst${i}`, text: `m${i}` } },
+        }),
+      ),
+    );
+    // All 60 frames go out at once, before any answer is read.
+    const { messages, status } = await rawGrpcCall(
+      server.url,
+      "/palaver.chat.v1.ChatService/Connect",
+      await server.token(alice!, "phone"),
+      frames,
+    );
+    expect(status).toBe(0);
+    const seqs = messages
+      .map((bytes) => fromBinary(ConnectResponseSchema, bytes).frame)
+      .flatMap((f) => (f.case === "result" && f.value.outcome.case === "sendMessage" ? [f.value.outcome.value.seq] : []));
+    expect(seqs.sort((a, b) => Number(a - b))).toEqual(Array.from({ length: 60 }, (_, i) => BigInt(i + 1)));
   });
 
   it("never sends acked events again, and deletes a message once every device acked it", async () => {
