@@ -7,8 +7,8 @@ import { createValidator } from "@bufbuild/protovalidate";
 import { CreateAttachmentRequestSchema } from "../gen/palaver/chat/v1/attachment_pb.js";
 import { CreateChatRequestSchema, ModifyChatParticipantsRequestSchema } from "../gen/palaver/chat/v1/chat_pb.js";
 import { idInputPattern, idPattern as webIdPattern } from "../web/src/ids.js";
-import { attachmentBytesRule, participantsRule, stringPattern } from "./api-rules.js";
-import { ConfigError, idPattern, loadConfig } from "./config.js";
+import { attachmentBytesRule, idPattern, participantsRule, stringPattern } from "./api-rules.js";
+import { ConfigError, loadConfig } from "./config.js";
 
 function problemsOf(env: Record<string, string>): string[] {
   try {

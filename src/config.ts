@@ -53,9 +53,6 @@ export interface Limits {
 export const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof logLevels)[number];
 
-/** The pattern user ids, device names and node ids share with the API (read from chat.proto: see api-rules.ts). */
-export { idPattern };
-
 /** Thrown by loadConfig with one line per bad variable. */
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {

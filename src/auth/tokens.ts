@@ -1,5 +1,5 @@
 import { SignJWT, createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify, type JWTVerifyGetKey } from "jose";
-import { idPattern } from "../config.js";
+import { idPattern } from "../api-rules.js";
 import { DependencyUnavailableError, Refusal } from "../errors.js";
 
 /** Who a token speaks for: its `sub` and `device` claims. */

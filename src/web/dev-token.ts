@@ -1,6 +1,6 @@
 import type { Readable } from "node:stream";
 import { mintToken } from "../auth/tokens.js";
-import { idPattern } from "../config.js";
+import { idPattern } from "../api-rules.js";
 import { type WebHandler, type WebRequest, type WebResponse, pathOf, send } from "./http.js";
 
 export const DEV_TOKEN_PATH = "/dev/token";

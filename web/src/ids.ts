@@ -1,6 +1,4 @@
-import { getOption } from "@bufbuild/protobuf";
-import { field } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
-import { ModifyChatParticipantsRequestSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
+import { idPattern } from "../../src/api-rules.js";
 
 /**
  * A random UUID for client_message_id. crypto.randomUUID exists only in secure contexts (https, localhost); a page
@@ -15,17 +13,11 @@ export function newClientMessageId(): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-/** The id pattern of the API (user ids, device names): chat.proto's rule on ModifyChatParticipantsRequest.user_id. */
-export const idPattern = new RegExp(apiIdPattern());
+/** The id pattern of the API (user ids, device names), read from chat.proto's rules as the server reads it. */
+export { idPattern };
 
 /** The same pattern for an input's `pattern` attribute, which browsers compile in the stricter `v` mode. */
 export const idInputPattern = inputPattern(idPattern.source);
-
-function apiIdPattern(): string {
-  const rules = getOption(ModifyChatParticipantsRequestSchema.field.userId, field);
-  if (rules.type.case !== "string" || !rules.type.value.pattern) throw new Error("chat.proto lost the user_id pattern");
-  return rules.type.value.pattern;
-}
 
 /**
  * An anchored pattern as an input's `pattern` attribute: the browser anchors it itself, and in `v` mode a `-` that
