@@ -33,7 +33,7 @@ export const PRESENCE_TTL_SECONDS = 30;
 /** How often a node refreshes its presence records: a third of the TTL, so two missed beats do not lose a device. */
 export const PRESENCE_HEARTBEAT_MS = 10 * SECOND_MS;
 
-// Group commit (features/messaging/group-commit.ts)
+// Group commit (features/group-commit.ts)
 
 /** Send batches written at once on Postgres: a pool takes a few, and more only queue behind the chats' row locks. */
 export const SEND_BATCHES_IN_FLIGHT_POSTGRES = 4;

@@ -1,6 +1,6 @@
 import type { Caller } from "../../ports/caller.js";
 import type { DeviceAck, InboxStore } from "../../ports/db.js";
-import { GroupCommitter } from "../messaging/group-commit.js";
+import { GroupCommitter } from "../group-commit.js";
 
 export interface AcksOptions {
   /** Most devices' acks deleted by one statement. */

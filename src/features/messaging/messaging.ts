@@ -11,7 +11,7 @@ import { chatNotFound } from "../chats/chats.js";
 import { encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
 import type { Metrics } from "../operations/metrics.js";
-import { GroupCommitter } from "./group-commit.js";
+import { GroupCommitter } from "../group-commit.js";
 import { SendLimit } from "./send-limit.js";
 
 /** Checks that the caller may send these attachments (uploaded, by them) and returns what recipients see of them. */

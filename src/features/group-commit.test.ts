@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { Metrics } from "../operations/metrics.js";
+import { Metrics } from "./operations/metrics.js";
 import { GroupCommitter } from "./group-commit.js";
 
 function deferred() {
