@@ -69,6 +69,36 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
     expect((await db.getChat(y.chatId))!.lastSeq).toBe(20n);
   });
 
+  it("acks from many devices at once, in any order and repeated, without an error", async () => {
+    // Concurrent ack statements delete the same messages (a message goes with its last inbox entry) and, when a
+    // device repeats an ack, the same inbox entries: they must take their row locks in one order, or Postgres
+    // aborts one of them as a deadlock and the device sees INTERNAL.
+    const users = Array.from({ length: 8 }, () => uniqueUser("member"));
+    const [sender] = await registered(users[0]!, "sender");
+    const devices = (await Promise.all(users.map((u) => registered(u, "phone")))).flat();
+    const chat = await newChat(users);
+    for (let round = 0; round < 4; round++) {
+      const outcomes = await db.storeMessages(Array.from({ length: 100 }, () => send(chat.chatId, users[0]!, sender!)));
+      const eventsOf = new Map<string, bigint[]>(devices.map((d) => [d!, []]));
+      for (const { deviceKey, eventId } of outcomes.flatMap((o) => stored(o).fanout.entries)) {
+        eventsOf.get(deviceKey)!.push(eventId);
+      }
+      // Each device acks its events twice, forwards and backwards, and pairs of devices share a statement.
+      const acks = devices.flatMap((deviceKey, i) => {
+        const forwards = eventsOf.get(deviceKey!)!;
+        const other = devices[(i + 1) % devices.length]!;
+        return [
+          [{ deviceKey: deviceKey!, eventIds: forwards }],
+          [{ deviceKey: deviceKey!, eventIds: forwards.toReversed() }, { deviceKey: other, eventIds: eventsOf.get(other)! }],
+        ];
+      });
+      await Promise.all(acks.map((batch) => db.ackEvents(batch)));
+      const messageIds = outcomes.map((o) => stored(o).messageId);
+      expect(await countRows(testDb.driver, "inbox", messageIds)).toBe(0);
+      expect(await countRows(testDb.driver, "messages", messageIds)).toBe(0);
+    }
+  });
+
   it("stores a batch of 256 sends in one transaction of three statements", async () => {
     const users = Array.from({ length: 5 }, () => uniqueUser("member"));
     const devices = await Promise.all(users.map((u) => registered(u, "phone", "laptop")));
@@ -119,3 +149,11 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
     }
   });
 });
+
+async function countRows(driver: SqlDriver, table: "inbox" | "messages", messageIds: string[]): Promise<number> {
+  const [row] = await driver.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM ${table} WHERE message_id = ANY($1::uuid[])`,
+    [messageIds],
+  );
+  return row!.n;
+}

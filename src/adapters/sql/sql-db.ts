@@ -249,10 +249,19 @@ export class SqlDb implements Db {
       }
     }
     if (eventIds.length === 0) return;
+    // Rows are locked in key order before they are deleted, here and in deleteMessagesWithoutInbox: concurrent ack
+    // statements meet on the same messages (and on the same entries when a device repeats an ack), and taking those
+    // locks in whatever order the join produced them deadlocked under load.
     const acked = await this.driver.query<MessageKey>(
-      `DELETE FROM inbox i
-        USING unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
-        WHERE i.device_key = a.device_key AND i.event_id = a.event_id
+      `WITH locked AS (
+         SELECT i.device_key, i.event_id, i.created_at
+           FROM inbox i JOIN unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
+                ON i.device_key = a.device_key AND i.event_id = a.event_id
+          ORDER BY i.device_key, i.event_id
+            FOR UPDATE OF i
+       )
+       DELETE FROM inbox i USING locked l
+        WHERE i.device_key = l.device_key AND i.event_id = l.event_id AND i.created_at = l.created_at
        RETURNING i.chat_id, i.message_id, i.created_at`,
       [deviceKeys, eventIds],
     );
@@ -322,10 +331,16 @@ export class SqlDb implements Db {
     const unique = [...new Map(keys.map((key) => [key.message_id, key])).values()];
     if (unique.length === 0) return;
     await this.driver.query(
-      `DELETE FROM messages m
-        USING unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS g(chat_id, message_id, created_at)
-        WHERE m.chat_id = g.chat_id AND m.message_id = g.message_id AND m.created_at = g.created_at
-          AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = g.message_id AND i.created_at = g.created_at)`,
+      `WITH locked AS (
+         SELECT m.chat_id, m.message_id, m.created_at
+           FROM messages m JOIN unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS g(chat_id, message_id, created_at)
+                ON m.chat_id = g.chat_id AND m.message_id = g.message_id AND m.created_at = g.created_at
+          WHERE NOT EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = g.message_id AND i.created_at = g.created_at)
+          ORDER BY m.chat_id, m.message_id
+            FOR UPDATE OF m
+       )
+       DELETE FROM messages m USING locked l
+        WHERE m.chat_id = l.chat_id AND m.message_id = l.message_id AND m.created_at = l.created_at`,
       [unique.map((k) => k.chat_id), unique.map((k) => k.message_id), unique.map((k) => k.created_at)],
     );
   }
