@@ -9,6 +9,11 @@
 //
 // Every mode also takes --url (default http://127.0.0.1:8080), --token (default $PALAVER_TOKEN) and --timeout.
 // Results and events go to stdout, one protojson object a line; errors go to stderr with exit status 1.
+//
+// listen acks a stored event only after printing it (at least once), and in batches: one ack frame carries up to
+// 1000 ids, and goes out when 1000 wait, when the oldest has waited a second, at InboxDrained, at the stop condition,
+// and on an interrupt (Ctrl-C, SIGTERM), which acks what was printed and closes the stream cleanly; a second
+// interrupt ends the process at once. An event left unacked is sent again on the next listen, never lost.
 package main
 
 import (
@@ -41,11 +46,12 @@ modes:
   create-chat --with U1[,U2...] [--name N]        create a chat; prints the CreateChatResponse
   send --chat C --text T [--client-id X]         send a message; prints the SendMessageResponse
   listen [--until-drained] [--count N] [--no-ack]
-        print each event received; stop after InboxDrained and/or N stored events (else run until interrupted)
+        print each event received; stop after InboxDrained and/or N stored events (else run until interrupted);
+        ack the printed ones in batches: up to 1000 ids a frame, after at most 1 s, and before stopping
 common flags: --url URL --token T --timeout D`
 
-// maxAckBatch is the most event ids one AckEvents command may carry.
-const maxAckBatch = 1000
+// closeGrace is how long listen has, after an interrupt, to ack what it printed and close the stream.
+const closeGrace = 5 * time.Second
 
 func main() {
 	err := run(os.Args[1:])
@@ -79,6 +85,13 @@ func run(args []string) error {
 	token := flags.String("token", os.Getenv("PALAVER_TOKEN"), "bearer token (default $PALAVER_TOKEN)")
 	timeout := flags.Duration("timeout", 0, "give up after this long (0: never)")
 
+	// An interrupt ends the stream: at once, or for listen after closeGrace, in which listen acks what it printed and
+	// closes the stream itself.
+	interrupt, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	context.AfterFunc(interrupt, stop) // a second interrupt ends the process at once
+	grace := time.Duration(0)
+
 	var act func(*device) error
 	switch mode {
 	case "create-chat":
@@ -95,7 +108,8 @@ func run(args []string) error {
 		flags.BoolVar(&opts.untilDrained, "until-drained", false, "stop after InboxDrained")
 		flags.IntVar(&opts.count, "count", 0, "stop after this many stored events (messages and chat updates)")
 		flags.BoolVar(&opts.noAck, "no-ack", false, "do not ack; the events stay in the inbox")
-		act = func(d *device) error { return listen(d, opts) }
+		act = func(d *device) error { return listen(d, opts, interrupt.Done()) }
+		grace = closeGrace
 	default:
 		return usageError(fmt.Sprintf("unknown mode %q", mode))
 	}
@@ -106,18 +120,19 @@ func run(args []string) error {
 		return usageError("--token (or PALAVER_TOKEN) is required")
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	context.AfterFunc(interrupt, func() { time.AfterFunc(grace, cancel) })
 	if *timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
-		defer cancel()
+		var cancelTimeout context.CancelFunc
+		ctx, cancelTimeout = context.WithTimeout(ctx, *timeout)
+		defer cancelTimeout()
 	}
 	d, err := open(ctx, *baseURL, *token)
 	if err == nil {
 		err = act(d)
 	}
-	if errors.Is(ctx.Err(), context.Canceled) {
+	if interrupt.Err() != nil {
 		return nil // interrupted: what was not acked stays in the inbox
 	}
 	return err
@@ -136,10 +151,13 @@ func h2cClient() *http.Client {
 	}}
 }
 
-// device is one open Connect stream. Everything runs on one goroutine: a command waits for its result frame, and
-// events that arrive meanwhile are not acked, so they stay in the inbox for the next listen.
+// device is one open Connect stream. One goroutine receives its frames into frames; the caller's goroutine sends
+// and reads frames, so it can wait for a frame and a timer at once (listen does). A command waits for its result
+// frame, and events that arrive meanwhile are not acked, so they stay in the inbox for the next listen.
 type device struct {
 	stream *connect.BidiStreamForClient[chatv1.ConnectRequest, chatv1.ConnectResponse]
+	frames <-chan *chatv1.ConnectResponse // closed when the stream ends
+	end    error                          // why it ended (io.EOF: the server ended it with OK); set before frames closes
 	nextID int
 }
 
@@ -147,7 +165,24 @@ func open(ctx context.Context, baseURL, token string) (*device, error) {
 	client := chatv1connect.NewChatServiceClient(h2cClient(), baseURL, connect.WithGRPC())
 	stream := client.Connect(ctx)
 	stream.RequestHeader().Set("Authorization", "Bearer "+token)
-	d := &device{stream: stream}
+	frames := make(chan *chatv1.ConnectResponse)
+	d := &device{stream: stream, frames: frames}
+	go func() {
+		defer close(frames)
+		for {
+			frame, err := stream.Receive()
+			if err != nil {
+				d.end = err
+				return
+			}
+			select {
+			case frames <- frame:
+			case <-ctx.Done(): // nobody reads any more
+				d.end = ctx.Err()
+				return
+			}
+		}
+	}()
 	// Send the headers now: the server starts sending the backlog as soon as the stream opens.
 	if err := d.send(nil); err != nil {
 		return nil, err
@@ -157,19 +192,29 @@ func open(ctx context.Context, baseURL, token string) (*device, error) {
 
 func (d *device) send(frame *chatv1.ConnectRequest) error {
 	err := d.stream.Send(frame)
-	if errors.Is(err, io.EOF) {
-		_, err = d.stream.Receive() // the server ended the stream; Receive has its status
+	if errors.Is(err, io.EOF) { // the server ended the stream: its status comes after the frames it sent
+		for range d.frames {
+		}
+		return d.ended()
 	}
 	return err
 }
 
 // receive returns the next frame; an end of the stream the device did not ask for is an error.
 func (d *device) receive() (*chatv1.ConnectResponse, error) {
-	frame, err := d.stream.Receive()
-	if errors.Is(err, io.EOF) {
-		return nil, errors.New("the server ended the stream")
+	frame, ok := <-d.frames
+	if !ok {
+		return nil, d.ended()
 	}
-	return frame, err
+	return frame, nil
+}
+
+// ended returns why the stream ended, as an error even when the server ended it with OK; call it once frames closed.
+func (d *device) ended() error {
+	if errors.Is(d.end, io.EOF) {
+		return errors.New("the server ended the stream")
+	}
+	return d.end
 }
 
 // start sends a command frame and returns its request id.
@@ -209,14 +254,12 @@ func (d *device) close() error {
 	if err := d.stream.CloseRequest(); err != nil {
 		return err
 	}
-	for {
-		if _, err := d.stream.Receive(); err != nil {
-			if errors.Is(err, io.EOF) {
-				return d.stream.CloseResponse()
-			}
-			return err
-		}
+	for range d.frames {
 	}
+	if !errors.Is(d.end, io.EOF) {
+		return d.end
+	}
+	return d.stream.CloseResponse()
 }
 
 func createChat(d *device, name string, with []string) error {
@@ -254,15 +297,18 @@ type listenOptions struct {
 	noAck        bool
 }
 
-// listen prints events as they arrive and acks the stored ones after printing them (at least once): in batches while
-// the backlog drains, then one by one. It returns once the stop condition holds and every ack has been answered.
-func listen(d *device, opts listenOptions) error {
+// listen prints events as they arrive and acks the stored ones after printing them (at least once), in batches
+// (ackBatch): when maxAckBatch ids wait, when the oldest has waited ackDelay, at InboxDrained, at the stop condition
+// and on an interrupt. It returns once the stop condition holds (or the interrupt came) and every ack has been
+// answered, after closing the stream.
+func listen(d *device, opts listenOptions, interrupted <-chan struct{}) error {
 	var (
 		seen     = map[uint64]bool{} // the server may send an event again after a reconnect: dedupe by event_id
-		unacked  []uint64
-		acking   = map[string]bool{} // request ids of ack commands not yet answered
+		batch    = ackBatch{max: maxAckBatch, delay: ackDelay}
+		acking   = map[string][]uint64{} // ack commands not yet answered: their ids, by request id
 		drained  bool
 		received int
+		finished bool // past the stop condition: events stay unacked for next time
 	)
 	done := func() bool {
 		if !opts.untilDrained && opts.count == 0 {
@@ -270,50 +316,71 @@ func listen(d *device, opts listenOptions) error {
 		}
 		return (drained || !opts.untilDrained) && received >= opts.count
 	}
-	flush := func() error {
-		if opts.noAck || len(unacked) == 0 {
-			return nil
-		}
-		id, err := d.start(&chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{
-			AckEvents: &chatv1.AckEventsRequest{EventIds: unacked},
-		}})
-		acking[id] = true
-		unacked = nil
-		return err
-	}
+	// timer fires when the oldest waiting id has waited ackDelay; it is stopped while none waits. (Since Go 1.23 a
+	// stopped or reset timer delivers no stale tick.)
+	timer := time.NewTimer(ackDelay)
+	defer timer.Stop()
+	timer.Stop()
 
-	for finished := false; !finished || len(acking) > 0; {
-		in, err := d.receive()
-		if err != nil {
-			return fmt.Errorf("listen: %w", err)
+	for !finished || len(acking) > 0 {
+		flush := false
+		select {
+		case in, ok := <-d.frames:
+			if !ok {
+				return fmt.Errorf("listen: %w", d.ended())
+			}
+			if result := in.GetResult(); result != nil {
+				if err := resultError(result); err != nil {
+					return fmt.Errorf("ack: %w", err)
+				}
+				for _, id := range acking[result.GetRequestId()] {
+					delete(seen, id) // deleted from the inbox: it cannot come again
+				}
+				delete(acking, result.GetRequestId())
+				break
+			}
+			event := in.GetEvent()
+			if finished || event == nil || seen[event.GetEventId()] {
+				break
+			}
+			if err := printJSON(event); err != nil {
+				return err
+			}
+			if id := event.GetEventId(); id != 0 { // InboxDrained and Resync are not stored and carry no id
+				seen[id] = true
+				received++
+				if !opts.noAck {
+					batch.add(id, time.Now())
+				}
+			}
+			if event.GetInboxDrained() != nil {
+				drained = true
+				flush = true // the backlog's tail
+			}
+			if finished = done(); finished {
+				flush = true
+			}
+		case <-timer.C:
+		case <-interrupted:
+			interrupted = nil
+			finished, flush = true, true // ack what was printed, then close
 		}
-		if result := in.GetResult(); result != nil {
-			delete(acking, result.GetRequestId())
-			if err := resultError(result); err != nil {
+
+		now := time.Now()
+		for !batch.empty() && (flush || batch.due(now)) {
+			ids := batch.take()
+			id, err := d.start(&chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{
+				AckEvents: &chatv1.AckEventsRequest{EventIds: ids},
+			}})
+			if err != nil {
 				return fmt.Errorf("ack: %w", err)
 			}
-			continue
+			acking[id] = ids
 		}
-		event := in.GetEvent()
-		if finished || event == nil || seen[event.GetEventId()] {
-			continue // past the stop condition, events stay unacked for next time
-		}
-		if err := printJSON(event); err != nil {
-			return err
-		}
-		if id := event.GetEventId(); id != 0 { // InboxDrained and Resync are not stored and carry no id
-			seen[id] = true
-			unacked = append(unacked, id)
-			received++
-		}
-		if event.GetInboxDrained() != nil {
-			drained = true
-		}
-		finished = done()
-		if drained || finished || len(unacked) == maxAckBatch {
-			if err := flush(); err != nil {
-				return fmt.Errorf("ack: %w", err)
-			}
+		if wait, ok := batch.wait(now); ok {
+			timer.Reset(wait)
+		} else {
+			timer.Stop()
 		}
 	}
 	return d.close()
