@@ -13,6 +13,8 @@
  *                                                        broken script or a lost message, never on a figure)
  *   npm run bench -- --scenario steady,ramp              some scenarios (steady ramp groups100 drain connections connect churn)
  *   npm run bench -- --nodes 2                           several server nodes (needs DATABASE_URL and REDIS_URL)
+ *   npm run bench -- --nodes 2 --proxy haproxy           the nodes behind HAProxy (leastconn, TCP): every device
+ *                                                        connects to it, and its CPU is reported apart (bench/haproxy.ts)
  *   npm run bench -- --shards 2                          two loadgen processes on this host, merged
  *   npm run bench -- --devices-per-conn 50               devices sharing one HTTP/2 connection (default 1, as phones)
  *   --out DIR                                            results and report elsewhere than bench/results
@@ -34,16 +36,19 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ChatService } from "../gen/palaver/chat/v1/chat_pb.js";
 import { mintToken } from "../src/auth/tokens.js";
+import type { HaproxyProcess } from "../test/cluster/processes.js";
+import { prepareHaproxy, sizeHaproxy, startHaproxy } from "./haproxy.js";
 import { type CeilingResult, createDatabase, dropDatabase, measureCeiling } from "./pg-ceiling.js";
 import {
   FORMAT,
   KNEE_P99_MS,
+  cpuBreakdown,
   type LoadgenPoint,
   type LoadgenResult,
   type PlanShape,
+  type ProxyInfo,
   type ScenarioResult,
   type Step,
-  type Watched,
   held,
   kneeOf,
   measuredPoint,
@@ -156,6 +161,8 @@ interface Args {
   profile: Profile;
   scenarios: Scenario[];
   nodes: number;
+  /** A load balancer in front of the nodes, which every device connects to (absent: device i to node i mod nodes). */
+  proxy?: "haproxy";
   shards: number;
   devicesPerConn: number;
   /** Where results and the report go (default bench/results; CI writes outside the committed results). */
@@ -164,7 +171,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const known = new Set(["profile", "scenario", "nodes", "shards", "devices-per-conn", "out"]);
+  const known = new Set(["profile", "scenario", "nodes", "proxy", "shards", "devices-per-conn", "out"]);
   const values = new Map<string, string>();
   let reportOnly = false;
   for (let i = 0; i < argv.length; i++) {
@@ -185,10 +192,13 @@ function parseArgs(argv: string[]): Args {
   const nodes = count("nodes", 1);
   if (nodes > 1 && !process.env.REDIS_URL) throw new Error("--nodes > 1 needs REDIS_URL");
   if (nodes > 1 && !process.env.DATABASE_URL) throw new Error("--nodes > 1 needs DATABASE_URL (PGlite is one process's)");
+  const proxy = values.get("proxy");
+  if (proxy !== undefined && proxy !== "haproxy") throw new Error("--proxy must be haproxy (the load balancer the runner can start)");
   return {
     profile,
     scenarios,
     nodes,
+    ...(proxy ? { proxy } : {}),
     shards: count("shards", 1),
     devicesPerConn: count("devices-per-conn", 1),
     out: values.get("out") ?? RESULTS,
@@ -243,12 +253,33 @@ interface Node {
 
 interface Servers {
   nodes: Node[];
+  /** What the devices connect to: the nodes' URLs, or the proxy's one. */
+  urls: string[];
+  proxy?: { info: ProxyInfo; process: HaproxyProcess };
   secret: Uint8Array;
   backend: "pglite" | "postgres";
   close(): Promise<void>;
 }
 
-async function startServers(scenario: Scenario, count: number, out: string): Promise<Servers> {
+/** Sends SIGTERM, then SIGKILL if the process has not exited within `graceMs` (a node first drains its streams). */
+async function terminate(signal: (signal: NodeJS.Signals) => void, exited: Promise<unknown>, graceMs = 20_000): Promise<void> {
+  signal("SIGTERM");
+  let timer: NodeJS.Timeout | undefined;
+  const kill = new Promise<void>((resolve) => {
+    timer = setTimeout(() => {
+      signal("SIGKILL");
+      resolve();
+    }, graceMs);
+  });
+  await Promise.race([exited, kill]);
+  clearTimeout(timer);
+}
+
+/**
+ * Starts `count` server nodes on a fresh database and, with `proxyInfo` (from sizeHaproxy), HAProxy in front of them.
+ * close() stops them all (and drops the database); a start that fails stops what had started.
+ */
+async function startServers(scenario: Scenario, count: number, out: string, proxyInfo?: ProxyInfo): Promise<Servers> {
   const dataDir = await mkdtemp(join(tmpdir(), `palaver-bench-${scenario}-`));
   const authSecret = randomBytes(32).toString("base64url");
   const base = process.env.DATABASE_URL;
@@ -258,9 +289,12 @@ async function startServers(scenario: Scenario, count: number, out: string): Pro
   if (process.env.BENCH_CPU_PROF) await mkdir(profileDir, { recursive: true });
 
   const nodes: Node[] = [];
+  let proxy: HaproxyProcess | undefined;
   const close = async () => {
-    for (const node of nodes) node.child.kill("SIGTERM");
-    await Promise.all(nodes.map((n) => Promise.race([n.exited, sleep(20_000).then(() => n.child.kill("SIGKILL"))])));
+    await Promise.all([
+      ...nodes.map((n) => terminate((signal) => n.child.kill(signal), n.exited)),
+      ...(proxy ? [terminate((signal) => proxy!.signal(signal), proxy.exit())] : []),
+    ]);
     if (base) await dropDatabase(base, dbName);
     await rm(dataDir, { recursive: true, force: true });
   };
@@ -313,11 +347,24 @@ async function startServers(scenario: Scenario, count: number, out: string): Pro
         void exited.then((code) => reject(new Error(`server node ${i} exited (${code}) before serving; see ${logFile}`)));
       });
     }
+    if (proxyInfo) {
+      const prepared = await prepareHaproxy(scenario, nodes.map((n) => n.url), proxyInfo, out, dataDir);
+      proxy = prepared.process;
+      await startHaproxy(proxy, count);
+      console.log(`  haproxy ${proxyInfo.version}: pid ${proxy.pid}, ${proxy.url}, config ${prepared.configFile}, log ${proxy.logFile}`);
+    }
   } catch (error) {
     await close();
     throw error;
   }
-  return { nodes, secret: new TextEncoder().encode(authSecret), backend: databaseUrl ? "postgres" : "pglite", close };
+  return {
+    nodes,
+    urls: proxy ? [proxy.url] : nodes.map((n) => n.url),
+    ...(proxy && proxyInfo ? { proxy: { info: proxyInfo, process: proxy } } : {}),
+    secret: new TextEncoder().encode(authSecret),
+    backend: databaseUrl ? "postgres" : "pglite",
+    close,
+  };
 }
 
 /** Resident memory and CPU seconds of a process, from /proc; undefined when it has ended. */
@@ -358,10 +405,12 @@ function isLocal(url: string): boolean {
   }
 }
 
+/** The pids whose CPU the load generator samples, by the name it reports them under. */
 interface Watch {
   server: number[];
   postgres: number[];
   redis: number[];
+  haproxy: number[];
 }
 
 function watchedPids(servers: Servers, nodes: number): Watch {
@@ -372,6 +421,7 @@ function watchedPids(servers: Servers, nodes: number): Watch {
     // On PGlite the database runs inside the server process, whose CPU includes it.
     postgres: servers.backend === "postgres" && db && isLocal(db) ? pidsNamed("postgres") : [],
     redis: nodes > 1 && process.env.REDIS_URL && isLocal(process.env.REDIS_URL) ? pidsNamed("redis-server") : [],
+    haproxy: servers.proxy ? [servers.proxy.process.pid!] : [],
   };
 }
 
@@ -566,7 +616,7 @@ async function runLoadgen(
   const planFile = join(work, "plan.json");
   plan.startAtMs = Date.now() + startDelayMs;
   await writeFile(planFile, JSON.stringify(plan));
-  const watched = [...plan.watch.server, ...plan.watch.postgres, ...plan.watch.redis];
+  const watched = Object.values(plan.watch).flat();
   const before = cpuOf(watched);
   const started = performance.now();
 
@@ -602,7 +652,7 @@ async function runLoadgen(
   // CPU of the watched processes over the whole run, connecting included (a process that ended meanwhile drops out).
   const after = cpuOf(watched);
   const sum = (pids: number[]) => round(pids.reduce((total, pid) => total + Math.max(0, (after.get(pid) ?? 0) - (before.get(pid) ?? 0)), 0), 2);
-  const cpuSeconds: ScenarioResult["cpuSeconds"] = { server: sum(plan.watch.server), postgres: sum(plan.watch.postgres), redis: sum(plan.watch.redis) };
+  const cpuSeconds: ScenarioResult["cpuSeconds"] = Object.fromEntries(Object.entries(plan.watch).map(([who, pids]) => [who, sum(pids)]));
 
   if (timedOut) throw new Error(`loadgen ran over ${Math.round(limitMs / 1000)} s and was killed`);
   codes.forEach((code, i) => {
@@ -631,7 +681,10 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
   console.log(`\n=== ${scenario} (${args.profile}) ===`);
   const date = new Date().toISOString();
   const loadAvgBefore = loadAvg();
-  const servers = await startServers(scenario, args.nodes, args.out);
+  // Sized (or refused) before anything starts: HAProxy needs two file descriptors per device connection.
+  const connections = Math.ceil((plan.groups * plan.groupUsers * plan.devicesPerUser) / args.devicesPerConn);
+  const proxyInfo = args.proxy ? sizeHaproxy(connections) : undefined;
+  const servers = await startServers(scenario, args.nodes, args.out, proxyInfo);
   const work = await mkdtemp(join(tmpdir(), "palaver-bench-loadgen-"));
   try {
     const { devices, setupSeconds, fillSendsPerSecond } = await setUp(servers, plan, scenario);
@@ -641,7 +694,7 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
     const watch = watchedPids(servers, args.nodes);
     const loadgenPlan: LoadgenPlan = {
       scenario,
-      urls: servers.nodes.map((n) => n.url),
+      urls: servers.urls,
       devices: devices.map((d) => ({ token: d.token, chatId: d.chat, sends: d.sends, online: true })),
       recipientsPerSend,
       startAtMs: 0, // set when the plan is written
@@ -684,6 +737,7 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
       date,
       backend: servers.backend,
       nodes: args.nodes,
+      ...(servers.proxy ? { proxy: servers.proxy.info } : {}),
       shards: args.shards,
       devicesPerConn: args.devicesPerConn,
       machine: { cpus: cpus().length, model: cpus()[0]?.model.trim() ?? "unknown" },
@@ -766,6 +820,7 @@ function judge(r: ScenarioResult, watch: Watch): void {
   if (r.backend === "pglite") notes.push("PGlite: the database runs inside the server process, so the server's CPU includes it");
   else if (watch.postgres.length === 0) notes.push("Postgres is not on this machine: its CPU is not measured");
   if (r.nodes > 1) notes.push(`${r.nodes} nodes behind Redis on the same machine: server CPU and memory are their sum`);
+  if (r.proxy) notes.push(`every device connected through HAProxy (TCP, leastconn, one thread, maxconn ${r.proxy.maxconn}); its CPU is counted apart as haproxy`);
 }
 
 function printSummary(r: ScenarioResult): void {
@@ -796,7 +851,7 @@ function printSummary(r: ScenarioResult): void {
 function pointLine(r: ScenarioResult, p: LoadgenPoint): string {
   const d = p.deliveryLatency;
   const f = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
-  const cpu = (["server", "postgres", "redis", "loadgen"] as Watched[])
+  const cpu = cpuBreakdown(r)
     .filter((k) => (p.cpuMicrosPerDelivery[k] ?? 0) > 0)
     .map((k) => `${k} ${Math.round(p.cpuMicrosPerDelivery[k]!)}`)
     .join(" ");

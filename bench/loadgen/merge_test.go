@@ -32,7 +32,7 @@ func TestMergeIsExact(t *testing.T) {
 		return Point{Tag: "100", Rate: 100, Seconds: 10, LoadAvg1: load, SendsDue: ok + 1, SendsOk: ok,
 			SendErrors: map[string]int64{"RESOURCE_EXHAUSTED": 1}, DeliveriesReceived: received,
 			DeliveryLatency: delivery, SendLatency: send,
-			CPUSeconds: CPUFigures{Server: server, Loadgen: 0.25}}
+			CPUSeconds: CPUFigures{Server: server, Haproxy: server / 3, Loadgen: 0.25}}
 	}
 	r0 := &Result{Scenario: "steady", Shards: 2, Shard: &s0, WatchSampled: true, Devices: 10, RecipientsPerSend: 9,
 		StartAtMs: 42, Points: []Point{step(summarize(a), summarize(sendA), a.TotalCount(), 10, &la, 3)},
@@ -75,7 +75,7 @@ func TestMergeIsExact(t *testing.T) {
 		t.Errorf("received %d, want %d", p.DeliveriesReceived, all.TotalCount())
 	}
 	// Watched CPU and load from the sampling shard only, loadgen CPU summed.
-	if p.CPUSeconds.Server != 3 || p.CPUSeconds.Loadgen != 0.5 || p.LoadAvg1 == nil || *p.LoadAvg1 != 0.5 {
+	if p.CPUSeconds.Server != 3 || p.CPUSeconds.Haproxy != 1 || p.CPUSeconds.Loadgen != 0.5 || p.LoadAvg1 == nil || *p.LoadAvg1 != 0.5 {
 		t.Errorf("cpu %+v load %v", p.CPUSeconds, p.LoadAvg1)
 	}
 	if m.Connect.SecondsUntilAllLive != 2.5 || m.Connect.Failed != 1 || m.Connect.Devices != 20 || m.Devices != 20 {

@@ -54,6 +54,7 @@ type Watch struct {
 	Server   []int `json:"server"`
 	Postgres []int `json:"postgres"`
 	Redis    []int `json:"redis"`
+	Haproxy  []int `json:"haproxy"`
 }
 
 var scenarios = []string{"steady", "ramp", "groups100", "drain", "connections", "connect", "churn"}

@@ -54,6 +54,7 @@ type CPUFigures struct {
 	Server   float64 `json:"server"`
 	Postgres float64 `json:"postgres"`
 	Redis    float64 `json:"redis"`
+	Haproxy  float64 `json:"haproxy"`
 	Loadgen  float64 `json:"loadgen"`
 }
 
@@ -108,7 +109,7 @@ func (p *Point) perDelivery() {
 	}
 	p.CPUMicrosPerDelivery = CPUFigures{
 		Server: per(p.CPUSeconds.Server), Postgres: per(p.CPUSeconds.Postgres),
-		Redis: per(p.CPUSeconds.Redis), Loadgen: per(p.CPUSeconds.Loadgen),
+		Redis: per(p.CPUSeconds.Redis), Haproxy: per(p.CPUSeconds.Haproxy), Loadgen: per(p.CPUSeconds.Loadgen),
 	}
 }
 
@@ -223,8 +224,8 @@ func merge(results []*Result) (*Result, error) {
 		if sampler != nil {
 			sp := sampler.Points[i]
 			p.LoadAvg1 = sp.LoadAvg1
-			p.CPUSeconds.Server, p.CPUSeconds.Postgres, p.CPUSeconds.Redis =
-				sp.CPUSeconds.Server, sp.CPUSeconds.Postgres, sp.CPUSeconds.Redis
+			p.CPUSeconds.Server, p.CPUSeconds.Postgres, p.CPUSeconds.Redis, p.CPUSeconds.Haproxy =
+				sp.CPUSeconds.Server, sp.CPUSeconds.Postgres, sp.CPUSeconds.Redis, sp.CPUSeconds.Haproxy
 		}
 		p.CPUSeconds.Loadgen = round2(p.CPUSeconds.Loadgen)
 		p.DeliveriesExpected = p.SendsOk * int64(m.RecipientsPerSend)

@@ -95,6 +95,7 @@ func (r *runner) sampleCPU() *cpuSample {
 		s.server = cpuSecondsOf(r.plan.Watch.Server)
 		s.postgres = cpuSecondsOf(r.plan.Watch.Postgres)
 		s.redis = cpuSecondsOf(r.plan.Watch.Redis)
+		s.haproxy = cpuSecondsOf(r.plan.Watch.Haproxy)
 	}
 	return s
 }

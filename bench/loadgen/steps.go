@@ -31,7 +31,7 @@ type stepStats struct {
 
 // cpuSample is CPU seconds so far: the watched processes' (shard 0 only) and this process's.
 type cpuSample struct {
-	server, postgres, redis, loadgen float64
+	server, postgres, redis, haproxy, loadgen float64
 }
 
 func newStepStats(s Step) *stepStats {
@@ -118,6 +118,7 @@ func (st *stepStats) point(recipientsPerSend int) Point {
 			Server:   round2(st.cpuEnd.server - st.cpuStart.server),
 			Postgres: round2(st.cpuEnd.postgres - st.cpuStart.postgres),
 			Redis:    round2(st.cpuEnd.redis - st.cpuStart.redis),
+			Haproxy:  round2(st.cpuEnd.haproxy - st.cpuStart.haproxy),
 			Loadgen:  round2(st.cpuEnd.loadgen - st.cpuStart.loadgen),
 		}
 	}
