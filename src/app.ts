@@ -107,7 +107,11 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
       ? tunables.SEND_BATCHES_IN_FLIGHT_POSTGRES
       : tunables.SEND_BATCHES_IN_FLIGHT_PGLITE,
   });
-  const devices = new DeviceDirectory(db, clock);
+  const devices = new DeviceDirectory(db, clock, {
+    maxBatch: tunables.DEVICE_BATCH_MAX,
+    maxInFlight: tunables.DEVICE_BATCHES_IN_FLIGHT,
+    onBatch: metrics.batchObserver("devices"),
+  });
 
   const auth = {
     verifyToken: createTokenVerifier({ secret, jwksUrl: config.authJwksUrl }),

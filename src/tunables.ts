@@ -44,6 +44,18 @@ export const ACK_BATCH_MAX = 256;
 /** Ack batches written at once: one writing while the next gathers, without taking the pool from sends. */
 export const ACK_BATCHES_IN_FLIGHT = 2;
 
+// Device registration (auth/device-directory.ts)
+
+/**
+ * Connects whose device keys (not cached) one statement finds or registers: 10,000 new phones connecting at once were
+ * 10,000+ autocommit transactions. 500 pairs make a statement of a few milliseconds (about 4 ms on Postgres), so a
+ * connect queued behind a full batch hardly waits, and a batch holds its uncommitted new rows (which a concurrent
+ * batch with the same device waits on) only that long.
+ */
+export const DEVICE_BATCH_MAX = 500;
+/** Registration statements running at once: one writing while the next gathers, as acks do; a few, not the pool. */
+export const DEVICE_BATCHES_IN_FLIGHT = 2;
+
 // Attachments (features/attachments/attachments.ts)
 
 /** How long a pre-signed upload URL is valid: long enough for a 100 MiB upload on a slow link, short if it leaks. */

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openMemoryDb, openTestDb, testBackends } from "../../test/support/db.js";
-import { encodeUpdate, newAttachment, send, stored, uniqueUser } from "../../test/support/store-fixtures.js";
+import { encodeUpdate, newAttachment, registerDevice, send, stored, uniqueUser } from "../../test/support/store-fixtures.js";
 import { DAY_MS } from "../ports/clock.js";
 import type { ChatRecord, Db, ParticipantChange } from "../ports/db.js";
 
@@ -39,7 +39,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
 
   const now = () => new Date();
   const registered = async (userId: string, ...deviceNames: string[]) =>
-    Promise.all(deviceNames.map((name) => db.registerDevice(userId, name, now())));
+    Promise.all(deviceNames.map((name) => registerDevice(db, userId, name, now())));
   async function newChat(participantUserIds: string[], name = "chat"): Promise<ChatRecord> {
     const { chat } = await db.createChat(
       { chatId: randomUUID(), name, participantUserIds, createdAt: now(), updateMessageId: randomUUID() },
@@ -61,17 +61,65 @@ describe.each(backends)("the Db contract: $name", (backend) => {
   describe("devices", () => {
     it("registers a device once and returns its key every time", async () => {
       const alice = uniqueUser("alice");
-      const key = await db.registerDevice(alice, "phone", now());
+      const key = await registerDevice(db, alice, "phone", now());
       expect(key).toMatch(/^[1-9][0-9]*$/);
-      expect(await db.registerDevice(alice, "phone", now())).toBe(key);
-      expect(await db.registerDevice(alice, "laptop", now())).not.toBe(key);
-      expect(await db.registerDevice(uniqueUser("bob"), "phone", now())).not.toBe(key);
+      expect(await registerDevice(db, alice, "phone", now())).toBe(key);
+      expect(await registerDevice(db, alice, "laptop", now())).not.toBe(key);
+      expect(await registerDevice(db, uniqueUser("bob"), "phone", now())).not.toBe(key);
     });
 
     it("gives the same key to concurrent first registrations", async () => {
       const alice = uniqueUser("alice");
-      const keys = await Promise.all(Array.from({ length: 8 }, () => db.registerDevice(alice, "phone", now())));
+      const keys = await Promise.all(Array.from({ length: 8 }, () => registerDevice(db, alice, "phone", now())));
       expect(new Set(keys).size).toBe(1);
+    });
+
+    it("registers a batch of new and known devices, repeated pairs included, and returns their keys in its order", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const alicePhone = await registerDevice(db, alice, "phone", now());
+      const batch = [
+        { userId: alice, deviceName: "laptop" }, // new
+        { userId: alice, deviceName: "phone" }, // known
+        { userId: bob, deviceName: "phone" }, // new: the same name as alice's, another user's
+        { userId: alice, deviceName: "laptop" }, // new, again in the same batch
+        { userId: alice, deviceName: "phone" }, // known, again
+      ];
+      const keys = await db.registerDevices(batch, now());
+      expect(keys).toHaveLength(5);
+      for (const key of keys) expect(key).toMatch(/^[1-9][0-9]*$/);
+      const [aliceLaptop, phone, bobPhone] = keys;
+      expect(keys).toEqual([aliceLaptop, alicePhone, bobPhone, aliceLaptop, alicePhone]);
+      expect(new Set([aliceLaptop, alicePhone, bobPhone]).size).toBe(3);
+      expect(phone).toBe(alicePhone);
+      // The same keys later, alone or in another batch.
+      expect(await registerDevice(db, bob, "phone", now())).toBe(bobPhone);
+      expect(await db.registerDevices(batch.toReversed(), now())).toEqual(keys.toReversed());
+    });
+
+    it("answers an empty batch with no keys", async () => {
+      expect(await db.registerDevices([], now())).toEqual([]);
+    });
+
+    it("gives concurrent batches that register the same new devices the same keys", async () => {
+      const users = Array.from({ length: 4 }, () => uniqueUser("member"));
+      const shared = users.flatMap((userId) => ["phone", "laptop", "tablet"].map((deviceName) => ({ userId, deviceName })));
+      // Each batch has the shared devices in its own order, and a device of its own.
+      const batches = Array.from({ length: 8 }, (_, i) => {
+        const rotated = [...shared.slice(i), ...shared.slice(0, i)];
+        return [...(i % 2 ? rotated.toReversed() : rotated), { userId: users[0]!, deviceName: `own-${i}` }];
+      });
+      const results = await Promise.all(batches.map((batch) => db.registerDevices(batch, now())));
+      const keyOf = new Map<string, string>();
+      batches.forEach((batch, b) =>
+        batch.forEach(({ userId, deviceName }, i) => {
+          const id = `${userId}/${deviceName}`;
+          const key = results[b]![i]!;
+          expect(keyOf.get(id) ?? key).toBe(key);
+          keyOf.set(id, key);
+        }),
+      );
+      expect(keyOf.size).toBe(shared.length + batches.length);
+      expect(new Set(keyOf.values()).size).toBe(keyOf.size);
     });
 
     it("has no resync cause for a new device", async () => {
@@ -454,15 +502,15 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("drops whole days past retention, and tells the devices that had events there to resync, once", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob, carol] = ["alice", "bob", "carol"].map(uniqueUser);
-        const alicePhone = await db.registerDevice(alice!, "phone", now());
-        const bobPhone = await db.registerDevice(bob!, "phone", now());
+        const alicePhone = await registerDevice(db, alice!, "phone", now());
+        const bobPhone = await registerDevice(db, bob!, "phone", now());
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "old", participantUserIds: [alice!, bob!], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
         );
         const outcomes = (await db.storeMessages([send(chat.chatId, alice!, alicePhone), send(chat.chatId, alice!, alicePhone)])).map(stored);
         await db.ackEvents([{ deviceKey: alicePhone, eventIds: (await db.readInbox(alicePhone, 0n, 10)).map((e) => e.eventId) }]);
-        const carolPhone = await db.registerDevice(carol!, "phone", now());
+        const carolPhone = await registerDevice(db, carol!, "phone", now());
 
         const later = new Date(Date.now() + 31 * DAY_MS);
         await db.ensurePartitions(later, 2);
@@ -490,8 +538,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("refuses to store a message for a day whose partition does not exist, and stores nothing of its batch", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await db.registerDevice(alice, "phone", now());
-        const bobPhone = await db.registerDevice(bob, "phone", now());
+        const alicePhone = await registerDevice(db, alice, "phone", now());
+        const bobPhone = await registerDevice(db, bob, "phone", now());
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
@@ -508,8 +556,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("trims the oldest events of inboxes over the limit, and their messages once no inbox holds them", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await db.registerDevice(alice, "phone", now());
-        const [bobPhone, bobLaptop] = [await db.registerDevice(bob, "phone", now()), await db.registerDevice(bob, "laptop", now())];
+        const alicePhone = await registerDevice(db, alice, "phone", now());
+        const [bobPhone, bobLaptop] = [await registerDevice(db, bob, "phone", now()), await registerDevice(db, bob, "laptop", now())];
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "busy", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
@@ -534,7 +582,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("forgets idempotency keys sent before the cutoff", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await db.registerDevice(alice, "phone", now());
+        const alicePhone = await registerDevice(db, alice, "phone", now());
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,

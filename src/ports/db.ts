@@ -13,10 +13,21 @@ export interface DeviceAck {
   eventIds: readonly bigint[];
 }
 
+/** A device as a token names it: its user and the name the user gave it. */
+export interface DeviceName {
+  userId: string;
+  deviceName: string;
+}
+
 /** Devices: the key of each (user, device name) pair. */
 export interface DeviceStore {
-  /** Records the device the first time it is seen and returns its key (the same key every later time). */
-  registerDevice(userId: string, deviceName: string, now: Date): Promise<string>;
+  /**
+   * The key of each device, in input order, recording (with `now` as its creation time) those seen for the first time:
+   * a device gets one key, the same every later time, whatever batches it comes in, repeated within a batch or
+   * registered by concurrent batches. Several devices at once: the first connects of many devices share one statement
+   * (DeviceDirectory batches them).
+   */
+  registerDevices(devices: readonly DeviceName[], now: Date): Promise<string[]>;
 }
 
 /** Chats and who takes part in them; every change stores a chat-update event in the inboxes of those it concerns. */

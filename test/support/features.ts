@@ -4,7 +4,7 @@ import type { MemoryDb } from "../../src/adapters/memory/memory-db.js";
 import { DeliveryHub, type Routing } from "../../src/features/delivery/hub.js";
 import { Metrics } from "../../src/features/operations/metrics.js";
 import type { Caller } from "../../src/ports/caller.js";
-import { uniqueUser } from "./store-fixtures.js";
+import { registerDevice, uniqueUser } from "./store-fixtures.js";
 
 export const silentLogger = pino({ level: "silent" });
 
@@ -15,10 +15,10 @@ export function newHub(db: MemoryDb, routing: Routing | null = null): DeliveryHu
 /** A new user's device, registered in the database as authentication would. */
 export async function newCaller(db: MemoryDb, name: string, deviceName = "phone"): Promise<Caller> {
   const userId = uniqueUser(name);
-  return { userId, deviceName, deviceKey: await db.registerDevice(userId, deviceName, new Date()) };
+  return { userId, deviceName, deviceKey: await registerDevice(db, userId, deviceName, new Date()) };
 }
 
 /** Another device of the same user. */
 export async function otherDevice(db: MemoryDb, caller: Caller, deviceName: string): Promise<Caller> {
-  return { ...caller, deviceName, deviceKey: await db.registerDevice(caller.userId, deviceName, new Date()) };
+  return { ...caller, deviceName, deviceKey: await registerDevice(db, caller.userId, deviceName, new Date()) };
 }

@@ -8,6 +8,7 @@ import { loadConfig } from "../../src/config.js";
 import type { Clock } from "../../src/ports/clock.js";
 import type { InboxEvent } from "../../src/ports/db.js";
 import { type Backend, openTestDb, type TestDbOptions } from "./db.js";
+import { registerDevice } from "./store-fixtures.js";
 
 /** The real clock, plus however far a test has moved it ahead (retention). */
 export class TestClock implements Clock {
@@ -64,9 +65,9 @@ export async function startTestServer(
     port: app.server.port,
     clock,
     token: (userId, deviceName, options) => mintToken(secret, { userId, deviceName }, options),
-    deviceKey: (userId, deviceName) => app.db.registerDevice(userId, deviceName, clock.now()),
+    deviceKey: (userId, deviceName) => registerDevice(app.db, userId, deviceName, clock.now()),
     inbox: async (userId, deviceName) =>
-      app.db.readInbox(await app.db.registerDevice(userId, deviceName, clock.now()), 0n, 100_000),
+      app.db.readInbox(await registerDevice(app.db, userId, deviceName, clock.now()), 0n, 100_000),
     messageCount: (chatId) => count("SELECT count(*)::int AS n FROM messages WHERE chat_id = $1 AND seq IS NOT NULL", [chatId]),
     async partitionsOf(day) {
       const rows = await testDb.driver.query<{ parent: string }>(

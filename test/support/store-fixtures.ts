@@ -1,11 +1,17 @@
 /** Inputs for tests of the Db ports: the contract suite, the SQL-only suite, feature tests on MemoryDb. */
 import { randomBytes, randomUUID } from "node:crypto";
-import type { AttachmentRecord, ChatRecord, PendingSend, SendOutcome } from "../../src/ports/db.js";
+import type { AttachmentRecord, ChatRecord, DeviceStore, PendingSend, SendOutcome } from "../../src/ports/db.js";
 
 const utf8 = new TextEncoder();
 
 /** A user id no other test uses (tests of a file may share one database). */
 export const uniqueUser = (name: string) => `${name}-${randomBytes(4).toString("hex")}`;
+
+/** One device's key, registering it as a first connect would (a batch of one). */
+export async function registerDevice(db: DeviceStore, userId: string, deviceName: string, now = new Date()): Promise<string> {
+  const [key] = await db.registerDevices([{ userId, deviceName }], now);
+  return key!;
+}
 
 /** The update body: enough of the chat to check that it is the chat after the change. */
 export const encodeUpdate = (chat: ChatRecord) => utf8.encode(`update:${chat.chatId}:${chat.participantUserIds.join(",")}`);

@@ -3,6 +3,7 @@ import type {
   ChatRecord,
   Db,
   DeviceAck,
+  DeviceName,
   Fanout,
   InboxEntry,
   InboxEvent,
@@ -79,16 +80,18 @@ export class MemoryDb implements Db {
 
   // ---- devices ----
 
-  async registerDevice(userId: string, deviceName: string, _now: Date): Promise<string> {
-    let byName = this.devices.get(userId);
-    if (!byName) this.devices.set(userId, (byName = new Map()));
-    let device = byName.get(deviceName);
-    if (!device) {
-      device = { key: ++this.lastDeviceKey, resync: null };
-      byName.set(deviceName, device);
-      this.devicesByKey.set(device.key, device);
-    }
-    return String(device.key);
+  async registerDevices(devices: readonly DeviceName[], _now: Date): Promise<string[]> {
+    return devices.map(({ userId, deviceName }) => {
+      let byName = this.devices.get(userId);
+      if (!byName) this.devices.set(userId, (byName = new Map()));
+      let device = byName.get(deviceName);
+      if (!device) {
+        device = { key: ++this.lastDeviceKey, resync: null };
+        byName.set(deviceName, device);
+        this.devicesByKey.set(device.key, device);
+      }
+      return String(device.key);
+    });
   }
 
   // ---- chats ----

@@ -16,8 +16,10 @@ describe("DeviceStream across a bus outage", () => {
   /** A chat of two new users; returns the recipient's device key and a function that stores one message for it. */
   async function chatWithRecipient() {
     const [alice, bob] = [`alice-${randomUUID()}`, `bob-${randomUUID()}`];
-    const aliceKey = await db.registerDevice(alice, "phone", new Date());
-    const bobKey = await db.registerDevice(bob, "phone", new Date());
+    const [aliceKey, bobKey] = (await db.registerDevices(
+      [{ userId: alice, deviceName: "phone" }, { userId: bob, deviceName: "phone" }],
+      new Date(),
+    )) as [string, string];
     const chatId = randomUUID();
     await db.createChat(
       { chatId, name: "chat", participantUserIds: [alice, bob], createdAt: new Date(), updateMessageId: randomUUID() },

@@ -58,7 +58,7 @@ export class Metrics {
   });
   readonly batchSize = new Histogram({
     name: "palaver_group_commit_batch_size",
-    help: "Items written together in one group-commit batch, by committer (sends, acks)",
+    help: "Items written together in one group-commit batch, by committer (sends, acks, devices)",
     labelNames: ["committer"] as const,
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
     registers: [this.registry],
@@ -130,7 +130,7 @@ export class Metrics {
   }
 
   /** What a GroupCommitter's `onBatch` option takes: observes each batch's size under the committer's name. */
-  batchObserver(committer: "sends" | "acks"): (size: number) => void {
+  batchObserver(committer: "sends" | "acks" | "devices"): (size: number) => void {
     const child = this.batchSize.labels({ committer });
     return (size) => child.observe(size);
   }

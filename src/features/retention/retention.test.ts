@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { beforeEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../../../test/support/features.js";
-import { encodeUpdate, newAttachment, send, uniqueUser } from "../../../test/support/store-fixtures.js";
+import { encodeUpdate, newAttachment, registerDevice, send, uniqueUser } from "../../../test/support/store-fixtures.js";
 import { MemoryDb } from "../../adapters/memory/memory-db.js";
 import { type Clock, DAY_MS } from "../../ports/clock.js";
 import { Retention, type RetentionReport } from "./retention.js";
@@ -37,8 +37,8 @@ describe("Retention", () => {
   /** Alice sends `count` messages to bob's phone at the clock's time; returns bob's device key. */
   async function bobReceives(count: number) {
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-    const alicePhone = await db.registerDevice(alice, "phone", clock.now());
-    const bobPhone = await db.registerDevice(bob, "phone", clock.now());
+    const alicePhone = await registerDevice(db, alice, "phone", clock.now());
+    const bobPhone = await registerDevice(db, bob, "phone", clock.now());
     const { chat } = await db.createChat(
       { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: clock.now(), updateMessageId: randomUUID() },
       encodeUpdate,
