@@ -82,6 +82,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     {
       queueLimit: config.limits.streamQueueLimit,
       pageSize: tunables.INBOX_PAGE_SIZE,
+      batchSize: tunables.STREAM_BATCH_FRAMES,
       recentIds: tunables.STREAM_RECENT_IDS,
     },
     logger,

@@ -23,6 +23,11 @@ export const SENDS_IN_FLIGHT_PER_STREAM = 16;
 
 /** Inbox entries read per query while a stream drains its backlog: few round trips, bounded memory per stream. */
 export const INBOX_PAGE_SIZE = 500;
+/**
+ * Most frames a stream hands the transport at once, written with one write: a burst or a backlog page goes out in few
+ * writes, while one write's buffer stays at tens of KiB for typical messages.
+ */
+export const STREAM_BATCH_FRAMES = 64;
 /** Newest event ids a stream remembers, to drop a second push of one (backlog/live overlap, retried sends). */
 export const STREAM_RECENT_IDS = 256;
 

@@ -189,12 +189,17 @@ export function chatService(deps: ChatServiceDeps): {
   }
 
   /** Opens the caller's device stream for the life of the RPC and maps its frames to the RPC's responses. */
-  function openStream<Out>(
+  async function* openStream<Out>(
     ctx: HandlerContext,
     toResponse: (frame: StreamFrame) => Out | null,
     frames?: AsyncIterable<ConnectRequest>,
   ): AsyncGenerator<Out> {
-    return streamResponses(requireCaller(ctx), ctx.signal, toResponse, frames);
+    for await (const batch of streamBatches(requireCaller(ctx), ctx.signal, (batch) => batch, { commands: frames })) {
+      for (const frame of batch) {
+        const response = toResponse(frame);
+        if (response) yield response;
+      }
+    }
   }
 
   return {
@@ -230,28 +235,32 @@ export function chatService(deps: ChatServiceDeps): {
           return {
             user: caller.userId,
             device: caller.deviceName,
-            run: (requests, signal) => streamResponses(caller, signal, encodeConnectFrame, decodeRequests(requests)),
+            run: (requests, signal, write) =>
+              streamBatches(caller, signal, encodeConnectFrames, { commands: decodeRequests(requests), write }),
           };
         },
       };
     },
   };
 
-  /** One device stream from open to end, each frame mapped to the call's response (null: not sent on this call). */
-  async function* streamResponses<Out>(
+  /**
+   * One device stream from open to end, each batch of its frames mapped to what the call writes at once. With
+   * `write`, live frames go straight to it while the call's loop waits (DeviceStream.writeDirectlyTo).
+   */
+  async function* streamBatches<Out>(
     caller: Caller,
     signal: AbortSignal,
-    toResponse: (frame: StreamFrame) => Out | null,
-    frames?: AsyncIterable<ConnectRequest>,
+    toOut: (batch: StreamFrame[]) => Out,
+    options: { commands?: AsyncIterable<ConnectRequest>; write?: (out: Out) => boolean } = {},
   ): AsyncGenerator<Out> {
     const stream = await hub.open(caller.deviceKey);
     // The signal aborts when the client goes away, and at shutdown with UNAVAILABLE, which tells clients to reconnect.
     const onAbort = () => stream.end(signal.reason instanceof ConnectError ? signal.reason : null);
     signal.addEventListener("abort", onAbort);
-    if (frames) void readCommands(caller, frames, stream);
     let live = false;
-    try {
-      for await (const frame of stream.frames()) {
+    const observe = (batch: StreamFrame[]) => {
+      const now = Date.now();
+      for (const frame of batch) {
         if (frame.kind === "signal") {
           const kind = frame.event.kind;
           if (kind.case === "inboxDrained") {
@@ -260,10 +269,22 @@ export function chatService(deps: ChatServiceDeps): {
           }
         } else if (frame.kind === "event" && live) {
           metrics.deliveries.inc();
-          if (frame.sentAtMs !== undefined) metrics.deliveryLatency.observe((Date.now() - frame.sentAtMs) / 1000);
+          if (frame.sentAtMs !== undefined) metrics.deliveryLatency.observe((now - frame.sentAtMs) / 1000);
         }
-        const response = toResponse(frame);
-        if (response) yield response;
+      }
+    };
+    const { commands, write } = options;
+    if (write) {
+      stream.writeDirectlyTo((batch) => {
+        observe(batch);
+        return write(toOut(batch));
+      });
+    }
+    if (commands) void readCommands(caller, commands, stream);
+    try {
+      for await (const batch of stream.frames()) {
+        observe(batch);
+        yield toOut(batch);
       }
     } catch (error) {
       if (!(error instanceof StreamEnded)) throw error;
@@ -282,10 +303,21 @@ function sendResponse(sent: SendResult): SendMessageResponse {
   return create(SendMessageResponseSchema, { ...sent, sentAt: timestampFromDate(sent.sentAt) });
 }
 
-/** A Connect frame as its gRPC message (length prefix included); stored events without a protobuf encode. */
-function encodeConnectFrame(frame: StreamFrame): Uint8Array {
-  if (frame.kind === "event") return grpcStoredEventMessage(frame.body, frame.eventId);
-  return encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame)));
+/** Connect frames as their gRPC messages (length prefixes included), in one buffer; stored events without a protobuf encode. */
+function encodeConnectFrames(frames: StreamFrame[]): Uint8Array {
+  const messages = frames.map((frame) =>
+    frame.kind === "event"
+      ? grpcStoredEventMessage(frame.body, frame.eventId)
+      : encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame))),
+  );
+  if (messages.length === 1) return messages[0]!;
+  const joined = new Uint8Array(messages.reduce((total, message) => total + message.length, 0));
+  let at = 0;
+  for (const message of messages) {
+    joined.set(message, at);
+    at += message.length;
+  }
+  return joined;
 }
 
 function toConnectResponse(frame: StreamFrame): ConnectResponse {

@@ -12,22 +12,29 @@ import type { Shutdown } from "./shutdown.js";
  * A bidirectional gRPC method served straight on the HTTP/2 stream, beside connect-es. Why: a device stream writes
  * one message per event, and connect-es passes each one through a chain of (down-compiled) async generators, its
  * interceptors' and its own; at thousands of deliveries per second that chain and its garbage were most of the
- * server's CPU. Here each message is one pre-encoded buffer written to the stream. Only the plain case takes this
- * path: gRPC over HTTP/2 with binary protobuf and no compression; anything else (gRPC-Web, the Connect protocol, JSON,
- * compressed requests) goes to connect-es as before. A grpc-timeout ends the call with DEADLINE_EXCEEDED, as there. Auth, logging, metrics, error
- * mapping and the shutdown signal behave as the interceptors do for the same call.
+ * server's CPU. Here the messages a device stream has ready at once are pre-encoded into one buffer and written with
+ * one write. Only the plain case takes this path: gRPC over HTTP/2 with binary protobuf and no compression; anything
+ * else (gRPC-Web, the Connect protocol, JSON, compressed requests) goes to connect-es as before. A grpc-timeout ends
+ * the call with DEADLINE_EXCEEDED, as there. Auth, logging, metrics, error mapping and the shutdown signal behave as
+ * the interceptors do for the same call.
  */
 export interface BidiRoute {
   /** "/package.Service/Method" */
   path: string;
   /**
    * Checks the call's credentials (throws to refuse the call) and returns who it is, and how to run it: request
-   * messages (serialized, without the gRPC prefix) in, response messages out as complete gRPC length-prefixed frames.
+   * messages (serialized, without the gRPC prefix) in; out, chunks of one or more complete gRPC messages (length
+   * prefixes included), each written to the stream with one write, either yielded or, while the call waits for the
+   * next chunk, given to `write` (which returns false once the stream's buffer is full).
    */
   start(authorization: string | null): Promise<{
     user: string;
     device: string;
-    run(requests: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncIterable<Uint8Array>;
+    run(
+      requests: AsyncIterable<Uint8Array>,
+      signal: AbortSignal,
+      write: (chunk: Uint8Array) => boolean,
+    ): AsyncIterable<Uint8Array>;
   }>;
 }
 
@@ -89,10 +96,14 @@ async function serve(
     if (timeout.error) throw timeout.error;
     const opened = await route.start(headerValue(req.headers.authorization));
     caller = opened;
-    for await (const frame of opened.run(requestMessages(req, options.readMaxBytes), call.signal)) {
-      if (res.destroyed || res.writableEnded) break;
+    const write = (chunk: Uint8Array): boolean => {
+      if (res.destroyed || res.writableEnded) return false;
       if (!res.headersSent) res.writeHead(200, { "content-type": "application/grpc+proto" });
-      if (!res.write(frame)) await drained(res);
+      return res.write(chunk);
+    };
+    for await (const chunk of opened.run(requestMessages(req, options.readMaxBytes), call.signal, write)) {
+      if (res.destroyed || res.writableEnded) break;
+      if (!write(chunk)) await drained(res);
     }
   } catch (error) {
     failure = options.toConnectError(error, call.signal);

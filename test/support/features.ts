@@ -9,7 +9,7 @@ import { registerDevice, uniqueUser } from "./store-fixtures.js";
 export const silentLogger = pino({ level: "silent" });
 
 export function newHub(db: MemoryDb, routing: Routing | null = null): DeliveryHub {
-  return new DeliveryHub(db, { queueLimit: 100, pageSize: 10, recentIds: 64 }, silentLogger, new Metrics(() => 0), routing);
+  return new DeliveryHub(db, { queueLimit: 100, pageSize: 10, batchSize: 4, recentIds: 64 }, silentLogger, new Metrics(() => 0), routing);
 }
 
 /** A new user's device, registered in the database as authentication would. */

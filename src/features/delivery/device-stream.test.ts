@@ -2,12 +2,13 @@ import { randomUUID } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
 import { openMemoryDb } from "../../../test/support/db.js";
 import type { MemoryDb } from "../../adapters/memory/memory-db.js";
+import { oneByOne } from "../../../test/support/streams.js";
 import { DeviceStream, type StreamFrame } from "./device-stream.js";
 
 const utf8 = new TextEncoder();
 
-/** The stream of a device against an inbox (the in-memory store), while hand-offs from other nodes are interrupted. */
-describe("DeviceStream across a bus outage", () => {
+/** The stream of a device against an inbox (the in-memory store): batching, and hand-offs from other nodes interrupted. */
+describe("DeviceStream", () => {
   let db: MemoryDb;
   beforeAll(async () => {
     db = await openMemoryDb();
@@ -64,12 +65,57 @@ describe("DeviceStream across a bus outage", () => {
     }
   }
 
+  it("hands over what is ready at once as one batch, the backlog by pages, at most batchSize frames a batch", async () => {
+    const { bobKey, store } = await chatWithRecipient();
+    const stored = [await store(), await store(), await store(), await store(), await store()];
+    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 3, batchSize: 2, recentIds: 8 });
+    const batches = stream.frames();
+    const next = async () => ((await batches.next()).value as StreamFrame[]).map((f) => (f.kind === "event" ? f.eventId : f.kind));
+    // The chat update and five messages, in pages of three, in batches of two; InboxDrained on its own.
+    const backlog = [await next(), await next(), await next(), await next()];
+    expect(backlog.map((b) => b.length)).toEqual([2, 1, 2, 1]);
+    expect(backlog.flat().slice(1)).toEqual(stored);
+    expect(await next()).toEqual(["signal"]);
+    // Three live events pushed in one turn: two batches, in order.
+    const live = [await store(), await store(), await store()];
+    for (const eventId of live) stream.pushEvent({ body: utf8.encode("message") }, eventId);
+    expect([await next(), await next()]).toEqual([live.slice(0, 2), live.slice(2)]);
+    stream.end();
+  });
+
+  it("writes live frames straight to the sink while the transport waits, and queues them once its buffer is full", async () => {
+    const { bobKey, store } = await chatWithRecipient();
+    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 10, batchSize: 10, recentIds: 8 });
+    const written: bigint[][] = [];
+    let room = true;
+    stream.writeDirectlyTo((frames) => {
+      written.push(frames.map((f) => (f.kind === "event" ? f.eventId : -1n)));
+      return room;
+    });
+    const batches = stream.frames();
+    const held = await store(); // stored before the backlog is read: it comes with the backlog, not to the sink
+    for (;;) {
+      const batch = (await batches.next()).value as StreamFrame[];
+      if (batch.some((f) => f.kind === "signal")) break;
+    }
+    const parked = batches.next(); // the transport waits for the next batch
+    const [first, second, third] = [await store(), await store(), await store()];
+    stream.pushEvent({ body: utf8.encode("message") }, first);
+    room = false; // this write fills the buffer
+    stream.pushEvent({ body: utf8.encode("message") }, second);
+    stream.pushEvent({ body: utf8.encode("message") }, third);
+    expect(written).toEqual([[first], [second]]);
+    expect(((await parked).value as StreamFrame[]).map((f) => f.kind === "event" && f.eventId)).toEqual([third]);
+    expect(written.flat()).not.toContain(held);
+    stream.end();
+  });
+
   it("a stream that opened while hand-offs were interrupted gets, once they are back, what it missed, once", async () => {
     const { bobKey, store } = await chatWithRecipient();
     const sent = [await store(), await store(), await store()];
-    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 2, recentIds: 2 });
+    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 2, batchSize: 4, recentIds: 2 });
     stream.markGap(); // opened during the outage
-    const frames = stream.frames();
+    const frames = oneByOne(stream.frames());
     const drained = await backlog(frames); // the chat update and the three messages
     expect(drained.slice(1)).toEqual(sent);
     // Stored while the bus was down: the hand-off never came.
@@ -87,8 +133,8 @@ describe("DeviceStream across a bus outage", () => {
 
   it("a live stream gets what was stored during the outage, and nothing it already had", async () => {
     const { bobKey, store } = await chatWithRecipient();
-    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 2, recentIds: 2 });
-    const frames = stream.frames();
+    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 2, batchSize: 4, recentIds: 2 });
+    const frames = oneByOne(stream.frames());
     await backlog(frames); // the chat update
     const live = await store();
     stream.pushEvent({ body: utf8.encode("message") }, live);

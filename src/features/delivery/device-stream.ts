@@ -15,11 +15,16 @@ export type StreamFrame =
   | { kind: "result"; result: CommandResult };
 type EventFrame = Extract<StreamFrame, { kind: "event" }>;
 
+/** Writes frames to the transport at once; false when the write filled the transport's buffer. */
+export type FrameSink = (frames: StreamFrame[]) => boolean;
+
 export interface DeviceStreamOptions {
   /** Frames waiting for a slow reader before the stream is ended with RESOURCE_EXHAUSTED. */
   queueLimit: number;
   /** Inbox events read per page while draining the backlog. */
   pageSize: number;
+  /** Most frames handed to the transport at once (see frames()). */
+  batchSize: number;
   /**
    * How many of the newest event ids the stream remembers having sent, so a second push of one is dropped: a send
    * that committed before the stream opened can have its live push arrive after the backlog already carried it, and a
@@ -49,6 +54,9 @@ export class DeviceStream {
   private maxSentId = 0n;
   /** While other nodes' hand-offs are interrupted: where the gap began, and every id sent since. */
   private gap: { after: bigint; sent: Set<bigint> } | null = null;
+  /** Where live frames are written directly (writeDirectlyTo), and whether its last write filled its buffer. */
+  private sink: FrameSink | null = null;
+  private sinkFull = false;
 
   constructor(
     readonly deviceKey: string,
@@ -67,6 +75,16 @@ export class DeviceStream {
     }
     this.remember(eventId);
     this.enqueue(frame);
+  }
+
+  /**
+   * Lets the transport take live frames the moment they come: while the stream is live, nothing is queued and the
+   * transport waits for frames, a frame goes straight to `sink` instead of waking the loop that pulls frames(). At one
+   * event per device at a time (the common case) that saves a promise and several generator resumptions per event.
+   * When the sink reports its buffer full, frames queue and go through frames() again, which waits for the transport.
+   */
+  writeDirectlyTo(sink: FrameSink): void {
+    this.sink = sink;
   }
 
   pushResult(result: CommandResult): void {
@@ -117,29 +135,42 @@ export class DeviceStream {
     return this.ending !== undefined;
   }
 
-  async *frames(): AsyncGenerator<StreamFrame> {
+  /**
+   * The stream's frames, in batches: what is ready at once (a backlog page, or the live events and results queued since
+   * the transport last wrote) goes out together, up to `batchSize` frames, so the transport writes a batch with one
+   * write and the generators between here and the socket resume once per batch rather than once per event.
+   */
+  async *frames(): AsyncGenerator<StreamFrame[]> {
     const resync = await this.db.takeResync(this.deviceKey);
-    if (resync) yield { kind: "signal", event: resyncEvent(resync) };
+    if (resync) yield [{ kind: "signal", event: resyncEvent(resync) }];
     let backlog = 0;
     for (let after = 0n; ; ) {
       const page = await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
-      for (const event of page) {
-        yield* this.takeReady();
+      for (let start = 0; start < page.length; start += this.options.batchSize) {
+        // Results of commands that arrived meanwhile go first, as they would between any two events.
+        const batch = this.takeReady(this.options.batchSize);
         this.throwIfEnded();
-        this.markSent(event.eventId);
-        // Sent as stored: the backlog is not decoded and re-encoded (see eventField).
-        yield { kind: "event", eventId: event.eventId, body: event.body };
-        after = event.eventId;
-        backlog++;
+        for (const event of page.slice(start, start + this.options.batchSize)) {
+          this.markSent(event.eventId);
+          // Sent as stored: the backlog is not decoded and re-encoded (see eventField).
+          batch.push({ kind: "event", eventId: event.eventId, body: event.body });
+          after = event.eventId;
+          backlog++;
+        }
+        yield batch;
       }
       if (page.length < this.options.pageSize) break;
     }
+    const ready = this.takeReady(this.options.batchSize);
     this.throwIfEnded();
-    yield { kind: "signal", event: inboxDrainedEvent(backlog) };
+    ready.push({ kind: "signal", event: inboxDrainedEvent(backlog) });
+    yield ready;
     this.goLive();
     for (;;) {
-      yield* this.takeReady();
+      while (this.ready.length > 0 && this.ending === undefined) yield this.takeReady(this.options.batchSize);
       this.throwIfEnded();
+      // The transport asks for more only once it has written what it had and its buffer drained.
+      this.sinkFull = false;
       await new Promise<void>((resolve) => (this.wake = resolve));
     }
   }
@@ -171,8 +202,10 @@ export class DeviceStream {
     if (eventId > this.maxSentId) this.maxSentId = eventId;
   }
 
-  private *takeReady(): Generator<StreamFrame> {
-    while (this.ready.length > 0 && this.ending === undefined) yield this.ready.shift()!;
+  /** Up to `max` of the frames ready to send, oldest first; none once the stream has ended. */
+  private takeReady(max: number): StreamFrame[] {
+    if (this.ending !== undefined) return [];
+    return this.ready.splice(0, max);
   }
 
   private throwIfEnded(): void {
@@ -183,6 +216,11 @@ export class DeviceStream {
   }
 
   private enqueue(frame: StreamFrame): void {
+    // The transport is idle in the live loop (it waits for frames and its buffer has room): write at once.
+    if (this.sink && this.wake && !this.sinkFull && this.ready.length === 0) {
+      if (!this.sink([frame])) this.sinkFull = true;
+      return;
+    }
     this.ready.push(frame);
     this.checkBound(this.ready.length + (this.heldDuringDrain?.length ?? 0));
     this.notify();

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { openMemoryDb } from "../../../test/support/db.js";
 import { newHub } from "../../../test/support/features.js";
+import { oneByOne } from "../../../test/support/streams.js";
 import type { Fanout } from "../../ports/db.js";
 import type { Bus, Presence } from "../../ports/routing.js";
 import type { StreamFrame } from "./device-stream.js";
@@ -83,7 +84,7 @@ describe("DeliveryHub", () => {
 
     const event = fanout({ 1: 11n, 2: 12n, 3: 13n, 4: 14n, 5: 15n, 6: 16n });
     await hub.deliver(event);
-    expect(await liveFrames(local.frames(), 1)).toEqual([
+    expect(await liveFrames(oneByOne(local.frames()), 1)).toEqual([
       { kind: "event", eventId: 11n, body: event.body, sentAtMs: event.sentAtMs },
     ]);
     expect(presence.asked).toEqual([["2", "3", "4", "5", "6"]]);
@@ -111,7 +112,7 @@ describe("DeliveryHub", () => {
   it("pushes what other nodes hand over to this node's streams", async () => {
     const { hub, bus } = await routedHub();
     const stream = await hub.open("1");
-    const frames = stream.frames();
+    const frames = oneByOne(stream.frames());
     bus.handOff([fanout({ 1: 21n, 9: 29n })]);
     expect(await liveFrames(frames, 1)).toEqual([
       expect.objectContaining({ kind: "event", eventId: 21n }),
@@ -121,7 +122,7 @@ describe("DeliveryHub", () => {
   it("ends a device's older stream with `replaced` when it opens a newer one, which then gets its events", async () => {
     const { hub, presence } = await routedHub();
     const older = await hub.open("1");
-    const olderFrames = older.frames();
+    const olderFrames = oneByOne(older.frames());
     const newer = await hub.open("1");
     await expect(olderFrames.next()).rejects.toMatchObject({ kind: "replaced" });
     expect(presence.claimed).toEqual(["1", "1"]);
@@ -130,7 +131,7 @@ describe("DeliveryHub", () => {
     hub.close(older);
     expect(presence.released).toEqual([]);
     await hub.deliver(fanout({ 1: 31n }));
-    expect(await liveFrames(newer.frames(), 1)).toEqual([expect.objectContaining({ eventId: 31n })]);
+    expect(await liveFrames(oneByOne(newer.frames()), 1)).toEqual([expect.objectContaining({ eventId: 31n })]);
     hub.close(newer);
     expect(presence.released).toEqual(["1"]);
     expect(hub.connectedDevices).toBe(0);
