@@ -1,0 +1,60 @@
+/**
+ * Device registration alone: N devices the server has never seen resolve their keys at once through DeviceDirectory,
+ * as N phones connecting for the first time do, with the server's batch settings. Prints the wall time and the CPU of
+ * this process and of the machine's `postgres` processes (read from /proc, so only for a Postgres on this host).
+ *
+ *   npx tsx bench/register-devices.ts [--url postgres://...] [--devices 10000]
+ *
+ * It works in a fresh schema of the database the URL names (default DATABASE_URL), dropped afterwards.
+ */
+import { readdirSync, readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
+import { SqlDb } from "../src/adapters/sql/sql-db.js";
+import { DeviceDirectory } from "../src/auth/device-directory.js";
+import { DEVICE_BATCH_MAX, DEVICE_BATCHES_IN_FLIGHT } from "../src/tunables.js";
+
+const { values } = parseArgs({
+  options: { url: { type: "string", default: process.env.DATABASE_URL }, devices: { type: "string", default: "10000" } },
+});
+if (!values.url) throw new Error("give --url or set DATABASE_URL");
+
+/** CPU seconds (user + system) used so far by every process named postgres. */
+function postgresCpuSeconds(): number {
+  let ticks = 0;
+  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      if (!stat.includes("(postgres)")) continue;
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return ticks / 100; // USER_HZ
+}
+
+const schema = `register_devices_${process.pid}`;
+const driver = createPostgresDriver(values.url, { searchPath: schema });
+await driver.exec(`CREATE SCHEMA ${schema}`);
+try {
+  const db = new SqlDb(driver);
+  await db.migrate();
+  const directory = new DeviceDirectory(db, { now: () => new Date() }, {
+    maxBatch: DEVICE_BATCH_MAX,
+    maxInFlight: DEVICE_BATCHES_IN_FLIGHT,
+  });
+  const devices = Number(values.devices);
+  const [postgresBefore, nodeBefore, started] = [postgresCpuSeconds(), process.cpuUsage(), performance.now()];
+  await Promise.all(Array.from({ length: devices }, (_, i) => directory.resolve(`user-${i}`, "phone")));
+  const ms = performance.now() - started;
+  const node = process.cpuUsage(nodeBefore);
+  console.log(
+    `${devices} new devices registered in ${ms.toFixed(0)} ms; CPU: this process ${((node.user + node.system) / 1e6).toFixed(2)} s, ` +
+      `postgres ${(postgresCpuSeconds() - postgresBefore).toFixed(2)} s`,
+  );
+} finally {
+  await driver.exec(`DROP SCHEMA ${schema} CASCADE`);
+  await driver.close();
+}
