@@ -48,6 +48,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     return chat;
   }
   const readAll = (deviceKey: string) => db.readInbox(deviceKey, 0n, 10_000);
+  /** The resync cause a stream of the device opening now would get (and clear). */
+  const takeResync = async (on: Db, deviceKey: string) => (await on.openInbox(deviceKey, 1)).resync;
   const bodiesOf = async (deviceKey: string) => (await readAll(deviceKey)).map((e) => text.decode(e.body));
   const change = (
     chatId: string,
@@ -124,7 +126,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
 
     it("has no resync cause for a new device", async () => {
       const [key] = await registered(uniqueUser("alice"), "phone");
-      expect(await db.takeResync(key!)).toBeNull();
+      expect(await takeResync(db, key!)).toBeNull();
     });
   });
 
@@ -375,6 +377,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       expect(all).toHaveLength(6);
       const firstPage = await db.readInbox(bobPhone!, 0n, 2);
       expect(firstPage).toEqual(all.slice(0, 2));
+      expect(await db.openInbox(bobPhone!, 2)).toEqual({ resync: null, events: firstPage });
+      expect(await db.openInbox(bobPhone!, 10)).toEqual({ resync: null, events: all });
       expect(await db.readInbox(bobPhone!, firstPage[1]!.eventId, 10)).toEqual(all.slice(2));
       expect(await db.readInbox(bobPhone!, all[5]!.eventId, 10)).toEqual([]);
     });
@@ -522,10 +526,10 @@ describe.each(backends)("the Db contract: $name", (backend) => {
         for (const { messageId } of outcomes) expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
 
         // Two connects at once: one of them tells the device.
-        expect((await Promise.all([db.takeResync(bobPhone), db.takeResync(bobPhone)])).sort()).toEqual([null, "retention"]);
-        expect(await db.takeResync(bobPhone)).toBeNull();
-        expect(await db.takeResync(alicePhone)).toBeNull(); // it had acked everything
-        expect(await db.takeResync(carolPhone)).toBeNull();
+        expect((await Promise.all([takeResync(db, bobPhone), takeResync(db, bobPhone)])).sort()).toEqual([null, "retention"]);
+        expect(await takeResync(db, bobPhone)).toBeNull();
+        expect(await takeResync(db, alicePhone)).toBeNull(); // it had acked everything
+        expect(await takeResync(db, carolPhone)).toBeNull();
         expect(await db.dropPartitionsBefore(new Date(later.getTime() - 30 * DAY_MS))).toEqual([]);
 
         // The chat goes on in the new days' partitions.
@@ -567,11 +571,12 @@ describe.each(backends)("the Db contract: $name", (backend) => {
         await db.ackEvents([{ deviceKey: bobLaptop, eventIds: (await db.readInbox(bobLaptop, 0n, 4)).map((e) => e.eventId) }]);
 
         expect(await db.trimInboxes(3)).toBe(1); // the phone: 5 events (creation and 4 messages)
-        expect((await db.readInbox(bobPhone, 0n, 10)).map((e) => text.decode(e.body))).toEqual(
-          outcomes.slice(1).map((o) => text.decode(o.fanout.body)),
-        );
-        expect(await db.takeResync(bobPhone)).toBe("inbox_overflow");
-        expect(await db.takeResync(bobLaptop)).toBeNull();
+        // The phone's next stream is told to resync, with what is left, in the same read.
+        const opened = await db.openInbox(bobPhone, 10);
+        expect(opened.resync).toBe("inbox_overflow");
+        expect(opened.events.map((e) => text.decode(e.body))).toEqual(outcomes.slice(1).map((o) => text.decode(o.fanout.body)));
+        expect(await takeResync(db, bobPhone)).toBeNull();
+        expect(await takeResync(db, bobLaptop)).toBeNull();
         // The first message had only the phone's entry left; the second still has it.
         expect(await db.pendingFanout(chat.chatId, outcomes[0]!.messageId)).toBeNull();
         expect((await db.pendingFanout(chat.chatId, outcomes[1]!.messageId))?.entries.map((e) => e.deviceKey)).toEqual([bobPhone]);

@@ -71,10 +71,11 @@ export interface MessageStore {
 /** A device's inbox: what a device stream reads and what acks delete. */
 export interface InboxStore {
   /**
-   * Returns and clears the reason this device must resync (its unacked events were dropped by retention or by the
-   * inbox limit), or null.
+   * What a device stream reads when it opens, in one statement: the reason this device must resync (its unacked events
+   * were dropped by retention or by the inbox limit; returned once, then cleared), or null, and the first `limit`
+   * events of its inbox, oldest first.
    */
-  takeResync(deviceKey: string): Promise<ResyncCause | null>;
+  openInbox(deviceKey: string, limit: number): Promise<{ resync: ResyncCause | null; events: InboxEvent[] }>;
   /** Up to `limit` events of the device's inbox with event id above `afterEventId`, oldest first. */
   readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<InboxEvent[]>;
   /**

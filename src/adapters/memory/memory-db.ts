@@ -207,11 +207,11 @@ export class MemoryDb implements Db {
 
   // ---- inbox ----
 
-  async takeResync(deviceKey: string): Promise<ResyncCause | null> {
+  async openInbox(deviceKey: string, limit: number): Promise<{ resync: ResyncCause | null; events: InboxEvent[] }> {
     const device = this.devicesByKey.get(BigInt(deviceKey));
-    const cause = device?.resync ?? null;
+    const resync = device?.resync ?? null;
     if (device) device.resync = null;
-    return cause;
+    return { resync, events: await this.readInbox(deviceKey, 0n, limit) };
   }
 
   async readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<InboxEvent[]> {

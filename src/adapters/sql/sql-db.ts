@@ -71,6 +71,21 @@ type DeviceKeyRow = { ord: bigint; device_key: bigint | null };
 /** A (user, device name) pair as one map key; JSON keeps any two different pairs apart. */
 const pairKey = (device: DeviceName) => JSON.stringify([device.userId, device.deviceName]);
 
+/**
+ * A page of a device's inbox ($1 device key, after event id $2, at most $3 events), oldest first. The body comes from
+ * a subquery per row rather than a join: the plan then stays a merge of the partitions' (device_key, event_id) index
+ * scans that stops at the limit, plus one primary-key lookup per event in the one messages partition of its day. A
+ * join lets the planner hash the whole messages table instead.
+ */
+const INBOX_PAGE = `
+  SELECT i.event_id,
+         (SELECT m.body FROM messages m
+           WHERE m.chat_id = i.chat_id AND m.message_id = i.message_id AND m.created_at = i.created_at) AS body
+    FROM inbox i
+   WHERE i.device_key = $1::bigint AND i.event_id > $2::bigint
+   ORDER BY i.event_id
+   LIMIT $3::int`;
+
 /** Sorts before every chat id, so "after no chat" needs no second statement. */
 const NIL_UUID = "00000000-0000-0000-0000-000000000000";
 
@@ -270,33 +285,34 @@ export class SqlDb implements Db {
 
   // ---- inbox ----
 
-  async takeResync(deviceKey: string): Promise<ResyncCause | null> {
-    // The locking subquery reads the cause as it was; two concurrent calls: the second finds it cleared.
-    const [row] = await this.driver.query<{ resync_cause: ResyncCause }>(
-      `UPDATE devices d SET resync_cause = NULL
-         FROM (SELECT device_key, resync_cause FROM devices
-                WHERE device_key = $1::bigint AND resync_cause IS NOT NULL FOR UPDATE) old
-        WHERE d.device_key = old.device_key
-       RETURNING old.resync_cause`,
-      [deviceKey],
+  async openInbox(deviceKey: string, limit: number): Promise<{ resync: ResyncCause | null; events: InboxEvent[] }> {
+    // One row at least (the cause, taken), and one per event of the first page. The locking subquery reads the cause
+    // as it was; of two concurrent opens, the second finds it cleared.
+    const rows = await this.driver.query<{ resync_cause: ResyncCause | null; event_id: bigint | null; body: Uint8Array }>(
+      `WITH taken AS (
+         UPDATE devices d SET resync_cause = NULL
+           FROM (SELECT device_key, resync_cause FROM devices
+                  WHERE device_key = $1::bigint AND resync_cause IS NOT NULL FOR UPDATE) old
+          WHERE d.device_key = old.device_key
+         RETURNING old.resync_cause
+       )
+       SELECT (SELECT resync_cause FROM taken) AS resync_cause, page.event_id, page.body
+         FROM (SELECT 1) one LEFT JOIN LATERAL (${INBOX_PAGE}) page ON true
+        ORDER BY page.event_id`,
+      [deviceKey, 0n, limit],
     );
-    return row?.resync_cause ?? null;
+    return {
+      resync: rows[0]?.resync_cause ?? null,
+      events: rows.flatMap((row) => (row.event_id === null ? [] : [{ eventId: row.event_id, body: row.body }])),
+    };
   }
 
   async readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<InboxEvent[]> {
-    // The body comes from a subquery per row rather than a join: the plan then stays a merge of the partitions'
-    // (device_key, event_id) index scans that stops at the limit, plus one primary-key lookup per event in the one
-    // messages partition of its day. A join lets the planner hash the whole messages table instead.
-    const rows = await this.driver.query<{ event_id: bigint; body: Uint8Array }>(
-      `SELECT i.event_id,
-              (SELECT m.body FROM messages m
-                WHERE m.chat_id = i.chat_id AND m.message_id = i.message_id AND m.created_at = i.created_at) AS body
-         FROM inbox i
-        WHERE i.device_key = $1::bigint AND i.event_id > $2::bigint
-        ORDER BY i.event_id
-        LIMIT $3::int`,
-      [deviceKey, afterEventId, limit],
-    );
+    const rows = await this.driver.query<{ event_id: bigint; body: Uint8Array }>(INBOX_PAGE, [
+      deviceKey,
+      afterEventId,
+      limit,
+    ]);
     return rows.map((row) => ({ eventId: row.event_id, body: row.body }));
   }
 

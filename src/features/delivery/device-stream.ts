@@ -141,11 +141,11 @@ export class DeviceStream {
    * write and the generators between here and the socket resume once per batch rather than once per event.
    */
   async *frames(): AsyncGenerator<StreamFrame[]> {
-    const resync = await this.db.takeResync(this.deviceKey);
-    if (resync) yield [{ kind: "signal", event: resyncEvent(resync) }];
+    const opened = await this.db.openInbox(this.deviceKey, this.options.pageSize);
+    if (opened.resync) yield [{ kind: "signal", event: resyncEvent(opened.resync) }];
     let backlog = 0;
-    for (let after = 0n; ; ) {
-      const page = await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
+    for (let after = 0n, first = true; ; first = false) {
+      const page = first ? opened.events : await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
       for (let start = 0; start < page.length; start += this.options.batchSize) {
         // Results of commands that arrived meanwhile go first, as they would between any two events.
         const batch = this.takeReady(this.options.batchSize);

@@ -65,7 +65,7 @@ describe("Retention", () => {
     const report = await retention.run();
     expect(report.partitionsDropped).toEqual(partitionsOf(0));
     expect(await db.readInbox(bobPhone, 0n, 10)).toEqual([]);
-    expect(await db.takeResync(bobPhone)).toBe("retention");
+    expect((await db.openInbox(bobPhone, 10)).resync).toBe("retention");
   });
 
   it("trims inboxes over the limit to their newest events and marks those devices for a resync", async () => {
@@ -73,7 +73,7 @@ describe("Retention", () => {
     const newest = (await db.readInbox(bobPhone, 0n, 10)).slice(-3);
     expect((await retention.run()).inboxesTrimmed).toBe(1);
     expect(await db.readInbox(bobPhone, 0n, 10)).toEqual(newest);
-    expect(await db.takeResync(bobPhone)).toBe("inbox_overflow");
+    expect((await db.openInbox(bobPhone, 10)).resync).toBe("inbox_overflow");
     expect((await retention.run()).inboxesTrimmed).toBe(0);
   });
 

@@ -1,9 +1,10 @@
 /**
- * Device registration alone: N devices the server has never seen resolve their keys at once through DeviceDirectory,
- * as N phones connecting for the first time do, with the server's batch settings. Prints the wall time and the CPU of
- * this process and of the machine's `postgres` processes (read from /proc, so only for a Postgres on this host).
+ * The database's part of a first connect, alone: N devices the server has never seen resolve their keys at once
+ * through DeviceDirectory (with the server's batch settings), then open their (empty) inboxes at once as their
+ * streams do. Prints, for each, the wall time and the CPU of this process and of the machine's `postgres` processes
+ * (read from /proc, so only for a Postgres on this host).
  *
- *   npx tsx bench/register-devices.ts [--url postgres://...] [--devices 10000]
+ *   npx tsx bench/connect-path.ts [--url postgres://...] [--devices 10000]
  *
  * It works in a fresh schema of the database the URL names (default DATABASE_URL), dropped afterwards.
  */
@@ -12,7 +13,7 @@ import { parseArgs } from "node:util";
 import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { SqlDb } from "../src/adapters/sql/sql-db.js";
 import { DeviceDirectory } from "../src/auth/device-directory.js";
-import { DEVICE_BATCH_MAX, DEVICE_BATCHES_IN_FLIGHT } from "../src/tunables.js";
+import { DEVICE_BATCH_MAX, DEVICE_BATCHES_IN_FLIGHT, INBOX_PAGE_SIZE } from "../src/tunables.js";
 
 const { values } = parseArgs({
   options: { url: { type: "string", default: process.env.DATABASE_URL }, devices: { type: "string", default: "10000" } },
@@ -35,7 +36,19 @@ function postgresCpuSeconds(): number {
   return ticks / 100; // USER_HZ
 }
 
-const schema = `register_devices_${process.pid}`;
+async function measure<T>(what: string, work: () => Promise<T>): Promise<T> {
+  const [postgresBefore, nodeBefore, started] = [postgresCpuSeconds(), process.cpuUsage(), performance.now()];
+  const result = await work();
+  const ms = performance.now() - started;
+  const node = process.cpuUsage(nodeBefore);
+  console.log(
+    `${what} in ${ms.toFixed(0)} ms; CPU: this process ${((node.user + node.system) / 1e6).toFixed(2)} s, ` +
+      `postgres ${(postgresCpuSeconds() - postgresBefore).toFixed(2)} s`,
+  );
+  return result;
+}
+
+const schema = `connect_path_${process.pid}`;
 const driver = createPostgresDriver(values.url, { searchPath: schema });
 await driver.exec(`CREATE SCHEMA ${schema}`);
 try {
@@ -46,14 +59,10 @@ try {
     maxInFlight: DEVICE_BATCHES_IN_FLIGHT,
   });
   const devices = Number(values.devices);
-  const [postgresBefore, nodeBefore, started] = [postgresCpuSeconds(), process.cpuUsage(), performance.now()];
-  await Promise.all(Array.from({ length: devices }, (_, i) => directory.resolve(`user-${i}`, "phone")));
-  const ms = performance.now() - started;
-  const node = process.cpuUsage(nodeBefore);
-  console.log(
-    `${devices} new devices registered in ${ms.toFixed(0)} ms; CPU: this process ${((node.user + node.system) / 1e6).toFixed(2)} s, ` +
-      `postgres ${(postgresCpuSeconds() - postgresBefore).toFixed(2)} s`,
+  const keys = await measure(`${devices} new devices registered`, () =>
+    Promise.all(Array.from({ length: devices }, (_, i) => directory.resolve(`user-${i}`, "phone"))),
   );
+  await measure(`${devices} inboxes opened`, () => Promise.all(keys.map((key) => db.openInbox(key, INBOX_PAGE_SIZE))));
 } finally {
   await driver.exec(`DROP SCHEMA ${schema} CASCADE`);
   await driver.close();
