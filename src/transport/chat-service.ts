@@ -159,8 +159,8 @@ export function chatService(deps: ChatServiceDeps): {
   /**
    * Reads the device's frames in order and answers each on the stream. Sends are pipelined: each is queued before the
    * next frame is read (so a device's sends keep their order in seq) and up to SENDS_IN_FLIGHT_PER_STREAM are stored
-   * at once, answered as they are stored; any other command first waits for the sends in flight, and runs alone. When the client half-closes,
-   * the stream ends after the last answer.
+   * at once, answered as they are stored; any other command first waits for the sends in flight, and runs alone.
+   * When the client half-closes, the stream ends after the last answer.
    */
   async function readCommands(caller: Caller, frames: AsyncIterable<ConnectRequest>, stream: DeviceStream) {
     const sending = new Set<Promise<void>>();
@@ -303,7 +303,10 @@ function sendResponse(sent: SendResult): SendMessageResponse {
   return create(SendMessageResponseSchema, { ...sent, sentAt: timestampFromDate(sent.sentAt) });
 }
 
-/** Connect frames as their gRPC messages (length prefixes included), in one buffer; stored events without a protobuf encode. */
+/**
+ * Connect frames as their gRPC messages (length prefixes included), in one buffer; stored events without a protobuf
+ * encode.
+ */
 function encodeConnectFrames(frames: StreamFrame[]): Uint8Array {
   const messages = frames.map((frame) =>
     frame.kind === "event"
