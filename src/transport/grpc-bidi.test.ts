@@ -98,6 +98,21 @@ describe("gRPC bidi streams served on the HTTP/2 stream", () => {
     expect(answer.trailers?.["grpc-status"]).toBe("0");
   });
 
+  it("splits several messages out of one DATA frame, and the tail of one with the start of the next", async () => {
+    const [a, b, c] = ["one", "two", "three"].map((text) => frame(Buffer.from(text)));
+    const both = Buffer.concat([a!, b!, c!]);
+    const answer = await call([both.subarray(0, a!.length + 4), both.subarray(a!.length + 4)]);
+    expect(answer.data).toEqual(both);
+    expect(answer.trailers?.["grpc-status"]).toBe("0");
+  });
+
+  it("refuses a message longer than readMaxBytes with RESOURCE_EXHAUSTED, and one cut off by the end with INVALID_ARGUMENT", async () => {
+    const tooLong = await call([frame(Buffer.alloc(1025))]);
+    expect(tooLong.headers["grpc-status"]).toBe(String(Code.ResourceExhausted));
+    const cut = await call([frame(Buffer.from("hello")).subarray(0, 7)]);
+    expect(cut.headers["grpc-status"]).toBe(String(Code.InvalidArgument));
+  });
+
   it("answers a refusal from start() trailers-only: the status in the one HEADERS frame, no body", async () => {
     const answer = await call([frame(Buffer.from("hi"))], { authorization: "" });
     expect(answer.headers).toMatchObject({

@@ -15,7 +15,7 @@ describe.each(testBackends())("storage metrics on %s", (backend) => {
 
   const scrape = () => scrapeMetrics(server.url);
 
-  it("times every database call by operation: a send's storeMessages, a stream's readInbox, its ackEvents", async () => {
+  it("times every database call by operation: a send's storeMessages, a stream's openInbox, its ackEvents", async () => {
     const [alice, bob] = ["alice", "bob"].map(uniqueUser);
     const db = (text: string, operation: string) =>
       sample(text, "palaver_db_call_duration_seconds_count", { operation, outcome: "ok" });
@@ -31,7 +31,7 @@ describe.each(testBackends())("storage metrics on %s", (backend) => {
     phone.disconnect();
 
     const after = await scrape();
-    for (const operation of ["createChat", "storeMessages", "readInbox", "ackEvents"]) {
+    for (const operation of ["createChat", "storeMessages", "openInbox", "ackEvents"]) {
       expect(db(after, operation), operation).toBeGreaterThan(db(before, operation));
     }
     expect(sample(after, "palaver_db_call_duration_seconds_bucket", { operation: "storeMessages", le: "+Inf" })).toBe(
