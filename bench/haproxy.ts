@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { type HaproxyLayout, renderHaproxyConfig } from "../test/cluster/haproxy.js";
+import { renderHaproxyConfig } from "../test/cluster/haproxy.js";
 import { freePort, HaproxyProcess, waitFor } from "../test/cluster/processes.js";
 import type { ProxyInfo } from "./report.js";
 
@@ -60,35 +60,6 @@ export function sizeHaproxy(connections: number): ProxyInfo {
 }
 
 /**
- * The cluster suite's loopback rendering of deploy/haproxy.cfg with its global section sized for the benchmark: the
- * maxconn from sizeHaproxy (the suite's 4,000 fits a test, not 10,000 devices) and one thread.
- */
-export function benchHaproxyConfig(layout: HaproxyLayout, maxconn: number): string {
-  let section = "";
-  let sized = false;
-  const out: string[] = [];
-  for (const line of renderHaproxyConfig(layout).split("\n")) {
-    if (/^\S/.test(line)) section = line.trim();
-    if (section === "global" && /^\s+maxconn \d+$/.test(line)) {
-      out.push(
-        "    # Sized by bench/haproxy.ts for the plan's device connections. HAProxy raises its open-file limit to",
-        "    # 2 x maxconn plus its listeners and checks (two sockets per proxied connection) and will not start without it.",
-        `    maxconn ${maxconn}`,
-        "    # One thread: HAProxy 2.6 starts one per CPU it may use, and on the 2-core test machine a second thread would",
-        "    # take CPU from the server nodes, which are what the benchmark measures. Its CPU is reported apart (haproxy):",
-        "    # a thread near 1 CPU second per second is a saturated proxy, not a slow server.",
-        "    nbthread 1",
-      );
-      sized = true;
-    } else {
-      out.push(line);
-    }
-  }
-  if (!sized) throw new Error("test/cluster/haproxy.ts no longer renders a global maxconn for bench/haproxy.ts to size");
-  return out.join("\n");
-}
-
-/**
  * Writes the configuration to `<out>/haproxy/<scenario>.cfg` (its admin socket in `dir`, its log in the temporary
  * directory beside the nodes'), in front of the nodes at `nodeUrls`, and returns the process, not yet started: the
  * caller holds it before starting it, so that it is stopped however the start ends.
@@ -99,7 +70,18 @@ export async function prepareHaproxy(scenario: string, nodeUrls: string[], info:
   const port = await freePort();
   const nodes = nodeUrls.map((url, i) => ({ name: `node${i}`, port: Number(new URL(url).port) }));
   await mkdir(dirname(configFile), { recursive: true });
-  await writeFile(configFile, `${benchHaproxyConfig({ port, statsPort: await freePort(), adminSocket, nodes }, info.maxconn)}\n`);
+  // maxconn from sizeHaproxy (the suite's 4,000 fits a test, not 10,000 devices). One thread: HAProxy 2.6 starts one
+  // per CPU it may use, and on the 2-core test machine a second would take CPU from the nodes, which are what the
+  // benchmark measures; its own CPU is reported apart (a thread near 1 CPU second per second is a saturated proxy).
+  const config = renderHaproxyConfig({
+    port,
+    statsPort: await freePort(),
+    adminSocket,
+    nodes,
+    maxconn: info.maxconn,
+    nbthread: 1,
+  });
+  await writeFile(configFile, `${config}\n`);
   const logFile = join(tmpdir(), `palaver-bench-${scenario}-haproxy.log`);
   await rm(logFile, { force: true }); // HaproxyProcess appends: one scenario's log per file, as the nodes'
   return { process: new HaproxyProcess(configFile, logFile, port, adminSocket), configFile };
