@@ -1,5 +1,5 @@
 import type { Clock } from "../ports/clock.js";
-import type { DeviceName, DeviceStore } from "../ports/db.js";
+import { type DeviceName, type DeviceStore, deviceNameKey } from "../ports/db.js";
 import { GroupCommitter } from "../features/group-commit.js";
 
 export interface DeviceDirectoryOptions {
@@ -38,7 +38,7 @@ export class DeviceDirectory {
   }
 
   resolve(userId: string, deviceName: string): Promise<string> {
-    const id = JSON.stringify([userId, deviceName]);
+    const id = deviceNameKey({ userId, deviceName });
     const cached = this.known.get(id);
     if (cached !== undefined) {
       // Refresh its place so the least recently used pair is the one evicted.

@@ -19,6 +19,9 @@ export interface DeviceName {
   deviceName: string;
 }
 
+/** A (user, device name) pair as one map key; JSON keeps any two different pairs apart. */
+export const deviceNameKey = (device: DeviceName): string => JSON.stringify([device.userId, device.deviceName]);
+
 /** Devices: the key of each (user, device name) pair. */
 export interface DeviceStore {
   /**

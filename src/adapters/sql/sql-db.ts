@@ -13,6 +13,7 @@ import type {
   InboxEvent,
   Fanout,
 } from "../../ports/db.js";
+import { deviceNameKey } from "../../ports/db.js";
 import type { SqlDriver } from "../../ports/sql.js";
 import { type ChatRow, createChat, modifyParticipants, toChatRecord } from "./chat-changes.js";
 import { runMigrations } from "./migrate.js";
@@ -68,8 +69,6 @@ const FIND_DEVICES = `
 
 type DeviceKeyRow = { ord: bigint; device_key: bigint | null };
 
-/** A (user, device name) pair as one map key; JSON keeps any two different pairs apart. */
-const pairKey = (device: DeviceName) => JSON.stringify([device.userId, device.deviceName]);
 
 /**
  * A page of a device's inbox ($1 device key, after event id $2, at most $3 events), oldest first. The body comes from
@@ -130,7 +129,7 @@ export class SqlDb implements Db {
     const userIds: string[] = [];
     const deviceNames: string[] = [];
     const places = devices.map((device) => {
-      const id = pairKey(device);
+      const id = deviceNameKey(device);
       let place = placeOf.get(id);
       if (place === undefined) {
         placeOf.set(id, (place = userIds.length));
