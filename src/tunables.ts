@@ -42,6 +42,11 @@ export const PRESENCE_HEARTBEAT_MS = 10 * SECOND_MS;
 
 /** Send batches written at once on Postgres: a pool takes a few, and more only queue behind the chats' row locks. */
 export const SEND_BATCHES_IN_FLIGHT_POSTGRES = 4;
+/**
+ * Chats whose last seq a node remembers, so a batch to them is one statement (adapters/sql/store-messages.ts): the
+ * chats it sent to most recently; about 160 bytes each. A forgotten chat's next batch costs a transaction.
+ */
+export const LAST_SEQS_CHATS = 100_000;
 /** Send batches written at once on PGlite: it is one connection, so a second batch would only wait. */
 export const SEND_BATCHES_IN_FLIGHT_PGLITE = 1;
 /** Acks that may share one statement: acks are small, and one statement per batch is what keeps them cheap. */

@@ -81,10 +81,16 @@ export function modifyParticipants(
 
     const after =
       change.operation === "add" ? sorted([...before, change.userId]) : before.filter((u) => u !== change.userId);
+    // The version tells a send that guessed its seq that the participants it read may be stale (store-messages.ts).
     await tx.query(
-      change.operation === "add"
-        ? "INSERT INTO chat_participants (chat_id, user_id) VALUES ($1::uuid, $2::text)"
-        : "DELETE FROM chat_participants WHERE chat_id = $1::uuid AND user_id = $2::text",
+      `WITH participant AS (
+         ${
+           change.operation === "add"
+             ? "INSERT INTO chat_participants (chat_id, user_id) VALUES ($1::uuid, $2::text)"
+             : "DELETE FROM chat_participants WHERE chat_id = $1::uuid AND user_id = $2::text"
+         }
+       )
+       UPDATE chats SET participants_version = participants_version + 1 WHERE chat_id = $1::uuid`,
       [row.chat_id, change.userId],
     );
     const chat = toChatRecord(row, after);

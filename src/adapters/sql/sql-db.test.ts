@@ -7,16 +7,25 @@ import type { ChatRecord } from "../../ports/db.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 import { SqlDb } from "./sql-db.js";
 
-/** Counts the statements a SqlDb sends, to check that batches stay set-based. */
-function countingDriver(driver: SqlDriver): { driver: SqlDriver; statements: () => number } {
+/** Counts the statements and transactions a SqlDb sends, to check that batches stay set-based. */
+function countingDriver(driver: SqlDriver): { driver: SqlDriver; statements: () => number; transactions: () => number } {
   let statements = 0;
+  let transactions = 0;
   const counted = (db: SqlQuery): SqlQuery["query"] => (sql, params) => {
     statements++;
     return db.query(sql, params);
   };
   return {
-    driver: { ...driver, query: counted(driver), transaction: (fn) => driver.transaction((tx) => fn({ query: counted(tx) })) },
+    driver: {
+      ...driver,
+      query: counted(driver),
+      transaction: (fn) => {
+        transactions++;
+        return driver.transaction((tx) => fn({ query: counted(tx) }));
+      },
+    },
     statements: () => statements,
+    transactions: () => transactions,
   };
 }
 
@@ -156,19 +165,85 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
     }
   });
 
-  it("stores a batch of 256 sends in one transaction of three statements", async () => {
+  it("stores a batch of 256 sends in one transaction of three statements, and the next to the same chats in one statement", async () => {
     const users = Array.from({ length: 5 }, () => uniqueUser("member"));
     const devices = await Promise.all(users.map((u) => registered(u, "phone", "laptop")));
     const chats = await Promise.all(Array.from({ length: 16 }, () => newChat(users)));
-    const batch = Array.from({ length: 256 }, (_, i) => send(chats[i % 16]!.chatId, users[i % 5]!, devices[i % 5]![0]!));
+    const batch = () => Array.from({ length: 256 }, (_, i) => send(chats[i % 16]!.chatId, users[i % 5]!, devices[i % 5]![0]!));
     const counting = countingDriver(testDb.driver);
+    const counted = new SqlDb(counting.driver);
     const started = performance.now();
-    const outcomes = (await new SqlDb(counting.driver).storeMessages(batch)).map(stored);
+    const first = (await counted.storeMessages(batch())).map(stored);
     const ms = performance.now() - started;
-    expect(counting.statements()).toBe(3);
-    expect(outcomes.every((o) => o.fanout.entries.length === 9)).toBe(true);
+    expect([counting.transactions(), counting.statements()]).toEqual([1, 3]);
+    expect(first.every((o) => o.fanout.entries.length === 9)).toBe(true);
     console.info(`${backend}: 256 sends, 2304 inbox entries in ${ms.toFixed(0)} ms`);
+
+    // This node now knows the chats' last seqs: the batch is one statement, outside any transaction.
+    const second = (await counted.storeMessages(batch())).map(stored);
+    expect([counting.transactions(), counting.statements()]).toEqual([1, 4]);
+    expect(second.map((o) => o.seq)).toEqual(first.map((o) => o.seq + 16n));
+    expect(second.every((o) => o.fanout.entries.length === 9)).toBe(true);
   });
+
+  it("takes the next seqs when another server sent to the chat since this one last did", async () => {
+    const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+    const [alicePhone] = await registered(alice, "phone");
+    const [bobPhone] = await registered(bob, "phone");
+    const chat = await newChat([alice, bob]);
+    const counting = countingDriver(testDb.driver);
+    const [here, there] = [new SqlDb(counting.driver), new SqlDb(testDb.driver)];
+    expect(stored((await here.storeMessages([send(chat.chatId, alice, alicePhone!)]))[0]).seq).toBe(1n);
+    expect(stored((await there.storeMessages([send(chat.chatId, bob, bobPhone!)]))[0]).seq).toBe(2n);
+
+    // Here guesses seq 2: the statement writes nothing, and the transaction that follows takes 3 and 4.
+    const outcomes = (await here.storeMessages([send(chat.chatId, alice, alicePhone!), send(chat.chatId, alice, alicePhone!)])).map(stored);
+    expect(outcomes.map((o) => o.seq)).toEqual([3n, 4n]);
+    expect(new TextDecoder().decode(outcomes[0]!.fanout.body)).toBe(`message:${outcomes[0]!.messageId}:3`);
+    expect(outcomes.every((o) => o.fanout.entries.length === 1)).toBe(true);
+    const rows = await testDb.driver.query<{ seq: bigint; body: Uint8Array }>(
+      "SELECT seq, body FROM messages WHERE chat_id = $1::uuid AND seq IS NOT NULL ORDER BY seq",
+      [chat.chatId],
+    );
+    expect(rows.map((r) => r.seq)).toEqual([1n, 2n, 3n, 4n]);
+    expect(new TextDecoder().decode(rows[3]!.body)).toBe(`message:${outcomes[1]!.messageId}:4`);
+    expect((await db.getChat(chat.chatId))!.lastSeq).toBe(4n);
+  });
+
+  // Postgres only: PGlite is one connection, so no other transaction can hold the chat's lock while a send waits.
+  if (backend === "postgres") {
+    it("fans a send out to a participant added while the send waited for the chat's lock", async () => {
+      const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+      const [alicePhone] = await registered(alice, "phone");
+      await registered(bob, "phone");
+      const [carolPhone] = await registered(carol, "phone");
+      const chat = await newChat([alice, bob]);
+      stored((await db.storeMessages([send(chat.chatId, alice, alicePhone!)]))[0]); // db now knows the last seq
+      const sending = await testDb.driver.transaction(async (tx) => {
+        // Carol joins as modifyParticipants adds her; the send's snapshot, taken before this commits, lacks her.
+        const [locked] = await tx.query<{ pid: number }>(
+          "SELECT pg_backend_pid() AS pid FROM chats WHERE chat_id = $1::uuid FOR UPDATE",
+          [chat.chatId],
+        );
+        await tx.query(
+          `WITH participant AS (INSERT INTO chat_participants (chat_id, user_id) VALUES ($1::uuid, $2::text))
+           UPDATE chats SET participants_version = participants_version + 1 WHERE chat_id = $1::uuid`,
+          [chat.chatId, carol],
+        );
+        const pending = db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
+        const waiting = async () =>
+          (await testDb.driver.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid))",
+            [locked!.pid],
+          ))[0]!.n > 0;
+        while (!(await waiting())) await new Promise((resolve) => setTimeout(resolve, 10));
+        return { pending };
+      });
+      const outcome = stored((await sending.pending)[0]);
+      expect(outcome.seq).toBe(2n);
+      expect(outcome.fanout.entries.map((e) => e.deviceKey)).toContain(carolPhone);
+    });
+  }
 
   it("creates each partition table once when two servers create the coming days' partitions at the same time", async () => {
     const own = await openTestDb(backend);

@@ -18,7 +18,8 @@ import type { SqlDriver } from "../../ports/sql.js";
 import { type ChatRow, createChat, modifyParticipants, toChatRecord } from "./chat-changes.js";
 import { runMigrations } from "./migrate.js";
 import { dropPartitionsBefore, ensurePartitions } from "./partitions.js";
-import { storeMessages } from "./store-messages.js";
+import { LastSeqs, storeMessages } from "./store-messages.js";
+import { LAST_SEQS_CHATS } from "../../tunables.js";
 
 /**
  * A chat row with its participants, sorted (the column's "C" collation sorts as the API does), as json: the drivers
@@ -113,6 +114,8 @@ type AttachmentRow = {
 export class SqlDb implements Db {
   constructor(private readonly driver: SqlDriver) {}
 
+  private readonly lastSeqs = new LastSeqs(LAST_SEQS_CHATS);
+
   migrate(): Promise<void> {
     return runMigrations(this.driver);
   }
@@ -197,7 +200,7 @@ export class SqlDb implements Db {
   // ---- messages ----
 
   storeMessages(sends: readonly PendingSend[]): Promise<SendOutcome[]> {
-    return storeMessages(this.driver, sends);
+    return storeMessages(this.driver, this.lastSeqs, sends);
   }
 
   async pendingFanout(chatId: string, messageId: string): Promise<Fanout | null> {

@@ -19,19 +19,45 @@ const CHECK_SENDS = `
    ORDER BY x.i`;
 
 /**
- * Writes the accepted sends in one statement: messages, idempotency keys, attachment links, the chats' last seq, and
- * one inbox entry per device of every participant but the sending one. Event ids are taken in batch order, so a
- * device's events of one chat follow the seqs. Returns the inbox entries.
+ * Writes sends whose seqs were decided before the statement, in one statement: messages, idempotency keys, attachment
+ * links, the chats' last seq, and one inbox entry per device of every participant but the sending one. Event ids are
+ * taken in batch order, so a device's events of one chat follow the seqs.
+ *
+ * It writes a chat's sends only if the decision still holds once it has the chat's row lock: the chat's last seq is
+ * the one before the batch's first seq, nothing changed the row since the statement's snapshot (so the membership and
+ * idempotency reads below, which see that snapshot, are current), every sender is a participant and no key was sent
+ * before. Other chats' sends are not written and come back without a row; the caller decides them in a transaction.
+ * The lock is taken in chat_id order, the order every writer of chats rows uses, so writers never deadlock.
+ * Returns one row per inbox entry of a written send, and one with a null device for a written send nobody reads.
  */
 const WRITE_SENDS = `
   WITH sends AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
                          $7::timestamptz[], $8::bytea[]) WITH ORDINALITY
            AS s(chat_id, message_id, seq, sender_user_id, sender_device_key, client_message_id, created_at, body, i)
+  ), locked AS MATERIALIZED (
+    SELECT chat_id, last_seq, participants_version FROM chats
+     WHERE chat_id = ANY($1::uuid[]) ORDER BY chat_id FOR UPDATE
+  ), writable AS (
+    -- c is the row as the statement's snapshot saw it; locked, the latest one, read after any wait for the lock.
+    SELECT l.chat_id
+      FROM locked l JOIN chats c ON c.chat_id = l.chat_id
+     WHERE l.last_seq = c.last_seq AND l.participants_version = c.participants_version
+       AND l.last_seq = (SELECT min(s.seq) - 1 FROM sends s WHERE s.chat_id = l.chat_id)
+       AND NOT EXISTS (
+             SELECT 1 FROM sends s
+              WHERE s.chat_id = l.chat_id
+                AND (NOT EXISTS (SELECT 1 FROM chat_participants p
+                                  WHERE p.chat_id = s.chat_id AND p.user_id = s.sender_user_id)
+                     OR EXISTS (SELECT 1 FROM sent_messages k
+                                 WHERE k.sender_device_key = s.sender_device_key
+                                   AND k.client_message_id = s.client_message_id)))
+  ), written AS (
+    SELECT s.* FROM sends s WHERE s.chat_id IN (SELECT chat_id FROM writable)
   ), fanout AS (
     SELECT r.*, nextval('inbox_event_id_seq') AS event_id
       FROM (SELECT s.i, d.device_key, s.chat_id, s.message_id, s.created_at
-              FROM sends s
+              FROM written s
               JOIN chat_participants p ON p.chat_id = s.chat_id
               JOIN devices d ON d.user_id = p.user_id
              WHERE d.device_key <> s.sender_device_key
@@ -45,110 +71,214 @@ const WRITE_SENDS = `
     INSERT INTO messages (chat_id, message_id, created_at, seq, sender_user_id, sender_device_key, client_message_id,
                           body)
     SELECT chat_id, message_id, created_at, seq, sender_user_id, sender_device_key, client_message_id, body
-      FROM sends s
+      FROM written s
      WHERE EXISTS (SELECT 1 FROM fanout f WHERE f.i = s.i)
   ), key_rows AS (
     -- A conflict here is the same key sent to another chat at the same moment: the caller's bug, not the batch's.
     INSERT INTO sent_messages (sender_device_key, client_message_id, chat_id, message_id, seq, sent_at)
-    SELECT sender_device_key, client_message_id, chat_id, message_id, seq, created_at FROM sends
+    SELECT sender_device_key, client_message_id, chat_id, message_id, seq, created_at FROM written
     ON CONFLICT DO NOTHING
   ), chat_rows AS (
     UPDATE chats c SET last_seq = m.seq
-      FROM (SELECT chat_id, max(seq) AS seq FROM sends GROUP BY chat_id) m
+      FROM (SELECT chat_id, max(seq) AS seq FROM written GROUP BY chat_id) m
      WHERE c.chat_id = m.chat_id
   ), attachment_rows AS (
     INSERT INTO attachment_chats (attachment_id, chat_id)
-    SELECT * FROM unnest($9::uuid[], $10::uuid[])
+    SELECT a.attachment_id, a.chat_id FROM unnest($9::uuid[], $10::uuid[]) AS a(attachment_id, chat_id)
+     WHERE a.chat_id IN (SELECT chat_id FROM writable)
     ON CONFLICT DO NOTHING
   )
-  SELECT i, device_key, event_id FROM fanout ORDER BY event_id`;
+  SELECT s.i, f.device_key, f.event_id FROM written s LEFT JOIN fanout f ON f.i = s.i ORDER BY s.i, f.event_id`;
 
 type CheckRow = { message_id: string | null; seq: bigint | null; sent_at: Date | null; member: boolean };
+type WrittenRow = { i: bigint; device_key: bigint | null; event_id: bigint | null };
+type Stored = Extract<SendOutcome, { kind: "stored" }>;
 
-interface Accepted {
+interface Decided {
   send: PendingSend;
-  seq: bigint;
-  outcome: Extract<SendOutcome, { kind: "stored" }>;
+  /** Its place in the batch given to storeMessages. */
+  place: number;
+  outcome: Stored;
 }
 
-/** Db.storeMessages: the whole batch in one transaction of three statements. */
-export function storeMessages(driver: SqlDriver, sends: readonly PendingSend[]): Promise<SendOutcome[]> {
-  if (sends.length === 0) return Promise.resolve([]);
-  return driver.transaction(async (tx) => {
-    // Both statements go out at once (one round trip instead of two while the batch holds its locks). Postgres still
-    // runs them in order, and the check's snapshot is taken when it starts, after the locks are held.
-    const [lastSeqs, checks] = await Promise.all([
-      lockChats(tx, sends),
-      tx.query<CheckRow>(CHECK_SENDS, [
-        sends.map((s) => s.senderDeviceKey),
-        sends.map((s) => s.clientMessageId),
-        sends.map((s) => s.chatId),
-        sends.map((s) => s.senderUserId),
-      ]),
-    ]);
+/**
+ * The last seq this node stored per chat, for the chats it sent to most recently: the guess that lets a batch be
+ * written in one statement. Only a guess: the statement checks it under the chat's lock, and a wrong one (another node
+ * sent to the chat, or the participants changed) costs that batch a transaction.
+ */
+export class LastSeqs {
+  private readonly seqs = new Map<string, bigint>();
 
-    // Decided in batch order, so a key repeated within the batch is a duplicate of its first send.
-    const stored = new Map<string, { messageId: string; seq: bigint; sentAt: Date }>();
-    const accepted: Accepted[] = [];
-    const outcomes = sends.map((send, i): SendOutcome => {
-      const key = `${send.senderDeviceKey}/${send.clientMessageId}`;
-      const check = checks[i]!;
-      const earlier =
-        check.message_id !== null
-          ? { messageId: check.message_id, seq: check.seq!, sentAt: check.sent_at! }
-          : stored.get(key);
-      if (earlier) return { kind: "duplicate", ...earlier };
-      const chatKey = send.chatId.toLowerCase();
-      const lastSeq = lastSeqs.get(chatKey);
-      if (lastSeq === undefined) return { kind: "chat_not_found" };
-      if (!check.member) return { kind: "not_participant" };
+  constructor(private readonly maxChats: number) {}
 
-      const seq = lastSeq + 1n;
-      lastSeqs.set(chatKey, seq);
-      const outcome = {
-        kind: "stored" as const,
-        messageId: send.messageId,
-        seq,
-        sentAt: send.sentAt,
-        fanout: { body: send.encode(seq), entries: [] as InboxEntry[], sentAtMs: send.sentAt.getTime() },
-      };
-      stored.set(key, { messageId: send.messageId, seq, sentAt: send.sentAt });
-      accepted.push({ send, seq, outcome });
-      return outcome;
-    });
+  get(chatKey: string): bigint | undefined {
+    return this.seqs.get(chatKey);
+  }
 
-    if (accepted.length > 0) {
-      const inboxRows = await tx.query<{ i: bigint; device_key: bigint; event_id: bigint }>(
-        WRITE_SENDS,
-        writeParams(accepted),
-      );
-      for (const row of inboxRows) {
-        const { outcome } = accepted[Number(row.i) - 1]!;
-        outcome.fanout.entries.push({ deviceKey: String(row.device_key), eventId: row.event_id });
+  set(chatKey: string, seq: bigint): void {
+    // Re-inserted, so the map's order is least recently stored first: that chat goes when the map is full.
+    this.seqs.delete(chatKey);
+    this.seqs.set(chatKey, seq);
+    if (this.seqs.size > this.maxChats) this.seqs.delete(this.seqs.keys().next().value!);
+  }
+
+  delete(chatKey: string): void {
+    this.seqs.delete(chatKey);
+  }
+}
+
+/**
+ * Db.storeMessages. When this node knows every chat's last seq, the batch is one statement (one round trip, no
+ * transaction around it); the sends it does not write, or whose chats it does not know, are decided in a transaction
+ * that locks their chats and reads their seqs, idempotency keys and membership first.
+ */
+export async function storeMessages(
+  driver: SqlDriver,
+  lastSeqs: LastSeqs,
+  sends: readonly PendingSend[],
+): Promise<SendOutcome[]> {
+  const outcomes = new Array<SendOutcome | undefined>(sends.length);
+  const guessed = guessSeqs(sends, lastSeqs);
+  if (guessed.length > 0) {
+    const written = await writeDecided(driver, guessed);
+    for (const decided of guessed) {
+      const chatKey = decided.send.chatId.toLowerCase();
+      if (written.has(decided)) {
+        outcomes[decided.place] = decided.outcome;
+        lastSeqs.set(chatKey, decided.outcome.seq);
+      } else {
+        lastSeqs.delete(chatKey);
       }
     }
-    return outcomes;
+  }
+  const rest = sends.flatMap((send, place) => (outcomes[place] ? [] : [{ send, place }]));
+  if (rest.length > 0) {
+    const decided = await driver.transaction((tx) => decideAndWrite(tx, rest));
+    for (const { place, outcome } of decided) {
+      outcomes[place] = outcome;
+      if (outcome.kind === "stored") lastSeqs.set(sends[place]!.chatId.toLowerCase(), outcome.seq);
+    }
+  }
+  return outcomes as SendOutcome[];
+}
+
+/**
+ * Every send given the seq that follows its chat's known last seq, in batch order; none when a chat's last seq is not
+ * known or a key repeats within the batch (the transaction tells the repeat apart as a duplicate).
+ */
+function guessSeqs(sends: readonly PendingSend[], lastSeqs: LastSeqs): Decided[] {
+  const next = new Map<string, bigint>();
+  const keys = new Set<string>();
+  const guessed: Decided[] = [];
+  for (const [place, send] of sends.entries()) {
+    const chatKey = send.chatId.toLowerCase();
+    const last = next.get(chatKey) ?? lastSeqs.get(chatKey);
+    const key = `${send.senderDeviceKey}/${send.clientMessageId}`;
+    if (last === undefined || keys.has(key)) return [];
+    keys.add(key);
+    next.set(chatKey, last + 1n);
+    guessed.push({ send, place, outcome: storedOutcome(send, last + 1n) });
+  }
+  return guessed;
+}
+
+function storedOutcome(send: PendingSend, seq: bigint): Stored {
+  return {
+    kind: "stored",
+    messageId: send.messageId,
+    seq,
+    sentAt: send.sentAt,
+    fanout: { body: send.encode(seq), entries: [] as InboxEntry[], sentAtMs: send.sentAt.getTime() },
+  };
+}
+
+/** Runs WRITE_SENDS; fills the written sends' inbox entries and returns which sends it wrote. */
+async function writeDecided(db: SqlQuery, decided: readonly Decided[]): Promise<Set<Decided>> {
+  const rows = await db.query<WrittenRow>(WRITE_SENDS, writeParams(decided));
+  const written = new Set<Decided>();
+  for (const row of rows) {
+    const sent = decided[Number(row.i) - 1]!;
+    written.add(sent);
+    if (row.device_key !== null) {
+      sent.outcome.fanout.entries.push({ deviceKey: String(row.device_key), eventId: row.event_id! });
+    }
+  }
+  return written;
+}
+
+/**
+ * Inside a transaction: locks the sends' chats, reads their last seqs, earlier sends with the same keys and
+ * membership, decides each send in batch order and writes the accepted ones. A chat that WRITE_SENDS still refuses
+ * (a key of its sends was committed to another chat in between: a client's bug) is decided again, and then sees it.
+ */
+async function decideAndWrite(
+  tx: SqlQuery,
+  sends: readonly { send: PendingSend; place: number }[],
+): Promise<{ place: number; outcome: SendOutcome }[]> {
+  // Both statements go out at once (one round trip instead of two while the batch holds its locks). Postgres still
+  // runs them in order, and the check's snapshot is taken when it starts, after the locks are held.
+  const [lastSeqs, checks] = await Promise.all([
+    lockChats(tx, sends),
+    tx.query<CheckRow>(CHECK_SENDS, [
+      sends.map(({ send }) => send.senderDeviceKey),
+      sends.map(({ send }) => send.clientMessageId),
+      sends.map(({ send }) => send.chatId),
+      sends.map(({ send }) => send.senderUserId),
+    ]),
+  ]);
+
+  // Decided in batch order, so a key repeated within the batch is a duplicate of its first send.
+  const stored = new Map<string, { messageId: string; seq: bigint; sentAt: Date }>();
+  const accepted: Decided[] = [];
+  const outcomes = sends.map(({ send, place }, i): { place: number; outcome: SendOutcome } => {
+    const key = `${send.senderDeviceKey}/${send.clientMessageId}`;
+    const check = checks[i]!;
+    const earlier =
+      check.message_id !== null ? { messageId: check.message_id, seq: check.seq!, sentAt: check.sent_at! } : stored.get(key);
+    if (earlier) return { place, outcome: { kind: "duplicate", ...earlier } };
+    const chatKey = send.chatId.toLowerCase();
+    const lastSeq = lastSeqs.get(chatKey);
+    if (lastSeq === undefined) return { place, outcome: { kind: "chat_not_found" } };
+    if (!check.member) return { place, outcome: { kind: "not_participant" } };
+
+    const seq = lastSeq + 1n;
+    lastSeqs.set(chatKey, seq);
+    const outcome = storedOutcome(send, seq);
+    stored.set(key, { messageId: send.messageId, seq, sentAt: send.sentAt });
+    accepted.push({ send, place, outcome });
+    return { place, outcome };
   });
+  if (accepted.length === 0) return outcomes;
+
+  const written = await writeDecided(tx, accepted);
+  const refused = new Set(accepted.filter((sent) => !written.has(sent)).map(({ send }) => send.chatId.toLowerCase()));
+  if (refused.size === 0) return outcomes;
+  const again = await decideAndWrite(
+    tx,
+    sends.filter(({ send }) => refused.has(send.chatId.toLowerCase())),
+  );
+  const redecided = new Map(again.map((d) => [d.place, d]));
+  return outcomes.map((d) => redecided.get(d.place) ?? d);
 }
 
 /** Locks the chats and returns each existing one's last seq, by lower-case chat id (Postgres prints uuids so). */
-async function lockChats(tx: SqlQuery, sends: readonly PendingSend[]): Promise<Map<string, bigint>> {
-  const chatIds = [...new Set(sends.map((s) => s.chatId.toLowerCase()))];
+async function lockChats(tx: SqlQuery, sends: readonly { send: PendingSend }[]): Promise<Map<string, bigint>> {
+  const chatIds = [...new Set(sends.map(({ send }) => send.chatId.toLowerCase()))];
   const rows = await tx.query<{ chat_id: string; last_seq: bigint }>(LOCK_CHATS, [chatIds]);
   return new Map(rows.map((row) => [row.chat_id, row.last_seq]));
 }
 
-function writeParams(accepted: readonly Accepted[]): unknown[] {
-  const links = accepted.flatMap(({ send }) => send.attachmentIds.map((attachmentId) => [attachmentId, send.chatId]));
+function writeParams(decided: readonly Decided[]): unknown[] {
+  const links = decided.flatMap(({ send }) => send.attachmentIds.map((attachmentId) => [attachmentId, send.chatId]));
   return [
-    accepted.map(({ send }) => send.chatId),
-    accepted.map(({ send }) => send.messageId),
-    accepted.map(({ seq }) => seq),
-    accepted.map(({ send }) => send.senderUserId),
-    accepted.map(({ send }) => send.senderDeviceKey),
-    accepted.map(({ send }) => send.clientMessageId),
-    accepted.map(({ send }) => send.sentAt),
-    accepted.map(({ outcome }) => outcome.fanout.body),
+    decided.map(({ send }) => send.chatId),
+    decided.map(({ send }) => send.messageId),
+    decided.map(({ outcome }) => outcome.seq),
+    decided.map(({ send }) => send.senderUserId),
+    decided.map(({ send }) => send.senderDeviceKey),
+    decided.map(({ send }) => send.clientMessageId),
+    decided.map(({ send }) => send.sentAt),
+    decided.map(({ outcome }) => outcome.fanout.body),
     links.map(([attachmentId]) => attachmentId),
     links.map(([, chatId]) => chatId),
   ];
