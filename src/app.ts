@@ -21,6 +21,7 @@ import { Attachments, attachmentLifetimeDays } from "./features/attachments/atta
 import { Chats } from "./features/chats/chats.js";
 import { DeliveryHub, type Routing } from "./features/delivery/hub.js";
 import { Acks } from "./features/delivery/acks.js";
+import { InboxCap } from "./features/delivery/inbox-cap.js";
 import { Messaging } from "./features/messaging/messaging.js";
 import { Metrics } from "./features/operations/metrics.js";
 import { Retention, type RetentionReport } from "./features/retention/retention.js";
@@ -88,6 +89,16 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     logger,
     metrics,
     routing,
+    new InboxCap(
+      db,
+      {
+        maxEvents: config.limits.maxInboxEvents,
+        checkEvery: Math.ceil(config.limits.maxInboxEvents * tunables.INBOX_CAP_SLACK),
+        maxDevices: tunables.INBOX_CAP_DEVICES,
+      },
+      logger,
+      metrics,
+    ),
   );
   await hub.start();
 

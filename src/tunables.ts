@@ -38,6 +38,14 @@ export const PRESENCE_TTL_SECONDS = 30;
 /** How often a node refreshes its presence records: a third of the TTL, so two missed beats do not lose a device. */
 export const PRESENCE_HEARTBEAT_MS = 10 * SECOND_MS;
 
+/**
+ * How far past MAX_INBOX_EVENTS an inbox may grow between trims as events are written (features/delivery/inbox-cap.ts),
+ * per node writing to it: 1 % of 100,000 is a trim per thousand events, each a scan of one device's inbox.
+ */
+export const INBOX_CAP_SLACK = 0.01;
+/** Devices whose written entries a node counts for the inbox cap: about 100 bytes each. */
+export const INBOX_CAP_DEVICES = 200_000;
+
 // Group commit (features/group-commit.ts)
 
 /** Send batches written at once on Postgres: a pool takes a few, and more only queue behind the chats' row locks. */

@@ -570,6 +570,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
         // The laptop has read everything but the last message, so it stays under the limit.
         await db.ackEvents([{ deviceKey: bobLaptop, eventIds: (await db.readInbox(bobLaptop, 0n, 4)).map((e) => e.eventId) }]);
 
+        expect(await db.trimInboxes(3, [alicePhone, bobLaptop])).toBe(0); // the phone is over the limit, but not asked for
         expect(await db.trimInboxes(3)).toBe(1); // the phone: 5 events (creation and 4 messages)
         // The phone's next stream is told to resync, with what is left, in the same read.
         const opened = await db.openInbox(bobPhone, 10);

@@ -118,9 +118,10 @@ export interface RetentionStore {
   dropPartitionsBefore(cutoff: Date): Promise<string[]>;
   /**
    * Deletes the oldest events of every inbox holding more than `maxEvents` (and the messages left with no inbox
-   * entry), marking those devices for an INBOX_OVERFLOW resync. Returns the number of devices trimmed.
+   * entry), marking those devices for an INBOX_OVERFLOW resync; only the inboxes of `deviceKeys` when given. Returns
+   * the number of devices trimmed.
    */
-  trimInboxes(maxEvents: number): Promise<number>;
+  trimInboxes(maxEvents: number, deviceKeys?: readonly string[]): Promise<number>;
   /** Forgets idempotency keys recorded before `cutoff`. Returns how many. */
   forgetSendsBefore(cutoff: Date): Promise<number>;
   /** Deletes the attachment records last kept before `cutoff` and returns them, so their objects can be deleted. */

@@ -304,10 +304,11 @@ export class MemoryDb implements Db {
     return dropped;
   }
 
-  async trimInboxes(maxEvents: number): Promise<number> {
+  async trimInboxes(maxEvents: number, deviceKeys?: readonly string[]): Promise<number> {
     let trimmed = 0;
+    const only = deviceKeys && new Set(deviceKeys.map(BigInt));
     for (const [deviceKey, inbox] of this.inboxes) {
-      if (inbox.size <= maxEvents) continue;
+      if (inbox.size <= maxEvents || (only && !only.has(deviceKey))) continue;
       // The oldest first: the map is in event id order.
       for (const [eventId, message] of [...inbox].slice(0, inbox.size - maxEvents)) {
         this.deleteEntry(inbox, eventId, message);

@@ -359,20 +359,22 @@ export class SqlDb implements Db {
     return dropPartitionsBefore(this.driver, cutoff);
   }
 
-  async trimInboxes(maxEvents: number): Promise<number> {
+  async trimInboxes(maxEvents: number, deviceKeys?: readonly string[]): Promise<number> {
+    // Two statement texts rather than a NULL test on $2, so each gets a plan for its own case (one device: its index).
+    const which = deviceKeys ? "WHERE device_key = ANY($2::bigint[])" : "";
     const trimmed = await this.driver.query<MessageKey & { device_key: bigint }>(
       `WITH cut AS (
          SELECT o.device_key,
                 (SELECT i.event_id FROM inbox i WHERE i.device_key = o.device_key
                   ORDER BY i.event_id DESC OFFSET $1::int LIMIT 1) AS last_dropped
-           FROM (SELECT device_key FROM inbox GROUP BY device_key HAVING count(*) > $1::int) o
+           FROM (SELECT device_key FROM inbox ${which} GROUP BY device_key HAVING count(*) > $1::int) o
        ), marked AS (
          UPDATE devices d SET resync_cause = 'inbox_overflow' FROM cut WHERE d.device_key = cut.device_key
        )
        DELETE FROM inbox i USING cut
         WHERE i.device_key = cut.device_key AND i.event_id <= cut.last_dropped
        RETURNING i.device_key, i.chat_id, i.message_id, i.created_at`,
-      [maxEvents],
+      deviceKeys ? [maxEvents, deviceKeys] : [maxEvents],
     );
     await this.deleteMessagesWithoutInbox(trimmed);
     return new Set(trimmed.map((row) => row.device_key)).size;

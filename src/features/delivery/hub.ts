@@ -4,6 +4,7 @@ import type { Fanout, InboxEntry, InboxStore } from "../../ports/db.js";
 import type { Bus, Presence } from "../../ports/routing.js";
 import type { Metrics } from "../operations/metrics.js";
 import { DeviceStream, type DeviceStreamOptions } from "./device-stream.js";
+import type { InboxCap } from "./inbox-cap.js";
 
 export interface Routing {
   presence: Presence;
@@ -27,6 +28,7 @@ export class DeliveryHub {
     private readonly logger: Logger,
     private readonly metrics: Metrics,
     private readonly routing: Routing | null = null,
+    private readonly inboxCap: InboxCap | null = null,
   ) {}
 
   /** Starts taking hand-offs from other nodes. */
@@ -106,6 +108,7 @@ export class DeliveryHub {
    * nodes' devices through the bus.
    */
   async deliver(fanout: Fanout): Promise<void> {
+    this.inboxCap?.written(fanout.entries);
     const remote: InboxEntry[] = [];
     for (const entry of fanout.entries) {
       const stream = this.streams.get(entry.deviceKey);

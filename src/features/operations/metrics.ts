@@ -93,7 +93,7 @@ export class Metrics {
   });
   readonly retentionInboxesTrimmed = new Counter({
     name: "palaver_retention_inboxes_trimmed_total",
-    help: "Device inboxes the retention job cut back to MAX_INBOX_EVENTS",
+    help: "Device inboxes cut back to MAX_INBOX_EVENTS, by the retention job or as events were written",
     registers: [this.registry],
   });
   readonly retentionIdempotencyKeysForgotten = new Counter({
