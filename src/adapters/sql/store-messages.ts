@@ -26,7 +26,7 @@ const CHECK_SENDS = `
  * It writes a chat's sends only if the decision still holds once it has the chat's row lock: the chat's last seq is
  * the one before the batch's first seq, nothing changed the row since the statement's snapshot (so the membership and
  * idempotency reads below, which see that snapshot, are current), every sender is a participant and no key was sent
- * before. Other chats' sends are not written and come back without a row; the caller decides them in a transaction.
+ * before. Other chats' sends are not written and come back without a row, for the caller to try again.
  * The lock is taken in chat_id order, the order every writer of chats rows uses, so writers never deadlock.
  * Returns one row per inbox entry of a written send, and one with a null device for a written send nobody reads.
  */
@@ -102,9 +102,9 @@ interface Decided {
 }
 
 /**
- * The last seq this node stored per chat, for the chats it sent to most recently: the guess that lets a batch be
- * written in one statement. Only a guess: the statement checks it under the chat's lock, and a wrong one (another node
- * sent to the chat, or the participants changed) costs that batch a transaction.
+ * The last seq this node stored or read per chat, for the chats it sent to most recently: the guess that lets a batch
+ * be written in one statement. Only a guess: the statement checks it under the chat's lock, and a wrong one (another
+ * node sent to the chat, or the participants changed) costs that chat a read and a second statement.
  */
 export class LastSeqs {
   private readonly seqs = new Map<string, bigint>();
@@ -128,9 +128,11 @@ export class LastSeqs {
 }
 
 /**
- * Db.storeMessages. When this node knows every chat's last seq, the batch is one statement (one round trip, no
- * transaction around it); the sends it does not write, or whose chats it does not know, are decided in a transaction
- * that locks their chats and reads their seqs, idempotency keys and membership first.
+ * Db.storeMessages. A batch is written by one statement with seqs guessed from the chats' last seqs this node knows
+ * (read first, without locks, for chats it does not know). A chat whose guess another writer overtook is read and
+ * tried once more. What is still not written (a retry of an earlier send, a sender who is not a participant, a chat
+ * that does not exist, a key repeated within the batch) is decided in a transaction that locks the chats and reads
+ * their seqs, idempotency keys and membership first.
  */
 export async function storeMessages(
   driver: SqlDriver,
@@ -138,8 +140,11 @@ export async function storeMessages(
   sends: readonly PendingSend[],
 ): Promise<SendOutcome[]> {
   const outcomes = new Array<SendOutcome | undefined>(sends.length);
-  const guessed = guessSeqs(sends, lastSeqs);
-  if (guessed.length > 0) {
+  let pending = sends.map((send, place) => ({ send, place }));
+  for (let attempt = 0; attempt < 2 && pending.length > 0; attempt++) {
+    await readLastSeqs(driver, lastSeqs, pending);
+    const guessed = guessSeqs(pending, lastSeqs);
+    if (guessed.length === 0) break;
     const written = await writeDecided(driver, guessed);
     for (const decided of guessed) {
       const chatKey = decided.send.chatId.toLowerCase();
@@ -150,10 +155,10 @@ export async function storeMessages(
         lastSeqs.delete(chatKey);
       }
     }
+    pending = pending.filter(({ place }) => !outcomes[place]);
   }
-  const rest = sends.flatMap((send, place) => (outcomes[place] ? [] : [{ send, place }]));
-  if (rest.length > 0) {
-    const decided = await driver.transaction((tx) => decideAndWrite(tx, rest));
+  if (pending.length > 0) {
+    const decided = await driver.transaction((tx) => decideAndWrite(tx, pending));
     for (const { place, outcome } of decided) {
       outcomes[place] = outcome;
       if (outcome.kind === "stored") lastSeqs.set(sends[place]!.chatId.toLowerCase(), outcome.seq);
@@ -162,20 +167,33 @@ export async function storeMessages(
   return outcomes as SendOutcome[];
 }
 
+/** Reads the last seqs of the chats this node does not know (a chat that does not exist stays unknown). */
+async function readLastSeqs(db: SqlQuery, lastSeqs: LastSeqs, sends: readonly { send: PendingSend }[]): Promise<void> {
+  const chatKeys = new Set(sends.map(({ send }) => send.chatId.toLowerCase()));
+  const unknown = [...chatKeys].filter((chatKey) => lastSeqs.get(chatKey) === undefined);
+  if (unknown.length === 0) return;
+  const rows = await db.query<{ chat_id: string; last_seq: bigint }>(
+    "SELECT chat_id, last_seq FROM chats WHERE chat_id = ANY($1::uuid[])",
+    [unknown],
+  );
+  for (const row of rows) lastSeqs.set(row.chat_id, row.last_seq);
+}
+
 /**
- * Every send given the seq that follows its chat's known last seq, in batch order; none when a chat's last seq is not
- * known or a key repeats within the batch (the transaction tells the repeat apart as a duplicate).
+ * The sends of the chats whose last seq is known, each given the seq that follows, in batch order; none when a key
+ * repeats within the batch (the transaction tells the repeat apart as a duplicate).
  */
-function guessSeqs(sends: readonly PendingSend[], lastSeqs: LastSeqs): Decided[] {
+function guessSeqs(sends: readonly { send: PendingSend; place: number }[], lastSeqs: LastSeqs): Decided[] {
   const next = new Map<string, bigint>();
   const keys = new Set<string>();
   const guessed: Decided[] = [];
-  for (const [place, send] of sends.entries()) {
+  for (const { send, place } of sends) {
+    const key = `${send.senderDeviceKey}/${send.clientMessageId}`;
+    if (keys.has(key)) return [];
+    keys.add(key);
     const chatKey = send.chatId.toLowerCase();
     const last = next.get(chatKey) ?? lastSeqs.get(chatKey);
-    const key = `${send.senderDeviceKey}/${send.clientMessageId}`;
-    if (last === undefined || keys.has(key)) return [];
-    keys.add(key);
+    if (last === undefined) continue;
     next.set(chatKey, last + 1n);
     guessed.push({ send, place, outcome: storedOutcome(send, last + 1n) });
   }
