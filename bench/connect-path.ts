@@ -8,42 +8,22 @@
  *
  * It works in a fresh schema of the database the URL names (default DATABASE_URL), dropped afterwards.
  */
-import { readdirSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { SqlDb } from "../src/adapters/sql/sql-db.js";
 import { DeviceDirectory } from "../src/auth/device-directory.js";
 import { DEVICE_BATCH_MAX, DEVICE_BATCHES_IN_FLIGHT, INBOX_PAGE_SIZE } from "../src/tunables.js";
+import { measure } from "./cpu.js";
 
 const { values } = parseArgs({
   options: { url: { type: "string", default: process.env.DATABASE_URL }, devices: { type: "string", default: "10000" } },
 });
 if (!values.url) throw new Error("give --url or set DATABASE_URL");
 
-/** CPU seconds (user + system) used so far by every process named postgres. */
-function postgresCpuSeconds(): number {
-  let ticks = 0;
-  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      if (!stat.includes("(postgres)")) continue;
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // the process ended meanwhile
-    }
-  }
-  return ticks / 100; // USER_HZ
-}
-
-async function measure<T>(what: string, work: () => Promise<T>): Promise<T> {
-  const [postgresBefore, nodeBefore, started] = [postgresCpuSeconds(), process.cpuUsage(), performance.now()];
-  const result = await work();
-  const ms = performance.now() - started;
-  const node = process.cpuUsage(nodeBefore);
+async function report<T>(what: string, work: () => Promise<T>): Promise<T> {
+  const { result, ms, nodeCpu, postgresCpu } = await measure(work);
   console.log(
-    `${what} in ${ms.toFixed(0)} ms; CPU: this process ${((node.user + node.system) / 1e6).toFixed(2)} s, ` +
-      `postgres ${(postgresCpuSeconds() - postgresBefore).toFixed(2)} s`,
+    `${what} in ${ms.toFixed(0)} ms; CPU: this process ${nodeCpu.toFixed(2)} s, postgres ${postgresCpu.toFixed(2)} s`,
   );
   return result;
 }
@@ -59,10 +39,10 @@ try {
     maxInFlight: DEVICE_BATCHES_IN_FLIGHT,
   });
   const devices = Number(values.devices);
-  const keys = await measure(`${devices} new devices registered`, () =>
+  const keys = await report(`${devices} new devices registered`, () =>
     Promise.all(Array.from({ length: devices }, (_, i) => directory.resolve(`user-${i}`, "phone"))),
   );
-  await measure(`${devices} inboxes opened`, () => Promise.all(keys.map((key) => db.openInbox(key, INBOX_PAGE_SIZE))));
+  await report(`${devices} inboxes opened`, () => Promise.all(keys.map((key) => db.openInbox(key, INBOX_PAGE_SIZE))));
 } finally {
   await driver.exec(`DROP SCHEMA ${schema} CASCADE`);
   await driver.close();
