@@ -16,6 +16,7 @@ import { SqlDb } from "../src/adapters/sql/sql-db.js";
 import { GroupCommitter } from "../src/features/group-commit.js";
 import type { PendingSend, SendOutcome } from "../src/ports/db.js";
 import { SEND_BATCHES_IN_FLIGHT_POSTGRES } from "../src/tunables.js";
+import { registerDeviceKeys } from "../test/support/store-fixtures.js";
 import { measure } from "./cpu.js";
 
 const { values } = parseArgs({
@@ -39,7 +40,8 @@ try {
   await db.ensurePartitions(new Date(), 2);
   const now = new Date();
   const users = Array.from({ length: groups * 5 }, (_, i) => `user-${i}`);
-  const keys = await db.registerDevices(
+  const keys = await registerDeviceKeys(
+    db,
     users.flatMap((userId) => [{ userId, deviceName: "phone" }, { userId, deviceName: "laptop" }]),
     now,
   );

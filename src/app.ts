@@ -2,11 +2,13 @@ import { createHmac } from "node:crypto";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { destination, type Logger } from "pino";
+import { AccountService } from "../gen/palaver/chat/v1/account_pb.js";
 import { AttachmentService } from "../gen/palaver/chat/v1/attachment_pb.js";
 import { ChatService } from "../gen/palaver/chat/v1/chat_pb.js";
 import { LocalBlobStore } from "./adapters/blob/local-blob-store.js";
 import { S3BlobStore } from "./adapters/blob/s3-blob-store.js";
 import { observed } from "./adapters/observed.js";
+import { memoryRateLimiters, redisRateLimiters } from "./adapters/rate-limiters.js";
 import { connectRedis } from "./adapters/redis/connect.js";
 import { RedisBus } from "./adapters/redis/redis-bus.js";
 import { RedisPresence } from "./adapters/redis/redis-presence.js";
@@ -17,6 +19,8 @@ import { DeviceDirectory } from "./auth/device-directory.js";
 import { resolveAuthSecret } from "./auth/secret.js";
 import { createTokenVerifier } from "./auth/tokens.js";
 import type { Config } from "./config.js";
+import { Blocks } from "./features/account/blocks.js";
+import { Devices } from "./features/account/devices.js";
 import { Attachments, attachmentLifetimeDays } from "./features/attachments/attachments.js";
 import { Chats } from "./features/chats/chats.js";
 import { DeliveryHub, type Routing } from "./features/delivery/hub.js";
@@ -30,6 +34,8 @@ import { createLogger } from "./log.js";
 import type { BlobStore } from "./ports/blob-store.js";
 import { type Clock, systemClock } from "./ports/clock.js";
 import type { Db } from "./ports/db.js";
+import type { RateLimiters } from "./ports/rate-limiter.js";
+import { accountService } from "./transport/account-service.js";
 import { attachmentService } from "./transport/attachment-service.js";
 import { chatService } from "./transport/chat-service.js";
 import { toConnectError } from "./transport/errors.js";
@@ -77,7 +83,10 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   const blobs = openBlobStore(config, secret, clock, () => publicUrl, logger);
   await blobs.store.init();
 
-  const routing = config.redisUrl ? openRouting(config.redisUrl, config.nodeId, logger, metrics) : null;
+  const redis = config.redisUrl ? openRedis(config.redisUrl, config.nodeId, logger, metrics) : null;
+  const routing = redis?.routing ?? null;
+  // With Redis the limits on writes are counted once across the nodes; a single node counts in memory.
+  const limiters = redis?.limiters ?? memoryRateLimiters;
   hub = new DeliveryHub(
     db,
     {
@@ -102,17 +111,20 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   );
   await hub.start();
 
-  const retention = newRetention(config, db, blobs.store, clock, logger, metrics);
-  await retention.prepare();
-  retention.start(tunables.RETENTION_INTERVAL_MS);
-
-  const chats = new Chats(db, hub, clock, { maxParticipants: config.limits.maxParticipants });
-  const attachments = new Attachments(db, blobs.store, clock, {
+  const chats = new Chats(db, hub, clock, limiters, {
+    maxParticipants: config.limits.maxParticipants,
+    changesPerDevicePerHour: config.limits.chatChangesPerDevicePerHour,
+    changesPerUserPerHour: config.limits.chatChangesPerUserPerHour,
+  });
+  const attachments = new Attachments(db, blobs.store, clock, limiters, {
     maxBytes: config.limits.maxAttachmentBytes,
     uploadUrlSeconds: tunables.UPLOAD_URL_SECONDS,
     downloadUrlSeconds: tunables.DOWNLOAD_URL_SECONDS,
+    uploadsPerHour: config.limits.uploadsPerHour,
+    uploadBytesPerHour: config.limits.uploadBytesPerHour,
   });
-  const messaging = new Messaging(db, hub, clock, (userId, ids) => attachments.resolveForSend(userId, ids), metrics, {
+  const resolveAttachments = (userId: string, ids: readonly string[]) => attachments.resolveForSend(userId, ids);
+  const messaging = new Messaging(db, hub, clock, resolveAttachments, metrics, limiters, {
     maxBatch: config.limits.sendBatchMax,
     sendsPerMinute: config.limits.sendsPerMinute,
     maxInFlight: config.databaseUrl
@@ -123,14 +135,30 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     maxBatch: tunables.DEVICE_BATCH_MAX,
     maxInFlight: tunables.DEVICE_BATCHES_IN_FLIGHT,
     onBatch: metrics.batchObserver("devices"),
+    maxDevicesPerUser: config.limits.maxDevicesPerUser,
   });
+  const blocks = new Blocks(db, clock);
+  // Tells the directory (and, through the bus, every other node's) of each device it removes.
+  const userDevices = new Devices(db, hub, devices, clock, logger, routing?.bus);
+  await userDevices.start();
+
+  const retention = newRetention(config, db, blobs.store, clock, logger, metrics, (cutoff) =>
+    userDevices.removeNotSeenSince(cutoff),
+  );
+  await retention.prepare();
+  retention.start(tunables.RETENTION_INTERVAL_MS);
 
   const auth = {
-    verifyToken: createTokenVerifier({ secret, jwksUrl: config.authJwksUrl }),
-    resolveDevice: (userId: string, deviceName: string) => devices.resolve(userId, deviceName),
+    verifyToken: createTokenVerifier({
+      secret,
+      jwksUrl: config.authJwksUrl,
+      maxLifetimeSeconds: config.maxTokenLifetimeSeconds,
+    }),
+    resolveDevice: (userId: string, deviceName: string, issuedAt: Date) => devices.resolve(userId, deviceName, issuedAt),
   };
-  const acks = new Acks(db, {
+  const acks = new Acks(db, limiters, {
     maxBatch: tunables.ACK_BATCH_MAX,
+    acksPerMinute: config.limits.acksPerMinute,
     maxInFlight: tunables.ACK_BATCHES_IN_FLIGHT,
     onBatch: metrics.batchObserver("acks"),
   });
@@ -160,21 +188,23 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     routes: (router) =>
       router
         .service(ChatService, chat.service)
-        .service(AttachmentService, attachmentService(attachments)),
+        .service(AttachmentService, attachmentService(attachments))
+        .service(AccountService, accountService(blocks, userDevices)),
     fallback: plainHttp({
       metrics,
       ready: () => !server?.shuttingDown.aborted,
       onError: (err) => logger.error({ err }, "http request failed"),
       next: [
         ...(blobs.httpHandler ? [blobCors, blobs.httpHandler] : []),
-        // Development sign-in for the web client; in production the path does not exist (404).
-        ...(config.nodeEnv === "production" ? [] : [createDevTokenHandler(secret)]),
+        // Development sign-in for the web client; with DEV_SIGN_IN=off (production's default) the path does not exist.
+        ...(config.devSignIn === "off" ? [] : [createDevTokenHandler(secret, { from: config.devSignIn })]),
         createStaticFiles(webDist),
       ],
     }),
   });
   publicUrl = config.publicUrl ?? server.url;
   logger.info({ url: server.url, database: config.databaseUrl ? "postgres" : "pglite" }, "palaver is serving");
+  if (config.devSignIn !== "off") logger.warn({ devSignIn: config.devSignIn }, devSignInWarning[config.devSignIn]);
 
   return {
     config,
@@ -191,6 +221,16 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     },
   };
 }
+
+/** Said at start while POST /dev/token hands out a token for any user: no deployment should run so unknowingly. */
+const devSignInWarning = {
+  local:
+    "development sign-in is on: POST /dev/token gives any client on this machine a token for any user " +
+    "(DEV_SIGN_IN=local); set DEV_SIGN_IN=off, or NODE_ENV=production, on a shared machine or behind a proxy here",
+  any:
+    "development sign-in is open to every machine: POST /dev/token gives anyone who reaches this server a token " +
+    "for any user (DEV_SIGN_IN=any)",
+} as const;
 
 /** `palaver retention run`: the retention job once, against the database and store the config names. */
 export async function runRetentionOnce(config: Config): Promise<RetentionReport> {
@@ -234,7 +274,13 @@ function openBlobStore(
   return { store, httpHandler: (req, res) => store.handleRequest(req, res) };
 }
 
-function openRouting(redisUrl: string, nodeId: string, logger: Logger, metrics: Metrics): Routing {
+/** A node's Redis: presence and hand-offs (routing), and the write limits' shared counts on the commands connection. */
+function openRedis(
+  redisUrl: string,
+  nodeId: string,
+  logger: Logger,
+  metrics: Metrics,
+): { routing: Routing; limiters: RateLimiters } {
   const connect = (role: "commands" | "subscriber") => {
     // Both counters start at 0 per role, so a rate over them is defined from the first scrape.
     metrics.redisErrors.inc({ role }, 0);
@@ -249,12 +295,15 @@ function openRouting(redisUrl: string, nodeId: string, logger: Logger, metrics: 
   };
   const commands = connect("commands");
   return {
-    presence: new RedisPresence(
-      commands,
-      { nodeId, ttlSeconds: tunables.PRESENCE_TTL_SECONDS, heartbeatMs: tunables.PRESENCE_HEARTBEAT_MS },
-      logger,
-    ),
-    bus: new RedisBus(nodeId, commands, connect("subscriber"), logger),
+    routing: {
+      presence: new RedisPresence(
+        commands,
+        { nodeId, ttlSeconds: tunables.PRESENCE_TTL_SECONDS, heartbeatMs: tunables.PRESENCE_HEARTBEAT_MS },
+        logger,
+      ),
+      bus: new RedisBus(nodeId, commands, connect("subscriber"), logger),
+    },
+    limiters: redisRateLimiters(commands),
   };
 }
 
@@ -265,6 +314,7 @@ function newRetention(
   clock: Clock,
   logger: Logger,
   metrics?: Metrics,
+  removeDevicesNotSeenSince?: (cutoff: Date) => Promise<number>,
 ): Retention {
   return new Retention(
     db,
@@ -275,6 +325,7 @@ function newRetention(
       maxInboxEvents: config.limits.maxInboxEvents,
       partitionsAhead: tunables.PARTITIONS_AHEAD,
       idempotencyMs: tunables.IDEMPOTENCY_MS,
+      removeDevicesNotSeenSince,
     },
     logger,
     (report) => metrics?.countRetentionRun(report),

@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { resolveAuthSecret } from "./auth/secret.js";
-import { mintToken } from "./auth/tokens.js";
+import { defaultTtlSeconds, mintToken } from "./auth/tokens.js";
 import { loadConfig } from "./config.js";
 import { runDemo } from "./cli/demo.js";
 import { runRetentionOnce } from "./app.js";
@@ -19,8 +19,11 @@ async function main(argv: string[]): Promise<void> {
         options: { user: { type: "string" }, device: { type: "string" }, ttl: { type: "string" } },
       });
       if (!values.user || !values.device) throw new UsageError("token needs --user and --device");
-      const secret = await resolveAuthSecret(loadConfig());
-      console.log(await mintToken(secret, { userId: values.user, deviceName: values.device }, { ttl: values.ttl }));
+      const config = loadConfig();
+      const secret = await resolveAuthSecret(config);
+      // By default no longer than this server accepts (MAX_TOKEN_LIFETIME).
+      const ttl = values.ttl ?? Math.min(defaultTtlSeconds, config.maxTokenLifetimeSeconds);
+      console.log(await mintToken(secret, { userId: values.user, deviceName: values.device }, { ttl }));
       return;
     }
     case "retention": {

@@ -32,11 +32,13 @@ describe("loadConfig", () => {
       s3: undefined,
       authSecret: undefined,
       authJwksUrl: undefined,
+      maxTokenLifetimeSeconds: 30 * 86_400,
       retentionDays: 30,
       subscribeKeepAliveSeconds: 25,
       tls: undefined,
       logLevel: "info",
       nodeEnv: "development",
+      devSignIn: "local",
       limits: {
         maxParticipants: 100,
         maxInboxEvents: 100_000,
@@ -44,6 +46,12 @@ describe("loadConfig", () => {
         maxAttachmentBytes: 100 * 1024 * 1024,
         sendBatchMax: 256,
         sendsPerMinute: 600,
+        chatChangesPerDevicePerHour: 60,
+        chatChangesPerUserPerHour: 120,
+        uploadsPerHour: 100,
+        uploadBytesPerHour: 2 * 1024 ** 3,
+        acksPerMinute: 1200,
+        maxDevicesPerUser: 8,
       },
     });
     expect(config.nodeId).toMatch(/^node-[0-9a-f]{12}$/);
@@ -66,6 +74,7 @@ describe("loadConfig", () => {
       S3_SECRET_ACCESS_KEY: "secret",
       AUTH_SECRET: "s".repeat(32),
       AUTH_JWKS_URL: "https://idp.example/.well-known/jwks.json",
+      MAX_TOKEN_LIFETIME: "12h",
       RETENTION_DAYS: "7",
       SUBSCRIBE_KEEPALIVE_SECONDS: "50",
       NODE_ID: "node-a",
@@ -73,12 +82,19 @@ describe("loadConfig", () => {
       TLS_KEY_FILE: join(dir, "key.pem"),
       LOG_LEVEL: "debug",
       NODE_ENV: "production",
+      DEV_SIGN_IN: "any",
       MAX_PARTICIPANTS: "50",
       MAX_INBOX_EVENTS: "1000",
       STREAM_QUEUE_LIMIT: "500",
       MAX_ATTACHMENT_BYTES: "1048576",
       SEND_BATCH_MAX: "64",
       SEND_LIMIT_PER_MINUTE: "30",
+      CHAT_CHANGE_LIMIT_PER_DEVICE_PER_HOUR: "10",
+      CHAT_CHANGE_LIMIT_PER_USER_PER_HOUR: "20",
+      UPLOAD_LIMIT_PER_HOUR: "5",
+      UPLOAD_BYTES_LIMIT_PER_HOUR: "2097152",
+      ACK_LIMIT_PER_MINUTE: "90",
+      MAX_DEVICES_PER_USER: "3",
     });
     expect(config).toEqual({
       port: 0,
@@ -89,14 +105,37 @@ describe("loadConfig", () => {
       s3: { endpoint: "http://s3:8333", bucket: "media", region: "us-east-1", accessKeyId: "id", secretAccessKey: "secret" },
       authSecret: "s".repeat(32),
       authJwksUrl: "https://idp.example/.well-known/jwks.json",
+      maxTokenLifetimeSeconds: 43_200,
       retentionDays: 7,
       subscribeKeepAliveSeconds: 50,
       nodeId: "node-a",
       tls: { certFile: join(dir, "cert.pem"), keyFile: join(dir, "key.pem") },
       logLevel: "debug",
       nodeEnv: "production",
-      limits: { maxParticipants: 50, maxInboxEvents: 1000, streamQueueLimit: 500, maxAttachmentBytes: 1048576, sendBatchMax: 64, sendsPerMinute: 30 },
+      devSignIn: "any",
+      limits: {
+        maxParticipants: 50,
+        maxInboxEvents: 1000,
+        streamQueueLimit: 500,
+        maxAttachmentBytes: 1048576,
+        sendBatchMax: 64,
+        sendsPerMinute: 30,
+        chatChangesPerDevicePerHour: 10,
+        chatChangesPerUserPerHour: 20,
+        uploadsPerHour: 5,
+        uploadBytesPerHour: 2097152,
+        acksPerMinute: 90,
+        maxDevicesPerUser: 3,
+      },
     });
+  });
+
+  it("turns dev sign-in on for this machine only by default, off in production, as DEV_SIGN_IN says when set", () => {
+    expect(loadConfig({}).devSignIn).toBe("local");
+    expect(loadConfig({ NODE_ENV: "production" }).devSignIn).toBe("off");
+    expect(loadConfig({ NODE_ENV: "production", DEV_SIGN_IN: "local" }).devSignIn).toBe("local");
+    expect(loadConfig({ DEV_SIGN_IN: "off" }).devSignIn).toBe("off");
+    expect(problemsOf({ DEV_SIGN_IN: "yes" })).toEqual(['DEV_SIGN_IN must be one of off, local, any, got "yes"']);
   });
 
   it("treats empty values as unset", () => {
@@ -130,6 +169,16 @@ describe("loadConfig", () => {
     ]);
   });
 
+  it("reads MAX_TOKEN_LIFETIME as palaver token --ttl does", () => {
+    expect(loadConfig({ MAX_TOKEN_LIFETIME: "3600s" }).maxTokenLifetimeSeconds).toBe(3600);
+    expect(loadConfig({ MAX_TOKEN_LIFETIME: "2w" }).maxTokenLifetimeSeconds).toBe(14 * 86_400);
+    for (const text of ["0d", "30", "30 days", "-1h"]) {
+      expect(problemsOf({ MAX_TOKEN_LIFETIME: text })).toEqual([
+        `MAX_TOKEN_LIFETIME must be a span such as 30d, 12h, 90m, 3600s or 2w, got "${text}"`,
+      ]);
+    }
+  });
+
   it("wants the S3 variables together", () => {
     expect(problemsOf({ S3_ENDPOINT: "http://s3:8333", S3_BUCKET: "media" })).toEqual([
       "S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY are set together or not at all; " +
@@ -157,6 +206,13 @@ describe("loadConfig", () => {
     })();
     expect(error?.message).toContain("AUTH_SECRET");
     expect(error?.message).not.toContain("hunter2");
+  });
+
+  it("wants an hour's upload bytes to hold the largest attachment", () => {
+    expect(problemsOf({ MAX_ATTACHMENT_BYTES: "1000", UPLOAD_BYTES_LIMIT_PER_HOUR: "999" })).toEqual([
+      "UPLOAD_BYTES_LIMIT_PER_HOUR must be at least MAX_ATTACHMENT_BYTES (1000): the largest never fit",
+    ]);
+    expect(loadConfig({ MAX_ATTACHMENT_BYTES: "1000", UPLOAD_BYTES_LIMIT_PER_HOUR: "1000" }).limits.uploadBytesPerHour).toBe(1000);
   });
 
   it("caps MAX_PARTICIPANTS and MAX_ATTACHMENT_BYTES at what the proto's rules allow, naming the rule", () => {

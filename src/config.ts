@@ -1,6 +1,7 @@
 import { accessSync, constants } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { attachmentBytesRule as attachmentBytes, idPattern, participantsRule as participants } from "./api-rules.js";
+import { defaultTtlSeconds, parseTtl } from "./auth/tokens.js";
 
 /** Everything the server reads from its environment, validated once at start (README.md: "Configuration"). */
 export interface Config {
@@ -19,6 +20,8 @@ export interface Config {
   authSecret?: string;
   /** Verifies asymmetric tokens against this key set, next to the HS256 secret. */
   authJwksUrl?: string;
+  /** The longest lifetime (exp - iat) of a token the server accepts, in seconds. */
+  maxTokenLifetimeSeconds: number;
   retentionDays: number;
   /** How long a Subscribe stream may be quiet before the server sends an empty response to keep it open. */
   subscribeKeepAliveSeconds: number;
@@ -27,6 +30,8 @@ export interface Config {
   tls?: { certFile: string; keyFile: string };
   logLevel: LogLevel;
   nodeEnv: string;
+  /** Who may use POST /dev/token (see createDevTokenHandler): nobody, clients on this machine, or anyone. */
+  devSignIn: DevSignIn;
   limits: Limits;
 }
 
@@ -46,12 +51,27 @@ export interface Limits {
   maxAttachmentBytes: number;
   /** Sends that may share one transaction (group commit). */
   sendBatchMax: number;
-  /** Messages one device may send a minute (per node). */
+  /** Messages one device may send a minute. The write limits count across the nodes when Redis is set. */
   sendsPerMinute: number;
+  /** Chats created plus participant changes one device may make an hour. */
+  chatChangesPerDevicePerHour: number;
+  /** The same for all of one user's devices together. */
+  chatChangesPerUserPerHour: number;
+  /** Upload grants (CreateAttachment calls) one user may get an hour. */
+  uploadsPerHour: number;
+  /** Bytes those grants may declare in all, per user an hour. */
+  uploadBytesPerHour: number;
+  /** Ack frames one stream may send a minute; AckEvents calls one device may make a minute. */
+  acksPerMinute: number;
+  /** Devices one user may have: every message to the user is an inbox entry per device. */
+  maxDevicesPerUser: number;
 }
 
 export const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof logLevels)[number];
+
+export const devSignInModes = ["off", "local", "any"] as const;
+export type DevSignIn = (typeof devSignInModes)[number];
 
 /** Thrown by loadConfig with one line per bad variable. */
 export class ConfigError extends Error {
@@ -73,6 +93,7 @@ export function loadConfig(env: Env = process.env): Config {
   if (tls) {
     for (const name of ["TLS_CERT_FILE", "TLS_KEY_FILE"] as const) read.readableFile(name);
   }
+  const nodeEnv = read.string("NODE_ENV") ?? "development";
 
   const config: Config = {
     port: read.integer("PORT", 8080, 0, 65535),
@@ -90,12 +111,15 @@ export function loadConfig(env: Env = process.env): Config {
     },
     authSecret: read.secret("AUTH_SECRET", 32),
     authJwksUrl: read.url("AUTH_JWKS_URL", ["https:", "http:"]),
+    maxTokenLifetimeSeconds: read.span("MAX_TOKEN_LIFETIME", defaultTtlSeconds),
     retentionDays: read.integer("RETENTION_DAYS", 30, 1),
     subscribeKeepAliveSeconds: read.integer("SUBSCRIBE_KEEPALIVE_SECONDS", 25, 1),
     nodeId: read.matching("NODE_ID", idPattern) ?? `node-${randomBytes(6).toString("hex")}`,
     tls: tls && { certFile: tls.TLS_CERT_FILE, keyFile: tls.TLS_KEY_FILE },
     logLevel: read.oneOf("LOG_LEVEL", logLevels) ?? "info",
-    nodeEnv: read.string("NODE_ENV") ?? "development",
+    nodeEnv,
+    // `npm start` signs in on localhost with no setting; nothing else can mint tokens unless told to.
+    devSignIn: read.oneOf("DEV_SIGN_IN", devSignInModes) ?? (nodeEnv === "production" ? "off" : "local"),
     limits: {
       // Capped at what the API's validation rules allow (api-rules.ts): a value above them is a start-up error.
       maxParticipants: read.integer("MAX_PARTICIPANTS", 100, participants.min, participants.max, participants.rule),
@@ -110,8 +134,24 @@ export function loadConfig(env: Env = process.env): Config {
       ),
       sendBatchMax: read.integer("SEND_BATCH_MAX", 256, 1),
       sendsPerMinute: read.integer("SEND_LIMIT_PER_MINUTE", 600, 1),
+      // A phone creates a few chats a day, and adding a group's members is a call each: 60 an hour sets up a group of
+      // 50 at once, where one device made 1,800 changes a minute, each an event in up to 99 others' inboxes.
+      chatChangesPerDevicePerHour: read.integer("CHAT_CHANGE_LIMIT_PER_DEVICE_PER_HOUR", 60, 1),
+      chatChangesPerUserPerHour: read.integer("CHAT_CHANGE_LIMIT_PER_USER_PER_HOUR", 120, 1),
+      // 100 photos or twenty 100 MiB videos an hour is a busy user; one user got 1,927 grants of 100 MiB a minute.
+      uploadsPerHour: read.integer("UPLOAD_LIMIT_PER_HOUR", 100, 1),
+      uploadBytesPerHour: read.integer("UPLOAD_BYTES_LIMIT_PER_HOUR", 2 * 1024 ** 3, 1),
+      // Clients ack about once a second, and once per 1,000 events while a backlog drains (100 for a full inbox);
+      // 20 a second leaves room for clients that ack as soon as they are idle.
+      acksPerMinute: read.integer("ACK_LIMIT_PER_MINUTE", 1200, 1),
+      // A phone, a tablet, a few computers and browsers; one user had registered 2,000 device names.
+      maxDevicesPerUser: read.integer("MAX_DEVICES_PER_USER", 8, 1),
     },
   };
+  if (config.limits.uploadBytesPerHour < config.limits.maxAttachmentBytes) {
+    const most = config.limits.maxAttachmentBytes;
+    problems.push(`UPLOAD_BYTES_LIMIT_PER_HOUR must be at least MAX_ATTACHMENT_BYTES (${most}): the largest never fit`);
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }
@@ -139,6 +179,23 @@ class Reader {
       return fallback;
     }
     return value;
+  }
+
+  /** A span of time as `palaver token --ttl` takes it (30d, 12h, 90m, 3600s, 2w), in seconds. */
+  span(name: string, fallback: number): number {
+    const text = this.string(name);
+    if (text === undefined) return fallback;
+    let seconds = 0;
+    try {
+      seconds = parseTtl(text);
+    } catch {
+      // reported below
+    }
+    if (seconds < 1) {
+      this.problems.push(`${name} must be a span such as 30d, 12h, 90m, 3600s or 2w, got "${text}"`);
+      return fallback;
+    }
+    return seconds;
   }
 
   url(name: string, protocols: string[]): string | undefined {

@@ -10,7 +10,7 @@ export type RefusalKind =
   | "not_found"
   /** The caller is who they say, but may not do this. */
   | "forbidden"
-  /** Not yet possible: an attachment not uploaded yet. */
+  /** Not possible until the client changes something first: an attachment not uploaded yet, a device too many. */
   | "not_ready"
   /** Too many requests; `retryAfterSeconds` says when to try again. */
   | "rate_limited"

@@ -1,19 +1,25 @@
 // Command go-client is a small Palaver device in Go, built on the generated client in gen/go.
 //
 // It opens one ChatService/Connect stream (gRPC over cleartext HTTP/2) with a token minted elsewhere
-// (`palaver token --user U --device D`) and, by mode:
+// (`palaver token --user U --device D`), or with a token a command prints, and, by mode:
 //
 //	go-client create-chat --with bob[,carol] [--name N]
 //	go-client send --chat C --text T [--client-id X]
 //	go-client listen [--until-drained] [--count N] [--no-ack]
 //
-// Every mode also takes --url (default http://127.0.0.1:8080), --token (default $PALAVER_TOKEN) and --timeout.
-// Results and events go to stdout, one protojson object a line; errors go to stderr with exit status 1.
+// Every mode also takes --url (default http://127.0.0.1:8080), --token (default $PALAVER_TOKEN) or --token-command
+// (default $PALAVER_TOKEN_COMMAND), and --timeout. Results and events go to stdout, one protojson object a line; errors
+// go to stderr with exit status 1.
 //
 // listen acks a stored event only after printing it (at least once), and in batches: one ack frame carries up to
 // 1000 ids, and goes out when 1000 wait, when the oldest has waited a second, at InboxDrained, at the stop condition,
 // and on an interrupt (Ctrl-C, SIGTERM), which acks what was printed and closes the stream cleanly; a second
 // interrupt ends the process at once. An event left unacked is sent again on the next listen, never lost.
+//
+// A stream lives no longer than its token. With --token-command (e.g. 'palaver token --user U --device D --ttl 1h'),
+// listen runs the command again shortly before the token expires, half-closes the stream (its acks are answered) and
+// opens the next with the new token; a stream the server ends because its token expired is reopened the same way at
+// once. The next stream's backlog repeats what was printed but not acked yet: it is acked again, not printed again.
 package main
 
 import (
@@ -48,7 +54,8 @@ modes:
   listen [--until-drained] [--count N] [--no-ack]
         print each event received; stop after InboxDrained and/or N stored events (else run until interrupted);
         ack the printed ones in batches: up to 1000 ids a frame, after at most 1 s, and before stopping
-common flags: --url URL --token T --timeout D`
+common flags: --url URL (--token T | --token-command CMD) --timeout D
+  --token-command runs CMD (through sh) for each token; listen then renews its token before it expires`
 
 // closeGrace is how long listen has, after an interrupt, to ack what it printed and close the stream.
 const closeGrace = 5 * time.Second
@@ -83,6 +90,9 @@ func run(args []string) error {
 	flags := flag.NewFlagSet(mode, flag.ContinueOnError)
 	baseURL := flags.String("url", "http://127.0.0.1:8080", "the server's base URL")
 	token := flags.String("token", os.Getenv("PALAVER_TOKEN"), "bearer token (default $PALAVER_TOKEN)")
+	tokenCommand := flags.String("token-command", os.Getenv("PALAVER_TOKEN_COMMAND"),
+		"a command that prints a fresh token, run for each one; listen renews its token with it "+
+			"(default $PALAVER_TOKEN_COMMAND)")
 	timeout := flags.Duration("timeout", 0, "give up after this long (0: never)")
 
 	// An interrupt ends the stream: at once, or for listen after closeGrace, in which listen acks what it printed and
@@ -92,6 +102,7 @@ func run(args []string) error {
 	context.AfterFunc(interrupt, stop) // a second interrupt ends the process at once
 	grace := time.Duration(0)
 
+	var conn *connector // set once the flags are parsed
 	var act func(*device) error
 	switch mode {
 	case "create-chat":
@@ -108,7 +119,7 @@ func run(args []string) error {
 		flags.BoolVar(&opts.untilDrained, "until-drained", false, "stop after InboxDrained")
 		flags.IntVar(&opts.count, "count", 0, "stop after this many stored events (messages and chat updates)")
 		flags.BoolVar(&opts.noAck, "no-ack", false, "do not ack; the events stay in the inbox")
-		act = func(d *device) error { return listen(d, opts, interrupt.Done()) }
+		act = func(d *device) error { return listen(d, conn, opts, interrupt.Done()) }
 		grace = closeGrace
 	default:
 		return usageError(fmt.Sprintf("unknown mode %q", mode))
@@ -116,8 +127,8 @@ func run(args []string) error {
 	if err := flags.Parse(args[1:]); err != nil {
 		return errFlags
 	}
-	if *token == "" {
-		return usageError("--token (or PALAVER_TOKEN) is required")
+	if *token == "" && *tokenCommand == "" {
+		return usageError("--token (or PALAVER_TOKEN) or --token-command (or PALAVER_TOKEN_COMMAND) is required")
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -128,7 +139,13 @@ func run(args []string) error {
 		ctx, cancelTimeout = context.WithTimeout(ctx, *timeout)
 		defer cancelTimeout()
 	}
-	d, err := open(ctx, *baseURL, *token)
+	// With both, the command wins: it can renew the token.
+	conn = &connector{ctx: ctx, baseURL: *baseURL, tokens: tokenSource{token: *token, command: *tokenCommand}}
+	first, err := conn.tokens.get(ctx)
+	var d *device
+	if err == nil {
+		d, err = conn.open(first)
+	}
 	if err == nil {
 		err = act(d)
 	}
@@ -300,12 +317,11 @@ type listenOptions struct {
 // listen prints events as they arrive and acks the stored ones after printing them (at least once), in batches
 // (ackBatch): when maxAckBatch ids wait, when the oldest has waited ackDelay, at InboxDrained, at the stop condition
 // and on an interrupt. It returns once the stop condition holds (or the interrupt came) and every ack has been
-// answered, after closing the stream.
-func listen(d *device, opts listenOptions, interrupted <-chan struct{}) error {
+// answered, after closing the stream. With a token command it moves to a new stream each time it renews the token,
+// or when the server ends the stream because the token expired.
+func listen(d *device, conn *connector, opts listenOptions, interrupted <-chan struct{}) error {
 	var (
-		seen     = map[uint64]bool{} // the server may send an event again after a reconnect: dedupe by event_id
-		batch    = ackBatch{max: maxAckBatch, delay: ackDelay}
-		acking   = map[string][]uint64{} // ack commands not yet answered: their ids, by request id
+		seen     = map[uint64]bool{} // an event comes again after a reconnect until it is acked: dedupe by event_id
 		drained  bool
 		received int
 		finished bool // past the stop condition: events stay unacked for next time
@@ -320,70 +336,131 @@ func listen(d *device, opts listenOptions, interrupted <-chan struct{}) error {
 	// stopped or reset timer delivers no stale tick.)
 	timer := time.NewTimer(ackDelay)
 	defer timer.Stop()
-	timer.Stop()
 
-	for !finished || len(acking) > 0 {
-		flush := false
-		select {
-		case in, ok := <-d.frames:
-			if !ok {
-				return fmt.Errorf("listen: %w", d.ended())
+streams:
+	for {
+		var (
+			batch    = ackBatch{max: maxAckBatch, delay: ackDelay}
+			acking   = map[string][]uint64{} // this stream's ack commands not yet answered: their ids, by request id
+			opened   bool                    // the stream sent a frame: if it ends UNAUTHENTICATED, its token expired
+			renewal  = conn.renewal()        // fires shortly before the token expires
+			fetching <-chan tokenResult      // a fresh token on its way
+			next     string                  // the fresh token to move to
+		)
+		timer.Stop()
+		// reopenIfExpired opens the next stream with a fresh token when this one ended because its token expired
+		// while it was open; otherwise it returns why the stream ended.
+		reopenIfExpired := func(end error) error {
+			if finished || !opened || !conn.tokens.renewable() || connect.CodeOf(end) != connect.CodeUnauthenticated {
+				return end
 			}
-			if result := in.GetResult(); result != nil {
-				if err := resultError(result); err != nil {
-					return fmt.Errorf("ack: %w", err)
-				}
-				for _, id := range acking[result.GetRequestId()] {
-					delete(seen, id) // deleted from the inbox: it cannot come again
-				}
-				delete(acking, result.GetRequestId())
-				break
-			}
-			event := in.GetEvent()
-			if finished || event == nil || seen[event.GetEventId()] {
-				break
-			}
-			if err := printJSON(event); err != nil {
-				return err
-			}
-			if id := event.GetEventId(); id != 0 { // InboxDrained and Resync are not stored and carry no id
-				seen[id] = true
-				received++
-				if !opts.noAck {
-					batch.add(id, time.Now())
-				}
-			}
-			if event.GetInboxDrained() != nil {
-				drained = true
-				flush = true // the backlog's tail
-			}
-			if finished = done(); finished {
-				flush = true
-			}
-		case <-timer.C:
-		case <-interrupted:
-			interrupted = nil
-			finished, flush = true, true // ack what was printed, then close
-		}
-
-		now := time.Now()
-		for !batch.empty() && (flush || batch.due(now)) {
-			ids := batch.take()
-			id, err := d.start(&chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{
-				AckEvents: &chatv1.AckEventsRequest{EventIds: ids},
-			}})
+			token, err := conn.fresh(fetching)
 			if err != nil {
-				return fmt.Errorf("ack: %w", err)
+				return fmt.Errorf("%w (renewing the token: %w)", end, err)
 			}
-			acking[id] = ids
+			d, err = conn.open(token)
+			return err
 		}
-		if wait, ok := batch.wait(now); ok {
-			timer.Reset(wait)
-		} else {
-			timer.Stop()
+
+		for next == "" && (!finished || len(acking) > 0) {
+			flush := false
+			select {
+			case in, ok := <-d.frames:
+				if !ok {
+					if err := reopenIfExpired(d.ended()); err != nil {
+						return fmt.Errorf("listen: %w", err)
+					}
+					continue streams
+				}
+				opened = true
+				if result := in.GetResult(); result != nil {
+					if err := resultError(result); err != nil {
+						return fmt.Errorf("ack: %w", err)
+					}
+					for _, id := range acking[result.GetRequestId()] {
+						delete(seen, id) // deleted from the inbox: it cannot come again
+					}
+					delete(acking, result.GetRequestId())
+					break
+				}
+				event := in.GetEvent()
+				if finished || event == nil {
+					break
+				}
+				id := event.GetEventId() // 0 for InboxDrained and Resync, which are not stored
+				if seen[id] {
+					// Printed on an earlier stream, and its ack did not arrive: ack it again.
+					if !opts.noAck {
+						batch.add(id, time.Now())
+					}
+					break
+				}
+				if err := printJSON(event); err != nil {
+					return err
+				}
+				if id != 0 {
+					seen[id] = true
+					received++
+					if !opts.noAck {
+						batch.add(id, time.Now())
+					}
+				}
+				if event.GetInboxDrained() != nil {
+					drained = true
+					flush = true // the backlog's tail
+				}
+				if finished = done(); finished {
+					flush = true
+				}
+			case <-timer.C:
+			case <-renewal:
+				if !finished {
+					fetching = conn.fetch()
+				}
+			case result := <-fetching:
+				fetching = nil
+				if result.err != nil { // the stream goes on until the token expires; then the command is run again
+					fmt.Fprintln(os.Stderr, "go-client: renewing the token:", result.err)
+					break
+				}
+				next = result.token
+				flush = true // ack what was printed before moving
+			case <-interrupted:
+				interrupted = nil
+				finished, flush = true, true // ack what was printed, then close
+			}
+
+			now := time.Now()
+			for !batch.empty() && (flush || batch.due(now)) {
+				ids := batch.take()
+				id, err := d.start(&chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{
+					AckEvents: &chatv1.AckEventsRequest{EventIds: ids},
+				}})
+				if err != nil {
+					if err := reopenIfExpired(err); err != nil {
+						return fmt.Errorf("ack: %w", err)
+					}
+					continue streams
+				}
+				acking[id] = ids
+			}
+			if wait, ok := batch.wait(now); ok {
+				timer.Reset(wait)
+			} else {
+				timer.Stop()
+			}
+		}
+		if next == "" {
+			return d.close()
+		}
+		// Half-close: the server answers the acks sent, then ends the stream. How it ends matters little: what it did
+		// not get acked comes again on the next stream.
+		_ = d.close()
+		var err error
+		if d, err = conn.open(next); err != nil {
+			return err
 		}
 	}
-	return d.close()
 }
 
 func printJSON(message proto.Message) error {

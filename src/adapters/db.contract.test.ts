@@ -1,7 +1,15 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openMemoryDb, openTestDb, testBackends } from "../../test/support/db.js";
-import { encodeUpdate, newAttachment, registerDevice, send, stored, uniqueUser } from "../../test/support/store-fixtures.js";
+import {
+  encodeUpdate,
+  newAttachment,
+  registerDevice,
+  registerDeviceKeys,
+  send,
+  stored,
+  uniqueUser,
+} from "../../test/support/store-fixtures.js";
 import { DAY_MS } from "../ports/clock.js";
 import type { ChatRecord, Db, ParticipantChange } from "../ports/db.js";
 
@@ -86,7 +94,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
         { userId: alice, deviceName: "laptop" }, // new, again in the same batch
         { userId: alice, deviceName: "phone" }, // known, again
       ];
-      const keys = await db.registerDevices(batch, now());
+      const keys = await registerDeviceKeys(db, batch, now());
       expect(keys).toHaveLength(5);
       for (const key of keys) expect(key).toMatch(/^[1-9][0-9]*$/);
       const [aliceLaptop, phone, bobPhone] = keys;
@@ -95,11 +103,11 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       expect(phone).toBe(alicePhone);
       // The same keys later, alone or in another batch.
       expect(await registerDevice(db, bob, "phone", now())).toBe(bobPhone);
-      expect(await db.registerDevices(batch.toReversed(), now())).toEqual(keys.toReversed());
+      expect(await registerDeviceKeys(db, batch.toReversed(), now())).toEqual(keys.toReversed());
     });
 
     it("answers an empty batch with no keys", async () => {
-      expect(await db.registerDevices([], now())).toEqual([]);
+      expect(await db.registerDevices([], now(), 8)).toEqual([]);
     });
 
     it("gives concurrent batches that register the same new devices the same keys", async () => {
@@ -110,7 +118,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
         const rotated = [...shared.slice(i), ...shared.slice(0, i)];
         return [...(i % 2 ? rotated.toReversed() : rotated), { userId: users[0]!, deviceName: `own-${i}` }];
       });
-      const results = await Promise.all(batches.map((batch) => db.registerDevices(batch, now())));
+      const results = await Promise.all(batches.map((batch) => registerDeviceKeys(db, batch, now())));
       const keyOf = new Map<string, string>();
       batches.forEach((batch, b) =>
         batch.forEach(({ userId, deviceName }, i) => {
@@ -127,6 +135,117 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("has no resync cause for a new device", async () => {
       const [key] = await registered(uniqueUser("alice"), "phone");
       expect(await takeResync(db, key!)).toBeNull();
+    });
+
+    it("records at most maxPerUser devices of a user, a batch's new ones in name order, and always finds known ones", async () => {
+      const alice = uniqueUser("alice");
+      const [phone] = await registered(alice, "phone");
+      const batch = ["d", "b", "c", "phone", "a"].map((deviceName) => ({ userId: alice, deviceName }));
+      const kinds = (await db.registerDevices(batch, now(), 3)).map((r) => r.kind);
+      expect(kinds).toEqual(["too_many_devices", "device", "too_many_devices", "device", "device"]);
+      expect((await db.listDevices(alice)).map((d) => d.deviceName)).toEqual(["a", "b", "phone"]);
+      // A lower limit refuses new devices only: the ones there are still found.
+      const again = await db.registerDevices([{ userId: alice, deviceName: "phone" }, { userId: alice, deviceName: "e" }], now(), 1);
+      expect(again).toEqual([{ kind: "device", deviceKey: phone, tokensNotBefore: null }, { kind: "too_many_devices" }]);
+    });
+
+    it("removes a device with its inbox and the messages no other device needs, and refuses its older tokens", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const chat = await newChat([alice, bob]);
+      const [onlyPhone, both] = [randomUUID(), randomUUID()];
+      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: (await readAll(bobLaptop!)).map((e) => e.eventId) }]);
+      const [first] = await db.storeMessages([send(chat.chatId, alice, alicePhone!, { messageId: onlyPhone })]);
+      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: stored(first).fanout.entries.filter((e) => e.deviceKey === bobLaptop).map((e) => e.eventId) }]);
+      await db.storeMessages([send(chat.chatId, alice, alicePhone!, { messageId: both })]);
+
+      const issued = new Date(Date.now() - 60_000);
+      const at = now();
+      expect(await db.removeDevice({ userId: bob, deviceName: "phone" }, at)).toEqual({
+        deviceKey: bobPhone,
+        userId: bob,
+        deviceName: "phone",
+      });
+      expect(await db.removeDevice({ userId: bob, deviceName: "phone" }, at)).toBeNull();
+      expect(await readAll(bobPhone!)).toEqual([]);
+      expect(await db.pendingFanout(chat.chatId, onlyPhone)).toBeNull(); // only the phone still needed it
+      expect((await db.pendingFanout(chat.chatId, both))?.entries.map((e) => e.deviceKey)).toEqual([bobLaptop]);
+      expect((await db.listDevices(bob)).map((d) => d.deviceName)).toEqual(["laptop"]);
+      expect(await db.existingDevices([bobPhone!, bobLaptop!])).toEqual([bobLaptop]);
+      // Sends reach the devices that are left.
+      const [later] = await db.storeMessages([send(chat.chatId, alice, alicePhone!)]);
+      expect(stored(later).fanout.entries.map((e) => e.deviceKey)).toEqual([bobLaptop]);
+
+      // A token from before the removal does not bring the device back; a newer one makes a new device.
+      const phone = { userId: bob, deviceName: "phone" };
+      expect(await db.registerDevices([{ ...phone, issuedAt: issued }, phone], now(), 8)).toEqual([
+        { kind: "removed", tokensNotBefore: at },
+        { kind: "removed", tokensNotBefore: at },
+      ]);
+      const newer = new Date(at.getTime() + 1000);
+      const [older, back] = await db.registerDevices([{ ...phone, issuedAt: issued }, { ...phone, issuedAt: newer }], now(), 8);
+      expect(back).toMatchObject({ kind: "device", tokensNotBefore: at });
+      expect(older).toEqual(back); // the batch's newest token registers it; the caller checks each token's age
+      expect(back!.kind === "device" && back!.deviceKey).not.toBe(bobPhone);
+      expect(await takeResync(db, back!.kind === "device" ? back!.deviceKey : "")).toBeNull();
+    });
+
+    it("removes devices not seen since a cutoff, which may come back with their tokens and a RETENTION resync", async () => {
+      const alice = uniqueUser("alice");
+      // Registered long ago, so that the cutoff leaves the other tests' devices alone.
+      const longAgo = new Date(Date.UTC(2001, 0, 1));
+      const [phone, laptop, tablet] = await registerDeviceKeys(
+        db,
+        ["phone", "laptop", "tablet"].map((deviceName) => ({ userId: alice, deviceName })),
+        longAgo,
+      );
+      const cutoff = new Date(Date.UTC(2001, 0, 2));
+      await db.markDevicesSeen([phone!, tablet!], new Date(Date.UTC(2001, 0, 3)));
+      await db.markDevicesSeen([tablet!], longAgo); // never moves back
+      const removed: string[] = [];
+      for (let batch; (batch = await db.removeDevicesSeenBefore(cutoff, 1)).length > 0; ) {
+        removed.push(...batch.map((d) => `${d.userId}/${d.deviceName}`));
+      }
+      expect(removed).toEqual([`${alice}/laptop`]);
+      expect((await db.listDevices(alice)).map((d) => d.deviceName)).toEqual(["phone", "tablet"]);
+      const [back] = await db.registerDevices([{ userId: alice, deviceName: "laptop", issuedAt: new Date(0) }], now(), 8);
+      expect(back).toMatchObject({ kind: "device", tokensNotBefore: null });
+      const key = back!.kind === "device" ? back!.deviceKey : "";
+      expect(key).not.toBe(laptop);
+      expect(await takeResync(db, key)).toBe("retention");
+      // Taken once: a later removal and return of the same device by its user starts clean.
+      await db.removeDevice({ userId: alice, deviceName: "laptop" }, now());
+      const [again] = await registerDeviceKeys(db, [{ userId: alice, deviceName: "laptop", issuedAt: new Date(Date.now() + 1000) }]);
+      expect(await takeResync(db, again!)).toBeNull();
+    });
+  });
+
+  describe("blocks", () => {
+    it("blocks, lists in pages by user id, and unblocks", async () => {
+      const [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(uniqueUser);
+      const at = new Date(Date.UTC(2030, 0, 1));
+      for (const blocked of [dave!, bob!, carol!]) await db.blockUser(alice!, blocked, at);
+      await db.blockUser(alice!, bob!, now()); // again: keeps its time
+      expect(await db.listBlockedUsers(alice!, null, 2)).toEqual([
+        { userId: bob, blockedAt: at },
+        { userId: carol, blockedAt: at },
+      ]);
+      expect(await db.listBlockedUsers(alice!, carol!, 2)).toEqual([{ userId: dave, blockedAt: at }]);
+      await db.unblockUser(alice!, carol!);
+      await db.unblockUser(alice!, carol!);
+      expect((await db.listBlockedUsers(alice!, null, 10)).map((b) => b.userId)).toEqual([bob, dave]);
+      expect(await db.listBlockedUsers(bob!, null, 10)).toEqual([]);
+    });
+
+    it("names who of a list blocked a user", async () => {
+      const [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(uniqueUser);
+      await db.blockUser(carol!, alice!, now());
+      await db.blockUser(bob!, alice!, now());
+      await db.blockUser(alice!, dave!, now()); // the other way: not a blocker of alice
+      expect(await db.blockersAmong(alice!, [dave!, carol!, bob!, alice!])).toEqual([bob, carol].sort());
+      expect(await db.blockersAmong(dave!, [alice!, bob!])).toEqual([alice]);
+      expect(await db.blockersAmong(alice!, [])).toEqual([]);
     });
   });
 
@@ -303,6 +422,27 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       expect((await db.storeMessages([refused]))[0]!.kind).toBe("not_participant");
       await db.modifyParticipants(change(chat.chatId, alice!, mallory!, "add"), encodeUpdate);
       expect((await db.storeMessages([refused]))[0]).toMatchObject({ kind: "stored", seq: 3n });
+    });
+
+    it("refuses a send into a chat of two whose other participant blocked the sender, without affecting the rest", async () => {
+      const [alice, bob, carol] = ["alice", "bob", "carol"].map(uniqueUser);
+      const [alicePhone] = await registered(alice!, "phone");
+      const [bobPhone] = await registered(bob!, "phone");
+      const direct = await newChat([alice!, bob!]);
+      const group = await newChat([alice!, bob!, carol!]);
+      await db.blockUser(alice!, bob!, now());
+      const refused = send(direct.chatId, bob!, bobPhone!);
+      const outcomes = await db.storeMessages([
+        refused,
+        send(direct.chatId, alice!, alicePhone!), // the blocker may still write
+        send(group.chatId, bob!, bobPhone!), // groups are not 1:1
+      ]);
+      expect(outcomes.map((o) => o.kind)).toEqual(["blocked", "stored", "stored"]);
+      expect(stored(outcomes[1]).seq).toBe(1n);
+      expect(await db.readInbox(alicePhone!, 0n, 10)).toHaveLength(3); // the two chats' creation, bob's group message
+      // A refused send records no key: once unblocked, the same send is stored.
+      await db.unblockUser(alice!, bob!);
+      expect((await db.storeMessages([refused]))[0]).toMatchObject({ kind: "stored", seq: 2n });
     });
 
     it("stops delivering to a removed participant", async () => {

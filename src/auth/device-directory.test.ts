@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { MemoryDb } from "../adapters/memory/memory-db.js";
-import type { DeviceName, DeviceStore } from "../ports/db.js";
+import type { DeviceRegistration, DeviceSignIn, DeviceStore } from "../ports/db.js";
 import { DeviceDirectory } from "./device-directory.js";
 
 const clock = { now: () => new Date() };
@@ -12,12 +12,13 @@ function recordingStore() {
   const store = {
     failing: false,
     batches,
-    async registerDevices(devices: readonly DeviceName[], now: Date): Promise<string[]> {
+    db,
+    async registerDevices(devices: readonly DeviceSignIn[], now: Date, maxPerUser: number): Promise<DeviceRegistration[]> {
       batches.push(devices.map((d) => `${d.userId}/${d.deviceName}`));
       if (store.failing) throw new Error("database unavailable");
-      return db.registerDevices(devices, now);
+      return db.registerDevices(devices, now, maxPerUser);
     },
-  } satisfies DeviceStore & Record<string, unknown>;
+  } satisfies Pick<DeviceStore, "registerDevices"> & Record<string, unknown>;
   return store;
 }
 
@@ -72,5 +73,45 @@ describe("DeviceDirectory", () => {
     await directory.resolve("alice", "phone");
     await directory.resolve("alice", "laptop");
     expect(store.batches).toEqual([["alice/laptop"]]);
+  });
+
+  it("refuses a new device past maxDevicesPerUser with FAILED_PRECONDITION, and takes it once one is removed", async () => {
+    const store = recordingStore();
+    const directory = new DeviceDirectory(store, clock, { maxBatch: 100, maxInFlight: 1, maxDevicesPerUser: 2 });
+    await directory.resolve("alice", "phone");
+    await directory.resolve("alice", "laptop");
+    const refusal = await directory.resolve("alice", "tablet").catch((error: unknown) => error);
+    expect(refusal).toMatchObject({ kind: "not_ready", message: expect.stringContaining("MAX_DEVICES_PER_USER") });
+    expect(await store.db.removeDevice({ userId: "alice", deviceName: "laptop" }, new Date())).not.toBeNull();
+    expect(await directory.resolve("alice", "tablet")).toMatch(/^[1-9][0-9]*$/);
+  });
+
+  it("refuses tokens issued before the device's removal once the device is forgotten, and takes newer ones", async () => {
+    const store = recordingStore();
+    const directory = new DeviceDirectory(store, clock, { maxBatch: 100, maxInFlight: 1 });
+    const issued = new Date(Date.now() - 60_000);
+    const before = await directory.resolve("alice", "phone", issued);
+    const removed = (await store.db.removeDevice({ userId: "alice", deviceName: "phone" }, new Date()))!;
+    expect(await directory.resolve("alice", "phone", issued)).toBe(before); // not told yet: the cached key
+    directory.forget([removed]);
+    for (const token of [issued, undefined]) {
+      const refusal = await directory.resolve("alice", "phone", token).catch((error: unknown) => error);
+      expect(refusal).toMatchObject({ kind: "unauthenticated", message: expect.stringContaining("removed") });
+    }
+    const after = await directory.resolve("alice", "phone", new Date(Date.now() + 1000));
+    expect(after).not.toBe(before);
+    // The new device's key is cached, and still refuses the old token.
+    await expect(directory.resolve("alice", "phone", issued)).rejects.toMatchObject({ kind: "unauthenticated" });
+  });
+
+  it("does not keep a key whose lookup ran while a device was forgotten", async () => {
+    const store = recordingStore();
+    const directory = new DeviceDirectory(store, clock, { maxBatch: 100, maxInFlight: 1 });
+    const lookup = directory.resolve("alice", "phone");
+    directory.forgetAll();
+    const key = await lookup;
+    expect(store.batches).toEqual([["alice/phone"], ["alice/phone"]]); // looked up again after the forget
+    expect(await directory.resolve("alice", "phone")).toBe(key);
+    expect(store.batches).toHaveLength(2);
   });
 });

@@ -7,7 +7,7 @@ const secretFileName = "auth-secret";
 
 /**
  * The HS256 key, as the server and `palaver token` both use it: AUTH_SECRET when set, else the secret kept in
- * DATA_DIR, created (mode 0600) by whichever process needs it first. Nodes of a cluster must share AUTH_SECRET.
+ * DATA_DIR (created 0700), created (mode 0600) by whichever process needs it first. Nodes of a cluster must share AUTH_SECRET.
  */
 export async function resolveAuthSecret(config: Pick<Config, "authSecret" | "dataDir">): Promise<Uint8Array> {
   if (config.authSecret !== undefined) return new TextEncoder().encode(config.authSecret);
@@ -15,7 +15,7 @@ export async function resolveAuthSecret(config: Pick<Config, "authSecret" | "dat
   const existing = await readSecretFile(path);
   if (existing) return existing;
 
-  await mkdir(config.dataDir, { recursive: true });
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   // Write the whole file under a private name, then link it into place: a concurrent starter either wins the link
   // or reads the complete file the winner linked, never a half-written one.
   const draft = `${path}.${process.pid}.${randomBytes(4).toString("hex")}`;

@@ -16,9 +16,11 @@ async function rejection(promise: Promise<unknown>): Promise<Refusal> {
 }
 
 describe("mintToken", () => {
-  it("mints a token the verifier accepts", async () => {
+  it("mints a token the verifier accepts, which says when it was issued and when it expires", async () => {
     const verify = createTokenVerifier({ secret });
-    expect(await verify(await mintToken(secret, alice))).toEqual(alice);
+    const token = await mintToken(secret, alice, { ttl: "1h" });
+    const { iat, exp } = decodeJwt(token);
+    expect(await verify(token)).toEqual({ ...alice, issuedAt: new Date(iat! * 1000), expiresAt: new Date(exp! * 1000) });
   });
 
   it("puts the user in sub, the device in device, and expires in 30 days by default", async () => {
@@ -66,15 +68,36 @@ describe("createTokenVerifier", () => {
     expect((await rejection(verify(await mintToken(otherSecret, alice)))).message).toBe("token signature is not valid");
     const unsigned = new UnsecuredJWT({ device: "phone" }).setSubject("alice").setExpirationTime("1h").encode();
     expect((await rejection(verify(unsigned))).message).toBe("token algorithm none is not accepted");
-    const noExpiry = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "HS256" }).setSubject("alice").sign(secret);
+    const noExpiry = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setIssuedAt().sign(secret);
     expect((await rejection(verify(noExpiry))).message).toContain('"exp"');
-    const noDevice = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setExpirationTime("1h").sign(secret);
+    const noDevice = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setIssuedAt().setExpirationTime("1h").sign(secret);
     expect((await rejection(verify(noDevice))).message).toContain("device claim");
+  });
+
+  it("refuses a token that does not say when it was issued, or lives longer than the limit", async () => {
+    const noIssuedAt = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setExpirationTime("1h").sign(secret);
+    expect((await rejection(verify(noIssuedAt))).message).toBe('token rejected: missing required "iat" claim');
+    expect((await rejection(verify(await mintToken(secret, alice, { ttl: "31d" })))).message).toBe(
+      "token lives 2678400 s (exp - iat), longer than this server accepts (MAX_TOKEN_LIFETIME, 2592000 s): use a shorter-lived token",
+    );
+    await expect(verify(await mintToken(secret, alice, { ttl: "30d" }))).resolves.toMatchObject(alice);
+    const hourly = createTokenVerifier({ secret, maxLifetimeSeconds: 3600 });
+    await expect(hourly(await mintToken(secret, alice, { ttl: "1h" }))).resolves.toMatchObject(alice);
+    expect((await rejection(hourly(await mintToken(secret, alice, { ttl: 3601 })))).message).toContain("MAX_TOKEN_LIFETIME, 3600 s");
+  });
+
+  it("refuses a token issued in the future, which would outlive the limit", async () => {
+    const inAYear = new Date(Date.now() + 365 * 86_400_000);
+    expect((await rejection(verify(await mintToken(secret, alice, { ttl: "30d", now: inAYear })))).message).toBe(
+      "token is issued in the future (iat)",
+    );
+    // A little ahead is the issuer's clock running fast.
+    await expect(verify(await mintToken(secret, alice, { ttl: "1h", now: new Date(Date.now() + 30_000) }))).resolves.toMatchObject(alice);
   });
 
   it("refuses asymmetric tokens when no key set is configured", async () => {
     const { privateKey } = await generateKeyPair("ES256");
-    const token = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "ES256" }).setSubject("alice").setExpirationTime("1h").sign(privateKey);
+    const token = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "ES256" }).setSubject("alice").setIssuedAt().setExpirationTime("1h").sign(privateKey);
     expect((await rejection(verify(token))).message).toBe("token algorithm ES256 is not accepted");
   });
 });
@@ -97,12 +120,12 @@ describe("createTokenVerifier with a JWKS URL", () => {
   afterAll(() => jwksServer?.close());
 
   const signed = (key: CryptoKey, kid = "k1") =>
-    new SignJWT({ device: "laptop" }).setProtectedHeader({ alg: "ES256", kid }).setSubject("bob").setExpirationTime("1h").sign(key);
+    new SignJWT({ device: "laptop" }).setProtectedHeader({ alg: "ES256", kid }).setSubject("bob").setIssuedAt().setExpirationTime("1h").sign(key);
 
   it("accepts tokens signed by a key in the set, and still HS256 tokens", async () => {
     const verify = createTokenVerifier({ secret, jwksUrl });
-    expect(await verify(await signed(privateKey))).toEqual({ userId: "bob", deviceName: "laptop" });
-    expect(await verify(await mintToken(secret, alice))).toEqual(alice);
+    expect(await verify(await signed(privateKey))).toMatchObject({ userId: "bob", deviceName: "laptop" });
+    expect(await verify(await mintToken(secret, alice))).toMatchObject(alice);
   });
 
   it("refuses a token signed by a key outside the set", async () => {

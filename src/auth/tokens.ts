@@ -8,7 +8,15 @@ export interface TokenSubject {
   deviceName: string;
 }
 
-export type VerifyToken = (token: string) => Promise<TokenSubject>;
+/** A token the verifier accepted: who it speaks for, and until when. */
+export interface VerifiedToken extends TokenSubject {
+  /** Its `exp`: a stream opened with it ends then. */
+  expiresAt: Date;
+  /** Its `iat`: tokens issued before their device was removed are refused. */
+  issuedAt: Date;
+}
+
+export type VerifyToken = (token: string) => Promise<VerifiedToken>;
 
 export interface MintOptions {
   /** Lifetime: seconds, or a span such as "30d", "12h", "90m", "3600s", "2w". Default 30 days. */
@@ -17,7 +25,10 @@ export interface MintOptions {
   now?: Date;
 }
 
-const defaultTtlSeconds = 30 * 24 * 60 * 60;
+/** The lifetime `palaver token` gives by default, and the longest the server accepts by default: MAX_TOKEN_LIFETIME. */
+export const defaultTtlSeconds = 30 * 24 * 60 * 60;
+/** How far a token's `iat` may be ahead of this server's clock (the issuer's clock may run a little fast). */
+const clockSkewSeconds = 60;
 const unitSeconds = { s: 1, m: 60, h: 3600, d: 86_400, w: 604_800 } as const;
 const asymmetricAlgorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
 
@@ -46,15 +57,22 @@ export function parseTtl(text: string): number {
 /**
  * Verifies bearer tokens: HS256 with the server's secret, and, when a JWKS URL is configured, asymmetric tokens
  * against that key set. The algorithm in the header picks the key, so a token can never be checked with the wrong
- * kind of key. Every rejection is UNAUTHENTICATED; a key set that cannot be fetched is a dependency outage.
+ * kind of key. A token must say when it was issued (`iat`) and live no longer than `maxLifetimeSeconds` (default 30
+ * days), so that a stolen token is not good for ever. Every rejection is UNAUTHENTICATED; a key set that cannot be
+ * fetched is a dependency outage.
  */
-export function createTokenVerifier(options: { secret: Uint8Array; jwksUrl?: string }): VerifyToken {
+export function createTokenVerifier(options: {
+  secret: Uint8Array;
+  jwksUrl?: string;
+  maxLifetimeSeconds?: number;
+}): VerifyToken {
   const jwks = options.jwksUrl ? remoteKeys(new URL(options.jwksUrl)) : undefined;
+  const maxLifetime = options.maxLifetimeSeconds ?? defaultTtlSeconds;
   return async (token) => {
     let payload;
     try {
       const { alg } = decodeProtectedHeader(token);
-      const claims = { requiredClaims: ["sub", "exp"] };
+      const claims = { requiredClaims: ["sub", "exp", "iat"] };
       if (alg === "HS256") {
         payload = (await jwtVerify(token, options.secret, { ...claims, algorithms: ["HS256"] })).payload;
       } else if (jwks && alg !== undefined && asymmetricAlgorithms.includes(alg)) {
@@ -66,11 +84,22 @@ export function createTokenVerifier(options: { secret: Uint8Array; jwksUrl?: str
       throw explain(error);
     }
     const { sub, device } = payload;
+    // jose checked that both are numbers, and that exp has not passed.
+    const exp = payload.exp!;
+    const iat = payload.iat!;
+    if (exp - iat > maxLifetime) {
+      const limit = `MAX_TOKEN_LIFETIME, ${maxLifetime} s`;
+      throw unauthenticated(
+        `token lives ${exp - iat} s (exp - iat), longer than this server accepts (${limit}): use a shorter-lived token`,
+      );
+    }
+    // Else a token issued "in a year" with the longest lifetime would be good for 13 months.
+    if (iat > Date.now() / 1000 + clockSkewSeconds) throw unauthenticated("token is issued in the future (iat)");
     if (typeof sub !== "string" || !idPattern.test(sub)) throw unauthenticated("token subject is not a valid user id");
     if (typeof device !== "string" || !idPattern.test(device)) {
       throw unauthenticated("token device claim is missing or not a valid device name");
     }
-    return { userId: sub, deviceName: device };
+    return { userId: sub, deviceName: device, expiresAt: new Date(exp * 1000), issuedAt: new Date(iat * 1000) };
   };
 }
 

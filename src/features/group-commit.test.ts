@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { DependencyUnavailableError } from "../errors.js";
 import { Metrics } from "./operations/metrics.js";
 import { GroupCommitter } from "./group-commit.js";
 
@@ -61,6 +62,78 @@ describe("GroupCommitter", () => {
     );
     await expect(committer.submit(1)).rejects.toThrow("db down");
     await expect(committer.submit(2)).resolves.toBe(2);
+  });
+
+  it("splits a failed batch until the failing item stands alone: only it fails, the rest is written", async () => {
+    const writes: string[][] = [];
+    const gate = deferred();
+    const committer = new GroupCommitter<string, string>(
+      async (items) => {
+        writes.push(items);
+        if (writes.length === 1) await gate.done;
+        if (items.includes("bad")) throw new Error("invalid byte sequence");
+        return items;
+      },
+      10,
+      1,
+    );
+    const first = committer.submit("x");
+    const batch = ["a", "b", "bad", "c", "d"].map((item) => committer.submit(item).catch((e: Error) => e.message));
+    gate.release();
+    expect(await Promise.all([first, ...batch])).toEqual(["x", "a", "b", "invalid byte sequence", "c", "d"]);
+    expect(writes).toEqual([["x"], ["a", "b", "bad", "c", "d"], ["a", "b", "bad"], ["a", "b"], ["bad"], ["c", "d"]]);
+  });
+
+  it("holds a failed batch's keys while it is split: later items of those keys wait for it", async () => {
+    const writes: string[][] = [];
+    const busy = deferred();
+    const half = deferred();
+    const committer = new GroupCommitter<string, string>(
+      async (items) => {
+        writes.push(items);
+        if (items[0] === "x" || items[0] === "y") await busy.done;
+        if (items.length === 1 && items[0] === "a1") await half.done;
+        if (items.length > 1) throw new Error("one of these is bad");
+        return items;
+      },
+      10,
+      2,
+      { keyOf: (item) => item[0]! },
+    );
+    // Both slots busy, so a1 and b1 queue up and go together.
+    const occupied = ["x", "y"].map((item) => committer.submit(item));
+    const split = ["a1", "b1"].map((item) => committer.submit(item));
+    busy.release();
+    await Promise.all(occupied);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const later = committer.submit("a2");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(writes).toEqual([["x"], ["y"], ["a1", "b1"], ["a1"]]);
+    half.release();
+    expect(await Promise.all([...split, later])).toEqual(["a1", "b1", "a2"]);
+    expect(writes.slice(4)).toEqual([["b1"], ["a2"]]);
+  });
+
+  it("fails a whole batch at once when the database is unavailable, without retrying", async () => {
+    let writes = 0;
+    const gate = deferred();
+    const committer = new GroupCommitter<number, number>(
+      async (items) => {
+        if (writes++ === 0) {
+          await gate.done;
+          return items;
+        }
+        throw new DependencyUnavailableError("postgres");
+      },
+      10,
+      1,
+    );
+    const first = committer.submit(0);
+    const batch = [1, 2, 3].map((n) => committer.submit(n).catch((e: unknown) => e));
+    gate.release();
+    await first;
+    for (const outcome of await Promise.all(batch)) expect(outcome).toBeInstanceOf(DependencyUnavailableError);
+    expect(writes).toBe(2);
   });
 
   it("keeps a key out of concurrent batches: its items wait for the batch that holds it, in order", async () => {

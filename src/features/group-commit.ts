@@ -1,3 +1,5 @@
+import { DependencyUnavailableError } from "../errors.js";
+
 export interface GroupCommitOptions<Item> {
   /**
    * What an item locks while its batch is written (a send: its chat). An item whose key an in-flight batch holds
@@ -12,14 +14,15 @@ export interface GroupCommitOptions<Item> {
 /**
  * Group commit: callers submit one item each; items that arrive while earlier batches are being written wait and go
  * together in the next batch. One transaction per batch instead of per item is where send throughput comes from,
- * and under light load a batch is a single item written at once (no timer adds latency).
+ * and under light load a batch is a single item written at once (no timer adds latency). An item that fails its batch
+ * fails alone: the rest of the batch is written without it.
  */
 export class GroupCommitter<Item, Result> {
   private queue: { item: Item; resolve: (r: Result) => void; reject: (e: unknown) => void }[] = [];
   private inFlight = 0;
 
   constructor(
-    /** Writes a batch; returns one result per item, in order. A throw fails every item of the batch. */
+    /** Writes a batch; returns one result per item, in order. A throw fails the batch (see settle). */
     private readonly writeBatch: (items: Item[]) => Promise<Result[]>,
     private readonly maxBatch: number,
     /** Batches written at once (a connection pool can take several; PGlite is one connection). */
@@ -74,10 +77,7 @@ export class GroupCommitter<Item, Result> {
 
   private async write(batch: typeof this.queue): Promise<void> {
     try {
-      const results = await this.writeBatch(batch.map((entry) => entry.item));
-      batch.forEach((entry, i) => entry.resolve(results[i]!));
-    } catch (error) {
-      for (const entry of batch) entry.reject(error);
+      await this.settle(batch);
     } finally {
       if (this.keyOf) {
         for (const entry of batch) {
@@ -90,5 +90,28 @@ export class GroupCommitter<Item, Result> {
       this.inFlight--;
       this.flush();
     }
+  }
+
+  /**
+   * Writes the items and settles each. A batch that fails for anything but an outage may fail for one item's data (a
+   * value the database refuses, a constraint it breaks): it is split in halves, written one after the other so the
+   * items keep their order, until the failing items stand alone and only they fail. An outage fails every item at
+   * once, as each would fail alike and retrying would only add load. The batch's keys stay held meanwhile.
+   */
+  private async settle(batch: typeof this.queue): Promise<void> {
+    let results: Result[];
+    try {
+      results = await this.writeBatch(batch.map((entry) => entry.item));
+    } catch (error) {
+      if (batch.length === 1 || error instanceof DependencyUnavailableError) {
+        for (const entry of batch) entry.reject(error);
+        return;
+      }
+      const half = Math.ceil(batch.length / 2);
+      await this.settle(batch.slice(0, half));
+      await this.settle(batch.slice(half));
+      return;
+    }
+    batch.forEach((entry, i) => entry.resolve(results[i]!));
   }
 }

@@ -3,4 +3,6 @@ export interface Caller {
   userId: string;
   deviceName: string;
   deviceKey: string;
+  /** When the bearer token expires: a stream opened with it ends then, with UNAUTHENTICATED. */
+  tokenExpiresAt: Date;
 }

@@ -22,15 +22,84 @@ export interface DeviceName {
 /** A (user, device name) pair as one map key; JSON keeps any two different pairs apart. */
 export const deviceNameKey = (device: DeviceName): string => JSON.stringify([device.userId, device.deviceName]);
 
-/** Devices: the key of each (user, device name) pair. */
+/** A device as a token names it, and when that token was issued: a removal of the device refuses older tokens. */
+export interface DeviceSignIn extends DeviceName {
+  /** The token's `iat`; unset, the token counts as older than any removal. */
+  issuedAt?: Date;
+}
+
+/** What registerDevices answers for one device. */
+export type DeviceRegistration =
+  /**
+   * Its key, found or recorded now, and, if the device was ever removed by its user, when: tokens issued before that
+   * are refused (the caller checks its own token against it).
+   */
+  | { kind: "device"; deviceKey: string; tokensNotBefore: Date | null }
+  /** Not recorded: its user removed the device after the token was issued. */
+  | { kind: "removed"; tokensNotBefore: Date }
+  /** Not recorded: its user already has the most devices allowed. */
+  | { kind: "too_many_devices" };
+
+/** One of a user's devices. */
+export interface DeviceRecord {
+  deviceName: string;
+  createdAt: Date;
+  /** When it last had a stream open, as markDevicesSeen recorded it; its creation until then. */
+  lastSeenAt: Date;
+}
+
+/** A device that was removed: its key (never given to another device) and its (user, device name) pair. */
+export interface RemovedDevice extends DeviceName {
+  deviceKey: string;
+}
+
+/**
+ * Devices: the key of each (user, device name) pair, and their removal. A removed device has no key and no inbox: a
+ * later sign-in of the same pair is a new device with a new key.
+ */
 export interface DeviceStore {
   /**
    * The key of each device, in input order, recording (with `now` as its creation time) those seen for the first time:
    * a device gets one key, the same every later time, whatever batches it comes in, repeated within a batch or
    * registered by concurrent batches. Several devices at once: the first connects of many devices share one statement
-   * (DeviceDirectory batches them).
+   * (DeviceDirectory batches them). A new device is not recorded when its user has `maxPerUser` devices, however many
+   * batches register that user's devices at once, nor when the token is older than the device's removal by its user.
+   * A device the retention job removed comes back with a RETENTION resync cause.
    */
-  registerDevices(devices: readonly DeviceName[], now: Date): Promise<string[]>;
+  registerDevices(devices: readonly DeviceSignIn[], now: Date, maxPerUser: number): Promise<DeviceRegistration[]>;
+  /** The user's devices, by device name. */
+  listDevices(userId: string): Promise<DeviceRecord[]>;
+  /**
+   * Removes the device, its inbox and the messages no other device still needs, and refuses its tokens issued before
+   * `at` from now on. Null when the user has no such device.
+   */
+  removeDevice(device: DeviceName, at: Date): Promise<RemovedDevice | null>;
+  /** Records that these devices had a stream open at `at` (never moving a device's time back). */
+  markDevicesSeen(deviceKeys: readonly string[], at: Date): Promise<void>;
+  /**
+   * Removes up to `limit` devices last seen before `cutoff`, their inboxes and the messages no other device still
+   * needs, and returns them. Their tokens stay good: such a device may come back, as a new device told to resync.
+   */
+  removeDevicesSeenBefore(cutoff: Date, limit: number): Promise<RemovedDevice[]>;
+  /** Of these device keys, those whose devices have not been removed. */
+  existingDevices(deviceKeys: readonly string[]): Promise<string[]>;
+}
+
+/** A user someone blocked, and since when. */
+export interface BlockRecord {
+  userId: string;
+  blockedAt: Date;
+}
+
+/** Blocks: the users each user refuses. */
+export interface BlockStore {
+  /** Records that `blockerUserId` blocks `blockedUserId`; a block already there keeps its time. */
+  blockUser(blockerUserId: string, blockedUserId: string, at: Date): Promise<void>;
+  unblockUser(blockerUserId: string, blockedUserId: string): Promise<void>;
+  /** The users `userId` blocked, by user id, after `afterUserId` when given. */
+  listBlockedUsers(userId: string, afterUserId: string | null, limit: number): Promise<BlockRecord[]>;
+  /** Of `userIds`, those who blocked `userId`, sorted. */
+  blockersAmong(userId: string, userIds: readonly string[]): Promise<string[]>;
 }
 
 /** Chats and who takes part in them; every change stores a chat-update event in the inboxes of those it concerns. */
@@ -129,7 +198,8 @@ export interface RetentionStore {
 }
 
 /** Every store, for the composition root: one database behind all of them. Features take only the ones they use. */
-export interface Db extends DeviceStore, ChatStore, MessageStore, InboxStore, AttachmentStore, RetentionStore {
+export interface Db
+  extends DeviceStore, BlockStore, ChatStore, MessageStore, InboxStore, AttachmentStore, RetentionStore {
   /** Runs the versioned migrations that have not run yet. */
   migrate(): Promise<void>;
   close(): Promise<void>;
@@ -193,7 +263,9 @@ export type SendOutcome =
   | { kind: "stored"; messageId: string; seq: bigint; sentAt: Date; fanout: Fanout }
   | { kind: "duplicate"; messageId: string; seq: bigint; sentAt: Date }
   | { kind: "chat_not_found" }
-  | { kind: "not_participant" };
+  | { kind: "not_participant" }
+  /** The chat has two participants and the other one blocked the sender. */
+  | { kind: "blocked" };
 
 /**
  * A stored event on its way to the devices it was stored for: what live delivery pushes, on this node and through the

@@ -3,7 +3,7 @@
  * One node needs neither (every device is local); several nodes share Redis. Both are accelerators: an event they
  * lose is still in the device's inbox and is delivered on its next connect.
  */
-import type { Fanout } from "./db.js";
+import type { Fanout, RemovedDevice } from "./db.js";
 
 export interface Presence {
   /** Records that this node holds the device (refreshed by a heartbeat until released). */
@@ -29,5 +29,12 @@ export interface Bus {
    * go out in one publish. Resolves once queued: a publish that fails later is logged, and the inbox keeps the events.
    */
   publish(nodeId: string, fanouts: Fanout[]): void;
+  /**
+   * Tells every node, this one included, that these devices were removed, so that each forgets their keys and ends
+   * their streams. Best effort, as hand-offs are: a node that lost the channel meanwhile is told `resumed` and checks.
+   */
+  announceRemovals(devices: readonly RemovedDevice[]): void;
+  /** Hands this node's handler the removals every node announces, and says when the channel is back after a loss. */
+  subscribeRemovals(handler: (devices: RemovedDevice[]) => void, link: { resumed(): void }): Promise<void>;
   close(): Promise<void>;
 }

@@ -30,7 +30,7 @@ import {
   SubscribeResponseSchema,
 } from "../../gen/palaver/chat/v1/chat_pb.js";
 import type { Chats } from "../features/chats/chats.js";
-import type { Acks } from "../features/delivery/acks.js";
+import type { AckChannel, Acks } from "../features/delivery/acks.js";
 import { type DeviceStream, type StreamFrame, StreamEnded } from "../features/delivery/device-stream.js";
 import { eventField, grpcStoredEventMessage } from "../features/delivery/events.js";
 import type { DeliveryHub } from "../features/delivery/hub.js";
@@ -38,6 +38,8 @@ import { withKeepAlive } from "./keep-alive.js";
 import type { Messaging, SendResult } from "../features/messaging/messaging.js";
 import type { Metrics } from "../features/operations/metrics.js";
 import type { Caller } from "../ports/caller.js";
+import { Refusal } from "../errors.js";
+import { runAt } from "../token-timers.js";
 import { SENDS_IN_FLIGHT_PER_STREAM } from "../tunables.js";
 import { requireCaller } from "./caller.js";
 import { retryAfterSeconds, toConnectError } from "./errors.js";
@@ -82,8 +84,8 @@ export function chatService(deps: ChatServiceDeps): {
         }),
       }),
     sendMessage: async (caller: Caller, request: SendMessageRequest) => sendResponse(await messaging.send(caller, request)),
-    ackEvents: async (caller: Caller, request: AckEventsRequest) => {
-      await acks.ack(caller, request.eventIds);
+    ackEvents: async (caller: Caller, request: AckEventsRequest, channel: AckChannel) => {
+      await acks.ack(caller, request.eventIds, channel);
       return create(AckEventsResponseSchema);
     },
     getChat: async (caller: Caller, request: GetChatRequest) =>
@@ -102,7 +104,7 @@ export function chatService(deps: ChatServiceDeps): {
         case "modifyChatParticipants":
           return { case: command.case, value: await commands.modifyChatParticipants(caller, command.value) };
         case "ackEvents":
-          return { case: command.case, value: await commands.ackEvents(caller, command.value) };
+          return { case: command.case, value: await commands.ackEvents(caller, command.value, "stream") };
         case "getChat":
           return { case: command.case, value: await commands.getChat(caller, command.value) };
         case "listChats":
@@ -160,10 +162,12 @@ export function chatService(deps: ChatServiceDeps): {
    * Reads the device's frames in order and answers each on the stream. Sends are pipelined: each is queued before the
    * next frame is read (so a device's sends keep their order in seq) and up to SENDS_IN_FLIGHT_PER_STREAM are stored
    * at once, answered as they are stored; any other command first waits for the sends in flight, and runs alone.
-   * When the client half-closes, the stream ends after the last answer.
+   * When the client half-closes, the stream ends after the last answer; when its frames break off (a frame the
+   * server refuses), after the answers to the commands before, with the refusal's status.
    */
   async function readCommands(caller: Caller, frames: AsyncIterable<ConnectRequest>, stream: DeviceStream) {
     const sending = new Set<Promise<void>>();
+    let broken: ConnectError | null = null;
     try {
       for await (const frame of frames) {
         if (stream.ended) return;
@@ -181,11 +185,12 @@ export function chatService(deps: ChatServiceDeps): {
         const outcome = await runCommand(caller, frame, frame.command);
         stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
       }
-      await Promise.all(sending);
-      stream.finish();
-    } catch {
-      stream.end(); // the client went away mid-frame
+    } catch (error) {
+      // Unless the client went away (which ended the stream already), a frame was refused.
+      if (!stream.ended) broken = requestStreamError(error, logger);
     }
+    await Promise.all(sending);
+    stream.finish(broken);
   }
 
   /** Opens the caller's device stream for the life of the RPC and maps its frames to the RPC's responses. */
@@ -219,7 +224,7 @@ export function chatService(deps: ChatServiceDeps): {
       createChat: (request, ctx) => commands.createChat(requireCaller(ctx), request),
       modifyChatParticipants: (request, ctx) => commands.modifyChatParticipants(requireCaller(ctx), request),
       sendMessage: (request, ctx) => commands.sendMessage(requireCaller(ctx), request),
-      ackEvents: (request, ctx) => commands.ackEvents(requireCaller(ctx), request),
+      ackEvents: (request, ctx) => commands.ackEvents(requireCaller(ctx), request, "call"),
       getChat: (request, ctx) => commands.getChat(requireCaller(ctx), request),
       listChats: (request, ctx) => commands.listChats(requireCaller(ctx), request),
     },
@@ -257,6 +262,9 @@ export function chatService(deps: ChatServiceDeps): {
     // The signal aborts when the client goes away, and at shutdown with UNAVAILABLE, which tells clients to reconnect.
     const onAbort = () => stream.end(signal.reason instanceof ConnectError ? signal.reason : null);
     signal.addEventListener("abort", onAbort);
+    // A token speaks for its device only until it expires: the stream ends then, and the client renews and reconnects.
+    const expires = caller.tokenExpiresAt;
+    const cancelExpiry = runAt(expires.getTime(), () => stream.end(tokenExpired(expires)));
     let live = false;
     const observe = (batch: StreamFrame[]) => {
       const now = Date.now();
@@ -289,14 +297,48 @@ export function chatService(deps: ChatServiceDeps): {
     } catch (error) {
       if (!(error instanceof StreamEnded)) throw error;
     } finally {
+      cancelExpiry();
       signal.removeEventListener("abort", onAbort);
       hub.close(stream);
     }
   }
 }
 
+/** How connect-es words a request message that does not decode (it answers it with INTERNAL). */
+const PARSE_FAILURE = "parse binary: ";
+
 async function* decodeRequests(messages: AsyncIterable<Uint8Array>): AsyncGenerator<ConnectRequest> {
-  for await (const bytes of messages) yield fromBinary(ConnectRequestSchema, bytes);
+  for await (const bytes of messages) yield parseRequest(bytes);
+}
+
+/** A frame that is not a ConnectRequest is refused as connect-es words it, with the status requestStreamError gives. */
+function parseRequest(bytes: Uint8Array): ConnectRequest {
+  try {
+    return fromBinary(ConnectRequestSchema, bytes);
+  } catch (error) {
+    throw new ConnectError(`${PARSE_FAILURE}${error instanceof Error ? error.message : String(error)}`, Code.InvalidArgument);
+  }
+}
+
+/**
+ * The status a Connect stream ends with when a request frame is refused, the same on every protocol: as connect-es
+ * or the gRPC fast path reports it (RESOURCE_EXHAUSTED for a frame over the limit, told from its length prefix;
+ * INTERNAL for a frame flagged compressed with no encoding agreed, as gRPC specifies; INVALID_ARGUMENT for a stream
+ * cut mid-frame), except that a frame that is not a ConnectRequest is the client's mistake, INVALID_ARGUMENT, where
+ * connect-es says INTERNAL.
+ */
+function requestStreamError(error: unknown, logger: Logger): ConnectError {
+  const refused = toConnectError(error, logger);
+  if (refused.code !== Code.Internal || !refused.rawMessage.startsWith(PARSE_FAILURE)) return refused;
+  return new ConnectError(refused.rawMessage, Code.InvalidArgument, undefined, undefined, refused);
+}
+
+/** How a stream ends when its token expires; the message says what the client is to do (docs/protocol.md). */
+function tokenExpired(at: Date): Refusal {
+  return new Refusal(
+    "unauthenticated",
+    `the token expired at ${at.toISOString()}: get a fresh token and reconnect with it (events not acked come again)`,
+  );
 }
 
 function sendResponse(sent: SendResult): SendMessageResponse {

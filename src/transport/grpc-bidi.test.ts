@@ -3,18 +3,12 @@ import type { AddressInfo } from "node:net";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { silentLogger } from "../../test/support/features.js";
+import { grpcFrame as frame } from "../../test/support/raw-grpc.js";
 import { Refusal } from "../errors.js";
 import { toConnectError } from "./errors.js";
 import { type BidiRoute, grpcBidiHandler } from "./grpc-bidi.js";
 import { Shutdown } from "./shutdown.js";
 
-/** gRPC's 5-byte prefix (flags, big-endian length) and the message. */
-function frame(message: Uint8Array, flags = 0): Buffer {
-  const header = Buffer.alloc(5);
-  header[0] = flags;
-  header.writeUInt32BE(message.length, 1);
-  return Buffer.concat([header, message]);
-}
 
 /**
  * A trivial route: refuses a call without a token, echoes each request message back, and with the token "wait" sends

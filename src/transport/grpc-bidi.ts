@@ -1,5 +1,5 @@
 import type * as http from "node:http";
-import type * as http2 from "node:http2";
+import * as http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { compressedFlag } from "@connectrpc/connect/protocol";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
@@ -113,12 +113,14 @@ async function serve(
     const status: Record<string, string> = {};
     setTrailerStatus(new Headers(), failure).forEach((value, key) => (status[key] = value));
     if (res.headersSent) {
+      stopSendingOnceAnswered(res.stream, "after trailers");
       res.addTrailers(status);
       res.end();
     } else {
       // Trailers-only: the status travels in the one HEADERS frame, as connect-es answers a call that failed early.
       res.writeHead(200, { "content-type": "application/grpc+proto", ...status });
       res.end();
+      stopSendingOnceAnswered(res.stream, "now");
     }
   } else if (!failure && !res.writableFinished) {
     failure = new ConnectError("the client went away", Code.Canceled);
@@ -159,7 +161,8 @@ function requestMessages(req: http2.Http2ServerRequest, readMaxBytes: number): A
   const end = (error?: unknown) => {
     if (ended) return;
     ended = { error };
-    req.off("data", onData);
+    // Nothing more is read: after a refused frame, HTTP/2 flow control holds the client until the stream is reset.
+    req.off("data", onData).pause();
     notify();
   };
   const onData = (chunk: Buffer) => {
@@ -206,6 +209,21 @@ function requestMessages(req: http2.Http2ServerRequest, readMaxBytes: number): A
       }
     },
   };
+}
+
+/**
+ * Once the answer is out, resets the stream with NO_ERROR if the client has not finished sending (the call ended on
+ * the server's side: a refused frame, a slow or replaced stream), so it stops, as gRPC servers do: the rest of a frame
+ * refused from its length prefix is never sent. A trailers-only answer is out with its HEADERS frame; trailers go from
+ * Node's own wantTrailers listener on setImmediate, so a reset queued after it follows them (Node has no event for
+ * "trailers written", and connect-node does the same).
+ */
+function stopSendingOnceAnswered(stream: http2.ServerHttp2Stream, when: "now" | "after trailers"): void {
+  const reset = () => {
+    if (stream.state.remoteClose === 0) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+  };
+  if (when === "now") reset();
+  else stream.once("wantTrailers", () => setImmediate(reset));
 }
 
 function headerValue(value: string | string[] | undefined): string | null {

@@ -102,9 +102,10 @@ describe("auth", () => {
       "bad device": await new SignJWT({ device: "not a device name" })
         .setProtectedHeader({ alg: "HS256" })
         .setSubject("alice")
+        .setIssuedAt()
         .setExpirationTime("1h")
         .sign(secret),
-      "no expiry": await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "HS256" }).setSubject("alice").sign(secret),
+      "no expiry": await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "HS256" }).setSubject("alice").setIssuedAt().sign(secret),
     };
     for (const [name, token] of Object.entries(tokens)) {
       const error = await chatClient(token)

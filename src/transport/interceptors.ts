@@ -19,8 +19,11 @@ const publicServices: readonly string[] = [Health.typeName, ReflectionV1.typeNam
 export interface InterceptorOptions {
   logger: Logger;
   verifyToken: VerifyToken;
-  /** The key of the caller's device, recording the device the first time it is seen. */
-  resolveDevice: (userId: string, deviceName: string) => Promise<string>;
+  /**
+   * The key of the caller's device, recording the device the first time it is seen; refuses a token (`issuedAt`: its
+   * `iat`) that the device's removal made too old.
+   */
+  resolveDevice: (userId: string, deviceName: string, issuedAt: Date) => Promise<string>;
   /** Told of every call once it has ended (metrics). */
   onCallEnd?: (call: { procedure: string; code: string; seconds: number }) => void;
 }
@@ -107,9 +110,9 @@ export async function authenticate(
   options: Pick<InterceptorOptions, "verifyToken" | "resolveDevice">,
   authorization: string | null,
 ): Promise<Caller> {
-  const subject = await options.verifyToken(bearerToken(authorization));
-  const deviceKey = await options.resolveDevice(subject.userId, subject.deviceName);
-  return { ...subject, deviceKey };
+  const { expiresAt, issuedAt, ...subject } = await options.verifyToken(bearerToken(authorization));
+  const deviceKey = await options.resolveDevice(subject.userId, subject.deviceName, issuedAt);
+  return { ...subject, deviceKey, tokenExpiresAt: expiresAt };
 }
 
 function bearerToken(authorization: string | null): string {

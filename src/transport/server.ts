@@ -97,8 +97,11 @@ export async function startServer(options: ServerOptions): Promise<Server> {
       if (active === 0) onIdle?.();
     };
     (res as http.ServerResponse).once("finish", over).once("close", over);
-    // HTTP/1.1 clients must not reuse a connection that is about to go away.
-    if (shutdown.signal.aborted && !("stream" in req)) res.setHeader("connection", "close");
+    if (!("stream" in req)) {
+      // HTTP/1.1 clients must not reuse a connection that is about to go away.
+      if (shutdown.signal.aborted) res.setHeader("connection", "close");
+      else closeUnlessBodyRead(req, res as http.ServerResponse);
+    }
     if (!bidi?.(req, res)) rpc(req, res);
   };
 
@@ -182,6 +185,23 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     shuttingDown: shutdown.signal,
     close: (graceMs = 10_000) => (closing ??= close(graceMs)),
   };
+}
+
+/**
+ * HTTP/1.1 cannot refuse a request's body and keep the connection: to reuse it, Node reads whatever an answer left
+ * unread to the end, however long the client makes it (connect-node reads 256 KiB, then keeps reading for half a
+ * second before it closes). So an answer sent before the body was read (a refusal: 401, 404, 413, 429) says
+ * `connection: close`, and Node closes the connection as soon as it is out, the rest of the body unread. Node picks
+ * that header from shouldKeepAlive when the answer is written: off up front, back on once the body was read to the end.
+ */
+function closeUnlessBodyRead(req: http.IncomingMessage, res: http.ServerResponse): void {
+  const length = req.headers["content-length"];
+  if (req.headers["transfer-encoding"] === undefined && (length === undefined || length === "0")) return;
+  const keepAlive = res.shouldKeepAlive;
+  res.shouldKeepAlive = false;
+  req.once("end", () => {
+    if (!res.headersSent) res.shouldKeepAlive = keepAlive;
+  });
 }
 
 /** Every service the routes registered, once each. */

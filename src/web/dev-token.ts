@@ -1,3 +1,4 @@
+import { BlockList, isIPv6 } from "node:net";
 import type { Readable } from "node:stream";
 import { mintToken } from "../auth/tokens.js";
 import { idPattern } from "../api-rules.js";
@@ -11,31 +12,47 @@ const MAX_BODY_BYTES = 4096;
 export interface DevTokenOptions {
   /** Lifetime of the tokens handed out; default 12 hours. */
   ttl?: string;
+  /** Who is answered: clients on this machine (the default), or any client. */
+  from?: "local" | "any";
 }
+
+/** Loopback addresses, IPv4-mapped ones included (BlockList matches those against the IPv4 subnet). */
+const loopback = new BlockList();
+loopback.addSubnet("127.0.0.0", 8, "ipv4");
+loopback.addAddress("::1", "ipv6");
 
 /**
  * `POST /dev/token {"user": "alice", "device": "laptop"}` → `{"token": "…"}`: sign-in for development, so the web
- * client can be tried without the CLI. Anyone who reaches it can act as anyone: mount it only outside production.
- * It takes only `application/json`, which a cross-site form cannot send and a cross-site script cannot send without
- * a CORS preflight this server never grants.
+ * client can be tried without the CLI. Whoever can use it can act as anyone, so by default it answers only clients on
+ * this machine (a loopback peer whose request no proxy forwarded); others get 403. It takes only `application/json`,
+ * which a cross-site form cannot send and a cross-site script cannot send without a CORS preflight this server never
+ * grants.
  */
 export function createDevTokenHandler(secret: Uint8Array, options: DevTokenOptions = {}): WebHandler {
   const ttl = options.ttl ?? "12h";
+  const from = options.from ?? "local";
   return async (req, res) => {
     if (pathOf(req) !== DEV_TOKEN_PATH) return false;
+    if (from === "local" && !fromThisMachine(req)) {
+      const error =
+        "development sign-in answers only clients on the server's machine: sign in with a token from " +
+        "`palaver token --user <id> --device <name>`, or start the server with DEV_SIGN_IN=any";
+      json(req, res, 403, { error });
+      return true;
+    }
     if (req.method !== "POST") {
-      json(req, res, 405, { error: "use POST" }, { allow: "POST" }, true);
+      json(req, res, 405, { error: "use POST" }, { allow: "POST" });
       return true;
     }
     const type = String(req.headers["content-type"] ?? "");
     if (!/^application\/json\s*(;|$)/i.test(type)) {
-      json(req, res, 415, { error: "send a JSON body with content-type: application/json" }, {}, true);
+      json(req, res, 415, { error: "send a JSON body with content-type: application/json" });
       return true;
     }
     const body = await readBody(req, MAX_BODY_BYTES);
     if (body === "gone") return true;
     if (body === "too large") {
-      json(req, res, 413, { error: `the body is over ${MAX_BODY_BYTES} bytes` }, {}, true);
+      json(req, res, 413, { error: `the body is over ${MAX_BODY_BYTES} bytes` });
       return true;
     }
     const input = parse(body);
@@ -47,6 +64,18 @@ export function createDevTokenHandler(secret: Uint8Array, options: DevTokenOptio
     json(req, res, 200, { token, user: input.user, device: input.device });
     return true;
   };
+}
+
+/**
+ * Whether the client is on this machine. A proxy on this machine makes every client it forwards look local; one that
+ * says so in a forwarding header is refused (one that does not, or an L4 balancer here, needs DEV_SIGN_IN=off).
+ */
+function fromThisMachine(req: WebRequest): boolean {
+  const address = req.socket.remoteAddress;
+  if (address === undefined || req.headers.forwarded !== undefined || req.headers["x-forwarded-for"] !== undefined) {
+    return false;
+  }
+  return loopback.check(address, isIPv6(address) ? "ipv6" : "ipv4");
 }
 
 /** The ids, or what is wrong with the body. */
@@ -71,8 +100,8 @@ function parse(body: Buffer): { user: string; device: string } | string {
 }
 
 /**
- * The whole body; "too large" as soon as it passes `limit` bytes (the rest is left unread, and the answer closes the
- * connection); "gone" when the client went away first. Events rather than async iteration: leaving an iteration early
+ * The whole body; "too large" as soon as it passes `limit` bytes (the rest is left unread, and the connection closes
+ * after the answer); "gone" when the client went away first. Events rather than async iteration: leaving an iteration early
  * would destroy the request, and with it the socket the answer has to go out on.
  */
 function readBody(req: WebRequest, limit: number): Promise<Buffer | "too large" | "gone"> {
@@ -97,14 +126,7 @@ function readBody(req: WebRequest, limit: number): Promise<Buffer | "too large" 
   });
 }
 
-function json(
-  req: WebRequest,
-  res: WebResponse,
-  status: number,
-  value: unknown,
-  headers: Record<string, string> = {},
-  close = false,
-): void {
+function json(req: WebRequest, res: WebResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
   const all = { "content-type": "application/json", "cache-control": "no-store", ...headers };
-  send(req, res, status, JSON.stringify(value), all, close);
+  send(req, res, status, JSON.stringify(value), all);
 }

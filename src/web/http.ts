@@ -18,14 +18,16 @@ export function pathOf(req: WebRequest): string | null {
   return end === -1 ? target : target.slice(0, end);
 }
 
-/** A short answer with a body. `close` ends an HTTP/1.1 connection whose request body was left unread. */
+/**
+ * A short answer with a body. An HTTP/1.1 connection whose request body was left unread closes after it (the server
+ * sees to that: see startServer).
+ */
 export function send(
   req: WebRequest,
   res: WebResponse,
   status: number,
   body: string,
   headers: Record<string, string> = {},
-  close = false,
 ): void {
   const all: Record<string, string | number> = {
     "content-type": "text/plain; charset=utf-8",
@@ -33,7 +35,6 @@ export function send(
     "content-length": Buffer.byteLength(body),
     "x-content-type-options": "nosniff",
   };
-  if (close && req.httpVersionMajor === 1) all.connection = "close";
   res.writeHead(status, all);
   if (req.method === "HEAD") res.end();
   else res.end(body);

@@ -3,6 +3,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveAuthSecret } from "../../src/auth/secret.js";
 import { createTokenVerifier } from "../../src/auth/tokens.js";
@@ -22,7 +23,18 @@ describe("the palaver command", () => {
   it("mints a token the server's secret verifies", async () => {
     const { stdout } = await palaver("token", "--user", "alice", "--device", "laptop");
     const verify = createTokenVerifier({ secret: await resolveAuthSecret({ dataDir }) });
-    expect(await verify(stdout.trim())).toEqual({ userId: "alice", deviceName: "laptop" });
+    expect(await verify(stdout.trim())).toMatchObject({ userId: "alice", deviceName: "laptop" });
+  });
+
+  it("mints no longer-lived token than the server accepts (MAX_TOKEN_LIFETIME), unless told to", async () => {
+    const env = { ...process.env, DATA_DIR: dataDir, MAX_TOKEN_LIFETIME: "1h" };
+    const lifetime = async (...args: string[]) => {
+      const { stdout } = await run(process.execPath, ["bin/palaver.js", "token", "--user", "a", "--device", "b", ...args], { env });
+      const { iat, exp } = decodeJwt(stdout.trim());
+      return exp! - iat!;
+    };
+    expect(await lifetime()).toBe(3600);
+    expect(await lifetime("--ttl", "2h")).toBe(7200);
   });
 
   it("refuses a token without a device, with usage", async () => {

@@ -65,15 +65,14 @@ describe.each(testBackends())("retention on %s", (backend) => {
     for (let i = 1; i <= 8; i++) await api.sendMessage({ chatId: chat!.chatId, clientMessageId: `m${i}`, text: `m${i}` });
     // Nine events (the chat's creation and eight messages) were written; no retention run trims them.
     await vi.waitFor(async () => expect(await server.inbox(bob!, "phone")).toHaveLength(5), { timeout: 5_000 });
-    const trimmed = sample(await scrapeMetrics(server.url), "palaver_retention_inboxes_trimmed_total");
-    expect(trimmed - sample(before, "palaver_retention_inboxes_trimmed_total")).toBeGreaterThanOrEqual(1);
 
-    // The hourly run finds nothing left to trim, and says so in the metrics.
+    // The hourly run finds nothing left to trim; the trims show in the metrics.
     const report = await server.app.retention.run();
     expect(report.inboxesTrimmed).toBe(0);
     const after = await scrapeMetrics(server.url);
-    expect(sample(after, "palaver_retention_runs_total", { outcome: "ok" }) - sample(before, "palaver_retention_runs_total", { outcome: "ok" })).toBe(1);
-    expect(sample(after, "palaver_retention_inboxes_trimmed_total")).toBe(trimmed);
+    const moved = (name: string, labels?: Record<string, string>) => sample(after, name, labels) - sample(before, name, labels);
+    expect(moved("palaver_retention_runs_total", { outcome: "ok" })).toBe(1);
+    expect(moved("palaver_retention_inboxes_trimmed_total")).toBeGreaterThanOrEqual(1);
 
     const back = ConnectDevice.open(server.url, await server.token(bob!, "phone"));
     await back.waitForDrained();

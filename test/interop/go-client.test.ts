@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -137,6 +137,64 @@ describe("the Go example client", () => {
     expect(await server.inbox(bob, "go")).toEqual([]);
     const later = events(await go(bob, "go", ["listen", "--until-drained"]));
     expect(later.map((e) => e.kind.case)).toEqual(["inboxDrained"]);
+    ts.disconnect();
+  });
+
+  it("renews its token with --token-command and prints every message sent across the renewals, once", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser) as [string, string];
+    const ts = await tsDevice(alice, "tablet");
+    const created = await ts.command({ case: "createChat", value: { name: "renewals", participantUserIds: [bob] } });
+    const chatId = created.outcome.case === "createChat" ? created.outcome.value.chat!.chatId : "";
+
+    // Tokens that live 4 seconds, a fresh one in each device's file every half second, for the command to print.
+    const tokenDir = await mkdtemp(join(tmpdir(), "palaver-go-tokens-"));
+    const devices = ["ahead", "late"];
+    const refresh = async () => {
+      for (const device of devices) {
+        await writeFile(join(tokenDir, `${device}.new`), await server.token(bob, device, { ttl: 4 }));
+        await rename(join(tokenDir, `${device}.new`), join(tokenDir, device));
+      }
+    };
+    await refresh();
+    const refreshing = setInterval(() => void refresh(), 500);
+    const sent: string[] = [];
+    try {
+      // "ahead" renews before its token expires; "late" gets its tokens a second late, so the server ends its stream
+      // at expiry first, and it reconnects then.
+      const commands = { ahead: `cat ${join(tokenDir, "ahead")}`, late: `sleep 1; cat ${join(tokenDir, "late")}` };
+      const count = 40; // messages (the chat was created before these devices existed)
+      const listeners = devices.map((device) =>
+        startCommand(goClient, [
+          "listen", "--count", String(count), "--url", server.url,
+          "--token-command", commands[device as keyof typeof commands], "--timeout", "40s",
+        ]),
+      );
+      await Promise.all(listeners.map((l) => l.waitForLine((line) => line.includes("inboxDrained"))));
+      for (let i = 0; i < count; i++) {
+        const text = `renewal ${i}`;
+        const result = await ts.command({ case: "sendMessage", value: { chatId, clientMessageId: text, text } });
+        expect(result.outcome.case).toBe("sendMessage");
+        sent.push(text);
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      for (const [i, listener] of listeners.entries()) {
+        const outcome = await listener.done;
+        expect(outcome.code, `${devices[i]}: ${outcome.stderr}`).toBe(0);
+        const printed = events(outcome.stdout.trim().split("\n").map((line) => JSON.parse(line)));
+        expect(texts(printed), devices[i]).toEqual(sent);
+        const ids = printed.filter((e) => e.eventId !== 0n).map((e) => e.eventId);
+        expect(new Set(ids).size, devices[i]).toBe(count); // none twice
+        // One InboxDrained per stream: it moved to a new stream at least twice.
+        expect(printed.filter((e) => e.kind.case === "inboxDrained").length, devices[i]).toBeGreaterThanOrEqual(3);
+      }
+    } finally {
+      clearInterval(refreshing);
+      await rm(tokenDir, { recursive: true, force: true });
+    }
+    // Everything printed was acked, on whichever stream: nothing is left for the next listen.
+    for (const device of devices) {
+      expect(events(await go(bob, device, ["listen", "--until-drained"])).map((e) => e.kind.case)).toEqual(["inboxDrained"]);
+    }
     ts.disconnect();
   });
 

@@ -15,7 +15,8 @@ export function newHub(db: MemoryDb, routing: Routing | null = null): DeliveryHu
 /** A new user's device, registered in the database as authentication would. */
 export async function newCaller(db: MemoryDb, name: string, deviceName = "phone"): Promise<Caller> {
   const userId = uniqueUser(name);
-  return { userId, deviceName, deviceKey: await registerDevice(db, userId, deviceName, new Date()) };
+  const deviceKey = await registerDevice(db, userId, deviceName, new Date());
+  return { userId, deviceName, deviceKey, tokenExpiresAt: new Date(Date.now() + 3_600_000) };
 }
 
 /** Another device of the same user. */

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Logger } from "pino";
 import { type App, startApp } from "../../src/app.js";
 import { type MintOptions, mintToken } from "../../src/auth/tokens.js";
 import { loadConfig } from "../../src/config.js";
@@ -32,6 +33,13 @@ export interface TestServer {
   inbox(userId: string, deviceName: string): Promise<InboxEvent[]>;
   /** Messages (not chat updates) the chat still has stored. */
   messageCount(chatId: string): Promise<number>;
+  /** Attachment records the user created. */
+  attachmentCount(uploaderUserId: string): Promise<number>;
+  /**
+   * Another node on the same database, token secret and clock (with REDIS_URL in `env`, the two are a cluster),
+   * closed with this one.
+   */
+  addNode(env?: Record<string, string>): Promise<{ url: string }>;
   /** Which of messages and inbox have a partition for the given day. */
   partitionsOf(day: Date): Promise<string[]>;
   close(): Promise<void>;
@@ -42,6 +50,11 @@ export function uniqueUser(name: string): string {
   return `${name}-${randomBytes(4).toString("hex")}`;
 }
 
+export interface TestServerOptions extends TestDbOptions {
+  /** The server's logger, for tests that read what it logs (default: the config's, on stdout). */
+  logger?: Logger;
+}
+
 /**
  * A real Palaver server on a free loopback port, on its own database (a fresh schema on Postgres, or PGlite), with
  * local blobs in a temporary directory. `env` overrides configuration as the environment would.
@@ -49,14 +62,25 @@ export function uniqueUser(name: string): string {
 export async function startTestServer(
   backend: Backend,
   env: Record<string, string> = {},
-  dbOptions: TestDbOptions = {},
+  options: TestServerOptions = {},
 ): Promise<TestServer> {
-  const testDb = await openTestDb(backend, dbOptions);
+  const testDb = await openTestDb(backend, options);
   const dataDir = await mkdtemp(join(tmpdir(), "palaver-test-"));
   const authSecret = randomBytes(32).toString("base64url");
-  const config = loadConfig({ PORT: "0", HOST: "127.0.0.1", DATA_DIR: dataDir, AUTH_SECRET: authSecret, LOG_LEVEL: "warn", ...env });
+  // No dev sign-in unless a suite asks for it: the server warns at start while it is on.
+  const configOf = (nodeEnv: Record<string, string>) =>
+    loadConfig({
+      PORT: "0",
+      HOST: "127.0.0.1",
+      DATA_DIR: dataDir,
+      AUTH_SECRET: authSecret,
+      LOG_LEVEL: "warn",
+      DEV_SIGN_IN: "off",
+      ...nodeEnv,
+    });
   const clock = new TestClock();
-  const app = await startApp(config, { db: testDb.db, clock });
+  const app = await startApp(configOf(env), { db: testDb.db, clock, logger: options.logger });
+  const otherNodes: App[] = [];
   const secret = new TextEncoder().encode(authSecret);
   const count = async (sql: string, params: unknown[]) => (await testDb.driver.query<{ n: number }>(sql, params))[0]!.n;
   return {
@@ -69,6 +93,13 @@ export async function startTestServer(
     inbox: async (userId, deviceName) =>
       app.db.readInbox(await registerDevice(app.db, userId, deviceName, clock.now()), 0n, 100_000),
     messageCount: (chatId) => count("SELECT count(*)::int AS n FROM messages WHERE chat_id = $1 AND seq IS NOT NULL", [chatId]),
+    attachmentCount: (userId) =>
+      count("SELECT count(*)::int AS n FROM attachments WHERE uploader_user_id = $1", [userId]),
+    async addNode(nodeEnv = {}) {
+      const node = await startApp(configOf({ ...env, ...nodeEnv }), { db: testDb.db, clock });
+      otherNodes.push(node);
+      return { url: node.server.url };
+    },
     async partitionsOf(day) {
       const rows = await testDb.driver.query<{ parent: string }>(
         `SELECT parent.relname AS parent
@@ -85,6 +116,7 @@ export async function startTestServer(
       return rows.map((r) => r.parent);
     },
     async close() {
+      await Promise.all(otherNodes.map((node) => node.close()));
       await app.close();
       await testDb.close();
       await rm(dataDir, { recursive: true, force: true });

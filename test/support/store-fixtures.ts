@@ -1,15 +1,42 @@
 /** Inputs for tests of the Db ports: the contract suite, the SQL-only suite, feature tests on MemoryDb. */
 import { randomBytes, randomUUID } from "node:crypto";
-import type { AttachmentRecord, ChatRecord, DeviceStore, PendingSend, SendOutcome } from "../../src/ports/db.js";
+import type {
+  AttachmentRecord,
+  ChatRecord,
+  DeviceSignIn,
+  DeviceStore,
+  PendingSend,
+  SendOutcome,
+} from "../../src/ports/db.js";
 
 const utf8 = new TextEncoder();
 
 /** A user id no other test uses (tests of a file may share one database). */
 export const uniqueUser = (name: string) => `${name}-${randomBytes(4).toString("hex")}`;
 
+/** More devices than any test gives one user, for tests that are not about MAX_DEVICES_PER_USER. */
+export const MANY_DEVICES = 1000;
+
+/** The keys of devices, in order, registering those seen for the first time as one batch; throws if one is refused. */
+export async function registerDeviceKeys(
+  db: Pick<DeviceStore, "registerDevices">,
+  devices: readonly DeviceSignIn[],
+  now = new Date(),
+): Promise<string[]> {
+  return (await db.registerDevices(devices, now, MANY_DEVICES)).map((registration) => {
+    if (registration.kind !== "device") throw new Error(`device not registered: ${registration.kind}`);
+    return registration.deviceKey;
+  });
+}
+
 /** One device's key, registering it as a first connect would (a batch of one). */
-export async function registerDevice(db: DeviceStore, userId: string, deviceName: string, now = new Date()): Promise<string> {
-  const [key] = await db.registerDevices([{ userId, deviceName }], now);
+export async function registerDevice(
+  db: Pick<DeviceStore, "registerDevices">,
+  userId: string,
+  deviceName: string,
+  now = new Date(),
+): Promise<string> {
+  const [key] = await registerDeviceKeys(db, [{ userId, deviceName }], now);
   return key!;
 }
 

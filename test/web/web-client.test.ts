@@ -31,7 +31,7 @@ describe("web client", () => {
   beforeAll(async () => {
     const [, started, launched] = await Promise.all([
       buildWebClient(),
-      startTestServer("pglite", { NODE_ENV: "development" }),
+      startTestServer("pglite", { DEV_SIGN_IN: "local" }),
       launchChromium(),
     ]);
     server = started;

@@ -9,7 +9,8 @@ export interface Api {
   attachments: Client<typeof AttachmentService>;
 }
 
-export function createApi(token: string, baseUrl = window.location.origin): Api {
+/** `token` is read at each call: it changes when the session's token is renewed. */
+export function createApi(token: () => string, baseUrl = window.location.origin): Api {
   const transport = createConnectTransport({
     baseUrl,
     // Smaller than JSON, and 64-bit ids stay exact.
@@ -19,9 +20,9 @@ export function createApi(token: string, baseUrl = window.location.origin): Api 
   return { chat: createClient(ChatService, transport), attachments: createClient(AttachmentService, transport) };
 }
 
-function bearer(token: string): Interceptor {
+function bearer(token: () => string): Interceptor {
   return (next) => (req) => {
-    req.header.set("authorization", `Bearer ${token}`);
+    req.header.set("authorization", `Bearer ${token()}`);
     return next(req);
   };
 }

@@ -6,7 +6,7 @@ import { DownloadUrls } from "./attachments.js";
 import { describeError } from "./errors.js";
 import { History } from "./history.js";
 import { Outbox } from "./outbox.js";
-import type { Session } from "./session.js";
+import { type Session, SessionTokens } from "./session.js";
 import { EventStream } from "./sync.js";
 import { ChatView } from "./ui/view.js";
 
@@ -15,7 +15,8 @@ import { ChatView } from "./ui/view.js";
  * and renders. Returns a function that stops it all.
  */
 export function startClient(root: HTMLElement, session: Session, signOut: (notice?: string) => void): () => void {
-  const api = createApi(session.token);
+  const tokens = new SessionTokens(session);
+  const api = createApi(() => tokens.token);
   const history = new History(session.userId, session.deviceName);
   const store = history.load(session.userId);
   const downloads = new DownloadUrls(api);
@@ -50,7 +51,7 @@ export function startClient(root: HTMLElement, session: Session, signOut: (notic
   });
   const outbox = new Outbox(api, store, (message) => view.showError(message));
 
-  const stream = new EventStream(api, {
+  const stream = new EventStream(api, tokens, {
     event(event) {
       if (event.chatId) changedDuringList?.add(event.chatId);
       store.applyEvent(event);

@@ -1,7 +1,9 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Event } from "../../gen/palaver/chat/v1/event_pb.js";
+import { runAt } from "../../src/token-timers.js";
 import type { Api } from "./api.js";
 import { backoffDelay, pause } from "./backoff.js";
+import type { SessionTokens } from "./session.js";
 
 export type ConnectionState = "connecting" | "live" | "reconnecting" | "offline";
 
@@ -13,14 +15,16 @@ export interface StreamListener {
   /** The server dropped events this device never acked: refetch what can be refetched. */
   resync(): void;
   state(state: ConnectionState, detail: string): void;
-  /** The server refuses the token: retrying cannot help. */
+  /** The server refuses the token, and no fresh one can be had: retrying cannot help. */
   unauthenticated(error: ConnectError): void;
 }
 
 /**
  * The device's event stream over Subscribe, kept open: after a drop it reconnects with backoff, and the server sends
  * whatever this device has not acked yet, so nothing is lost; repeats are the store's to drop (by event_id). While the
- * browser reports itself offline it waits for the network instead of knocking.
+ * browser reports itself offline it waits for the network instead of knocking. Shortly before the token expires it
+ * renews it and moves to a new call with the new one; a call the server ends because its token expired (the renewal
+ * came too late: a sleeping laptop, a throttled tab) is renewed and reconnected at once.
  */
 export class EventStream {
   private stopped = false;
@@ -32,6 +36,7 @@ export class EventStream {
 
   constructor(
     private readonly api: Api,
+    private readonly tokens: SessionTokens,
     private readonly listener: StreamListener,
   ) {}
 
@@ -68,9 +73,12 @@ export class EventStream {
         continue;
       }
       this.setState(this.everLive ? "reconnecting" : "connecting", "Opening the event stream");
-      const failure = await this.subscribeOnce();
+      const { failure, opened, renewed } = await this.subscribeOnce();
       if (this.stopped) return;
+      if (renewed) continue;
       if (failure?.code === Code.Unauthenticated) {
+        // Refused at the start, the token is bad; refused once open, it expired, and a fresh one may be had.
+        if (opened && (await this.tokens.renew().then(() => true, () => false))) continue;
         this.setState("offline", failure.rawMessage);
         this.listener.unauthenticated(failure);
         return;
@@ -89,11 +97,32 @@ export class EventStream {
     }
   }
 
-  /** One Subscribe call to its end: null when the server ended it cleanly, else why it failed. */
-  private async subscribeOnce(): Promise<ConnectError | null> {
+  /**
+   * One Subscribe call to its end: `failure` null when the server ended it cleanly, else why it failed; `opened` when
+   * the server sent anything; `renewed` when it was ended here to move to a renewed token.
+   */
+  private async subscribeOnce(): Promise<{ failure: ConnectError | null; opened: boolean; renewed: boolean }> {
     const call = (this.call = new AbortController());
+    let opened = false;
+    let renewed = false;
+    const renewAt = this.tokens.renewAt;
+    // A call keeps the token it was made with: once a fresh one is here, end it (the next call has it). If none comes,
+    // the server ends the call when the token expires.
+    const cancelRenewal =
+      renewAt === undefined
+        ? undefined
+        : runAt(renewAt, () => {
+            this.tokens.renew().then(
+              () => {
+                renewed = true;
+                call.abort();
+              },
+              () => undefined,
+            );
+          });
     try {
       for await (const response of this.api.chat.subscribe({}, { signal: call.signal })) {
+        opened = true;
         const event = response.event;
         if (!event) continue;
         switch (event.kind.case) {
@@ -110,10 +139,11 @@ export class EventStream {
             this.listener.event(event);
         }
       }
-      return null;
+      return { failure: null, opened, renewed };
     } catch (error) {
-      return ConnectError.from(error);
+      return { failure: ConnectError.from(error), opened, renewed };
     } finally {
+      cancelRenewal?.();
       this.call = undefined;
     }
   }

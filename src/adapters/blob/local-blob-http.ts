@@ -12,8 +12,8 @@ export type BlobRequest = Parameters<NodeHandler>[0];
 export type BlobResponse = Parameters<NodeHandler>[1];
 
 /**
- * How far past the signed size an upload is still read to the end so the client gets a clean status. Beyond it the
- * connection is dropped instead: refusing politely must not cost reading an unbounded body.
+ * How far past the signed size an upload without a declared length is still read to the end so the client gets a
+ * clean status. Beyond it the connection is dropped instead: refusing politely must not cost reading an unbounded body.
  */
 const DRAIN_SLACK = 1024 * 1024;
 
@@ -30,9 +30,8 @@ export async function receiveUpload(
   if (declared !== undefined) {
     const length = /^\d{1,15}$/.test(declared) ? Number(declared) : Number.NaN;
     if (length !== target.size) {
-      // Unread, a body within the slack is drained by Node for the next request on the connection.
-      const close = !(length <= target.size + DRAIN_SLACK);
-      return reply(req, res, length > target.size ? 413 : 400, `this URL takes exactly ${target.size} bytes`, close);
+      // Refused unread: an HTTP/1.1 connection closes after the answer (startServer), an HTTP/2 stream is reset.
+      return reply(res, length > target.size ? 413 : 400, `this URL takes exactly ${target.size} bytes`);
     }
   }
   const temp = join(target.incomingDir, randomUUID());
@@ -49,7 +48,7 @@ export async function receiveUpload(
   });
   try {
     // A 1 MiB write buffer: with the 16 KiB default the upload runs ~20% slower (bench/blob-throughput.ts).
-    await pipeline(req, meter, createWriteStream(temp, { flags: "wx", highWaterMark: 1024 * 1024 }));
+    await pipeline(req, meter, createWriteStream(temp, { flags: "wx", mode: 0o600, highWaterMark: 1024 * 1024 }));
   } catch (err) {
     await rm(temp, { force: true });
     if (err instanceof FarOverSize) return void res.destroy(); // drops the HTTP/1 connection, or the HTTP/2 stream
@@ -64,16 +63,15 @@ export async function receiveUpload(
         : null;
   if (refusal) {
     await rm(temp, { force: true });
-    return reply(req, res, refusal.status, refusal.message);
+    return reply(res, refusal.status, refusal.message);
   }
-  await mkdir(dirname(target.path), { recursive: true });
+  await mkdir(dirname(target.path), { recursive: true, mode: 0o700 });
   await rename(temp, target.path); // atomic: readers see the whole object or none
-  reply(req, res, 200, "");
+  reply(res, 200, "");
 }
 
 /** Streams a stored object, or answers 404. */
 export async function sendObject(
-  req: BlobRequest,
   res: BlobResponse,
   path: string,
   headers: { contentType: string; contentDisposition: string },
@@ -83,12 +81,12 @@ export async function sendObject(
     file = await open(path, "r"); // reading from the open file keeps a concurrent delete or replace from tearing it
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT" || code === "ENOTDIR") return reply(req, res, 404, "no such object");
+    if (code === "ENOENT" || code === "ENOTDIR") return reply(res, 404, "no such object");
     throw err;
   }
   try {
     const found = await file.stat();
-    if (!found.isFile()) return reply(req, res, 404, "no such object");
+    if (!found.isFile()) return reply(res, 404, "no such object");
     res.writeHead(200, {
       "content-type": headers.contentType,
       "content-disposition": headers.contentDisposition,
@@ -115,16 +113,8 @@ function clientGone(err: unknown): boolean {
   return code === "ERR_STREAM_PREMATURE_CLOSE" || code === "ECONNRESET" || code === "ERR_HTTP2_STREAM_ERROR";
 }
 
-/**
- * A short plain-text answer. `close` ends an HTTP/1.1 connection whose unread body we will not drain; HTTP/2 resets
- * just the stream by itself.
- */
-export function reply(req: BlobRequest, res: BlobResponse, status: number, message: string, close = false): void {
-  const headers: Record<string, string | number> = {
-    "content-type": "text/plain; charset=utf-8",
-    "content-length": Buffer.byteLength(message),
-  };
-  if (close && req.httpVersionMajor === 1) headers.connection = "close";
-  res.writeHead(status, headers);
+/** A short plain-text answer. */
+export function reply(res: BlobResponse, status: number, message: string): void {
+  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(message) });
   res.end(message);
 }

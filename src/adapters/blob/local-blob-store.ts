@@ -45,7 +45,8 @@ export class LocalBlobStore implements BlobStore {
 
   async init(): Promise<void> {
     await rm(join(this.config.dir, INCOMING), { recursive: true, force: true });
-    await mkdir(join(this.config.dir, INCOMING), { recursive: true });
+    // Media are the users': only the server's user may read them (files are written 0600).
+    await mkdir(join(this.config.dir, INCOMING), { recursive: true, mode: 0o700 });
   }
 
   async signUpload(input: SignUploadInput): ReturnType<BlobStore["signUpload"]> {
@@ -104,7 +105,7 @@ export class LocalBlobStore implements BlobStore {
     try {
       await this.serve(req, res, url);
     } catch (err) {
-      if (!res.headersSent) reply(req, res, 500, "blob store failure", true);
+      if (!res.headersSent) reply(res, 500, "blob store failure");
       else res.destroy();
       (this.config.onError ?? console.error)(err);
     }
@@ -113,21 +114,21 @@ export class LocalBlobStore implements BlobStore {
 
   private async serve(req: BlobRequest, res: BlobResponse, url: URL): Promise<void> {
     const key = url.pathname.slice(LOCAL_BLOB_PATH.length);
-    if (!isBlobKey(key)) return reply(req, res, 404, "no such object");
+    if (!isBlobKey(key)) return reply(res, 404, "no such object");
     if (req.method !== "GET" && req.method !== "PUT") {
       res.setHeader("allow", "GET, PUT");
-      return reply(req, res, 405, "only GET and PUT");
+      return reply(res, 405, "only GET and PUT");
     }
     const q = url.searchParams;
     const refused = this.refusal(req.method, key, q);
-    if (refused) return reply(req, res, 403, refused);
+    if (refused) return reply(res, 403, refused);
     if (req.method === "PUT") {
       const incomingDir = join(this.config.dir, INCOMING);
       const size = Number(q.get("size"));
       return receiveUpload(req, res, { path: this.pathOf(key), incomingDir, size, sha256Hex: q.get("sha256")! });
     }
     const contentDisposition = attachmentDisposition(q.get("name")!);
-    return sendObject(req, res, this.pathOf(key), { contentType: q.get("type")!, contentDisposition });
+    return sendObject(res, this.pathOf(key), { contentType: q.get("type")!, contentDisposition });
   }
 
   /** Why this URL does not allow the request (a bad signature, its expiry), or null when it does. */

@@ -1,18 +1,24 @@
-import type {
-  AttachmentRecord,
-  ChatRecord,
-  Db,
-  DeviceAck,
-  DeviceName,
-  Fanout,
-  InboxEntry,
-  InboxEvent,
-  ModifyOutcome,
-  NewChat,
-  ParticipantChange,
-  PendingSend,
-  ResyncCause,
-  SendOutcome,
+import {
+  type AttachmentRecord,
+  type BlockRecord,
+  type ChatRecord,
+  type Db,
+  type DeviceAck,
+  type DeviceName,
+  deviceNameKey,
+  type DeviceRecord,
+  type DeviceRegistration,
+  type DeviceSignIn,
+  type Fanout,
+  type InboxEntry,
+  type InboxEvent,
+  type ModifyOutcome,
+  type NewChat,
+  type ParticipantChange,
+  type PendingSend,
+  type RemovedDevice,
+  type ResyncCause,
+  type SendOutcome,
 } from "../../ports/db.js";
 import { DAY_MS } from "../../ports/clock.js";
 import { dayKey, PARENTS, startOfUtcDay } from "../sql/partitions.js";
@@ -20,9 +26,17 @@ import { dayKey, PARENTS, startOfUtcDay } from "../sql/partitions.js";
 /** Chat and attachment ids are uuids: compared without regard to case and returned in lower case, as Postgres does. */
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-interface Device {
+interface Device extends DeviceName {
   key: bigint;
   resync: ResyncCause | null;
+  createdAt: Date;
+  lastSeenAt: Date;
+}
+
+/** What a removed device's pair keeps (see the device_removals table). */
+interface Removal {
+  tokensNotBefore: Date | null;
+  resync: "retention" | null;
 }
 
 interface Chat {
@@ -60,6 +74,10 @@ export class MemoryDb implements Db {
   private readonly devices = new Map<string, Map<string, Device>>();
   private readonly devicesByKey = new Map<bigint, Device>();
   private lastDeviceKey = 0n;
+  /** By deviceNameKey. */
+  private readonly removals = new Map<string, Removal>();
+  /** blocker → blocked user → since when. */
+  private readonly blocks = new Map<string, Map<string, Date>>();
   private readonly chats = new Map<string, Chat>();
   /** By `${chatId}/${messageId}`. */
   private readonly messages = new Map<string, StoredMessage>();
@@ -80,18 +98,105 @@ export class MemoryDb implements Db {
 
   // ---- devices ----
 
-  async registerDevices(devices: readonly DeviceName[], _now: Date): Promise<string[]> {
-    return devices.map(({ userId, deviceName }) => {
+  async registerDevices(
+    devices: readonly DeviceSignIn[],
+    now: Date,
+    maxPerUser: number,
+  ): Promise<DeviceRegistration[]> {
+    // As the SQL decides: each pair once, with its newest token, and a user's new devices admitted in name order.
+    const newest = new Map<string, DeviceSignIn>();
+    for (const device of devices) {
+      const id = deviceNameKey(device);
+      const seen = newest.get(id);
+      if (!seen || (device.issuedAt && !(seen.issuedAt! >= device.issuedAt))) newest.set(id, device);
+    }
+    const fresh = [...newest.values()]
+      .filter((device) => !this.deviceOf(device))
+      .sort((a, b) => compare(a.userId, b.userId) || compare(a.deviceName, b.deviceName));
+    for (const { userId, deviceName, issuedAt } of fresh) {
+      const removal = this.removals.get(deviceNameKey({ userId, deviceName }));
+      if (removal?.tokensNotBefore && !(issuedAt! >= removal.tokensNotBefore)) continue;
       let byName = this.devices.get(userId);
       if (!byName) this.devices.set(userId, (byName = new Map()));
-      let device = byName.get(deviceName);
-      if (!device) {
-        device = { key: ++this.lastDeviceKey, resync: null };
-        byName.set(deviceName, device);
-        this.devicesByKey.set(device.key, device);
-      }
-      return String(device.key);
+      if (byName.size >= maxPerUser) continue;
+      const device = {
+        userId,
+        deviceName,
+        key: ++this.lastDeviceKey,
+        resync: removal?.resync ?? null,
+        createdAt: now,
+        lastSeenAt: now,
+      };
+      if (removal) removal.resync = null;
+      byName.set(deviceName, device);
+      this.devicesByKey.set(device.key, device);
+    }
+    return devices.map((device): DeviceRegistration => {
+      const id = deviceNameKey(device);
+      const tokensNotBefore = this.removals.get(id)?.tokensNotBefore ?? null;
+      const found = this.deviceOf(device);
+      if (found) return { kind: "device", deviceKey: String(found.key), tokensNotBefore };
+      return tokensNotBefore && !(newest.get(id)!.issuedAt! >= tokensNotBefore)
+        ? { kind: "removed", tokensNotBefore }
+        : { kind: "too_many_devices" };
     });
+  }
+
+  async listDevices(userId: string): Promise<DeviceRecord[]> {
+    return [...(this.devices.get(userId)?.values() ?? [])]
+      .sort((a, b) => compare(a.deviceName, b.deviceName))
+      .map((d) => ({ deviceName: d.deviceName, createdAt: d.createdAt, lastSeenAt: d.lastSeenAt }));
+  }
+
+  async removeDevice(name: DeviceName, at: Date): Promise<RemovedDevice | null> {
+    const device = this.deviceOf(name);
+    if (!device) return null;
+    this.removals.set(deviceNameKey(name), { tokensNotBefore: at, resync: null });
+    return this.dropDevice(device);
+  }
+
+  async markDevicesSeen(deviceKeys: readonly string[], at: Date): Promise<void> {
+    for (const key of deviceKeys) {
+      const device = this.devicesByKey.get(BigInt(key));
+      if (device && device.lastSeenAt < at) device.lastSeenAt = at;
+    }
+  }
+
+  async removeDevicesSeenBefore(cutoff: Date, limit: number): Promise<RemovedDevice[]> {
+    const stale = [...this.devicesByKey.values()].filter((d) => d.lastSeenAt < cutoff).slice(0, limit);
+    return stale.map((device) => {
+      const id = deviceNameKey(device);
+      this.removals.set(id, { tokensNotBefore: this.removals.get(id)?.tokensNotBefore ?? null, resync: "retention" });
+      return this.dropDevice(device);
+    });
+  }
+
+  async existingDevices(deviceKeys: readonly string[]): Promise<string[]> {
+    return deviceKeys.filter((key) => this.devicesByKey.has(BigInt(key)));
+  }
+
+  // ---- blocks ----
+
+  async blockUser(blockerUserId: string, blockedUserId: string, at: Date): Promise<void> {
+    let blocked = this.blocks.get(blockerUserId);
+    if (!blocked) this.blocks.set(blockerUserId, (blocked = new Map()));
+    if (!blocked.has(blockedUserId)) blocked.set(blockedUserId, at);
+  }
+
+  async unblockUser(blockerUserId: string, blockedUserId: string): Promise<void> {
+    this.blocks.get(blockerUserId)?.delete(blockedUserId);
+  }
+
+  async listBlockedUsers(userId: string, afterUserId: string | null, limit: number): Promise<BlockRecord[]> {
+    return [...(this.blocks.get(userId) ?? [])]
+      .filter(([blocked]) => afterUserId === null || blocked > afterUserId)
+      .sort(([a], [b]) => compare(a, b))
+      .slice(0, limit)
+      .map(([blocked, at]) => ({ userId: blocked, blockedAt: at }));
+  }
+
+  async blockersAmong(userId: string, userIds: readonly string[]): Promise<string[]> {
+    return [...new Set(userIds)].filter((other) => this.blocks.get(other)?.has(userId)).sort(compare);
   }
 
   // ---- chats ----
@@ -174,6 +279,9 @@ export class MemoryDb implements Db {
       const chat = this.chats.get(uuid(send.chatId));
       if (!chat) return { kind: "chat_not_found" };
       if (!chat.participants.has(send.senderUserId)) return { kind: "not_participant" };
+      if (chat.participants.size === 2 && [...chat.participants].some((other) => this.blocks.get(other)?.has(send.senderUserId))) {
+        return { kind: "blocked" };
+      }
 
       const messageId = uuid(send.messageId);
       const seq = (lastSeqs.get(chat) ?? chat.lastSeq) + 1n;
@@ -344,6 +452,20 @@ export class MemoryDb implements Db {
 
   // ---- helpers ----
 
+  private deviceOf({ userId, deviceName }: DeviceName): Device | undefined {
+    return this.devices.get(userId)?.get(deviceName);
+  }
+
+  /** Forgets a device with its inbox, and the messages that were left without an inbox entry. */
+  private dropDevice(device: Device): RemovedDevice {
+    this.devices.get(device.userId)!.delete(device.deviceName);
+    this.devicesByKey.delete(device.key);
+    const inbox = this.inboxes.get(device.key);
+    for (const [eventId, message] of inbox ?? []) this.deleteEntry(inbox!, eventId, message);
+    this.inboxes.delete(device.key);
+    return { deviceKey: String(device.key), userId: device.userId, deviceName: device.deviceName };
+  }
+
   /** The keys of every device of these users, in key order (the order the SQL takes event ids in). */
   private devicesOf(userIds: Iterable<string>): bigint[] {
     const keys: bigint[] = [];
@@ -407,4 +529,9 @@ function toRecord(chat: Chat): ChatRecord {
     createdAt: chat.createdAt,
     lastSeq: chat.lastSeq,
   };
+}
+
+/** Code-unit order, which is what the SQL's "C" collation sorts these ids by. */
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -1,14 +1,19 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Redis } from "ioredis";
 import type { Logger } from "pino";
+import { DeviceRemovalsSchema } from "../../../gen/palaver/cluster/v1/device_removals_pb.js";
 import { HandoffBatchSchema } from "../../../gen/palaver/cluster/v1/handoff_pb.js";
-import type { Fanout } from "../../ports/db.js";
+import type { Fanout, RemovedDevice } from "../../ports/db.js";
 import type { Bus } from "../../ports/routing.js";
+
+/** The one channel every node subscribes to, for removed devices (a protobuf DeviceRemovals). */
+const REMOVALS_CHANNEL = "palaver:device-removals";
 
 /**
  * One Redis pub/sub channel per node. Hand-offs to the same node within one turn of the event loop go out as one
  * publish (a protobuf HandoffBatch). Pub/sub keeps nothing: what a node misses (it was down, Redis restarted) is
- * still in the inbox. Subscribing needs its own connection, so the bus takes two clients.
+ * still in the inbox. Removed devices go to every node on one shared channel. Subscribing needs its own connection,
+ * so the bus takes two clients.
  */
 export class RedisBus implements Bus {
   private readonly pending = new Map<string, Fanout[]>();
@@ -21,7 +26,28 @@ export class RedisBus implements Bus {
     private readonly logger: Logger,
   ) {}
 
-  async subscribe(handler: (fanouts: Fanout[]) => void, link: Parameters<Bus["subscribe"]>[1]): Promise<void> {
+  subscribe(handler: (fanouts: Fanout[]) => void, link: Parameters<Bus["subscribe"]>[1]): Promise<void> {
+    return this.listen(nodeChannel(this.nodeId), (message) => handler(decode(message)), link, "hand-off");
+  }
+
+  subscribeRemovals(handler: (devices: RemovedDevice[]) => void, link: { resumed(): void }): Promise<void> {
+    const removals = (message: Buffer) => handler(decodeRemovals(message));
+    return this.listen(REMOVALS_CHANNEL, removals, { interrupted: () => {}, resumed: () => link.resumed() }, "removal");
+  }
+
+  announceRemovals(devices: readonly RemovedDevice[]): void {
+    this.publisher.publish(REMOVALS_CHANNEL, encodeRemovals(devices)).catch((error: unknown) => {
+      this.logger.warn({ err: error, devices: devices.length }, "announcing removed devices failed");
+    });
+  }
+
+  /** Subscribes to one channel, telling `link` when the subscription is lost and when it is live again. */
+  private async listen(
+    channel: string,
+    onMessage: (message: Buffer) => void,
+    link: Parameters<Bus["subscribe"]>[1],
+    what: string,
+  ): Promise<void> {
     let lost = false;
     this.subscriber.on("close", () => {
       if (lost) return;
@@ -33,21 +59,21 @@ export class RedisBus implements Bus {
       lost = false;
       // ioredis subscribes again by itself; this waits for the channel to be live before saying so. (A failure closes
       // the connection, and the next "ready" tries again.)
-      this.subscriber.subscribe(nodeChannel(this.nodeId)).then(
+      this.subscriber.subscribe(channel).then(
         () => link.resumed(),
         (error: unknown) => this.logger.warn({ err: error }, "subscribing again after a reconnect failed"),
       );
     });
-    this.subscriber.on("messageBuffer", (channel: Buffer, message: Buffer) => {
-      if (channel.toString() !== nodeChannel(this.nodeId)) return;
+    this.subscriber.on("messageBuffer", (from: Buffer, message: Buffer) => {
+      if (from.toString() !== channel) return;
       try {
-        handler(decode(message));
+        onMessage(message);
       } catch (error) {
-        this.logger.warn({ err: error }, "dropped a malformed hand-off");
+        this.logger.warn({ err: error }, `dropped a malformed ${what}`);
       }
     });
     // ioredis re-subscribes by itself after a reconnect.
-    await this.subscriber.subscribe(nodeChannel(this.nodeId));
+    await this.subscriber.subscribe(channel);
   }
 
   publish(nodeId: string, fanouts: Fanout[]): void {
@@ -97,5 +123,20 @@ function decode(message: Buffer): Fanout[] {
     body: h.body,
     entries: h.deliveries.map((d) => ({ deviceKey: d.deviceKey.toString(), eventId: d.eventId })),
     sentAtMs: h.sentAtMs === 0n ? undefined : Number(h.sentAtMs),
+  }));
+}
+
+function encodeRemovals(devices: readonly RemovedDevice[]): Buffer {
+  const message = create(DeviceRemovalsSchema, {
+    devices: devices.map((d) => ({ deviceKey: BigInt(d.deviceKey), userId: d.userId, deviceName: d.deviceName })),
+  });
+  return Buffer.from(toBinary(DeviceRemovalsSchema, message));
+}
+
+function decodeRemovals(message: Buffer): RemovedDevice[] {
+  return fromBinary(DeviceRemovalsSchema, message).devices.map((d) => ({
+    deviceKey: d.deviceKey.toString(),
+    userId: d.userId,
+    deviceName: d.deviceName,
   }));
 }

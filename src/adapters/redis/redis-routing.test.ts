@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
 import { pino } from "pino";
 import { afterAll, describe, expect, it } from "vitest";
-import type { Fanout } from "../../ports/db.js";
+import type { Fanout, RemovedDevice } from "../../ports/db.js";
 import { RedisBus } from "./redis-bus.js";
 import { RedisPresence } from "./redis-presence.js";
 
@@ -122,6 +122,32 @@ describe("RedisBus", () => {
     // Resumed means live: a hand-off published now arrives.
     a.publish(nodeB, [{ body: new Uint8Array([9]), entries: [{ deviceKey: "1", eventId: 1n }] }]);
     await expect.poll(() => received.length).toBe(1);
+    await a.close();
+    await b.close();
+  });
+
+  it("tells every node, the announcing one too, of removed devices, and says when that channel is back after a loss", async () => {
+    const nodeB = `b${randomBytes(6).toString("hex")}`;
+    const a = new RedisBus(`a${randomBytes(6).toString("hex")}`, connect(), connect(), logger);
+    const b = new RedisBus(nodeB, connect(), connect(`sub-${nodeB}`), logger);
+    const [atA, atB]: RemovedDevice[][][] = [[], []];
+    let resumed = 0;
+    await a.subscribeRemovals((devices) => atA.push(devices), { resumed() {} });
+    await b.subscribeRemovals((devices) => atB.push(devices), { resumed: () => resumed++ });
+    // The same connection carries the node's hand-offs, which still come alone.
+    const handoffs: Fanout[][] = [];
+    await b.subscribe((f) => handoffs.push(f), { interrupted() {}, resumed() {} });
+
+    const removed = [{ deviceKey: "12", userId: `alice-${nodeB}`, deviceName: "phone" }];
+    a.announceRemovals(removed);
+    await expect.poll(() => atB.filter((d) => d[0]?.userId === removed[0]!.userId)).toEqual([removed]);
+    await expect.poll(() => atA.filter((d) => d[0]?.userId === removed[0]!.userId)).toEqual([removed]);
+    expect(handoffs).toEqual([]);
+
+    await killConnection(connect(), `sub-${nodeB}`);
+    await expect.poll(() => resumed).toBe(1);
+    a.announceRemovals(removed);
+    await expect.poll(() => atB.filter((d) => d[0]?.userId === removed[0]!.userId)).toHaveLength(2);
     await a.close();
     await b.close();
   });

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Backend, openTestDb, type TestDb, testBackends } from "../../../test/support/db.js";
+import { Refusal } from "../../errors.js";
 
 // What SqlDb relies on from either driver (src/ports/sql.ts).
 describe.each(testBackends())("SqlDriver on %s", (backend: Backend) => {
@@ -83,6 +84,23 @@ describe.each(testBackends())("SqlDriver on %s", (backend: Backend) => {
     release();
     await expect(rolledBack).rejects.toThrow("roll back");
     expect(await outside).toEqual([{ n: 0 }]);
+  });
+
+  it("turns a value the database cannot store into a refusal, in a transaction and out of one", async () => {
+    const { driver } = testDb;
+    const invalid = (sqlState: string) => ({
+      kind: "invalid",
+      message: expect.stringContaining(`SQLSTATE ${sqlState}`),
+    });
+    await expect(driver.query("SELECT $1::text", ["a\u0000b"])).rejects.toMatchObject(invalid("22021"));
+    await expect(driver.query("SELECT $1::bigint[]", [[1n, 2n ** 64n - 1n]])).rejects.toMatchObject(invalid("22003"));
+    await expect(
+      driver.transaction(async (tx) => {
+        await tx.query("INSERT INTO driver_other VALUES (7)");
+        await tx.query("SELECT $1::uuid", ["not-a-uuid"]);
+      }),
+    ).rejects.toBeInstanceOf(Refusal);
+    expect(await driver.query("SELECT count(*)::int AS n FROM driver_other WHERE n = 7")).toEqual([{ n: 0 }]);
   });
 
   it("surfaces SQL errors as they are", async () => {

@@ -1,6 +1,8 @@
-import { mkdir } from "node:fs/promises";
+import { chmod, mkdir, readdir } from "node:fs/promises";
+import { join } from "node:path";
 import { PGlite, types, type Transaction } from "@electric-sql/pglite";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
+import { refusedValue } from "./data-errors.js";
 import { byteaFromText, byteaText, encodeParams } from "./params.js";
 
 /** The JS types the postgres.js driver returns: int8 as bigint; bytea through Buffer (faster than PGlite's own). */
@@ -14,11 +16,22 @@ const pgliteTypeOptions = {
   },
 };
 
-/** Opens (or creates) the embedded database in dataDir; undefined keeps it in memory. */
+/** Opens (or creates) the embedded database in dataDir, readable by this user only; undefined keeps it in memory. */
 export async function createPgliteDriver(dataDir: string | undefined): Promise<SqlDriver> {
-  if (dataDir !== undefined) await mkdir(dataDir, { recursive: true });
+  if (dataDir !== undefined) await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const pg = await PGlite.create(dataDir, pgliteTypeOptions);
+  if (dataDir !== undefined) await makePrivate(dataDir);
   return pgliteSqlDriver(pg, { ownsInstance: true });
+}
+
+/**
+ * Takes every other user's access to the directory and what it holds. PGlite's file system ignores the process umask:
+ * it leaves initdb's files 0666 and writes some at each start 0644. What it writes later sits in a 0700 directory.
+ */
+async function makePrivate(dir: string): Promise<void> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  await chmod(dir, 0o700);
+  for (const entry of entries) await chmod(join(entry.parentPath, entry.name), entry.isDirectory() ? 0o700 : 0o600);
 }
 
 /**
@@ -68,6 +81,9 @@ export function pgliteSqlDriver(pg: PGlite, options: PgliteDriverOptions): SqlDr
 }
 
 async function run<Row>(client: PGlite | Transaction, text: string, params: readonly unknown[]): Promise<Row[]> {
-  const result = await client.query<Row>(text, encodeParams(params));
-  return result.rows;
+  try {
+    return (await client.query<Row>(text, encodeParams(params))).rows;
+  } catch (error) {
+    throw refusedValue(error);
+  }
 }

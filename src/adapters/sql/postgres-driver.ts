@@ -2,6 +2,7 @@ import postgres from "postgres";
 import { DependencyUnavailableError } from "../../errors.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 import { isConnectionFailure } from "./connection-errors.js";
+import { refusedValue } from "./data-errors.js";
 import { byteaFromText, byteaText, encodeParams } from "./params.js";
 
 export interface PostgresDriverOptions {
@@ -134,10 +135,14 @@ async function transaction<T>(sql: Sql, fn: (tx: SqlQuery) => Promise<T>): Promi
 }
 
 async function run<Row>(client: Client, text: string, params: readonly unknown[]): Promise<Row[]> {
-  // Named prepared statements are cached per connection, so only the fixed, parameterized statements use them;
-  // one-off DDL (partition names change daily) goes unprepared.
-  const rows = await client.unsafe(text, encodeParams(params) as postgres.ParameterOrJSON<Types[keyof Types]>[], {
-    prepare: params.length > 0,
-  });
-  return rows as unknown as Row[];
+  try {
+    // Named prepared statements are cached per connection, so only the fixed, parameterized statements use them;
+    // one-off DDL (partition names change daily) goes unprepared.
+    const rows = await client.unsafe(text, encodeParams(params) as postgres.ParameterOrJSON<Types[keyof Types]>[], {
+      prepare: params.length > 0,
+    });
+    return rows as unknown as Row[];
+  } catch (error) {
+    throw refusedValue(error);
+  }
 }

@@ -1,7 +1,14 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Backend, openTestDb, type TestDb, testBackends } from "../../../test/support/db.js";
-import { encodeUpdate, registerDevice, send, stored, uniqueUser } from "../../../test/support/store-fixtures.js";
+import {
+  encodeUpdate,
+  registerDevice,
+  registerDeviceKeys,
+  send,
+  stored,
+  uniqueUser,
+} from "../../../test/support/store-fixtures.js";
 import { DAY_MS } from "../../ports/clock.js";
 import type { ChatRecord } from "../../ports/db.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
@@ -53,59 +60,40 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
     return chat;
   }
 
-  it("registers a batch of 500 new devices in one statement, and finds them again in one without using identity values", async () => {
+  it("registers a batch of 500 new devices with one read and one transaction, and finds them again with one read without using identity values", async () => {
     const users = Array.from({ length: 100 }, () => uniqueUser("member"));
     const batch = users.flatMap((userId) => ["a", "b", "c", "d", "e"].map((deviceName) => ({ userId, deviceName })));
     const counting = countingDriver(testDb.driver);
     const counted = new SqlDb(counting.driver);
-    const keys = await counted.registerDevices(batch, now());
-    expect(counting.statements()).toBe(1);
+    const keys = await registerDeviceKeys(counted, batch, now());
+    // The read, then the users' locks and the insert in one transaction.
+    expect([counting.statements(), counting.transactions()]).toEqual([3, 1]);
     expect(new Set(keys).size).toBe(500);
     // Known devices (with one repeated) are found, not inserted: no identity value goes to a skipped insert.
-    expect(await counted.registerDevices([...batch, batch[0]!], now())).toEqual([...keys, keys[0]]);
-    expect(counting.statements()).toBe(2);
+    expect(await registerDeviceKeys(counted, [...batch, batch[0]!], now())).toEqual([...keys, keys[0]]);
+    expect([counting.statements(), counting.transactions()]).toEqual([4, 1]);
     const last = keys.map(BigInt).reduce((a, b) => (a > b ? a : b));
     expect(await registerDevice(db, uniqueUser("next"), "phone", now())).toBe(String(last + 1n));
   });
 
-  // Postgres only: PGlite is one connection, so no other transaction can hold a row the batch waits on.
-  if (backend === "postgres") {
-    it(
-      "looks again for a new device that another transaction inserted after the statement's snapshot",
-      async () => {
-        const alice = uniqueUser("alice");
-        const counting = countingDriver(testDb.driver);
-        const registration = testDb.driver.transaction(async (tx) => {
-          const [inserted] = await tx.query<{ device_key: bigint; pid: number }>(
-            `INSERT INTO devices (user_id, device_name, created_at) VALUES ($1::text, 'phone', now())
-             RETURNING device_key, pg_backend_pid() AS pid`,
-            [alice],
-          );
-          // The batch's INSERT waits for this uncommitted row; the row is committed once the batch waits on it.
-          const pending = new SqlDb(counting.driver).registerDevices([{ userId: alice, deviceName: "phone" }], now());
-          const waiting = async () =>
-            (await testDb.driver.query<{ n: number }>(
-              "SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid))",
-              [inserted!.pid],
-            ))[0]!.n > 0;
-          while (!(await waiting())) await new Promise((resolve) => setTimeout(resolve, 10));
-          return { key: String(inserted!.device_key), pending };
-        });
-        const { key, pending } = await registration;
-        expect(await pending).toEqual([key]);
-        expect(counting.statements()).toBe(2); // the batch, and the second look for the device it could not see
-      },
-    );
-  }
+  it("never lets concurrent batches register more than the limit of one user's devices", async () => {
+    const alice = uniqueUser("alice");
+    const batches = Array.from({ length: 8 }, (_, i) => [0, 1, 2].map((j) => ({ userId: alice, deviceName: `d${i}-${j}` })));
+    const results = await Promise.all(batches.map((batch) => db.registerDevices(batch, now(), 5)));
+    const kinds = results.flat().map((registration) => registration.kind);
+    expect(kinds.filter((kind) => kind === "device")).toHaveLength(5);
+    expect(kinds.filter((kind) => kind === "too_many_devices")).toHaveLength(19);
+    expect(await db.listDevices(alice)).toHaveLength(5);
+  });
 
   it("does not deadlock batches that register the same new devices in opposite orders", async () => {
-    // Each batch's INSERT waits on the uncommitted rows of another's for the devices they share: in the batches' own
-    // orders those waits would form cycles, and Postgres would abort one statement as a deadlock.
+    // Each batch's users are locked in one order whatever the batch's own order, and the same new device is inserted
+    // by the first batch to hold its user; the others find it.
     for (let round = 0; round < 3; round++) {
       const users = Array.from({ length: 30 }, () => uniqueUser("member"));
       const shared = Array.from({ length: 300 }, (_, i) => ({ userId: users[i % 30]!, deviceName: `device-${i}` }));
       const batches = Array.from({ length: 8 }, (_, i) => (i % 2 ? shared.toReversed() : shared));
-      const results = await Promise.all(batches.map((batch) => db.registerDevices(batch, now())));
+      const results = await Promise.all(batches.map((batch) => registerDeviceKeys(db, batch, now())));
       for (const [i, keys] of results.entries()) expect(i % 2 ? keys.toReversed() : keys).toEqual(results[0]);
     }
   });

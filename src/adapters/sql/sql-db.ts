@@ -1,21 +1,34 @@
 import type {
   AttachmentRecord,
+  BlockRecord,
   ChatRecord,
   Db,
   DeviceAck,
   DeviceName,
+  DeviceRecord,
+  DeviceRegistration,
+  DeviceSignIn,
   ModifyOutcome,
   NewChat,
   ParticipantChange,
   PendingSend,
+  RemovedDevice,
   ResyncCause,
   SendOutcome,
   InboxEvent,
   Fanout,
 } from "../../ports/db.js";
-import { deviceNameKey } from "../../ports/db.js";
 import type { SqlDriver } from "../../ports/sql.js";
+import { blockersAmong, blockUser, listBlockedUsers, unblockUser } from "./blocks.js";
 import { type ChatRow, createChat, modifyParticipants, toChatRecord } from "./chat-changes.js";
+import {
+  existingDevices,
+  listDevices,
+  markDevicesSeen,
+  registerDevices,
+  type RemovalOf,
+  removeDevices,
+} from "./devices.js";
 import { runMigrations } from "./migrate.js";
 import { dropPartitionsBefore, ensurePartitions } from "./partitions.js";
 import { LastSeqs, storeMessages } from "./store-messages.js";
@@ -29,47 +42,6 @@ const CHAT_COLUMNS = `
   c.chat_id, c.name, c.created_at, c.last_seq,
   (SELECT json_agg(q.user_id ORDER BY q.user_id) FROM chat_participants q WHERE q.chat_id = c.chat_id)
     AS participant_user_ids`;
-
-/**
- * The keys of a batch of distinct (user, device name) pairs ($1, $2: parallel arrays; $3: the creation time of new
- * ones), registering the new ones: one statement for the whole batch. Returns one row per pair, by its 1-based place
- * in the arrays, with a null key only for a pair another statement inserted after this one's snapshot was taken.
- * - Known devices are found first and never reach the INSERT: inserting them and letting ON CONFLICT skip them would
- *   burn an identity value each time a known device connects.
- * - New pairs are inserted in one order ("C", the unique index's collation): two batches that share new devices then
- *   wait on each other's uncommitted rows in the same order, never in a cycle (a deadlock).
- * - The parts of one statement share its snapshot, so `known` cannot see what `created` inserts: the two are disjoint
- *   and joined back to the input by the pair.
- */
-const REGISTER_DEVICES = `
-  WITH wanted AS (
-    SELECT w.ord, w.user_id, w.device_name
-      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(user_id, device_name, ord)
-  ), known AS (
-    SELECT w.ord, d.device_key
-      FROM wanted w JOIN devices d ON d.user_id = w.user_id AND d.device_name = w.device_name
-  ), created AS (
-    INSERT INTO devices (user_id, device_name, created_at)
-    SELECT w.user_id, w.device_name, $3::timestamptz
-      FROM wanted w
-     WHERE NOT EXISTS (SELECT FROM known k WHERE k.ord = w.ord)
-     ORDER BY w.user_id COLLATE "C", w.device_name COLLATE "C"
-    ON CONFLICT (user_id, device_name) DO NOTHING
-    RETURNING device_key, user_id, device_name
-  )
-  SELECT w.ord, coalesce(k.device_key, c.device_key) AS device_key
-    FROM wanted w
-    LEFT JOIN known k ON k.ord = w.ord
-    LEFT JOIN created c ON c.user_id = w.user_id AND c.device_name = w.device_name`;
-
-/** The keys of the pairs ($1, $2) that are registered, by their 1-based place in the arrays. */
-const FIND_DEVICES = `
-  SELECT w.ord, d.device_key
-    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(user_id, device_name, ord)
-    JOIN devices d ON d.user_id = w.user_id AND d.device_name = w.device_name`;
-
-type DeviceKeyRow = { ord: bigint; device_key: bigint | null };
-
 
 /**
  * A page of a device's inbox ($1 device key, after event id $2, at most $3 events), oldest first. The body comes from
@@ -126,43 +98,54 @@ export class SqlDb implements Db {
 
   // ---- devices ----
 
-  async registerDevices(devices: readonly DeviceName[], now: Date): Promise<string[]> {
-    // Each pair once (a device's streams may share a batch): its place in the statement's arrays.
-    const placeOf = new Map<string, number>();
-    const userIds: string[] = [];
-    const deviceNames: string[] = [];
-    const places = devices.map((device) => {
-      const id = deviceNameKey(device);
-      let place = placeOf.get(id);
-      if (place === undefined) {
-        placeOf.set(id, (place = userIds.length));
-        userIds.push(device.userId);
-        deviceNames.push(device.deviceName);
-      }
-      return place;
-    });
-    if (userIds.length === 0) return [];
-    const keys = new Array<bigint | null>(userIds.length).fill(null);
-    const rows = await this.driver.query<DeviceKeyRow>(REGISTER_DEVICES, [userIds, deviceNames, now]);
-    for (const row of rows) keys[Number(row.ord) - 1] = row.device_key;
-    // A pair this statement neither saw nor inserted: another statement inserted it after this one's snapshot was
-    // taken (ON CONFLICT waited for that insert and skipped the row). It is committed now: a second look finds it.
-    const missing = keys.flatMap((key, place) => (key === null ? [place] : []));
-    if (missing.length > 0) {
-      const late = await this.driver.query<DeviceKeyRow>(FIND_DEVICES, [
-        missing.map((place) => userIds[place]),
-        missing.map((place) => deviceNames[place]),
-      ]);
-      for (const row of late) keys[missing[Number(row.ord) - 1]!] = row.device_key;
-    }
-    return places.map((place) => {
-      const key = keys[place];
-      if (key == null) {
-        throw new Error(`device ${deviceNames[place]} of ${userIds[place]} was neither found nor registered`);
-      }
-      return String(key);
-    });
+  registerDevices(devices: readonly DeviceSignIn[], now: Date, maxPerUser: number): Promise<DeviceRegistration[]> {
+    return registerDevices(this.driver, devices, now, maxPerUser);
   }
+
+  listDevices(userId: string): Promise<DeviceRecord[]> {
+    return listDevices(this.driver, userId);
+  }
+
+  async removeDevice(device: DeviceName, at: Date): Promise<RemovedDevice | null> {
+    return (await this.removeDevices({ kind: "by_user", device, at }))[0] ?? null;
+  }
+
+  markDevicesSeen(deviceKeys: readonly string[], at: Date): Promise<void> {
+    return markDevicesSeen(this.driver, deviceKeys, at);
+  }
+
+  removeDevicesSeenBefore(cutoff: Date, limit: number): Promise<RemovedDevice[]> {
+    return this.removeDevices({ kind: "not_seen", cutoff, limit });
+  }
+
+  existingDevices(deviceKeys: readonly string[]): Promise<string[]> {
+    return existingDevices(this.driver, deviceKeys);
+  }
+
+  private async removeDevices(of: RemovalOf): Promise<RemovedDevice[]> {
+    const removal = await removeDevices(this.driver, of);
+    await this.deleteMessagesWithoutInbox(removal.messages);
+    return removal.devices;
+  }
+
+  // ---- blocks ----
+
+  blockUser(blockerUserId: string, blockedUserId: string, at: Date): Promise<void> {
+    return blockUser(this.driver, blockerUserId, blockedUserId, at);
+  }
+
+  unblockUser(blockerUserId: string, blockedUserId: string): Promise<void> {
+    return unblockUser(this.driver, blockerUserId, blockedUserId);
+  }
+
+  listBlockedUsers(userId: string, afterUserId: string | null, limit: number): Promise<BlockRecord[]> {
+    return listBlockedUsers(this.driver, userId, afterUserId, limit);
+  }
+
+  blockersAmong(userId: string, userIds: readonly string[]): Promise<string[]> {
+    return blockersAmong(this.driver, userId, userIds);
+  }
+
 
   // ---- chats ----
 

@@ -9,14 +9,25 @@ import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 const LOCK_CHATS = `
   SELECT chat_id, last_seq FROM chats WHERE chat_id = ANY($1::uuid[]) ORDER BY chat_id FOR UPDATE`;
 
-/** Per send, in batch order: the stored result of an earlier send with its idempotency key, and membership. */
+/**
+ * Whether the send `s` (chat_id, sender_user_id) goes to a chat of two whose other participant blocked the sender.
+ * It starts from the sender's blockers, whom most senders have none of: one index lookup that finds nothing.
+ */
+const BLOCKED = `
+  EXISTS (SELECT 1 FROM blocks b
+           WHERE b.blocked_user_id = s.sender_user_id
+             AND EXISTS (SELECT 1 FROM chat_participants p WHERE p.chat_id = s.chat_id AND p.user_id = b.blocker_user_id)
+             AND (SELECT count(*) FROM chat_participants p WHERE p.chat_id = s.chat_id) = 2)`;
+
+/** Per send, in batch order: the stored result of an earlier send with its idempotency key, membership, a block. */
 const CHECK_SENDS = `
-  SELECT s.message_id, s.seq, s.sent_at,
-         EXISTS (SELECT 1 FROM chat_participants p WHERE p.chat_id = x.chat_id AND p.user_id = x.user_id) AS member
+  SELECT k.message_id, k.seq, k.sent_at,
+         EXISTS (SELECT 1 FROM chat_participants p WHERE p.chat_id = s.chat_id AND p.user_id = s.sender_user_id) AS member,
+         ${BLOCKED} AS blocked
     FROM unnest($1::bigint[], $2::text[], $3::uuid[], $4::text[]) WITH ORDINALITY
-         AS x(device_key, client_message_id, chat_id, user_id, i)
-    LEFT JOIN sent_messages s ON s.sender_device_key = x.device_key AND s.client_message_id = x.client_message_id
-   ORDER BY x.i`;
+         AS s(device_key, client_message_id, chat_id, sender_user_id, i)
+    LEFT JOIN sent_messages k ON k.sender_device_key = s.device_key AND k.client_message_id = s.client_message_id
+   ORDER BY s.i`;
 
 /**
  * Writes sends whose seqs were decided before the statement, in one statement: messages, idempotency keys, attachment
@@ -25,8 +36,8 @@ const CHECK_SENDS = `
  *
  * It writes a chat's sends only if the decision still holds once it has the chat's row lock: the chat's last seq is
  * the one before the batch's first seq, nothing changed the row since the statement's snapshot (so the membership and
- * idempotency reads below, which see that snapshot, are current), every sender is a participant and no key was sent
- * before. Other chats' sends are not written and come back without a row, for the caller to try again.
+ * idempotency reads below, which see that snapshot, are current), every sender is a participant, no key was sent
+ * before and no send goes to a chat of two whose other participant blocked its sender. Other chats' sends are not written and come back without a row, for the caller to try again.
  * The lock is taken in chat_id order, the order every writer of chats rows uses, so writers never deadlock.
  * Returns one row per inbox entry of a written send, and one with a null device for a written send nobody reads.
  */
@@ -51,7 +62,8 @@ const WRITE_SENDS = `
                                   WHERE p.chat_id = s.chat_id AND p.user_id = s.sender_user_id)
                      OR EXISTS (SELECT 1 FROM sent_messages k
                                  WHERE k.sender_device_key = s.sender_device_key
-                                   AND k.client_message_id = s.client_message_id)))
+                                   AND k.client_message_id = s.client_message_id)
+                     OR ${BLOCKED}))
   ), written AS (
     SELECT s.* FROM sends s WHERE s.chat_id IN (SELECT chat_id FROM writable)
   ), fanout AS (
@@ -90,7 +102,7 @@ const WRITE_SENDS = `
   )
   SELECT s.i, f.device_key, f.event_id FROM written s LEFT JOIN fanout f ON f.i = s.i ORDER BY s.i, f.event_id`;
 
-type CheckRow = { message_id: string | null; seq: bigint | null; sent_at: Date | null; member: boolean };
+type CheckRow = { message_id: string | null; seq: bigint | null; sent_at: Date | null; member: boolean; blocked: boolean };
 type WrittenRow = { i: bigint; device_key: bigint | null; event_id: bigint | null };
 type Stored = Extract<SendOutcome, { kind: "stored" }>;
 
@@ -130,8 +142,8 @@ export class LastSeqs {
 /**
  * Db.storeMessages. A batch is written by one statement with seqs guessed from the chats' last seqs this node knows
  * (read first, without locks, for chats it does not know). A chat whose guess another writer overtook is read and
- * tried once more. What is still not written (a retry of an earlier send, a sender who is not a participant, a chat
- * that does not exist, a key repeated within the batch) is decided in a transaction that locks the chats and reads
+ * tried once more. What is still not written (a retry of an earlier send, a sender who is not a participant or is
+ * blocked, a chat that does not exist, a key repeated within the batch) is decided in a transaction that locks the chats and reads
  * their seqs, idempotency keys and membership first.
  */
 export async function storeMessages(
@@ -258,6 +270,7 @@ async function decideAndWrite(
     const lastSeq = lastSeqs.get(chatKey);
     if (lastSeq === undefined) return { place, outcome: { kind: "chat_not_found" } };
     if (!check.member) return { place, outcome: { kind: "not_participant" } };
+    if (check.blocked) return { place, outcome: { kind: "blocked" } };
 
     const seq = lastSeq + 1n;
     lastSeqs.set(chatKey, seq);

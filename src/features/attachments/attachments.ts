@@ -6,6 +6,8 @@ import type { BlobStore } from "../../ports/blob-store.js";
 import type { Caller } from "../../ports/caller.js";
 import { type Clock, DAY_MS } from "../../ports/clock.js";
 import type { AttachmentRecord, AttachmentStore } from "../../ports/db.js";
+import type { RateLimiters } from "../../ports/rate-limiter.js";
+import { Limit } from "../rate-limit.js";
 
 /**
  * Days an attachment outlives the latest message that carried it. Messages go by whole days, 30 to 31 days after they
@@ -33,6 +35,10 @@ export interface AttachmentsOptions {
   maxBytes: number;
   uploadUrlSeconds: number;
   downloadUrlSeconds: number;
+  /** CreateAttachment calls (upload grants) one user may make an hour. */
+  uploadsPerHour: number;
+  /** Bytes those grants may declare together, per user an hour. */
+  uploadBytesPerHour: number;
 }
 
 /**
@@ -41,17 +47,37 @@ export interface AttachmentsOptions {
  * its length and SHA-256); that is checked once and recorded.
  */
 export class Attachments {
+  private readonly uploads: Limit;
+  private readonly uploadBytes: Limit;
+
   constructor(
     private readonly db: AttachmentStore,
     private readonly blobs: BlobStore,
     private readonly clock: Clock,
+    limiters: RateLimiters,
     private readonly options: AttachmentsOptions,
-  ) {}
+  ) {
+    // A grant lets its holder store that many bytes: both bound what one user can make the store keep.
+    this.uploads = new Limit(limiters, {
+      name: "uploads",
+      points: options.uploadsPerHour,
+      windowSeconds: 3600,
+      allows: `this user may create ${options.uploadsPerHour} attachments an hour`,
+    });
+    this.uploadBytes = new Limit(limiters, {
+      name: "upload-bytes",
+      points: options.uploadBytesPerHour,
+      windowSeconds: 3600,
+      allows: `this user may create attachments of ${options.uploadBytesPerHour} bytes in all an hour`,
+    });
+  }
 
   async create(caller: Caller, input: NewAttachmentInput): Promise<NewAttachment> {
     if (input.sizeBytes > BigInt(this.options.maxBytes)) {
       throw new Refusal("invalid", `an attachment is at most ${this.options.maxBytes} bytes`);
     }
+    await this.uploads.take(caller.userId);
+    await this.uploadBytes.take(caller.userId, Number(input.sizeBytes));
     const attachmentId = randomUUID();
     const now = this.clock.now();
     const { attachment } = await this.db.createAttachment({

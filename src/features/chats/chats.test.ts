@@ -5,6 +5,8 @@ import { ChatUpdateKind, EventSchema } from "../../../gen/palaver/chat/v1/event_
 import { openMemoryDb } from "../../../test/support/db.js";
 import { newCaller, newHub, otherDevice } from "../../../test/support/features.js";
 import type { MemoryDb } from "../../adapters/memory/memory-db.js";
+import { memoryRateLimiters } from "../../adapters/rate-limiters.js";
+import type { Refusal } from "../../errors.js";
 import type { Caller } from "../../ports/caller.js";
 import { systemClock } from "../../ports/clock.js";
 import { Chats } from "./chats.js";
@@ -17,7 +19,11 @@ describe("Chats", () => {
   let carol: Caller;
   beforeEach(async () => {
     db = await openMemoryDb();
-    chats = new Chats(db, newHub(db), systemClock, { maxParticipants: 3 });
+    chats = new Chats(db, newHub(db), systemClock, memoryRateLimiters, {
+      maxParticipants: 3,
+      changesPerDevicePerHour: 100,
+      changesPerUserPerHour: 100,
+    });
     [alice, bob, carol] = await Promise.all(["alice", "bob", "carol"].map((name) => newCaller(db, name)));
   });
 
@@ -98,6 +104,30 @@ describe("Chats", () => {
       await expect(modify(alice, dave.userId, "add")).rejects.toMatchObject({ kind: "invalid" });
       expect(await updatesOf(dave)).toEqual([]);
     });
+  });
+
+  it("refuses changes past a device's hourly limit and past its user's over all devices, storing nothing", async () => {
+    const limited = new Chats(db, newHub(db), systemClock, memoryRateLimiters, {
+      maxParticipants: 3,
+      changesPerDevicePerHour: 2,
+      changesPerUserPerHour: 3,
+    });
+    const { chatId } = await limited.create(alice, { name: "c", participantUserIds: [bob.userId] });
+    await limited.modifyParticipants(alice, { chatId, userId: carol.userId, operation: "add" });
+    const refused = await limited.create(alice, { name: "more", participantUserIds: [bob.userId] }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ kind: "rate_limited", message: expect.stringMatching(/^this device may create chats/) });
+    expect((refused as Refusal).retryAfterSeconds).toBeGreaterThan(3590);
+    // The user's other device has its own count, but not beyond the user's.
+    const laptop = await otherDevice(db, alice, "laptop");
+    await limited.modifyParticipants(laptop, { chatId, userId: carol.userId, operation: "remove" });
+    await expect(limited.modifyParticipants(laptop, { chatId, userId: carol.userId, operation: "add" })).rejects.toMatchObject({
+      kind: "rate_limited",
+      message: expect.stringMatching(/^this user may create chats or change participants 3 times an hour: retry in \d+ s$/),
+    });
+    expect((await limited.list(alice, { pageSize: 10, pageToken: "" })).chats).toHaveLength(1);
+    expect((await updatesOf(bob)).map((u) => u.kind)).toEqual(["CREATED", "PARTICIPANT_ADDED", "PARTICIPANT_REMOVED"]);
+    // Other users are not limited by alice's count.
+    await expect(limited.create(bob, { name: "mine", participantUserIds: [carol.userId] })).resolves.toBeDefined();
   });
 
   it("lists the caller's chats a page at a time and refuses a page token it did not give", async () => {

@@ -6,14 +6,21 @@ import { type Chat, ChatSchema } from "../../../gen/palaver/chat/v1/model_pb.js"
 import { Refusal } from "../../errors.js";
 import type { Caller } from "../../ports/caller.js";
 import type { Clock } from "../../ports/clock.js";
-import type { ChatRecord, ChatStore } from "../../ports/db.js";
+import { type BlockStore, type ChatRecord, type ChatStore, deviceNameKey } from "../../ports/db.js";
+import type { RateLimiters } from "../../ports/rate-limiter.js";
+import { refuseBlockedAdditions } from "../account/blocks.js";
 import { encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
+import { Limit } from "../rate-limit.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface ChatsOptions {
   maxParticipants: number;
+  /** Chats created plus participant changes one device may make an hour. */
+  changesPerDevicePerHour: number;
+  /** The same for all of a user's devices together. */
+  changesPerUserPerHour: number;
 }
 
 export interface NewChatInput {
@@ -39,12 +46,27 @@ const DEFAULT_PAGE_SIZE = 100;
 
 /** Creating chats, changing who is in them, and reading them. Every change reaches every device of everyone involved. */
 export class Chats {
+  private readonly changesPerDevice: Limit;
+  private readonly changesPerUser: Limit;
+
   constructor(
-    private readonly db: ChatStore,
+    private readonly db: ChatStore & Pick<BlockStore, "blockersAmong">,
     private readonly hub: DeliveryHub,
     private readonly clock: Clock,
+    limiters: RateLimiters,
     private readonly options: ChatsOptions,
-  ) {}
+  ) {
+    // Every change is an event in the inboxes of everyone in the chat: these keep one client from flooding them.
+    const perHour = (name: string, points: number, who: string) =>
+      new Limit(limiters, {
+        name,
+        points,
+        windowSeconds: 3600,
+        allows: `${who} may create chats or change participants ${points} times an hour`,
+      });
+    this.changesPerDevice = perHour("chat-changes-device", options.changesPerDevicePerHour, "this device");
+    this.changesPerUser = perHour("chat-changes-user", options.changesPerUserPerHour, "this user");
+  }
 
   async create(caller: Caller, input: NewChatInput): Promise<Chat> {
     const participants = [...new Set([caller.userId, ...input.participantUserIds])].sort();
@@ -57,6 +79,8 @@ export class Chats {
         `a chat has at most ${this.options.maxParticipants} participants, the caller included (asked for ${participants.length})`,
       );
     }
+    await this.takeChange(caller);
+    await refuseBlockedAdditions(this.db, caller.userId, participants);
     const at = this.clock.now();
     const created = await this.db.createChat(
       {
@@ -73,6 +97,8 @@ export class Chats {
   }
 
   async modifyParticipants(caller: Caller, input: ParticipantInput): Promise<Chat> {
+    await this.takeChange(caller);
+    if (input.operation === "add") await refuseBlockedAdditions(this.db, caller.userId, [input.userId]);
     const at = this.clock.now();
     const kind = input.operation === "add" ? ChatUpdateKind.PARTICIPANT_ADDED : ChatUpdateKind.PARTICIPANT_REMOVED;
     const outcome = await this.db.modifyParticipants(
@@ -100,6 +126,12 @@ export class Chats {
         await this.hub.deliver(outcome.fanout);
         return toChat(outcome.chat);
     }
+  }
+
+  /** Counts a change against the caller's device and user, refusing it past either limit. */
+  private async takeChange(caller: Caller): Promise<void> {
+    await this.changesPerDevice.take(deviceNameKey(caller));
+    await this.changesPerUser.take(caller.userId);
   }
 
   async get(caller: Caller, chatId: string): Promise<Chat> {

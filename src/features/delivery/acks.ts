@@ -1,6 +1,8 @@
 import type { Caller } from "../../ports/caller.js";
-import type { DeviceAck, InboxStore } from "../../ports/db.js";
+import { type DeviceAck, deviceNameKey, type InboxStore } from "../../ports/db.js";
+import type { RateLimiters } from "../../ports/rate-limiter.js";
 import { GroupCommitter } from "../group-commit.js";
+import { Limit } from "../rate-limit.js";
 
 export interface AcksOptions {
   /** Most devices' acks deleted by one statement. */
@@ -9,7 +11,12 @@ export interface AcksOptions {
   maxInFlight: number;
   /** Told each batch's size (a metric). */
   onBatch?: (size: number) => void;
+  /** Ack frames one stream may send a minute, and AckEvents calls one device may make a minute. */
+  acksPerMinute: number;
 }
+
+/** How an ack came: as a frame on the device's Connect stream, or as a unary AckEvents call. */
+export type AckChannel = "stream" | "call";
 
 /**
  * Acking: a device's handled events leave its inbox, and a message leaves storage once every device it was stored for
@@ -18,8 +25,9 @@ export interface AcksOptions {
  */
 export class Acks {
   private readonly committer: GroupCommitter<DeviceAck, undefined>;
+  private readonly limits: Record<AckChannel, Limit>;
 
-  constructor(db: InboxStore, options: AcksOptions) {
+  constructor(db: InboxStore, limiters: RateLimiters, options: AcksOptions) {
     this.committer = new GroupCommitter(
       async (batch: DeviceAck[]) => {
         await db.ackEvents(batch);
@@ -29,10 +37,30 @@ export class Acks {
       options.maxInFlight,
       { onBatch: options.onBatch },
     );
+    const points = options.acksPerMinute;
+    this.limits = {
+      // A device's stream is held by one node (a newer one replaces it), so that node's count is the stream's, and a
+      // shared store would only add a round trip to the most frequent frame there is. It survives a reconnect there.
+      stream: new Limit(limiters, {
+        name: "acks-stream",
+        points,
+        windowSeconds: 60,
+        nodeLocal: true,
+        allows: `a stream may send ${points} ack frames a minute`,
+      }),
+      // Unary calls may reach any node: counted across them.
+      call: new Limit(limiters, {
+        name: "acks-call",
+        points,
+        windowSeconds: 60,
+        allows: `this device may call AckEvents ${points} times a minute`,
+      }),
+    };
   }
 
   /** Removes these events from the caller's inbox; ids that are not in it are ignored. */
-  async ack(caller: Caller, eventIds: readonly bigint[]): Promise<void> {
+  async ack(caller: Caller, eventIds: readonly bigint[], channel: AckChannel): Promise<void> {
+    await this.limits[channel].take(deviceNameKey(caller));
     await this.committer.submit({ deviceKey: caller.deviceKey, eventIds });
   }
 }

@@ -1,9 +1,12 @@
 import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
 import { beforeAll, describe, expect, it } from "vitest";
+import { CommandResultSchema } from "../../../gen/palaver/chat/v1/chat_pb.js";
 import { openMemoryDb } from "../../../test/support/db.js";
 import type { MemoryDb } from "../../adapters/memory/memory-db.js";
+import { registerDeviceKeys } from "../../../test/support/store-fixtures.js";
 import { oneByOne } from "../../../test/support/streams.js";
-import { DeviceStream, type StreamFrame } from "./device-stream.js";
+import { DeviceStream, StreamEnded, type StreamFrame } from "./device-stream.js";
 
 const utf8 = new TextEncoder();
 
@@ -17,10 +20,10 @@ describe("DeviceStream", () => {
   /** A chat of two new users; returns the recipient's device key and a function that stores one message for it. */
   async function chatWithRecipient() {
     const [alice, bob] = [`alice-${randomUUID()}`, `bob-${randomUUID()}`];
-    const [aliceKey, bobKey] = (await db.registerDevices(
-      [{ userId: alice, deviceName: "phone" }, { userId: bob, deviceName: "phone" }],
-      new Date(),
-    )) as [string, string];
+    const [aliceKey, bobKey] = (await registerDeviceKeys(db, [
+      { userId: alice, deviceName: "phone" },
+      { userId: bob, deviceName: "phone" },
+    ])) as [string, string];
     const chatId = randomUUID();
     await db.createChat(
       { chatId, name: "chat", participantUserIds: [alice, bob], createdAt: new Date(), updateMessageId: randomUUID() },
@@ -148,5 +151,26 @@ describe("DeviceStream", () => {
     await stream.catchUp();
     expect(await take(frames, 1)).toEqual([missed]);
     stream.end();
+  });
+
+  it("a client that sent commands and half-closed before its stream opened gets every answer, then the end", async () => {
+    const { bobKey, store } = await chatWithRecipient();
+    const stored = await store();
+    const stream = new DeviceStream(bobKey, db, { queueLimit: 100, pageSize: 10, batchSize: 10, recentIds: 8 });
+    for (const requestId of ["a", "b"]) stream.pushResult(create(CommandResultSchema, { requestId }));
+    stream.finish();
+    const sent: string[] = [];
+    await expect(async () => {
+      for await (const batch of stream.frames()) {
+        for (const frame of batch) {
+          if (frame.kind === "result") sent.push(`result ${frame.result.requestId}`);
+          if (frame.kind === "event") sent.push(`event ${frame.eventId}`);
+        }
+      }
+    }).rejects.toThrow(StreamEnded);
+    // The answers go first, with the backlog's first batch (the chat's creation and the message); then the end.
+    expect(sent).toHaveLength(4);
+    expect(sent.slice(0, 2)).toEqual(["result a", "result b"]);
+    expect(sent[3]).toBe(`event ${stored}`);
   });
 });

@@ -48,8 +48,8 @@ export class DeviceStream {
   private wake: (() => void) | null = null;
   /** undefined while open; null when ended cleanly; the error to end with otherwise. */
   private ending: Error | null | undefined;
-  /** Set by finish(): end cleanly once the queued frames are out. */
-  private finishing = false;
+  /** Set by finish(): end once the queued frames are out, cleanly (null) or with this error. */
+  private finishing: { error: Error | null } | undefined;
   /** The highest event id sent or queued on this stream. */
   private maxSentId = 0n;
   /** While other nodes' hand-offs are interrupted: where the gap began, and every id sent since. */
@@ -125,9 +125,12 @@ export class DeviceStream {
     }
   }
 
-  /** Ends the stream cleanly once the frames already queued (answers to the client's last commands) are sent. */
-  finish(): void {
-    this.finishing = true;
+  /**
+   * Ends the stream once the frames already queued (answers to the client's last commands) are sent: cleanly, or with
+   * the error (the client's request stream broke off).
+   */
+  finish(error: Error | null = null): void {
+    this.finishing ??= { error };
     this.notify();
   }
 
@@ -147,9 +150,10 @@ export class DeviceStream {
     for (let after = 0n, first = true; ; first = false) {
       const page = first ? opened.events : await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
       for (let start = 0; start < page.length; start += this.options.batchSize) {
-        // Results of commands that arrived meanwhile go first, as they would between any two events.
-        const batch = this.takeReady(this.options.batchSize);
+        // Results of commands that arrived meanwhile go first, as they would between any two events. Checked for the
+        // end before they are taken: a finished stream ends once they are out, not instead of sending them.
         this.throwIfEnded();
+        const batch = this.takeReady(this.options.batchSize);
         for (const event of page.slice(start, start + this.options.batchSize)) {
           this.markSent(event.eventId);
           // Sent as stored: the backlog is not decoded and re-encoded (see eventField).
@@ -161,8 +165,8 @@ export class DeviceStream {
       }
       if (page.length < this.options.pageSize) break;
     }
-    const ready = this.takeReady(this.options.batchSize);
     this.throwIfEnded();
+    const ready = this.takeReady(this.options.batchSize);
     ready.push({ kind: "signal", event: inboxDrainedEvent(backlog) });
     yield ready;
     this.goLive();
@@ -209,7 +213,7 @@ export class DeviceStream {
   }
 
   private throwIfEnded(): void {
-    if (this.finishing && this.ready.length === 0) this.end();
+    if (this.finishing && this.ready.length === 0) this.end(this.finishing.error);
     if (this.ending === undefined) return;
     if (this.ending) throw this.ending;
     throw new StreamEnded();

@@ -45,6 +45,8 @@ class FakeBus implements Bus {
   handOff(fanouts: Fanout[]) {
     this.handler!(fanouts);
   }
+  announceRemovals() {}
+  async subscribeRemovals() {}
   async close() {}
 }
 

@@ -6,6 +6,9 @@ import type { Metrics } from "../operations/metrics.js";
 import { DeviceStream, type DeviceStreamOptions } from "./device-stream.js";
 import type { InboxCap } from "./inbox-cap.js";
 
+/** Removed devices' keys kept to refuse late streams: far more than are removed in the moment a stream takes to open. */
+const REMOVED_KEYS_KEPT = 10_000;
+
 export interface Routing {
   presence: Presence;
   bus: Bus;
@@ -18,6 +21,10 @@ export interface Routing {
  */
 export class DeliveryHub {
   private readonly streams = new Map<string, DeviceStream>();
+  /** Devices whose streams opened since takeSeenDevices() last asked. */
+  private readonly opened = new Set<string>();
+  /** Keys of recently removed devices, oldest first: a stream that opens for one after its removal ends at once. */
+  private readonly removed = new Set<string>();
   /** Whether hand-offs from other nodes are interrupted, and how many times they have been. */
   private busDown = false;
   private busOutages = 0;
@@ -73,6 +80,8 @@ export class DeliveryHub {
    * registered (and its presence claimed) before it reads its inbox, so nothing stored meanwhile is missed.
    */
   async open(deviceKey: string): Promise<DeviceStream> {
+    if (this.removed.has(deviceKey)) throw deviceRemoved();
+    this.opened.add(deviceKey);
     const stream = new DeviceStream(deviceKey, this.db, this.streamOptions);
     const previous = this.streams.get(deviceKey);
     this.streams.set(deviceKey, stream);
@@ -101,6 +110,31 @@ export class DeliveryHub {
   /** Ends every stream, e.g. at shutdown: clients reconnect (to another node) and resume from their inbox. */
   endAll(reason: Refusal): void {
     for (const stream of this.streams.values()) stream.end(reason);
+  }
+
+  /** Ends the streams of removed devices with UNAUTHENTICATED, and any that opens for one of them later. */
+  endRemoved(deviceKeys: readonly string[]): void {
+    for (const deviceKey of deviceKeys) {
+      this.removed.add(deviceKey);
+      this.streams.get(deviceKey)?.end(deviceRemoved());
+    }
+    // The keys only guard against a stream that authenticated just before the removal and opens just after it.
+    for (const oldest of this.removed) {
+      if (this.removed.size <= REMOVED_KEYS_KEPT) break;
+      this.removed.delete(oldest);
+    }
+  }
+
+  /** The devices that had a stream open on this node since the last call (those open now included). */
+  takeSeenDevices(): string[] {
+    const seen = [...new Set([...this.opened, ...this.streams.keys()])];
+    this.opened.clear();
+    return seen;
+  }
+
+  /** The devices with a stream open on this node. */
+  get openDevices(): string[] {
+    return [...this.streams.keys()];
   }
 
   /**
@@ -145,4 +179,8 @@ export class DeliveryHub {
       this.metrics.handoffs.inc({ direction: "in" }, fanout.entries.length);
     }
   }
+}
+
+function deviceRemoved(): Refusal {
+  return new Refusal("unauthenticated", "this device was removed from its user's devices: sign in again");
 }

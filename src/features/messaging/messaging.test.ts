@@ -5,6 +5,7 @@ import { EventSchema } from "../../../gen/palaver/chat/v1/event_pb.js";
 import { newCaller, newHub, otherDevice } from "../../../test/support/features.js";
 import { openMemoryDb } from "../../../test/support/db.js";
 import type { MemoryDb } from "../../adapters/memory/memory-db.js";
+import { memoryRateLimiters } from "../../adapters/rate-limiters.js";
 import { Refusal } from "../../errors.js";
 import type { Caller } from "../../ports/caller.js";
 import { systemClock } from "../../ports/clock.js";
@@ -24,7 +25,7 @@ describe("Messaging", () => {
   beforeEach(async () => {
     db = await openMemoryDb();
     hub = newHub(db);
-    messaging = new Messaging(db, hub, systemClock, async () => [], new Metrics(() => 0), {
+    messaging = new Messaging(db, hub, systemClock, async () => [], new Metrics(() => 0), memoryRateLimiters, {
       maxBatch: 100,
       maxInFlight: 1,
       sendsPerMinute: 1000,
@@ -32,7 +33,11 @@ describe("Messaging", () => {
     alice = await newCaller(db, "alice");
     bobPhone = await newCaller(db, "bob");
     bobLaptop = await otherDevice(db, bobPhone, "laptop");
-    const chats = new Chats(db, hub, systemClock, { maxParticipants: 10 });
+    const chats = new Chats(db, hub, systemClock, memoryRateLimiters, {
+      maxParticipants: 10,
+      changesPerDevicePerHour: 10,
+      changesPerUserPerHour: 10,
+    });
     ({ chatId } = await chats.create(alice, { name: "c", participantUserIds: [bobPhone.userId] }));
   });
 

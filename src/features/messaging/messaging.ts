@@ -6,13 +6,14 @@ import type { Attachment } from "../../../gen/palaver/chat/v1/model_pb.js";
 import { Refusal } from "../../errors.js";
 import type { Caller } from "../../ports/caller.js";
 import type { Clock } from "../../ports/clock.js";
-import type { MessageStore, PendingSend, SendOutcome } from "../../ports/db.js";
+import { deviceNameKey, type MessageStore, type PendingSend, type SendOutcome } from "../../ports/db.js";
+import type { RateLimiters } from "../../ports/rate-limiter.js";
 import { chatNotFound } from "../chats/chats.js";
 import { encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
 import type { Metrics } from "../operations/metrics.js";
 import { GroupCommitter } from "../group-commit.js";
-import { SendLimit } from "./send-limit.js";
+import { Limit } from "../rate-limit.js";
 
 /** Checks that the caller may send these attachments (uploaded, by them) and returns what recipients see of them. */
 export type AttachmentResolver = (uploaderUserId: string, attachmentIds: readonly string[]) => Promise<Attachment[]>;
@@ -38,17 +39,17 @@ export interface SendOptions {
   maxBatch: number;
   /** Batches written at once. */
   maxInFlight: number;
-  /** Messages one device may send a minute. */
+  /** Messages one device may send a minute (across the nodes sharing the limiters' store). */
   sendsPerMinute: number;
 }
 
 /**
- * Sending: store first (message, seq and one inbox entry per recipient device, in one transaction shared with other
- * concurrent sends), answer, and push the event to connected recipients.
+ * Sending: store first (message, seq and one inbox entry per recipient device, in one statement or transaction shared
+ * with other concurrent sends), answer, and push the event to connected recipients.
  */
 export class Messaging {
   private readonly committer: GroupCommitter<PendingSend, SendOutcome>;
-  private readonly limit: SendLimit;
+  private readonly limit: Limit;
 
   constructor(
     private readonly db: MessageStore,
@@ -56,6 +57,7 @@ export class Messaging {
     private readonly clock: Clock,
     private readonly resolveAttachments: AttachmentResolver,
     private readonly metrics: Metrics,
+    limiters: RateLimiters,
     options: SendOptions,
   ) {
     this.committer = new GroupCommitter(
@@ -68,7 +70,12 @@ export class Messaging {
         onBatch: metrics.batchObserver("sends"),
       },
     );
-    this.limit = new SendLimit(options.sendsPerMinute);
+    this.limit = new Limit(limiters, {
+      name: "sends",
+      points: options.sendsPerMinute,
+      windowSeconds: 60,
+      allows: `this device may send ${options.sendsPerMinute} messages a minute`,
+    });
   }
 
   /**
@@ -90,7 +97,7 @@ export class Messaging {
    * together; `stored` settles with the send's result.
    */
   async queue(caller: Caller, input: SendInput): Promise<{ stored: Promise<SendResult> }> {
-    await this.limit.take(caller);
+    await this.limit.take(deviceNameKey(caller));
     const attachments =
       input.attachmentIds.length > 0 ? await this.resolveAttachments(caller.userId, input.attachmentIds) : [];
     const messageId = randomUUID();
@@ -131,6 +138,8 @@ export class Messaging {
     switch (outcome.kind) {
       case "chat_not_found":
         throw chatNotFound(chatId);
+      case "blocked":
+        throw new Refusal("forbidden", "the other participant of this chat blocked the caller");
       case "not_participant":
         throw new Refusal("forbidden", "only participants may send to a chat");
       case "stored":

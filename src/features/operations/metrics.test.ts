@@ -21,6 +21,7 @@ describe("Metrics", () => {
       inboxesTrimmed: 3,
       idempotencyKeysForgotten: 4,
       attachmentsDeleted: 5,
+      devicesRemoved: 6,
     });
     metrics.countRetentionRun(undefined);
     const text = await metrics.registry.metrics();
@@ -32,6 +33,7 @@ describe("Metrics", () => {
       "palaver_retention_inboxes_trimmed_total 3",
       "palaver_retention_idempotency_keys_forgotten_total 4",
       "palaver_retention_attachments_deleted_total 5",
+      "palaver_retention_devices_removed_total 6",
     ]) {
       expect(text).toContain(`\n${line}\n`);
     }

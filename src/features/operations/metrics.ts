@@ -106,6 +106,11 @@ export class Metrics {
     help: "Expired attachments the retention job deleted with their stored bytes",
     registers: [this.registry],
   });
+  readonly retentionDevicesRemoved = new Counter({
+    name: "palaver_retention_devices_removed_total",
+    help: "Devices the retention job removed because they had not connected for RETENTION_DAYS",
+    registers: [this.registry],
+  });
 
   constructor(connectedDevices: () => number) {
     new Gauge({
@@ -144,6 +149,7 @@ export class Metrics {
     this.retentionInboxesTrimmed.inc(report.inboxesTrimmed);
     this.retentionIdempotencyKeysForgotten.inc(report.idempotencyKeysForgotten);
     this.retentionAttachmentsDeleted.inc(report.attachmentsDeleted);
+    this.retentionDevicesRemoved.inc(report.devicesRemoved);
   }
 }
 
@@ -154,4 +160,5 @@ export interface RetentionCounts {
   inboxesTrimmed: number;
   idempotencyKeysForgotten: number;
   attachmentsDeleted: number;
+  devicesRemoved: number;
 }

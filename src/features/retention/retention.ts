@@ -12,6 +12,11 @@ export interface RetentionOptions {
   partitionsAhead: number;
   /** How long idempotency keys are kept (at least 24 h). */
   idempotencyMs: number;
+  /**
+   * Removes the devices not seen since the cutoff and says how many (Devices.removeNotSeenSince). Unset in a one-off
+   * run (`palaver retention run`): the servers' own runs remove devices, since they can tell every node.
+   */
+  removeDevicesNotSeenSince?: (cutoff: Date) => Promise<number>;
 }
 
 export interface RetentionReport {
@@ -20,12 +25,13 @@ export interface RetentionReport {
   inboxesTrimmed: number;
   idempotencyKeysForgotten: number;
   attachmentsDeleted: number;
+  devicesRemoved: number;
 }
 
 /**
  * The retention job: makes the coming days' partitions, drops whole daily partitions once they are older than the
- * retention period (never row by row), caps inboxes, forgets old idempotency keys, and deletes expired attachments
- * and their objects. It runs on a timer in every server and once from `palaver retention run`; every step is
+ * retention period (never row by row), caps inboxes, forgets old idempotency keys, deletes expired attachments and
+ * their objects, and removes the devices that have not connected for the retention period. It runs on a timer in every server and once from `palaver retention run`; every step is
  * idempotent, so nodes running it at the same time do no harm.
  */
 export class Retention {
@@ -69,7 +75,15 @@ export class Retention {
     const attachmentsDeleted = await this.deleteExpiredAttachments(
       new Date(now.getTime() - attachmentLifetimeDays(this.options.retentionDays) * DAY_MS),
     );
-    const report = { partitionsCreated, partitionsDropped, inboxesTrimmed, idempotencyKeysForgotten, attachmentsDeleted };
+    const devicesRemoved = (await this.options.removeDevicesNotSeenSince?.(cutoff)) ?? 0;
+    const report = {
+      partitionsCreated,
+      partitionsDropped,
+      inboxesTrimmed,
+      idempotencyKeysForgotten,
+      attachmentsDeleted,
+      devicesRemoved,
+    };
     this.logger.info(report, "retention run");
     return report;
   }

@@ -964,8 +964,9 @@ func (x *SendMessageResponse) GetSentAt() *timestamppb.Timestamp {
 }
 
 type AckEventsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EventIds      []uint64               `protobuf:"varint,1,rep,packed,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// event_ids are at most 2^63-1, the largest id the server gives out (ids are stored as signed 64-bit integers).
+	EventIds      []uint64 `protobuf:"varint,1,rep,packed,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1242,10 +1243,10 @@ var File_palaver_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x1apalaver/chat/v1/chat.proto\x12\x0fpalaver.chat.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/event.proto\x1a\x1bpalaver/chat/v1/model.proto\"\x8d\x04\n" +
-	"\x0eConnectRequest\x12&\n" +
+	"\x1apalaver/chat/v1/chat.proto\x12\x0fpalaver.chat.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/event.proto\x1a\x1bpalaver/chat/v1/model.proto\"\x91\x04\n" +
+	"\x0eConnectRequest\x12*\n" +
 	"\n" +
-	"request_id\x18\x01 \x01(\tB\a\xbaH\x04r\x02\x18@R\trequestId\x12E\n" +
+	"request_id\x18\x01 \x01(\tB\v\xbaH\br\x06\x18@\xba\x01\x01\x00R\trequestId\x12E\n" +
 	"\vcreate_chat\x18\x02 \x01(\v2\".palaver.chat.v1.CreateChatRequestH\x00R\n" +
 	"createChat\x12j\n" +
 	"\x18modify_chat_participants\x18\x03 \x01(\v2..palaver.chat.v1.ModifyChatParticipantsRequestH\x00R\x16modifyChatParticipants\x12H\n" +
@@ -1281,9 +1282,9 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"retryAfter\"\x12\n" +
 	"\x10SubscribeRequest\"A\n" +
 	"\x11SubscribeResponse\x12,\n" +
-	"\x05event\x18\x01 \x01(\v2\x16.palaver.chat.v1.EventR\x05event\"\x98\x01\n" +
-	"\x11CreateChatRequest\x12\x1c\n" +
-	"\x04name\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x04name\x12e\n" +
+	"\x05event\x18\x01 \x01(\v2\x16.palaver.chat.v1.EventR\x05event\"\x9c\x01\n" +
+	"\x11CreateChatRequest\x12 \n" +
+	"\x04name\x18\x01 \x01(\tB\f\xbaH\tr\a\x18\xc8\x01\xba\x01\x01\x00R\x04name\x12e\n" +
 	"\x14participant_user_ids\x18\x02 \x03(\tB3\xbaH0\x92\x01-\b\x01\x10d\"'r%2#^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$R\x12participantUserIds\"?\n" +
 	"\x12CreateChatResponse\x12)\n" +
 	"\x04chat\x18\x01 \x01(\v2\x15.palaver.chat.v1.ChatR\x04chat\"\xd8\x01\n" +
@@ -1293,12 +1294,12 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\toperation\x18\x03 \x01(\x0e2%.palaver.chat.v1.ParticipantOperationB\n" +
 	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\toperation\"K\n" +
 	"\x1eModifyChatParticipantsResponse\x12)\n" +
-	"\x04chat\x18\x01 \x01(\v2\x15.palaver.chat.v1.ChatR\x04chat\"\xd0\x02\n" +
+	"\x04chat\x18\x01 \x01(\v2\x15.palaver.chat.v1.ChatR\x04chat\"\xd8\x02\n" +
 	"\x12SendMessageRequest\x12!\n" +
-	"\achat_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06chatId\x126\n" +
-	"\x11client_message_id\x18\x02 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x0fclientMessageId\x12\x1d\n" +
-	"\x04text\x18\x03 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\x04text\x128\n" +
+	"\achat_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06chatId\x12:\n" +
+	"\x11client_message_id\x18\x02 \x01(\tB\x0e\xbaH\vr\t\x10\x01\x18\x80\x01\xba\x01\x01\x00R\x0fclientMessageId\x12!\n" +
+	"\x04text\x18\x03 \x01(\tB\r\xbaH\n" +
+	"r\b(\x80\x80\x04\xba\x01\x01\x00R\x04text\x128\n" +
 	"\x0eattachment_ids\x18\x04 \x03(\tB\x11\xbaH\x0e\x92\x01\v\x10\n" +
 	"\x18\x01\"\x05r\x03\xb0\x01\x01R\rattachmentIds:\x85\x01\xbaH\x81\x01\x1a\x7f\n" +
 	"\x16send_message.not_empty\x12/a message needs text or at least one attachment\x1a4size(this.text) > 0 || size(this.attachment_ids) > 0\"{\n" +
@@ -1306,19 +1307,20 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x123\n" +
-	"\asent_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"<\n" +
-	"\x10AckEventsRequest\x12(\n" +
-	"\tevent_ids\x18\x01 \x03(\x04B\v\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\beventIds\"\x13\n" +
+	"\asent_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"J\n" +
+	"\x10AckEventsRequest\x126\n" +
+	"\tevent_ids\x18\x01 \x03(\x04B\x19\xbaH\x16\x92\x01\x13\b\x01\x10\xe8\a\"\f2\n" +
+	"\x18\xff\xff\xff\xff\xff\xff\xff\xff\x7fR\beventIds\"\x13\n" +
 	"\x11AckEventsResponse\"3\n" +
 	"\x0eGetChatRequest\x12!\n" +
 	"\achat_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06chatId\"<\n" +
 	"\x0fGetChatResponse\x12)\n" +
-	"\x04chat\x18\x01 \x01(\v2\x15.palaver.chat.v1.ChatR\x04chat\"c\n" +
+	"\x04chat\x18\x01 \x01(\v2\x15.palaver.chat.v1.ChatR\x04chat\"g\n" +
 	"\x10ListChatsRequest\x12'\n" +
 	"\tpage_size\x18\x01 \x01(\x05B\n" +
-	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12&\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tB\a\xbaH\x04r\x02\x18@R\tpageToken\"h\n" +
+	"page_token\x18\x02 \x01(\tB\v\xbaH\br\x06\x18@\xba\x01\x01\x00R\tpageToken\"h\n" +
 	"\x11ListChatsResponse\x12+\n" +
 	"\x05chats\x18\x01 \x03(\v2\x15.palaver.chat.v1.ChatR\x05chats\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*~\n" +
