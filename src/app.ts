@@ -44,7 +44,7 @@ import { createInterceptors } from "./transport/interceptors.js";
 import { type Server, startServer } from "./transport/server.js";
 import * as tunables from "./tunables.js";
 import { blobCors } from "./web/blob-cors.js";
-import { createDevTokenHandler } from "./web/dev-token.js";
+import { createDevTokenHandler, DEV_TOKEN_SECONDS } from "./web/dev-token.js";
 import { createStaticFiles } from "./web/static-files.js";
 
 /** The built web client (`npm run build:web`), served at `/` when present. */
@@ -197,7 +197,15 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
       next: [
         ...(blobs.httpHandler ? [blobCors, blobs.httpHandler] : []),
         // Development sign-in for the web client; with DEV_SIGN_IN=off (production's default) the path does not exist.
-        ...(config.devSignIn === "off" ? [] : [createDevTokenHandler(secret, { from: config.devSignIn })]),
+        ...(config.devSignIn === "off"
+          ? []
+          : [
+              createDevTokenHandler(secret, {
+                from: config.devSignIn,
+                // A token the server would refuse is no sign-in.
+                ttlSeconds: Math.min(DEV_TOKEN_SECONDS, config.maxTokenLifetimeSeconds),
+              }),
+            ]),
         createStaticFiles(webDist),
       ],
     }),

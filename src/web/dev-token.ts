@@ -6,12 +6,15 @@ import { type WebHandler, type WebRequest, type WebResponse, pathOf, send } from
 
 export const DEV_TOKEN_PATH = "/dev/token";
 
+/** How long a dev sign-in lasts: a working day. */
+export const DEV_TOKEN_SECONDS = 12 * 3600;
+
 /** A JSON body of two short ids never needs more. */
 const MAX_BODY_BYTES = 4096;
 
 export interface DevTokenOptions {
-  /** Lifetime of the tokens handed out; default 12 hours. */
-  ttl?: string;
+  /** Lifetime of the tokens handed out, seconds; default DEV_TOKEN_SECONDS. */
+  ttlSeconds?: number;
   /** Who is answered: clients on this machine (the default), or any client. */
   from?: "local" | "any";
 }
@@ -29,7 +32,7 @@ loopback.addAddress("::1", "ipv6");
  * grants.
  */
 export function createDevTokenHandler(secret: Uint8Array, options: DevTokenOptions = {}): WebHandler {
-  const ttl = options.ttl ?? "12h";
+  const ttl = options.ttlSeconds ?? DEV_TOKEN_SECONDS;
   const from = options.from ?? "local";
   return async (req, res) => {
     if (pathOf(req) !== DEV_TOKEN_PATH) return false;

@@ -38,7 +38,7 @@ describe("dev sign-in", () => {
   beforeAll(async () => {
     [localServer, anyServer] = await Promise.all([
       startTestServer("pglite", { HOST: "0.0.0.0", DEV_SIGN_IN: "local" }, { logger: local.logger }),
-      startTestServer("pglite", { HOST: "0.0.0.0", DEV_SIGN_IN: "any" }, { logger: any.logger }),
+      startTestServer("pglite", { HOST: "0.0.0.0", DEV_SIGN_IN: "any", MAX_TOKEN_LIFETIME: "1h" }, { logger: any.logger }),
     ]);
   });
   afterAll(() => Promise.all([localServer?.close(), anyServer?.close()]));
@@ -49,6 +49,13 @@ describe("dev sign-in", () => {
     expect(local.lines).toContainEqual(
       expect.objectContaining({ level: 40, devSignIn: "local", msg: expect.stringMatching(/^development sign-in is on/) }),
     );
+  });
+
+  it("hands out tokens the server accepts when MAX_TOKEN_LIFETIME is shorter than its usual 12 hours", async () => {
+    const res = await signIn(anyServer.url);
+    expect(res.status).toBe(200);
+    const { token } = (await res.json()) as { token: string };
+    expect(await connectChatClient(anyServer.url, token).listChats({})).toBeDefined();
   });
 
   it("refuses a request a proxy on this machine forwarded", async () => {
