@@ -154,7 +154,8 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
       jwksUrl: config.authJwksUrl,
       maxLifetimeSeconds: config.maxTokenLifetimeSeconds,
     }),
-    resolveDevice: (userId: string, deviceName: string, issuedAt: Date) => devices.resolve(userId, deviceName, issuedAt),
+    resolveDevice: (userId: string, deviceName: string, issuedAt: Date) =>
+      devices.resolve(userId, deviceName, issuedAt),
   };
   const acks = new Acks(db, limiters, {
     maxBatch: tunables.ACK_BATCH_MAX,

@@ -8,6 +8,7 @@ import {
   deviceNameKey,
 } from "../ports/db.js";
 import { GroupCommitter } from "../features/group-commit.js";
+import { LruMap } from "../lru-map.js";
 
 export interface DeviceDirectoryOptions {
   /** Most devices looked up or registered by one statement. */
@@ -36,18 +37,16 @@ interface KnownDevice {
  * miss together wait for one lookup.
  */
 export class DeviceDirectory {
-  /** Least recently used first. */
-  private readonly known = new Map<string, KnownDevice>();
+  private readonly known: LruMap<string, KnownDevice>;
   /** Lookups submitted and not yet answered, by pair and token time. */
   private readonly pending = new Map<string, Promise<KnownDevice>>();
   private readonly committer: GroupCommitter<DeviceSignIn, DeviceRegistration>;
-  private readonly maxCached: number;
   private readonly maxDevicesPerUser: number;
   /** Counts the calls of forget(): a lookup that ran across one may have read a device that is gone. */
   private forgets = 0;
 
   constructor(db: Pick<DeviceStore, "registerDevices">, clock: Clock, options: DeviceDirectoryOptions) {
-    this.maxCached = options.maxCached ?? 100_000;
+    this.known = new LruMap(options.maxCached ?? 100_000);
     this.maxDevicesPerUser = options.maxDevicesPerUser ?? Number.MAX_SAFE_INTEGER;
     this.committer = new GroupCommitter(
       (batch: DeviceSignIn[]) => db.registerDevices(batch, clock.now(), this.maxDevicesPerUser),
@@ -87,12 +86,7 @@ export class DeviceDirectory {
   private lookUp(device: DeviceSignIn): Promise<KnownDevice> {
     const id = deviceNameKey(device);
     const cached = this.known.get(id);
-    if (cached !== undefined) {
-      // Refresh its place so the least recently used pair is the one evicted.
-      this.known.delete(id);
-      this.known.set(id, cached);
-      return Promise.resolve(cached);
-    }
+    if (cached !== undefined) return Promise.resolve(cached);
     // Tokens of one device but of different ages may be answered differently (a removal refuses the older).
     const lookupId = `${id}@${device.issuedAt?.getTime() ?? ""}`;
     let lookup = this.pending.get(lookupId);
@@ -104,10 +98,7 @@ export class DeviceDirectory {
           if (registration.kind === "removed") throw removed();
           if (registration.kind === "too_many_devices") throw this.tooManyDevices(device.userId);
           const known = { deviceKey: registration.deviceKey, tokensNotBefore: registration.tokensNotBefore };
-          if (this.forgets === forgets) {
-            this.known.set(id, known);
-            if (this.known.size > this.maxCached) this.known.delete(this.known.keys().next().value!);
-          }
+          if (this.forgets === forgets) this.known.set(id, known);
           return known;
         })
         // A failed lookup is forgotten with it: the next call tries again.

@@ -7,7 +7,8 @@ const secretFileName = "auth-secret";
 
 /**
  * The HS256 key, as the server and `palaver token` both use it: AUTH_SECRET when set, else the secret kept in
- * DATA_DIR (created 0700), created (mode 0600) by whichever process needs it first. Nodes of a cluster must share AUTH_SECRET.
+ * DATA_DIR (created 0700), created (mode 0600) by whichever process needs it first. Nodes of a cluster must share
+ * AUTH_SECRET.
  */
 export async function resolveAuthSecret(config: Pick<Config, "authSecret" | "dataDir">): Promise<Uint8Array> {
   if (config.authSecret !== undefined) return new TextEncoder().encode(config.authSecret);

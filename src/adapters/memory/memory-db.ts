@@ -279,9 +279,8 @@ export class MemoryDb implements Db {
       const chat = this.chats.get(uuid(send.chatId));
       if (!chat) return { kind: "chat_not_found" };
       if (!chat.participants.has(send.senderUserId)) return { kind: "not_participant" };
-      if (chat.participants.size === 2 && [...chat.participants].some((other) => this.blocks.get(other)?.has(send.senderUserId))) {
-        return { kind: "blocked" };
-      }
+      const blockedBy = (other: string) => this.blocks.get(other)?.has(send.senderUserId);
+      if (chat.participants.size === 2 && [...chat.participants].some(blockedBy)) return { kind: "blocked" };
 
       const messageId = uuid(send.messageId);
       const seq = (lastSeqs.get(chat) ?? chat.lastSeq) + 1n;

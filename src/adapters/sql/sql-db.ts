@@ -19,6 +19,8 @@ import type {
   Fanout,
 } from "../../ports/db.js";
 import type { SqlDriver } from "../../ports/sql.js";
+import { LruMap } from "../../lru-map.js";
+import { LAST_SEQS_CHATS } from "../../tunables.js";
 import { blockersAmong, blockUser, listBlockedUsers, unblockUser } from "./blocks.js";
 import { type ChatRow, createChat, modifyParticipants, toChatRecord } from "./chat-changes.js";
 import {
@@ -31,8 +33,7 @@ import {
 } from "./devices.js";
 import { runMigrations } from "./migrate.js";
 import { dropPartitionsBefore, ensurePartitions } from "./partitions.js";
-import { LastSeqs, storeMessages } from "./store-messages.js";
-import { LAST_SEQS_CHATS } from "../../tunables.js";
+import { type LastSeqs, storeMessages } from "./store-messages.js";
 
 /**
  * A chat row with its participants, sorted (the column's "C" collation sorts as the API does), as json: the drivers
@@ -86,7 +87,7 @@ type AttachmentRow = {
 export class SqlDb implements Db {
   constructor(private readonly driver: SqlDriver) {}
 
-  private readonly lastSeqs = new LastSeqs(LAST_SEQS_CHATS);
+  private readonly lastSeqs: LastSeqs = new LruMap(LAST_SEQS_CHATS);
 
   migrate(): Promise<void> {
     return runMigrations(this.driver);
@@ -145,7 +146,6 @@ export class SqlDb implements Db {
   blockersAmong(userId: string, userIds: readonly string[]): Promise<string[]> {
     return blockersAmong(this.driver, userId, userIds);
   }
-
 
   // ---- chats ----
 

@@ -1,5 +1,6 @@
 import type { InboxEntry, PendingSend, SendOutcome } from "../../ports/db.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
+import type { LruMap } from "../../lru-map.js";
 
 /**
  * Locks the batch's chats in chat_id order, the order every writer of chats rows uses, so batches and participant
@@ -16,7 +17,8 @@ const LOCK_CHATS = `
 const BLOCKED = `
   EXISTS (SELECT 1 FROM blocks b
            WHERE b.blocked_user_id = s.sender_user_id
-             AND EXISTS (SELECT 1 FROM chat_participants p WHERE p.chat_id = s.chat_id AND p.user_id = b.blocker_user_id)
+             AND EXISTS (SELECT 1 FROM chat_participants p
+                          WHERE p.chat_id = s.chat_id AND p.user_id = b.blocker_user_id)
              AND (SELECT count(*) FROM chat_participants p WHERE p.chat_id = s.chat_id) = 2)`;
 
 /**
@@ -32,7 +34,8 @@ const SENT_BEFORE = `
 /** Per send, in batch order: the stored result of an earlier send with its idempotency key, membership, a block. */
 const CHECK_SENDS = `
   SELECT k.message_id, k.seq, k.sent_at,
-         EXISTS (SELECT 1 FROM chat_participants p WHERE p.chat_id = s.chat_id AND p.user_id = s.sender_user_id) AS member,
+         EXISTS (SELECT 1 FROM chat_participants p
+                  WHERE p.chat_id = s.chat_id AND p.user_id = s.sender_user_id) AS member,
          ${BLOCKED} AS blocked
     FROM unnest($1::bigint[], $2::text[], $3::uuid[], $4::text[]) WITH ORDINALITY
          AS s(sender_device_key, client_message_id, chat_id, sender_user_id, i)
@@ -113,7 +116,13 @@ const WRITE_SENDS = `
   )
   SELECT s.i, f.device_key, f.event_id FROM written s LEFT JOIN fanout f ON f.i = s.i ORDER BY s.i, f.event_id`;
 
-type CheckRow = { message_id: string | null; seq: bigint | null; sent_at: Date | null; member: boolean; blocked: boolean };
+type CheckRow = {
+  message_id: string | null;
+  seq: bigint | null;
+  sent_at: Date | null;
+  member: boolean;
+  blocked: boolean;
+};
 type WrittenRow = { i: bigint; device_key: bigint | null; event_id: bigint | null };
 type Stored = Extract<SendOutcome, { kind: "stored" }>;
 
@@ -125,37 +134,19 @@ interface Decided {
 }
 
 /**
- * The last seq this node stored or read per chat, for the chats it sent to most recently: the guess that lets a batch
- * be written in one statement. Only a guess: the statement checks it under the chat's lock, and a wrong one (another
- * node sent to the chat, or the participants changed) costs that chat a read and a second statement.
+ * The last seq this node stored or read per chat (by lower-case chat id), for the chats it used most recently: the
+ * guess that lets a batch be written in one statement. Only a guess: the statement checks it under the chat's lock,
+ * and a wrong one (another node sent to the chat, or the participants changed) costs that chat a read and a second
+ * statement.
  */
-export class LastSeqs {
-  private readonly seqs = new Map<string, bigint>();
-
-  constructor(private readonly maxChats: number) {}
-
-  get(chatKey: string): bigint | undefined {
-    return this.seqs.get(chatKey);
-  }
-
-  set(chatKey: string, seq: bigint): void {
-    // Re-inserted, so the map's order is least recently stored first: that chat goes when the map is full.
-    this.seqs.delete(chatKey);
-    this.seqs.set(chatKey, seq);
-    if (this.seqs.size > this.maxChats) this.seqs.delete(this.seqs.keys().next().value!);
-  }
-
-  delete(chatKey: string): void {
-    this.seqs.delete(chatKey);
-  }
-}
+export type LastSeqs = LruMap<string, bigint>;
 
 /**
  * Db.storeMessages. A batch is written by one statement with seqs guessed from the chats' last seqs this node knows
  * (read first, without locks, for chats it does not know). A chat whose guess another writer overtook is read and
  * tried once more. What is still not written (a retry of an earlier send, a sender who is not a participant or is
- * blocked, a chat that does not exist, a key repeated within the batch) is decided in a transaction that locks the chats and reads
- * their seqs, idempotency keys and membership first.
+ * blocked, a chat that does not exist, a key repeated within the batch) is decided in a transaction that locks the
+ * chats and reads their seqs, idempotency keys, membership and blocks first.
  */
 export async function storeMessages(
   driver: SqlDriver,
@@ -275,7 +266,9 @@ async function decideAndWrite(
     const key = `${send.senderDeviceKey}/${send.clientMessageId}`;
     const check = checks[i]!;
     const earlier =
-      check.message_id !== null ? { messageId: check.message_id, seq: check.seq!, sentAt: check.sent_at! } : stored.get(key);
+      check.message_id !== null
+        ? { messageId: check.message_id, seq: check.seq!, sentAt: check.sent_at! }
+        : stored.get(key);
     if (earlier) return { place, outcome: { kind: "duplicate", ...earlier } };
     const chatKey = send.chatId.toLowerCase();
     const lastSeq = lastSeqs.get(chatKey);

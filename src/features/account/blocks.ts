@@ -2,15 +2,13 @@ import { Refusal } from "../../errors.js";
 import type { Caller } from "../../ports/caller.js";
 import type { Clock } from "../../ports/clock.js";
 import type { BlockRecord, BlockStore } from "../../ports/db.js";
+import { keyPage, type PageRequest } from "../pages.js";
 
 export interface BlockedUsersPage {
   blockedUsers: BlockRecord[];
   /** The last user id of the page when the page is full, else empty. */
   nextPageToken: string;
 }
-
-/** Blocked users per ListBlockedUsers page when the client asks for none: the API's default (account.proto). */
-const DEFAULT_PAGE_SIZE = 100;
 
 /**
  * Blocking: whom a user refuses. A block is one way and told to no one; what it refuses is checked where the blocked
@@ -33,13 +31,10 @@ export class Blocks {
   }
 
   /** The users the caller blocked by user id, a page at a time; the page token is the last user id of the last page. */
-  async list(caller: Caller, page: { pageSize: number; pageToken: string }): Promise<BlockedUsersPage> {
-    const limit = page.pageSize || DEFAULT_PAGE_SIZE;
-    const blockedUsers = await this.db.listBlockedUsers(caller.userId, page.pageToken || null, limit);
-    return {
-      blockedUsers,
-      nextPageToken: blockedUsers.length === limit ? blockedUsers[blockedUsers.length - 1]!.userId : "",
-    };
+  async list(caller: Caller, page: PageRequest): Promise<BlockedUsersPage> {
+    const read = (after: string | null, limit: number) => this.db.listBlockedUsers(caller.userId, after, limit);
+    const { items, nextPageToken } = await keyPage(page, read, (blocked) => blocked.userId);
+    return { blockedUsers: items, nextPageToken };
   }
 }
 

@@ -11,6 +11,7 @@ import type { RateLimiters } from "../../ports/rate-limiter.js";
 import { refuseBlockedAdditions } from "../account/blocks.js";
 import { encodeStoredEvent } from "../delivery/events.js";
 import type { DeliveryHub } from "../delivery/hub.js";
+import { keyPage, type PageRequest } from "../pages.js";
 import { Limit } from "../rate-limit.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -40,9 +41,6 @@ export interface ChatPage {
   /** The last chat's id when the page is full, else empty. */
   nextPageToken: string;
 }
-
-/** Chats per ListChats page when the client asks for none: the API's default (chat.proto ListChatsRequest.page_size). */
-const DEFAULT_PAGE_SIZE = 100;
 
 /** Creating chats, changing who is in them, and reading them. Every change reaches every device of everyone involved. */
 export class Chats {
@@ -144,16 +142,13 @@ export class Chats {
   }
 
   /** The caller's chats by chat id, a page at a time; the page token is the last chat id of the page before. */
-  async list(caller: Caller, page: { pageSize: number; pageToken: string }): Promise<ChatPage> {
+  async list(caller: Caller, page: PageRequest): Promise<ChatPage> {
     if (page.pageToken !== "" && !UUID.test(page.pageToken)) {
       throw new Refusal("invalid", "page_token is not one this server gave");
     }
-    const limit = page.pageSize || DEFAULT_PAGE_SIZE;
-    const chats = await this.db.listChats(caller.userId, page.pageToken || null, limit);
-    return {
-      chats: chats.map(toChat),
-      nextPageToken: chats.length === limit ? chats[chats.length - 1]!.chatId : "",
-    };
+    const read = (after: string | null, limit: number) => this.db.listChats(caller.userId, after, limit);
+    const { items, nextPageToken } = await keyPage(page, read, (chat) => chat.chatId);
+    return { chats: items.map(toChat), nextPageToken };
   }
 }
 

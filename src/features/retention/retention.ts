@@ -31,8 +31,9 @@ export interface RetentionReport {
 /**
  * The retention job: makes the coming days' partitions, drops whole daily partitions once they are older than the
  * retention period (never row by row), caps inboxes, forgets old idempotency keys, deletes expired attachments and
- * their objects, and removes the devices that have not connected for the retention period. It runs on a timer in every server and once from `palaver retention run`; every step is
- * idempotent, so nodes running it at the same time do no harm.
+ * their objects, and removes the devices that have not connected for the retention period. It runs on a timer in
+ * every server and once from `palaver retention run`; every step is idempotent, so nodes running it at the same time
+ * do no harm.
  */
 export class Retention {
   private timer: NodeJS.Timeout | undefined;
