@@ -25,6 +25,8 @@ import { Attachments, attachmentLifetimeDays } from "./features/attachments/atta
 import { Chats } from "./features/chats/chats.js";
 import { DeliveryHub, type Routing } from "./features/delivery/hub.js";
 import { Acks } from "./features/delivery/acks.js";
+import { Receipts } from "./features/receipts/receipts.js";
+import { Typing } from "./features/typing/typing.js";
 import { InboxCap } from "./features/delivery/inbox-cap.js";
 import { Messaging } from "./features/messaging/messaging.js";
 import { Metrics } from "./features/operations/metrics.js";
@@ -157,17 +159,32 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     resolveDevice: (userId: string, deviceName: string, issuedAt: Date) =>
       devices.resolve(userId, deviceName, issuedAt),
   };
+  const notify = hub.notify.bind(hub);
+  const receipts = new Receipts(db, notify, limiters, {
+    maxBatch: tunables.READ_BATCH_MAX,
+    maxInFlight: tunables.READ_BATCHES_IN_FLIGHT,
+    readsPerMinute: config.limits.readsPerMinute,
+    windowMs: tunables.RECEIPT_WINDOW_MS,
+    onBatch: metrics.batchObserver("reads"),
+  });
+  const typing = new Typing(db, notify, limiters, {
+    perMinute: config.limits.typingPerMinute,
+    lapseMs: tunables.TYPING_LAPSE_MS,
+  });
   const acks = new Acks(db, limiters, {
     maxBatch: tunables.ACK_BATCH_MAX,
     acksPerMinute: config.limits.acksPerMinute,
     maxInFlight: tunables.ACK_BATCHES_IN_FLIGHT,
     onBatch: metrics.batchObserver("acks"),
+    onReceipts: (changes) => receipts.changed(changes),
   });
   const chat = chatService({
     hub,
     chats,
     messaging,
     acks,
+    receipts,
+    typing,
     metrics,
     logger,
     subscribeKeepAliveMs: config.subscribeKeepAliveSeconds * 1000,
@@ -224,6 +241,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     async close() {
       retention.stop();
       await server.close();
+      receipts.flush();
       hub.endAll(new Refusal("shutting_down", "server is shutting down"));
       if (routing) await Promise.allSettled([routing.presence.close(), routing.bus.close()]);
       if (!overrides.db) await db.close();

@@ -51,6 +51,8 @@ describe("loadConfig", () => {
         uploadsPerHour: 100,
         uploadBytesPerHour: 2 * 1024 ** 3,
         acksPerMinute: 1200,
+        readsPerMinute: 1200,
+        typingPerMinute: 60,
         maxDevicesPerUser: 8,
       },
     });
@@ -94,6 +96,8 @@ describe("loadConfig", () => {
       UPLOAD_LIMIT_PER_HOUR: "5",
       UPLOAD_BYTES_LIMIT_PER_HOUR: "2097152",
       ACK_LIMIT_PER_MINUTE: "90",
+      READ_LIMIT_PER_MINUTE: "300",
+      TYPING_LIMIT_PER_MINUTE: "20",
       MAX_DEVICES_PER_USER: "3",
     });
     expect(config).toEqual({
@@ -125,6 +129,8 @@ describe("loadConfig", () => {
         uploadsPerHour: 5,
         uploadBytesPerHour: 2097152,
         acksPerMinute: 90,
+        readsPerMinute: 300,
+        typingPerMinute: 20,
         maxDevicesPerUser: 3,
       },
     });

@@ -63,6 +63,10 @@ export interface Limits {
   uploadBytesPerHour: number;
   /** Ack frames one stream may send a minute; AckEvents calls one device may make a minute. */
   acksPerMinute: number;
+  /** MarkRead calls and frames one device may make a minute. */
+  readsPerMinute: number;
+  /** SetTyping calls and frames one device may make a minute. */
+  typingPerMinute: number;
   /** Devices one user may have: every message to the user is an inbox entry per device. */
   maxDevicesPerUser: number;
 }
@@ -144,6 +148,10 @@ export function loadConfig(env: Env = process.env): Config {
       // Clients ack about once a second, and once per 1,000 events while a backlog drains (100 for a full inbox);
       // 20 a second leaves room for clients that ack as soon as they are idle.
       acksPerMinute: read.integer("ACK_LIMIT_PER_MINUTE", 1200, 1),
+      // A reader marks a chat read as messages arrive in it, at most about as often as a device acks.
+      readsPerMinute: read.integer("READ_LIMIT_PER_MINUTE", 1200, 1),
+      // Clients renew typing every few seconds while the user types; one a second leaves room for starts and stops.
+      typingPerMinute: read.integer("TYPING_LIMIT_PER_MINUTE", 60, 1),
       // A phone, a tablet, a few computers and browsers; one user had registered 2,000 device names.
       maxDevicesPerUser: read.integer("MAX_DEVICES_PER_USER", 8, 1),
     },

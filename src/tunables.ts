@@ -61,6 +61,20 @@ export const SEND_BATCHES_IN_FLIGHT_PGLITE = 1;
 export const ACK_BATCH_MAX = 256;
 /** Ack batches written at once: one writing while the next gathers, without taking the pool from sends. */
 export const ACK_BATCHES_IN_FLIGHT = 2;
+/** Read marks that may share one statement, and those statements at once: as acks, which they resemble. */
+export const READ_BATCH_MAX = 256;
+export const READ_BATCHES_IN_FLIGHT = 2;
+
+// Receipts and typing (features/receipts, features/typing)
+
+/**
+ * How long receipt changes gather before their notices go out: a group's members ack a message within moments of
+ * each other, and each of a user's devices acks; a fifth of a second merges those into one notice per (chat, user)
+ * and is still well within what a person notices of a tick.
+ */
+export const RECEIPT_WINDOW_MS = 200;
+/** How long a typing notice holds unless renewed: clients renew every 3 s, so one lost renewal does not flicker. */
+export const TYPING_LAPSE_MS = 6 * SECOND_MS;
 
 // Device registration (auth/device-directory.ts)
 

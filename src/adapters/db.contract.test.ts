@@ -260,7 +260,9 @@ describe.each(backends)("the Db contract: $name", (backend) => {
         { chatId, name: "lunch", participantUserIds: [bob, alice], createdAt, updateMessageId: randomUUID() },
         encodeUpdate,
       );
-      const chat = { chatId, name: "lunch", participantUserIds: [alice, bob].sort(), createdAt, lastSeq: 0n };
+      const participantUserIds = [alice, bob].sort();
+      const receipts = participantUserIds.map((userId) => ({ userId, deliveredSeq: 0n, readSeq: 0n }));
+      const chat = { chatId, name: "lunch", participantUserIds, createdAt, lastSeq: 0n, receipts };
       expect(result.chat).toEqual(chat);
       expect(text.decode(result.fanout.body)).toBe(text.decode(encodeUpdate(chat)));
       expect(result.fanout.entries.map((e) => e.deviceKey).sort()).toEqual([alicePhone, bobPhone, bobLaptop].sort());

@@ -75,10 +75,24 @@ export async function runDemo(options: { url: string; secret: Uint8Array }): Pro
         case "inboxDrained":
           console.log("  (inbox drained: live from here)");
           break;
+        case "receiptUpdate": {
+          const r = event.kind.value;
+          console.log(`  receipt: ${r.userId} received up to #${r.deliveredSeq}, read up to #${r.readSeq}`);
+          break;
+        }
       }
     });
     await device.ackAll();
   }
+
+  // Bob reads the chat on his phone: Alice's devices see her messages turn to read.
+  const read = await bobPhone.command({ case: "markRead", value: { chatId, seq: 4n } });
+  if (read.outcome.case !== "markRead") throw new Error(`markRead failed: ${JSON.stringify(read.outcome.value)}`);
+  await alicePhone.until(() => (alicePhone.receiptsIn(chatId).get(bob)?.readSeq ?? 0n) >= 4n, `${bob}'s read receipt`);
+  const bobsReceipt = alicePhone.receiptsIn(chatId).get(bob)!;
+  console.log(
+    `\n${alice}/phone: ${bob} received up to #${bobsReceipt.deliveredSeq} and read up to #${bobsReceipt.readSeq}`,
+  );
 
   const aliceAttachments = createClient(AttachmentService, grpcTransport(options.url, await token(alice, "phone")));
   const download = await aliceAttachments.getAttachmentDownload({ attachmentId });

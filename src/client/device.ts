@@ -187,6 +187,55 @@ abstract class EventLog {
     return this.events.flatMap((e) => (e.kind.case === "chatUpdate" ? [e.kind.value] : []));
   }
 
+  /** The receipt updates received so far, each with its chat. */
+  get receiptUpdates() {
+    return this.events.flatMap((e) => (e.kind.case === "receiptUpdate" ? [{ chatId: e.chatId, ...e.kind.value }] : []));
+  }
+
+  /** The typing updates received so far, each with its chat. */
+  get typingUpdates() {
+    return this.events.flatMap((e) => (e.kind.case === "typingUpdate" ? [{ chatId: e.chatId, ...e.kind.value }] : []));
+  }
+
+  /**
+   * Each participant's receipt in the chat as far as this device has heard (docs/protocol.md, "Receipts"): the
+   * receipt updates, and every message, whose sender has received and read the chat up to it; each seq the highest
+   * heard. Only what came on the stream: start from GetChat's receipts for what happened before.
+   */
+  receiptsIn(chatId: string): Map<string, { deliveredSeq: bigint; readSeq: bigint }> {
+    const receipts = new Map<string, { deliveredSeq: bigint; readSeq: bigint }>();
+    const raise = (userId: string, deliveredSeq: bigint, readSeq: bigint) => {
+      const known = receipts.get(userId) ?? { deliveredSeq: 0n, readSeq: 0n };
+      receipts.set(userId, {
+        deliveredSeq: deliveredSeq > known.deliveredSeq ? deliveredSeq : known.deliveredSeq,
+        readSeq: readSeq > known.readSeq ? readSeq : known.readSeq,
+      });
+    };
+    for (const e of this.events) {
+      if (e.chatId.toLowerCase() !== chatId.toLowerCase()) continue;
+      if (e.kind.case === "receiptUpdate") raise(e.kind.value.userId, e.kind.value.deliveredSeq, e.kind.value.readSeq);
+      if (e.kind.case === "newMessage") raise(e.kind.value.senderUserId, e.kind.value.seq, e.kind.value.seq);
+    }
+    return receipts;
+  }
+
+  /**
+   * The users typing in the chat at `now` as far as this device has heard: a typing update holds until its lapse, a
+   * later stop, or a message from that user.
+   */
+  typingIn(chatId: string, now = Date.now()): string[] {
+    const until = new Map<string, number>();
+    this.events.forEach((e, i) => {
+      if (e.chatId.toLowerCase() !== chatId.toLowerCase()) return;
+      if (e.kind.case === "newMessage") until.delete(e.kind.value.senderUserId);
+      if (e.kind.case !== "typingUpdate") return;
+      const { userId, typing, lapseAfter } = e.kind.value;
+      if (!typing) until.delete(userId);
+      else until.set(userId, this.arrivals[i]! + Number(lapseAfter?.seconds ?? 0n) * 1000 + (lapseAfter?.nanos ?? 0) / 1e6);
+    });
+    return [...until].filter(([, end]) => end > now).map(([userId]) => userId);
+  }
+
   get drained(): boolean {
     return this.events.some((e) => e.kind.case === "inboxDrained");
   }

@@ -130,7 +130,8 @@ export interface MessageStore {
    * (senderDeviceKey, clientMessageId) was stored before returns that first result and stores nothing; a send to a
    * missing chat or from a non-participant is refused; otherwise the chat's next seq is assigned (gap-free), the
    * message is stored with body `encode(seq)`, one inbox entry is written for every device of every participant except
-   * the sending device, and the idempotency key is recorded. Refusals do not affect the other sends in the batch.
+   * the sending device, the idempotency key is recorded, and the sender's receipt moves to the seq (sending marks
+   * the chat read). Refusals do not affect the other sends in the batch.
    */
   storeMessages(sends: readonly PendingSend[]): Promise<SendOutcome[]>;
   /**
@@ -152,9 +153,20 @@ export interface InboxStore {
   readInbox(deviceKey: string, afterEventId: bigint, limit: number): Promise<InboxEvent[]>;
   /**
    * Deletes each ack's events from its device's inbox (ids not in it are ignored), then deletes each message whose
-   * last inbox entry this was; several devices' acks at once (acks of concurrent streams share one statement).
+   * last inbox entry this was; several devices' acks at once (acks of concurrent streams share one statement). A
+   * device's user has then received every message up to the highest seq it acked in a chat: returns the receipts that
+   * moved forward, once per (chat, user), each for the users who sent the messages it newly covers.
    */
-  ackEvents(acks: readonly DeviceAck[]): Promise<void>;
+  ackEvents(acks: readonly DeviceAck[]): Promise<ReceiptChange[]>;
+}
+
+/** Read state: how far each participant has read each chat (what they received moves with acks and sends). */
+export interface ReceiptStore {
+  /**
+   * Moves each mark's user's read_seq (and delivered_seq, read implying received) up to its seq, several users' marks
+   * at once; a seq at or below the current one changes nothing. Outcomes in input order.
+   */
+  markRead(marks: readonly ReadMark[]): Promise<ReadOutcome[]>;
 }
 
 /** Attachment records: who uploaded what, whether the bytes are there, and who may download them. */
@@ -199,7 +211,14 @@ export interface RetentionStore {
 
 /** Every store, for the composition root: one database behind all of them. Features take only the ones they use. */
 export interface Db
-  extends DeviceStore, BlockStore, ChatStore, MessageStore, InboxStore, AttachmentStore, RetentionStore {
+  extends DeviceStore,
+    BlockStore,
+    ChatStore,
+    MessageStore,
+    InboxStore,
+    ReceiptStore,
+    AttachmentStore,
+    RetentionStore {
   /** Runs the versioned migrations that have not run yet. */
   migrate(): Promise<void>;
   close(): Promise<void>;
@@ -214,7 +233,45 @@ export interface ChatRecord {
   participantUserIds: string[];
   createdAt: Date;
   lastSeq: bigint;
+  /** One per participant, in participantUserIds' order. */
+  receipts: Receipt[];
 }
+
+/**
+ * How far one participant has received and read a chat: every message up to deliveredSeq reached one of the user's
+ * devices (an ack) and the user read up to readSeq (MarkRead). Sending a message moves both to its seq, and a user
+ * added to a chat starts at its last seq. Both only move forward; readSeq <= deliveredSeq.
+ */
+export interface Receipt {
+  userId: string;
+  deliveredSeq: bigint;
+  readSeq: bigint;
+}
+
+/** A receipt that moved forward, and the users to tell: those whose messages it newly covers. */
+export interface ReceiptChange {
+  chatId: string;
+  receipt: Receipt;
+  notifyUserIds: string[];
+}
+
+/** A user's word that they read the chat up to seq. */
+export interface ReadMark {
+  chatId: string;
+  userId: string;
+  seq: bigint;
+}
+
+export type ReadOutcome =
+  /**
+   * The receipt after the mark, the chat's last seq, and the change when it moved: for the users whose messages the
+   * read newly covers and the reader's own user (their other devices).
+   */
+  | { kind: "read"; receipt: Receipt; lastSeq: bigint; change: ReceiptChange | null }
+  | { kind: "chat_not_found" }
+  | { kind: "not_participant" }
+  /** The seq is past the chat's last message. */
+  | { kind: "beyond_last_seq"; lastSeq: bigint };
 
 export interface NewChat {
   chatId: string;

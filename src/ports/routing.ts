@@ -17,6 +17,15 @@ export interface Presence {
   close(): Promise<void>;
 }
 
+/** An event that is never stored (a receipt, typing), for the online devices of some users, wherever they are. */
+export interface Notice {
+  /** A serialized palaver.chat.v1.Event with event_id 0, written to each stream as it is. */
+  body: Uint8Array;
+  userIds: readonly string[];
+  /** The device whose action caused it, which does not get it. */
+  exceptDeviceKey?: string;
+}
+
 export interface Bus {
   readonly nodeId: string;
   /**
@@ -34,6 +43,13 @@ export interface Bus {
    * their streams. Best effort, as hand-offs are: a node that lost the channel meanwhile is told `resumed` and checks.
    */
   announceRemovals(devices: readonly RemovedDevice[]): void;
+  /**
+   * Queues notices for every other node (one shared channel; those queued in the same tick go out in one publish).
+   * Best effort: a notice lost on the way is simply not seen, as it would not be by a device offline at the time.
+   */
+  publishNotices(notices: readonly Notice[]): void;
+  /** Hands this node's handler the notices other nodes publish. */
+  subscribeNotices(handler: (notices: Notice[]) => void): Promise<void>;
   /** Hands this node's handler the removals every node announces, and says when the channel is back after a loss. */
   subscribeRemovals(handler: (devices: RemovedDevice[]) => void, link: { resumed(): void }): Promise<void>;
   close(): Promise<void>;

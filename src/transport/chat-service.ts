@@ -20,6 +20,10 @@ import {
   GetChatResponseSchema,
   ListChatsResponseSchema,
   type ListChatsRequest,
+  type MarkReadRequest,
+  MarkReadResponseSchema,
+  type SetTypingRequest,
+  SetTypingResponseSchema,
   type ModifyChatParticipantsRequest,
   ModifyChatParticipantsResponseSchema,
   ParticipantOperation,
@@ -34,6 +38,8 @@ import type { AckChannel, Acks } from "../features/delivery/acks.js";
 import { type DeviceStream, type StreamFrame, StreamEnded } from "../features/delivery/device-stream.js";
 import { eventField, grpcStoredEventMessage } from "../features/delivery/events.js";
 import type { DeliveryHub } from "../features/delivery/hub.js";
+import type { Receipts } from "../features/receipts/receipts.js";
+import type { Typing } from "../features/typing/typing.js";
 import { withKeepAlive } from "./keep-alive.js";
 import type { Messaging, SendResult } from "../features/messaging/messaging.js";
 import type { Metrics } from "../features/operations/metrics.js";
@@ -51,6 +57,8 @@ export interface ChatServiceDeps {
   chats: Chats;
   messaging: Messaging;
   acks: Acks;
+  receipts: Receipts;
+  typing: Typing;
   metrics: Metrics;
   logger: Logger;
   /** How long a Subscribe stream may be quiet before an empty response keeps it open. */
@@ -69,7 +77,7 @@ export function chatService(deps: ChatServiceDeps): {
   service: ServiceImpl<typeof ChatService>;
   connectRoute(auth: Pick<InterceptorOptions, "verifyToken" | "resolveDevice">): BidiRoute;
 } {
-  const { hub, chats, messaging, acks, metrics, logger } = deps;
+  const { hub, chats, messaging, acks, receipts, typing, metrics, logger } = deps;
 
   /** Each command once, for both the unary RPCs and the Connect stream's frames: request in, feature, response out. */
   const commands = {
@@ -92,6 +100,12 @@ export function chatService(deps: ChatServiceDeps): {
       create(GetChatResponseSchema, { chat: await chats.get(caller, request.chatId) }),
     listChats: async (caller: Caller, request: ListChatsRequest) =>
       create(ListChatsResponseSchema, await chats.list(caller, request)),
+    markRead: async (caller: Caller, request: MarkReadRequest) =>
+      create(MarkReadResponseSchema, await receipts.markRead(caller, request.chatId, request.seq)),
+    setTyping: async (caller: Caller, request: SetTypingRequest) => {
+      await typing.set(caller, request.chatId, request.typing);
+      return create(SetTypingResponseSchema);
+    },
   };
 
   /** Runs one frame's command (any but a send, see queueSend) and wraps its response or error in the frame's outcome. */
@@ -109,6 +123,10 @@ export function chatService(deps: ChatServiceDeps): {
           return { case: command.case, value: await commands.getChat(caller, command.value) };
         case "listChats":
           return { case: command.case, value: await commands.listChats(caller, command.value) };
+        case "markRead":
+          return { case: command.case, value: await commands.markRead(caller, command.value) };
+        case "setTyping":
+          return { case: command.case, value: await commands.setTyping(caller, command.value) };
         case undefined:
           throw new ConnectError("the frame carries no command", Code.InvalidArgument);
       }
@@ -216,6 +234,7 @@ export function chatService(deps: ChatServiceDeps): {
         const responses = openStream(ctx, (frame): SubscribeResponse | null => {
           if (frame.kind === "signal") return create(SubscribeResponseSchema, { event: frame.event });
           if (frame.kind === "event") return withEvent(create(SubscribeResponseSchema), frame);
+          if (frame.kind === "notice") return withEvent(create(SubscribeResponseSchema), { eventId: 0n, body: frame.body });
           return null;
         });
         // Browsers read this stream through proxies that end quiet connections; HTTP/2 clients of Connect get PINGs.
@@ -227,6 +246,8 @@ export function chatService(deps: ChatServiceDeps): {
       ackEvents: (request, ctx) => commands.ackEvents(requireCaller(ctx), request, "call"),
       getChat: (request, ctx) => commands.getChat(requireCaller(ctx), request),
       listChats: (request, ctx) => commands.listChats(requireCaller(ctx), request),
+      markRead: (request, ctx) => commands.markRead(requireCaller(ctx), request),
+      setTyping: (request, ctx) => commands.setTyping(requireCaller(ctx), request),
     },
     /**
      * Connect served on the HTTP/2 stream (see transport/grpc-bidi.ts): the same stream as `connect` above, with each
@@ -258,7 +279,7 @@ export function chatService(deps: ChatServiceDeps): {
     toOut: (batch: StreamFrame[]) => Out,
     options: { commands?: AsyncIterable<ConnectRequest>; write?: (out: Out) => boolean } = {},
   ): AsyncGenerator<Out> {
-    const stream = await hub.open(caller.deviceKey);
+    const stream = await hub.open(caller);
     // The signal aborts when the client goes away, and at shutdown with UNAVAILABLE, which tells clients to reconnect.
     const onAbort = () => stream.end(signal.reason instanceof ConnectError ? signal.reason : null);
     signal.addEventListener("abort", onAbort);
@@ -350,11 +371,16 @@ function sendResponse(sent: SendResult): SendMessageResponse {
  * encode.
  */
 function encodeConnectFrames(frames: StreamFrame[]): Uint8Array {
-  const messages = frames.map((frame) =>
-    frame.kind === "event"
-      ? grpcStoredEventMessage(frame.body, frame.eventId)
-      : encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame))),
-  );
+  const messages = frames.map((frame) => {
+    switch (frame.kind) {
+      case "event":
+        return grpcStoredEventMessage(frame.body, frame.eventId);
+      case "notice":
+        return grpcStoredEventMessage(frame.body, 0n);
+      default:
+        return encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame)));
+    }
+  });
   if (messages.length === 1) return messages[0]!;
   const joined = new Uint8Array(messages.reduce((total, message) => total + message.length, 0));
   let at = 0;
@@ -371,6 +397,8 @@ function toConnectResponse(frame: StreamFrame): ConnectResponse {
       return create(ConnectResponseSchema, { frame: { case: "event", value: frame.event } });
     case "event":
       return withEvent(create(ConnectResponseSchema), frame);
+    case "notice":
+      return withEvent(create(ConnectResponseSchema), { eventId: 0n, body: frame.body });
     case "result":
       return create(ConnectResponseSchema, { frame: { case: "result", value: frame.result } });
   }

@@ -16,6 +16,10 @@ import {
   type NewChat,
   type ParticipantChange,
   type PendingSend,
+  type ReadMark,
+  type ReadOutcome,
+  type Receipt,
+  type ReceiptChange,
   type RemovedDevice,
   type ResyncCause,
   type SendOutcome,
@@ -44,7 +48,15 @@ interface Chat {
   name: string;
   createdAt: Date;
   lastSeq: bigint;
-  participants: Set<string>;
+  /** By user id. */
+  participants: Map<string, Participant>;
+}
+
+/** A participant's receipt (see chat_participants), and the seq of their latest message. */
+interface Participant {
+  deliveredSeq: bigint;
+  readSeq: bigint;
+  lastSentSeq: bigint;
 }
 
 /** A stored message or chat update, with the inbox entries that still refer to it (event id → device key). */
@@ -55,6 +67,8 @@ interface StoredMessage {
   day: string;
   body: Uint8Array;
   entries: Map<bigint, bigint>;
+  /** A user's message's seq and sender; absent for a chat update. */
+  sent?: { seq: bigint; senderUserId: string };
 }
 
 interface SentKey {
@@ -212,7 +226,7 @@ export class MemoryDb implements Db {
       name: input.name,
       createdAt: input.createdAt,
       lastSeq: 0n,
-      participants: new Set(input.participantUserIds),
+      participants: new Map(input.participantUserIds.map((userId) => [userId, startingAt(0n)])),
     };
     const updateId = uuid(input.updateMessageId);
     const record = toRecord(chat);
@@ -220,7 +234,7 @@ export class MemoryDb implements Db {
     this.requirePartition(input.createdAt);
     this.chats.set(chatId, chat);
     // A chat update is stored even when no device will read it, as the SQL stores it.
-    const entries = this.storeMessage(chatId, updateId, input.createdAt, body, this.devicesOf(chat.participants));
+    const entries = this.storeMessage(chatId, updateId, input.createdAt, body, this.devicesOf(chat.participants.keys()));
     return { chat: record, fanout: { body, entries } };
   }
 
@@ -235,9 +249,10 @@ export class MemoryDb implements Db {
     if (chat.participants.has(change.userId) === add) return { kind: "unchanged", chat: toRecord(chat) };
     if (add && chat.participants.size >= change.maxParticipants) return { kind: "too_many_participants" };
 
-    const before = new Set(chat.participants);
-    const after = new Set(before);
-    if (add) after.add(change.userId);
+    const before = new Map(chat.participants);
+    const after = new Map(before);
+    // A user added starts at the chat's last seq: nothing sent before reaches them.
+    if (add) after.set(change.userId, startingAt(chat.lastSeq));
     else after.delete(change.userId);
     const updateId = uuid(change.updateMessageId);
     const record = toRecord({ ...chat, participants: after });
@@ -245,7 +260,7 @@ export class MemoryDb implements Db {
     this.requirePartition(change.at);
     chat.participants = after;
     // Everyone before or after the change: the removed user hears of the removal too.
-    const recipients = this.devicesOf(add ? after : before);
+    const recipients = this.devicesOf((add ? after : before).keys());
     const entries = this.storeMessage(chat.chatId, updateId, change.at, body, recipients);
     return { kind: "changed", chat: record, fanout: { body, entries } };
   }
@@ -280,22 +295,30 @@ export class MemoryDb implements Db {
       if (!chat) return { kind: "chat_not_found" };
       if (!chat.participants.has(send.senderUserId)) return { kind: "not_participant" };
       const blockedBy = (other: string) => this.blocks.get(other)?.has(send.senderUserId);
-      if (chat.participants.size === 2 && [...chat.participants].some(blockedBy)) return { kind: "blocked" };
+      if (chat.participants.size === 2 && [...chat.participants.keys()].some(blockedBy)) return { kind: "blocked" };
 
       const messageId = uuid(send.messageId);
       const seq = (lastSeqs.get(chat) ?? chat.lastSeq) + 1n;
       lastSeqs.set(chat, seq);
       const stored = { messageId: send.messageId, seq, sentAt: send.sentAt };
       earlierInBatch.set(key, stored);
-      const recipients = this.devicesOf(chat.participants).filter((d) => String(d) !== send.senderDeviceKey);
+      const recipients = this.devicesOf(chat.participants.keys()).filter((d) => String(d) !== send.senderDeviceKey);
       // A message no device will read is not kept: its seq and idempotency key are all that is needed of it.
       if (recipients.length > 0) this.requirePartition(send.sentAt);
       const attachmentIds = send.attachmentIds.map(uuid);
       const fanout: Fanout = { body: send.encode(seq), entries: [], sentAtMs: send.sentAt.getTime() };
       writes.push(() => {
         if (recipients.length > 0) {
-          fanout.entries = this.storeMessage(chat.chatId, messageId, send.sentAt, fanout.body, recipients);
+          fanout.entries = this.storeMessage(chat.chatId, messageId, send.sentAt, fanout.body, recipients, {
+            seq,
+            senderUserId: send.senderUserId,
+          });
         }
+        // Sending marks the chat received and read up to the message.
+        const sender = chat.participants.get(send.senderUserId)!;
+        sender.lastSentSeq = seq;
+        sender.deliveredSeq = max(sender.deliveredSeq, seq);
+        sender.readSeq = max(sender.readSeq, seq);
         this.sent.set(key, stored);
         chat.lastSeq = seq;
         for (const attachmentId of attachmentIds) this.linkAttachment(attachmentId, chat.chatId);
@@ -330,14 +353,68 @@ export class MemoryDb implements Db {
     return events;
   }
 
-  async ackEvents(acks: readonly DeviceAck[]): Promise<void> {
+  async ackEvents(acks: readonly DeviceAck[]): Promise<ReceiptChange[]> {
+    /** By chat and acking user: the highest seq acked and the senders of the messages acked. */
+    const acked = new Map<string, { chat: Chat; userId: string; seq: bigint; senders: Map<string, bigint> }>();
     for (const ack of acks) {
       const inbox = this.inboxes.get(BigInt(ack.deviceKey));
+      const userId = this.devicesByKey.get(BigInt(ack.deviceKey))?.userId;
       for (const eventId of ack.eventIds) {
         const message = inbox?.get(eventId);
-        if (message) this.deleteEntry(inbox!, eventId, message);
+        if (!message) continue;
+        this.deleteEntry(inbox!, eventId, message);
+        const chat = this.chats.get(message.chatId);
+        if (!message.sent || !chat || userId === undefined) continue;
+        const key = JSON.stringify([chat.chatId, userId]);
+        let entry = acked.get(key);
+        if (!entry) acked.set(key, (entry = { chat, userId, seq: 0n, senders: new Map() }));
+        entry.seq = max(entry.seq, message.sent.seq);
+        const { senderUserId, seq } = message.sent;
+        entry.senders.set(senderUserId, max(entry.senders.get(senderUserId) ?? 0n, seq));
       }
     }
+    const changes: ReceiptChange[] = [];
+    for (const { chat, userId, seq, senders } of acked.values()) {
+      const participant = chat.participants.get(userId);
+      if (!participant || participant.deliveredSeq >= seq) continue;
+      const before = participant.deliveredSeq;
+      participant.deliveredSeq = seq;
+      const notifyUserIds = [...senders]
+        .filter(([sender, last]) => sender !== userId && last > before && chat.participants.has(sender))
+        .map(([sender]) => sender);
+      changes.push({ chatId: chat.chatId, receipt: receiptOf(userId, participant), notifyUserIds });
+    }
+    return changes;
+  }
+
+  // ---- receipts ----
+
+  async markRead(marks: readonly ReadMark[]): Promise<ReadOutcome[]> {
+    return marks.map((mark): ReadOutcome => {
+      const chat = this.chats.get(uuid(mark.chatId));
+      if (!chat) return { kind: "chat_not_found" };
+      const participant = chat.participants.get(mark.userId);
+      if (!participant) return { kind: "not_participant" };
+      if (mark.seq > chat.lastSeq) return { kind: "beyond_last_seq", lastSeq: chat.lastSeq };
+      const before = participant.readSeq;
+      if (mark.seq <= before) {
+        return { kind: "read", receipt: receiptOf(mark.userId, participant), lastSeq: chat.lastSeq, change: null };
+      }
+      participant.readSeq = mark.seq;
+      participant.deliveredSeq = max(participant.deliveredSeq, mark.seq);
+      const receipt = receiptOf(mark.userId, participant);
+      // Whom the read concerns: those who sent something after the point the reader had read to, and the reader's
+      // own user (their other devices).
+      const senders = [...chat.participants]
+        .filter(([userId, p]) => userId !== mark.userId && p.lastSentSeq > before)
+        .map(([userId]) => userId);
+      return {
+        kind: "read",
+        receipt,
+        lastSeq: chat.lastSeq,
+        change: { chatId: chat.chatId, receipt, notifyUserIds: [...senders, mark.userId] },
+      };
+    });
   }
 
   // ---- attachments ----
@@ -479,8 +556,15 @@ export class MemoryDb implements Db {
   }
 
   /** Stores a message (ids already in lower case) and one inbox entry per device. */
-  private storeMessage(chatId: string, messageId: string, at: Date, body: Uint8Array, deviceKeys: bigint[]): InboxEntry[] {
-    const message: StoredMessage = { chatId, messageId, day: dayKey(at), body, entries: new Map() };
+  private storeMessage(
+    chatId: string,
+    messageId: string,
+    at: Date,
+    body: Uint8Array,
+    deviceKeys: bigint[],
+    sent?: StoredMessage["sent"],
+  ): InboxEntry[] {
+    const message: StoredMessage = { chatId, messageId, day: dayKey(at), body, entries: new Map(), sent };
     this.messages.set(messageKey(message), message);
     for (const deviceKey of deviceKeys) {
       const eventId = ++this.lastEventId;
@@ -521,13 +605,29 @@ function entriesOf(message: StoredMessage): InboxEntry[] {
 
 /** Participants in code-unit order, as the SQL's "C" collation sorts these ids. */
 function toRecord(chat: Chat): ChatRecord {
+  const receipts = [...chat.participants]
+    .sort(([a], [b]) => compare(a, b))
+    .map(([userId, participant]) => receiptOf(userId, participant));
   return {
     chatId: chat.chatId,
     name: chat.name,
-    participantUserIds: [...chat.participants].sort(),
+    participantUserIds: receipts.map((r) => r.userId),
     createdAt: chat.createdAt,
     lastSeq: chat.lastSeq,
+    receipts,
   };
+}
+
+function startingAt(seq: bigint): Participant {
+  return { deliveredSeq: seq, readSeq: seq, lastSentSeq: 0n };
+}
+
+function receiptOf(userId: string, participant: Participant): Receipt {
+  return { userId, deliveredSeq: participant.deliveredSeq, readSeq: participant.readSeq };
+}
+
+function max(a: bigint, b: bigint): bigint {
+  return a > b ? a : b;
 }
 
 /** Code-unit order, which is what the SQL's "C" collation sorts these ids by. */

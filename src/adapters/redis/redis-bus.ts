@@ -3,20 +3,27 @@ import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import { DeviceRemovalsSchema } from "../../../gen/palaver/cluster/v1/device_removals_pb.js";
 import { HandoffBatchSchema } from "../../../gen/palaver/cluster/v1/handoff_pb.js";
+import { type NoticeBatch, NoticeBatchSchema } from "../../../gen/palaver/cluster/v1/notices_pb.js";
 import type { Fanout, RemovedDevice } from "../../ports/db.js";
-import type { Bus } from "../../ports/routing.js";
+import type { Bus, Notice } from "../../ports/routing.js";
 
 /** The one channel every node subscribes to, for removed devices (a protobuf DeviceRemovals). */
 const REMOVALS_CHANNEL = "palaver:device-removals";
+/**
+ * The one channel every node subscribes to for notices (a protobuf NoticeBatch): a notice is for users, whose devices
+ * may be on any node, and it is small and never stored, so every node takes every batch and keeps its own users'.
+ */
+const NOTICES_CHANNEL = "palaver:notices";
 
 /**
  * One Redis pub/sub channel per node. Hand-offs to the same node within one turn of the event loop go out as one
  * publish (a protobuf HandoffBatch). Pub/sub keeps nothing: what a node misses (it was down, Redis restarted) is
- * still in the inbox. Removed devices go to every node on one shared channel. Subscribing needs its own connection,
- * so the bus takes two clients.
+ * still in the inbox. Removed devices and notices go to every node on shared channels. Subscribing needs its own
+ * connection, so the bus takes two clients.
  */
 export class RedisBus implements Bus {
   private readonly pending = new Map<string, Fanout[]>();
+  private readonly pendingNotices: Notice[] = [];
   private flushScheduled = false;
 
   constructor(
@@ -33,6 +40,20 @@ export class RedisBus implements Bus {
   subscribeRemovals(handler: (devices: RemovedDevice[]) => void, link: { resumed(): void }): Promise<void> {
     const removals = (message: Buffer) => handler(decodeRemovals(message));
     return this.listen(REMOVALS_CHANNEL, removals, { interrupted: () => {}, resumed: () => link.resumed() }, "removal");
+  }
+
+  subscribeNotices(handler: (notices: Notice[]) => void): Promise<void> {
+    const notices = (message: Buffer) => {
+      const batch = fromBinary(NoticeBatchSchema, message);
+      if (batch.nodeId !== this.nodeId) handler(decodeNotices(batch));
+    };
+    // Notices lost while the channel is down are not caught up: they are never stored.
+    return this.listen(NOTICES_CHANNEL, notices, { interrupted: () => {}, resumed: () => {} }, "notice batch");
+  }
+
+  publishNotices(notices: readonly Notice[]): void {
+    this.pendingNotices.push(...notices);
+    this.scheduleFlush();
   }
 
   announceRemovals(devices: readonly RemovedDevice[]): void {
@@ -80,10 +101,13 @@ export class RedisBus implements Bus {
     let queue = this.pending.get(nodeId);
     if (!queue) this.pending.set(nodeId, (queue = []));
     queue.push(...fanouts);
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => this.flush());
-    }
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flush());
   }
 
   async close(): Promise<void> {
@@ -100,6 +124,12 @@ export class RedisBus implements Bus {
       });
     }
     this.pending.clear();
+    if (this.pendingNotices.length > 0) {
+      const batch = encodeNotices(this.nodeId, this.pendingNotices.splice(0));
+      this.publisher.publish(NOTICES_CHANNEL, batch).catch((error: unknown) => {
+        this.logger.warn({ err: error }, "notice publish failed; those notices are not seen on other nodes");
+      });
+    }
   }
 }
 
@@ -138,5 +168,25 @@ function decodeRemovals(message: Buffer): RemovedDevice[] {
     deviceKey: d.deviceKey.toString(),
     userId: d.userId,
     deviceName: d.deviceName,
+  }));
+}
+
+function encodeNotices(nodeId: string, notices: readonly Notice[]): Buffer {
+  const batch = create(NoticeBatchSchema, {
+    nodeId,
+    notices: notices.map((n) => ({
+      event: n.body,
+      userIds: [...n.userIds],
+      exceptDeviceKey: BigInt(n.exceptDeviceKey ?? 0),
+    })),
+  });
+  return Buffer.from(toBinary(NoticeBatchSchema, batch));
+}
+
+function decodeNotices(batch: NoticeBatch): Notice[] {
+  return batch.notices.map((n) => ({
+    body: n.event,
+    userIds: n.userIds,
+    exceptDeviceKey: n.exceptDeviceKey === 0n ? undefined : n.exceptDeviceKey.toString(),
   }));
 }

@@ -1,5 +1,6 @@
-import type { ChatRecord, InboxEntry, ModifyOutcome, NewChat, ParticipantChange, Fanout } from "../../ports/db.js";
+import type { ChatRecord, InboxEntry, ModifyOutcome, NewChat, ParticipantChange, Fanout, Receipt } from "../../ports/db.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
+import { type ReceiptRow, toReceipt } from "./receipts.js";
 
 export type ChatRow = {
   chat_id: string;
@@ -8,13 +9,15 @@ export type ChatRow = {
   last_seq: bigint;
 };
 
-export function toChatRecord(row: ChatRow, participantUserIds: string[]): ChatRecord {
+/** A chat row and its participants' receipts, sorted by user id. */
+export function toChatRecord(row: ChatRow, receipts: Receipt[]): ChatRecord {
   return {
     chatId: row.chat_id,
     name: row.name,
-    participantUserIds,
+    participantUserIds: receipts.map((r) => r.userId),
     createdAt: row.created_at,
     lastSeq: row.last_seq,
+    receipts,
   };
 }
 
@@ -41,7 +44,10 @@ export function createChat(
        SELECT * FROM chat`,
       [input.chatId, input.name, input.createdAt, participantUserIds],
     );
-    const chat = toChatRecord(row!, participantUserIds);
+    const chat = toChatRecord(
+      row!,
+      participantUserIds.map((userId) => ({ userId, deliveredSeq: 0n, readSeq: 0n })),
+    );
     const body = encodeUpdate(chat);
     const entries = await storeChatUpdate(tx, {
       chatId: chat.chatId,
@@ -67,31 +73,37 @@ export function modifyParticipants(
     );
     if (!row) return { kind: "chat_not_found" };
     // Read after the lock, so a change committed while this one waited is seen.
-    const before = (
-      await tx.query<{ user_id: string }>(
-        "SELECT user_id FROM chat_participants WHERE chat_id = $1::uuid ORDER BY user_id",
+    const receipts = (
+      await tx.query<ReceiptRow>(
+        "SELECT user_id, delivered_seq, read_seq FROM chat_participants WHERE chat_id = $1::uuid ORDER BY user_id",
         [row.chat_id],
       )
-    ).map((r) => r.user_id);
+    ).map(toReceipt);
+    const before = receipts.map((r) => r.userId);
     if (!before.includes(change.actorUserId)) return { kind: "not_participant" };
 
     const present = before.includes(change.userId);
-    if (present === (change.operation === "add")) return { kind: "unchanged", chat: toChatRecord(row, before) };
+    if (present === (change.operation === "add")) return { kind: "unchanged", chat: toChatRecord(row, receipts) };
     if (change.operation === "add" && before.length >= change.maxParticipants) return { kind: "too_many_participants" };
 
+    // A user added starts at the chat's last seq: nothing sent before reaches them, so nothing is unread.
+    const added: Receipt = { userId: change.userId, deliveredSeq: row.last_seq, readSeq: row.last_seq };
     const after =
-      change.operation === "add" ? sorted([...before, change.userId]) : before.filter((u) => u !== change.userId);
+      change.operation === "add"
+        ? [...receipts, added].sort((a, b) => (a.userId < b.userId ? -1 : 1)) // code-unit order, as "C" sorts
+        : receipts.filter((r) => r.userId !== change.userId);
     // The version tells a send that guessed its seq that the participants it read may be stale (store-messages.ts).
     await tx.query(
       `WITH participant AS (
          ${
            change.operation === "add"
-             ? "INSERT INTO chat_participants (chat_id, user_id) VALUES ($1::uuid, $2::text)"
+             ? `INSERT INTO chat_participants (chat_id, user_id, delivered_seq, read_seq)
+                VALUES ($1::uuid, $2::text, $3::bigint, $3::bigint)`
              : "DELETE FROM chat_participants WHERE chat_id = $1::uuid AND user_id = $2::text"
          }
        )
        UPDATE chats SET participants_version = participants_version + 1 WHERE chat_id = $1::uuid`,
-      [row.chat_id, change.userId],
+      change.operation === "add" ? [row.chat_id, change.userId, row.last_seq] : [row.chat_id, change.userId],
     );
     const chat = toChatRecord(row, after);
     const body = encodeUpdate(chat);
@@ -101,7 +113,7 @@ export function modifyParticipants(
       at: change.at,
       body,
       // Everyone before or after the change: the removed user hears of the removal too.
-      recipientUserIds: change.operation === "add" ? after : before,
+      recipientUserIds: change.operation === "add" ? chat.participantUserIds : before,
     });
     return { kind: "changed", chat, fanout: { body, entries } };
   });

@@ -12,6 +12,9 @@ import type {
   NewChat,
   ParticipantChange,
   PendingSend,
+  ReadMark,
+  ReadOutcome,
+  ReceiptChange,
   RemovedDevice,
   ResyncCause,
   SendOutcome,
@@ -33,16 +36,11 @@ import {
 } from "./devices.js";
 import { runMigrations } from "./migrate.js";
 import { dropPartitionsBefore, ensurePartitions } from "./partitions.js";
+import { advanceDelivered, markRead, RECEIPTS_JSON, receiptsFromJson } from "./receipts.js";
 import { type LastSeqs, storeMessages } from "./store-messages.js";
 
-/**
- * A chat row with its participants, sorted (the column's "C" collation sorts as the API does), as json: the drivers
- * parse json alike, arrays not.
- */
-const CHAT_COLUMNS = `
-  c.chat_id, c.name, c.created_at, c.last_seq,
-  (SELECT json_agg(q.user_id ORDER BY q.user_id) FROM chat_participants q WHERE q.chat_id = c.chat_id)
-    AS participant_user_ids`;
+/** A chat row with its participants' receipts, sorted (the column's "C" collation sorts as the API does). */
+const CHAT_COLUMNS = `c.chat_id, c.name, c.created_at, c.last_seq, ${RECEIPTS_JSON} AS receipts`;
 
 /**
  * A page of a device's inbox ($1 device key, after event id $2, at most $3 events), oldest first. The body comes from
@@ -62,7 +60,7 @@ const INBOX_PAGE = `
 /** Sorts before every chat id, so "after no chat" needs no second statement. */
 const NIL_UUID = "00000000-0000-0000-0000-000000000000";
 
-type ChatWithParticipants = ChatRow & { participant_user_ids: string[] | null };
+type ChatWithParticipants = ChatRow & { receipts: [string, string, string][] | null };
 
 type MessageKey = {
   chat_id: string;
@@ -301,7 +299,7 @@ export class SqlDb implements Db {
     return rows.map((row) => ({ eventId: row.event_id, body: row.body }));
   }
 
-  async ackEvents(acks: readonly DeviceAck[]): Promise<void> {
+  async ackEvents(acks: readonly DeviceAck[]): Promise<ReceiptChange[]> {
     // One DELETE for every (device, event) pair of the batch, joined to the inbox through unnest: many devices' acks
     // cost one statement and one message cleanup instead of two statements each.
     const deviceKeys: string[] = [];
@@ -312,24 +310,51 @@ export class SqlDb implements Db {
         eventIds.push(eventId);
       }
     }
-    if (eventIds.length === 0) return;
+    if (eventIds.length === 0) return [];
     // Rows are locked in key order before they are deleted, here and in deleteMessagesWithoutInbox: concurrent ack
     // statements meet on the same messages (and on the same entries when a device repeats an ack), and taking those
     // locks in whatever order the join produced them deadlocked under load.
-    const acked = await this.driver.query<MessageKey>(
+    // Each entry comes back with what the receipts need: its message's seq and sender (none for a chat update; looked
+    // up per entry, as INBOX_PAGE does, rather than joined) and the acking device's user.
+    const acked = await this.driver.query<
+      MessageKey & { seq: bigint | null; sender_user_id: string | null; user_id: string }
+    >(
       `WITH locked AS (
-         SELECT i.device_key, i.event_id, i.created_at
+         SELECT i.device_key, i.event_id, i.created_at, d.user_id, m.seq, m.sender_user_id
            FROM inbox i JOIN unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
                 ON i.device_key = a.device_key AND i.event_id = a.event_id
+           JOIN devices d ON d.device_key = i.device_key
+           LEFT JOIN LATERAL (
+             SELECT m.seq, m.sender_user_id FROM messages m
+              WHERE m.chat_id = i.chat_id AND m.message_id = i.message_id AND m.created_at = i.created_at
+              LIMIT 1
+           ) m ON true
           ORDER BY i.device_key, i.event_id
             FOR UPDATE OF i
        )
        DELETE FROM inbox i USING locked l
         WHERE i.device_key = l.device_key AND i.event_id = l.event_id AND i.created_at = l.created_at
-       RETURNING i.chat_id, i.message_id, i.created_at`,
+       RETURNING i.chat_id, i.message_id, i.created_at, l.seq, l.sender_user_id, l.user_id`,
       [deviceKeys, eventIds],
     );
-    await this.deleteMessagesWithoutInbox(acked);
+    const [, changes] = await Promise.all([
+      this.deleteMessagesWithoutInbox(acked),
+      advanceDelivered(
+        this.driver,
+        acked.flatMap((row) =>
+          row.seq === null
+            ? []
+            : [{ chatId: row.chat_id, seq: BigInt(row.seq), senderUserId: row.sender_user_id!, ackingUserId: row.user_id }],
+        ),
+      ),
+    ]);
+    return changes;
+  }
+
+  // ---- receipts ----
+
+  markRead(marks: readonly ReadMark[]): Promise<ReadOutcome[]> {
+    return markRead(this.driver, marks);
   }
 
   // ---- retention ----
@@ -413,7 +438,7 @@ export class SqlDb implements Db {
 }
 
 function chatWithParticipants(row: ChatWithParticipants): ChatRecord {
-  return toChatRecord(row, row.participant_user_ids ?? []);
+  return toChatRecord(row, receiptsFromJson(row.receipts));
 }
 
 function toAttachment(row: AttachmentRow): AttachmentRecord {

@@ -44,7 +44,8 @@ const CHECK_SENDS = `
 
 /**
  * Writes sends whose seqs were decided before the statement, in one statement: messages, idempotency keys, attachment
- * links, the chats' last seq, and one inbox entry per device of every participant but the sending one. Event ids are
+ * links, the chats' last seq, the senders' receipts, and one inbox entry per device of every participant but the
+ * sending one. Event ids are
  * taken in batch order, so a device's events of one chat follow the seqs.
  *
  * It writes a chat's sends only if the decision still holds once it has the chat's row lock: the chat's last seq is
@@ -108,6 +109,21 @@ const WRITE_SENDS = `
     UPDATE chats c SET last_seq = m.seq
       FROM (SELECT chat_id, max(seq) AS seq FROM written GROUP BY chat_id) m
      WHERE c.chat_id = m.chat_id
+  ), sender_locks AS MATERIALIZED (
+    -- Sending marks the chat received and read up to the message. The rows are locked in key order first, as ack
+    -- batches and read marks lock them, so those never deadlock with a send.
+    SELECT p.chat_id, p.user_id
+      FROM chat_participants p
+     WHERE (p.chat_id, p.user_id) IN (SELECT chat_id, sender_user_id FROM written)
+     ORDER BY p.chat_id, p.user_id
+       FOR UPDATE OF p
+  ), sender_rows AS (
+    UPDATE chat_participants p
+       SET last_sent_seq = w.seq, delivered_seq = greatest(p.delivered_seq, w.seq), read_seq = greatest(p.read_seq, w.seq)
+      FROM sender_locks l
+      JOIN (SELECT chat_id, sender_user_id, max(seq) AS seq FROM written GROUP BY chat_id, sender_user_id) w
+        ON w.chat_id = l.chat_id AND w.sender_user_id = l.user_id
+     WHERE p.chat_id = l.chat_id AND p.user_id = l.user_id
   ), attachment_rows AS (
     INSERT INTO attachment_chats (attachment_id, chat_id)
     SELECT a.attachment_id, a.chat_id FROM unnest($9::uuid[], $10::uuid[]) AS a(attachment_id, chat_id)

@@ -47,13 +47,13 @@ describe("Devices", () => {
     const { db, hub, keys, bus, devices } = await setUp();
     const phone = await newCaller(db, "alice");
     const laptop = await otherDevice(db, phone, "laptop");
-    const stream = await hub.open(phone.deviceKey);
+    const stream = await hub.open(phone);
     await devices.remove(laptop, "phone");
     expect(stream.ended).toBe(true);
     expect(keys.forgotten).toEqual([`${phone.userId}/phone`]);
     expect(bus.announced).toEqual([[{ deviceKey: phone.deviceKey, userId: phone.userId, deviceName: "phone" }]]);
     expect((await devices.list(laptop)).map((d) => d.deviceName)).toEqual(["laptop"]);
-    await expect(hub.open(phone.deviceKey)).rejects.toMatchObject({ kind: "unauthenticated" });
+    await expect(hub.open(phone)).rejects.toMatchObject({ kind: "unauthenticated" });
     await expect(devices.remove(laptop, "phone")).rejects.toMatchObject({ kind: "not_found" });
   });
 
@@ -63,7 +63,7 @@ describe("Devices", () => {
     const tablet = await otherDevice(db, phone, "tablet");
     const laptop = await otherDevice(db, phone, "laptop");
     const [phoneStream, tabletStream, laptopStream] = await Promise.all(
-      [phone, tablet, laptop].map((d) => hub.open(d.deviceKey)),
+      [phone, tablet, laptop].map((d) => hub.open(d)),
     );
     bus.handler!([{ deviceKey: phone.deviceKey, userId: phone.userId, deviceName: "phone" }]);
     expect(phoneStream.ended).toBe(true);
@@ -82,8 +82,8 @@ describe("Devices", () => {
     const phone = await newCaller(db, "alice");
     const tablet = await otherDevice(db, phone, "tablet");
     const laptop = await otherDevice(db, phone, "laptop");
-    hub.close(await hub.open(tablet.deviceKey)); // opened and closed since the last run
-    const stillOpen = await hub.open(laptop.deviceKey);
+    hub.close(await hub.open(tablet)); // opened and closed since the last run
+    const stillOpen = await hub.open(laptop);
 
     const monthLater = async () => {
       clock.at += 31 * DAY_MS;

@@ -91,7 +91,7 @@ export class Chats {
       chatUpdateBody(ChatUpdateKind.CREATED, caller.userId, "", at),
     );
     await this.hub.deliver(created.fanout);
-    return toChat(created.chat);
+    return toChat(created.chat, caller.userId);
   }
 
   async modifyParticipants(caller: Caller, input: ParticipantInput): Promise<Chat> {
@@ -119,10 +119,10 @@ export class Chats {
       case "too_many_participants":
         throw new Refusal("invalid", `a chat has at most ${this.options.maxParticipants} participants`);
       case "unchanged":
-        return toChat(outcome.chat);
+        return toChat(outcome.chat, caller.userId);
       case "changed":
         await this.hub.deliver(outcome.fanout);
-        return toChat(outcome.chat);
+        return toChat(outcome.chat, caller.userId);
     }
   }
 
@@ -138,7 +138,7 @@ export class Chats {
     if (!chat.participantUserIds.includes(caller.userId)) {
       throw new Refusal("forbidden", "only participants may read a chat");
     }
-    return toChat(chat);
+    return toChat(chat, caller.userId);
   }
 
   /** The caller's chats by chat id, a page at a time; the page token is the last chat id of the page before. */
@@ -148,7 +148,7 @@ export class Chats {
     }
     const read = (after: string | null, limit: number) => this.db.listChats(caller.userId, after, limit);
     const { items, nextPageToken } = await keyPage(page, read, (chat) => chat.chatId);
-    return { chats: items.map(toChat), nextPageToken };
+    return { chats: items.map((chat) => toChat(chat, caller.userId)), nextPageToken };
   }
 }
 
@@ -166,13 +166,20 @@ function chatUpdateBody(kind: ChatUpdateKind, actorUserId: string, subjectUserId
     );
 }
 
-export function toChat(record: ChatRecord): Chat {
+/**
+ * The chat as the API gives it; with the caller, their unread count: every message above their read_seq is from
+ * others, since sending marks the chat read. A chat-update event is shared by every participant and has none.
+ */
+export function toChat(record: ChatRecord, callerUserId?: string): Chat {
+  const readSeq = record.receipts.find((r) => r.userId === callerUserId)?.readSeq;
   return create(ChatSchema, {
     chatId: record.chatId,
     name: record.name,
     participantUserIds: record.participantUserIds,
     createdAt: timestampFromDate(record.createdAt),
     lastSeq: record.lastSeq,
+    receipts: record.receipts,
+    unreadCount: readSeq === undefined ? 0n : record.lastSeq - readSeq,
   });
 }
 

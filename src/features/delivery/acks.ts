@@ -1,5 +1,5 @@
 import type { Caller } from "../../ports/caller.js";
-import { type DeviceAck, deviceNameKey, type InboxStore } from "../../ports/db.js";
+import { type DeviceAck, deviceNameKey, type InboxStore, type ReceiptChange } from "../../ports/db.js";
 import type { RateLimiters } from "../../ports/rate-limiter.js";
 import { GroupCommitter } from "../group-commit.js";
 import { Limit } from "../rate-limit.js";
@@ -11,6 +11,8 @@ export interface AcksOptions {
   maxInFlight: number;
   /** Told each batch's size (a metric). */
   onBatch?: (size: number) => void;
+  /** Told the receipts each batch moved (see Receipts). */
+  onReceipts: (changes: ReceiptChange[]) => void;
   /** Ack frames one stream may send a minute, and AckEvents calls one device may make a minute. */
   acksPerMinute: number;
 }
@@ -30,7 +32,7 @@ export class Acks {
   constructor(db: InboxStore, limiters: RateLimiters, options: AcksOptions) {
     this.committer = new GroupCommitter(
       async (batch: DeviceAck[]) => {
-        await db.ackEvents(batch);
+        options.onReceipts(await db.ackEvents(batch));
         return batch.map(() => undefined);
       },
       options.maxBatch,

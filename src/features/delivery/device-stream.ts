@@ -6,12 +6,14 @@ import { inboxDrainedEvent, resyncEvent } from "./events.js";
 
 /**
  * What a device stream sends: a stored event (its bytes as stored, shared by every device it goes to, given this
- * device's event id only when written), a signal made here (Resync, InboxDrained: never stored, never acked), or a
+ * device's event id only when written), a signal made here (Resync, InboxDrained), a notice (a receipt or typing: an
+ * event encoded once for all the devices it goes to) — signals and notices are never stored, never acked — or a
  * command's result.
  */
 export type StreamFrame =
   | { kind: "event"; eventId: bigint; body: Uint8Array; sentAtMs?: number }
   | { kind: "signal"; event: Event }
+  | { kind: "notice"; body: Uint8Array }
   | { kind: "result"; result: CommandResult };
 type EventFrame = Extract<StreamFrame, { kind: "event" }>;
 
@@ -60,6 +62,7 @@ export class DeviceStream {
 
   constructor(
     readonly deviceKey: string,
+    readonly userId: string,
     private readonly db: InboxStore,
     private readonly options: DeviceStreamOptions,
   ) {}
@@ -89,6 +92,11 @@ export class DeviceStream {
 
   pushResult(result: CommandResult): void {
     if (this.ending === undefined) this.enqueue({ kind: "result", result });
+  }
+
+  /** A notice (see StreamFrame): sent as soon as the stream can, between backlog pages too, as a result is. */
+  pushNotice(body: Uint8Array): void {
+    if (this.ending === undefined) this.enqueue({ kind: "notice", body });
   }
 
   /** Ends the stream: cleanly without an error, else with it (a Refusal, or the call's own reason). The first call wins. */

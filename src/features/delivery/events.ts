@@ -1,7 +1,8 @@
 import { create, toBinary, type UnknownField } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { WireType } from "@bufbuild/protobuf/wire";
 import { type Event, EventSchema, ResyncReason } from "../../../gen/palaver/chat/v1/event_pb.js";
-import type { ResyncCause } from "../../ports/db.js";
+import type { Receipt, ResyncCause } from "../../ports/db.js";
 
 /** The stored form of an event: the whole Event with event_id 0, since each device's inbox entry gives the id. */
 export function encodeStoredEvent(event: Event): Uint8Array {
@@ -9,7 +10,7 @@ export function encodeStoredEvent(event: Event): Uint8Array {
 }
 
 /**
- * One device's copy of a stored event, ready for the wire as field 1 of ConnectResponse or SubscribeResponse (both
+ * One device's copy of a stored event (or of a notice, with event id 0), ready for the wire as field 1 of ConnectResponse or SubscribeResponse (both
  * carry the event there): an unknown field, which protobuf-es writes verbatim. Its bytes are the event_id field, then
  * the stored body (an Event without event_id, fields 2 and up, so the result is the canonical encoding). Why: the
  * event is encoded once for all recipients and the backlog is never decoded and re-encoded; per device this costs one
@@ -34,16 +35,25 @@ export function grpcStoredEventMessage(body: Uint8Array, eventId: bigint): Uint8
   return message;
 }
 
-/** Bytes of an event field's value with its length: the length, event_id (field 1), then the stored body. */
+/**
+ * Bytes of an event field's value with its length: the length, event_id (field 1; left out when 0, as protobuf leaves
+ * out a default), then the stored body.
+ */
 function eventFieldLength(body: Uint8Array, eventId: bigint): number {
-  const eventLength = 1 + varintLength(eventId) + body.length;
+  const eventLength = eventIdLength(eventId) + body.length;
   return varintLength(BigInt(eventLength)) + eventLength;
 }
 
+function eventIdLength(eventId: bigint): number {
+  return eventId === 0n ? 0 : 1 + varintLength(eventId);
+}
+
 function writeEventField(into: Uint8Array, start: number, body: Uint8Array, eventId: bigint): void {
-  let at = writeVarint(into, start, BigInt(1 + varintLength(eventId) + body.length));
-  into[at++] = 0x08; // Event field 1 (event_id), varint
-  at = writeVarint(into, at, eventId);
+  let at = writeVarint(into, start, BigInt(eventIdLength(eventId) + body.length));
+  if (eventId !== 0n) {
+    into[at++] = 0x08; // Event field 1 (event_id), varint
+    at = writeVarint(into, at, eventId);
+  }
   into.set(body, at);
 }
 
@@ -70,4 +80,35 @@ export function inboxDrainedEvent(backlogEvents: number): Event {
 export function resyncEvent(cause: ResyncCause): Event {
   const reason = cause === "retention" ? ResyncReason.RETENTION : ResyncReason.INBOX_OVERFLOW;
   return create(EventSchema, { kind: { case: "resync", value: { reason } } });
+}
+
+/** A participant's receipt as the notice its users get (encoded once for all of them). */
+export function receiptUpdateBody(chatId: string, receipt: Receipt): Uint8Array {
+  const { userId, deliveredSeq, readSeq } = receipt;
+  return encodeStoredEvent(
+    create(EventSchema, { chatId, kind: { case: "receiptUpdate", value: { userId, deliveredSeq, readSeq } } }),
+  );
+}
+
+/** A device's typing, or its stop, as the notice the chat's other participants get. */
+export function typingUpdateBody(
+  chatId: string,
+  typist: { userId: string; deviceName: string },
+  typing: boolean,
+  lapseMs: number,
+): Uint8Array {
+  return encodeStoredEvent(
+    create(EventSchema, {
+      chatId,
+      kind: {
+        case: "typingUpdate",
+        value: {
+          userId: typist.userId,
+          deviceId: typist.deviceName,
+          typing,
+          lapseAfter: typing ? durationFromMs(lapseMs) : undefined,
+        },
+      },
+    }),
+  );
 }

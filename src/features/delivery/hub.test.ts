@@ -45,6 +45,8 @@ class FakeBus implements Bus {
   handOff(fanouts: Fanout[]) {
     this.handler!(fanouts);
   }
+  publishNotices() {}
+  async subscribeNotices() {}
   announceRemovals() {}
   async subscribeRemovals() {}
   async close() {}
@@ -67,6 +69,9 @@ async function liveFrames(frames: AsyncGenerator<StreamFrame>, count: number): P
   return live;
 }
 
+/** A device by its key, of a user of its own. */
+const device = (deviceKey: string) => ({ deviceKey, userId: `user-${deviceKey}` });
+
 const fanout = (eventIds: Record<string, bigint>): Fanout => ({
   body: utf8.encode("event"),
   entries: Object.entries(eventIds).map(([deviceKey, eventId]) => ({ deviceKey, eventId })),
@@ -76,7 +81,7 @@ const fanout = (eventIds: Record<string, bigint>): Fanout => ({
 describe("DeliveryHub", () => {
   it("pushes to a device's stream on this node and hands the others to their nodes, one publish per node", async () => {
     const { hub, presence, bus } = await routedHub();
-    const local = await hub.open("1");
+    const local = await hub.open(device("1"));
     presence.nodes.set("1", bus.nodeId);
     presence.nodes.set("2", "node-b");
     presence.nodes.set("3", "node-c");
@@ -98,7 +103,7 @@ describe("DeliveryHub", () => {
 
   it("asks no one where a device is when every recipient has a stream here", async () => {
     const { hub, presence, bus } = await routedHub();
-    await hub.open("1");
+    await hub.open(device("1"));
     await hub.deliver(fanout({ 1: 11n }));
     expect(presence.asked).toEqual([]);
     expect(bus.published).toEqual([]);
@@ -113,7 +118,7 @@ describe("DeliveryHub", () => {
 
   it("pushes what other nodes hand over to this node's streams", async () => {
     const { hub, bus } = await routedHub();
-    const stream = await hub.open("1");
+    const stream = await hub.open(device("1"));
     const frames = oneByOne(stream.frames());
     bus.handOff([fanout({ 1: 21n, 9: 29n })]);
     expect(await liveFrames(frames, 1)).toEqual([
@@ -123,9 +128,9 @@ describe("DeliveryHub", () => {
 
   it("ends a device's older stream with `replaced` when it opens a newer one, which then gets its events", async () => {
     const { hub, presence } = await routedHub();
-    const older = await hub.open("1");
+    const older = await hub.open(device("1"));
     const olderFrames = oneByOne(older.frames());
-    const newer = await hub.open("1");
+    const newer = await hub.open(device("1"));
     await expect(olderFrames.next()).rejects.toMatchObject({ kind: "replaced" });
     expect(presence.claimed).toEqual(["1", "1"]);
 

@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import { Refusal } from "../../errors.js";
 import type { Fanout, InboxEntry, InboxStore } from "../../ports/db.js";
-import type { Bus, Presence } from "../../ports/routing.js";
+import type { Bus, Notice, Presence } from "../../ports/routing.js";
 import type { Metrics } from "../operations/metrics.js";
 import { DeviceStream, type DeviceStreamOptions } from "./device-stream.js";
 import type { InboxCap } from "./inbox-cap.js";
@@ -21,6 +21,8 @@ export interface Routing {
  */
 export class DeliveryHub {
   private readonly streams = new Map<string, DeviceStream>();
+  /** The same streams by user id, for notices. */
+  private readonly byUser = new Map<string, Set<DeviceStream>>();
   /** Devices whose streams opened since takeSeenDevices() last asked. */
   private readonly opened = new Set<string>();
   /** Keys of recently removed devices, oldest first: a stream that opens for one after its removal ends at once. */
@@ -40,6 +42,9 @@ export class DeliveryHub {
 
   /** Starts taking hand-offs from other nodes. */
   async start(): Promise<void> {
+    await this.routing?.bus.subscribeNotices((notices) => {
+      for (const notice of notices) this.notifyHere(notice);
+    });
     await this.routing?.bus.subscribe((fanouts) => this.receive(fanouts), {
       // While the bus is down, other nodes' events for these devices are lost on the way; once it is back, each
       // stream reads what it missed from the inbox.
@@ -79,12 +84,17 @@ export class DeliveryHub {
    * Opens the device's stream, ending the one it had (a device has one stream; the newer wins). The stream is
    * registered (and its presence claimed) before it reads its inbox, so nothing stored meanwhile is missed.
    */
-  async open(deviceKey: string): Promise<DeviceStream> {
+  async open(device: { deviceKey: string; userId: string }): Promise<DeviceStream> {
+    const { deviceKey, userId } = device;
     if (this.removed.has(deviceKey)) throw deviceRemoved();
     this.opened.add(deviceKey);
-    const stream = new DeviceStream(deviceKey, this.db, this.streamOptions);
+    const stream = new DeviceStream(deviceKey, userId, this.db, this.streamOptions);
     const previous = this.streams.get(deviceKey);
     this.streams.set(deviceKey, stream);
+    if (previous) this.forgetUserStream(previous);
+    let userStreams = this.byUser.get(userId);
+    if (!userStreams) this.byUser.set(userId, (userStreams = new Set()));
+    userStreams.add(stream);
     previous?.end(new Refusal("replaced", "this device opened a newer stream, which replaces this one"));
     if (this.busDown) stream.markGap();
     if (this.routing) {
@@ -102,9 +112,33 @@ export class DeliveryHub {
     stream.end();
     if (this.streams.get(stream.deviceKey) !== stream) return;
     this.streams.delete(stream.deviceKey);
+    this.forgetUserStream(stream);
     this.routing?.presence.release(stream.deviceKey).catch((error: unknown) => {
       this.logger.warn({ err: error, deviceKey: stream.deviceKey }, "presence release failed");
     });
+  }
+
+  private forgetUserStream(stream: DeviceStream): void {
+    const userStreams = this.byUser.get(stream.userId);
+    userStreams?.delete(stream);
+    if (userStreams?.size === 0) this.byUser.delete(stream.userId);
+  }
+
+  /**
+   * Writes a notice (a receipt, typing) to the open streams of its users: this node's at once, other nodes' through the
+   * bus. Never stored: a device offline now does not get it later.
+   */
+  notify(notice: Notice): void {
+    this.notifyHere(notice);
+    this.routing?.bus.publishNotices([notice]);
+  }
+
+  private notifyHere(notice: Notice): void {
+    for (const userId of notice.userIds) {
+      for (const stream of this.byUser.get(userId) ?? []) {
+        if (stream.deviceKey !== notice.exceptDeviceKey) stream.pushNotice(notice.body);
+      }
+    }
   }
 
   /** Ends every stream, e.g. at shutdown: clients reconnect (to another node) and resume from their inbox. */

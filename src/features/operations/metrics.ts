@@ -135,7 +135,7 @@ export class Metrics {
   }
 
   /** What a GroupCommitter's `onBatch` option takes: observes each batch's size under the committer's name. */
-  batchObserver(committer: "sends" | "acks" | "devices"): (size: number) => void {
+  batchObserver(committer: "sends" | "acks" | "reads" | "devices"): (size: number) => void {
     const child = this.batchSize.labels({ committer });
     return (size) => child.observe(size);
   }

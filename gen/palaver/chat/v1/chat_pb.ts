@@ -9,7 +9,7 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Event } from "./event_pb.js";
 import { file_palaver_chat_v1_event } from "./event_pb.js";
-import type { Chat } from "./model_pb.js";
+import type { Chat, Receipt } from "./model_pb.js";
 import { file_palaver_chat_v1_model } from "./model_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file palaver/chat/v1/chat.proto.
  */
 export const file_palaver_chat_v1_chat: GenFile = /*@__PURE__*/
-  fileDesc("ChpwYWxhdmVyL2NoYXQvdjEvY2hhdC5wcm90bxIPcGFsYXZlci5jaGF0LnYxIrYDCg5Db25uZWN0UmVxdWVzdBIfCgpyZXF1ZXN0X2lkGAEgASgJQgu6SAhyBhhAugEBABI5CgtjcmVhdGVfY2hhdBgCIAEoCzIiLnBhbGF2ZXIuY2hhdC52MS5DcmVhdGVDaGF0UmVxdWVzdEgAElIKGG1vZGlmeV9jaGF0X3BhcnRpY2lwYW50cxgDIAEoCzIuLnBhbGF2ZXIuY2hhdC52MS5Nb2RpZnlDaGF0UGFydGljaXBhbnRzUmVxdWVzdEgAEjsKDHNlbmRfbWVzc2FnZRgEIAEoCzIjLnBhbGF2ZXIuY2hhdC52MS5TZW5kTWVzc2FnZVJlcXVlc3RIABI3CgphY2tfZXZlbnRzGAUgASgLMiEucGFsYXZlci5jaGF0LnYxLkFja0V2ZW50c1JlcXVlc3RIABIzCghnZXRfY2hhdBgGIAEoCzIfLnBhbGF2ZXIuY2hhdC52MS5HZXRDaGF0UmVxdWVzdEgAEjcKCmxpc3RfY2hhdHMYByABKAsyIS5wYWxhdmVyLmNoYXQudjEuTGlzdENoYXRzUmVxdWVzdEgAQhAKB2NvbW1hbmQSBbpIAggBInUKD0Nvbm5lY3RSZXNwb25zZRInCgVldmVudBgBIAEoCzIWLnBhbGF2ZXIuY2hhdC52MS5FdmVudEgAEjAKBnJlc3VsdBgCIAEoCzIeLnBhbGF2ZXIuY2hhdC52MS5Db21tYW5kUmVzdWx0SABCBwoFZnJhbWUi1wMKDUNvbW1hbmRSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoCRI6CgtjcmVhdGVfY2hhdBgCIAEoCzIjLnBhbGF2ZXIuY2hhdC52MS5DcmVhdGVDaGF0UmVzcG9uc2VIABJTChhtb2RpZnlfY2hhdF9wYXJ0aWNpcGFudHMYAyABKAsyLy5wYWxhdmVyLmNoYXQudjEuTW9kaWZ5Q2hhdFBhcnRpY2lwYW50c1Jlc3BvbnNlSAASPAoMc2VuZF9tZXNzYWdlGAQgASgLMiQucGFsYXZlci5jaGF0LnYxLlNlbmRNZXNzYWdlUmVzcG9uc2VIABI4CgphY2tfZXZlbnRzGAUgASgLMiIucGFsYXZlci5jaGF0LnYxLkFja0V2ZW50c1Jlc3BvbnNlSAASNAoIZ2V0X2NoYXQYBiABKAsyIC5wYWxhdmVyLmNoYXQudjEuR2V0Q2hhdFJlc3BvbnNlSAASOAoKbGlzdF9jaGF0cxgHIAEoCzIiLnBhbGF2ZXIuY2hhdC52MS5MaXN0Q2hhdHNSZXNwb25zZUgAEi4KBWVycm9yGAggASgLMh0ucGFsYXZlci5jaGF0LnYxLkNvbW1hbmRFcnJvckgAQgkKB291dGNvbWUiXQoMQ29tbWFuZEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIuCgtyZXRyeV9hZnRlchgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiISChBTdWJzY3JpYmVSZXF1ZXN0IjoKEVN1YnNjcmliZVJlc3BvbnNlEiUKBWV2ZW50GAEgASgLMhYucGFsYXZlci5jaGF0LnYxLkV2ZW50IoIBChFDcmVhdGVDaGF0UmVxdWVzdBIaCgRuYW1lGAEgASgJQgy6SAlyBxjIAboBAQASUQoUcGFydGljaXBhbnRfdXNlcl9pZHMYAiADKAlCM7pIMJIBLQgBEGQiJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Ll9ALV17MCwxMjd9JCI5ChJDcmVhdGVDaGF0UmVzcG9uc2USIwoEY2hhdBgBIAEoCzIVLnBhbGF2ZXIuY2hhdC52MS5DaGF0Ir0BCh1Nb2RpZnlDaGF0UGFydGljaXBhbnRzUmVxdWVzdBIZCgdjaGF0X2lkGAEgASgJQgi6SAVyA7ABARI7Cgd1c2VyX2lkGAIgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOS5fQC1dezAsMTI3fSQSRAoJb3BlcmF0aW9uGAMgASgOMiUucGFsYXZlci5jaGF0LnYxLlBhcnRpY2lwYW50T3BlcmF0aW9uQgq6SAeCAQQQASAAIkUKHk1vZGlmeUNoYXRQYXJ0aWNpcGFudHNSZXNwb25zZRIjCgRjaGF0GAEgASgLMhUucGFsYXZlci5jaGF0LnYxLkNoYXQiqgIKElNlbmRNZXNzYWdlUmVxdWVzdBIZCgdjaGF0X2lkGAEgASgJQgi6SAVyA7ABARIpChFjbGllbnRfbWVzc2FnZV9pZBgCIAEoCUIOukgLcgkQARiAAboBAQASGwoEdGV4dBgDIAEoCUINukgKcggogIAEugEBABIpCg5hdHRhY2htZW50X2lkcxgEIAMoCUIRukgOkgELEAoYASIFcgOwAQE6hQG6SIEBGn8KFnNlbmRfbWVzc2FnZS5ub3RfZW1wdHkSL2EgbWVzc2FnZSBuZWVkcyB0ZXh0IG9yIGF0IGxlYXN0IG9uZSBhdHRhY2htZW50GjRzaXplKHRoaXMudGV4dCkgPiAwIHx8IHNpemUodGhpcy5hdHRhY2htZW50X2lkcykgPiAwImMKE1NlbmRNZXNzYWdlUmVzcG9uc2USEgoKbWVzc2FnZV9pZBgBIAEoCRILCgNzZXEYAiABKAQSKwoHc2VudF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQAoQQWNrRXZlbnRzUmVxdWVzdBIsCglldmVudF9pZHMYASADKARCGbpIFpIBEwgBEOgHIgwyChj//////////38iEwoRQWNrRXZlbnRzUmVzcG9uc2UiKwoOR2V0Q2hhdFJlcXVlc3QSGQoHY2hhdF9pZBgBIAEoCUIIukgFcgOwAQEiNgoPR2V0Q2hhdFJlc3BvbnNlEiMKBGNoYXQYASABKAsyFS5wYWxhdmVyLmNoYXQudjEuQ2hhdCJSChBMaXN0Q2hhdHNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUY6AcoABIfCgpwYWdlX3Rva2VuGAIgASgJQgu6SAhyBhhAugEBACJSChFMaXN0Q2hhdHNSZXNwb25zZRIkCgVjaGF0cxgBIAMoCzIVLnBhbGF2ZXIuY2hhdC52MS5DaGF0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSp+ChRQYXJ0aWNpcGFudE9wZXJhdGlvbhIlCiFQQVJUSUNJUEFOVF9PUEVSQVRJT05fVU5TUEVDSUZJRUQQABIdChlQQVJUSUNJUEFOVF9PUEVSQVRJT05fQUREEAESIAocUEFSVElDSVBBTlRfT1BFUkFUSU9OX1JFTU9WRRACMtcFCgtDaGF0U2VydmljZRJQCgdDb25uZWN0Eh8ucGFsYXZlci5jaGF0LnYxLkNvbm5lY3RSZXF1ZXN0GiAucGFsYXZlci5jaGF0LnYxLkNvbm5lY3RSZXNwb25zZSgBMAESVAoJU3Vic2NyaWJlEiEucGFsYXZlci5jaGF0LnYxLlN1YnNjcmliZVJlcXVlc3QaIi5wYWxhdmVyLmNoYXQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJVCgpDcmVhdGVDaGF0EiIucGFsYXZlci5jaGF0LnYxLkNyZWF0ZUNoYXRSZXF1ZXN0GiMucGFsYXZlci5jaGF0LnYxLkNyZWF0ZUNoYXRSZXNwb25zZRJ5ChZNb2RpZnlDaGF0UGFydGljaXBhbnRzEi4ucGFsYXZlci5jaGF0LnYxLk1vZGlmeUNoYXRQYXJ0aWNpcGFudHNSZXF1ZXN0Gi8ucGFsYXZlci5jaGF0LnYxLk1vZGlmeUNoYXRQYXJ0aWNpcGFudHNSZXNwb25zZRJYCgtTZW5kTWVzc2FnZRIjLnBhbGF2ZXIuY2hhdC52MS5TZW5kTWVzc2FnZVJlcXVlc3QaJC5wYWxhdmVyLmNoYXQudjEuU2VuZE1lc3NhZ2VSZXNwb25zZRJSCglBY2tFdmVudHMSIS5wYWxhdmVyLmNoYXQudjEuQWNrRXZlbnRzUmVxdWVzdBoiLnBhbGF2ZXIuY2hhdC52MS5BY2tFdmVudHNSZXNwb25zZRJMCgdHZXRDaGF0Eh8ucGFsYXZlci5jaGF0LnYxLkdldENoYXRSZXF1ZXN0GiAucGFsYXZlci5jaGF0LnYxLkdldENoYXRSZXNwb25zZRJSCglMaXN0Q2hhdHMSIS5wYWxhdmVyLmNoYXQudjEuTGlzdENoYXRzUmVxdWVzdBoiLnBhbGF2ZXIuY2hhdC52MS5MaXN0Q2hhdHNSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_palaver_chat_v1_event, file_palaver_chat_v1_model]);
+  fileDesc("ChpwYWxhdmVyL2NoYXQvdjEvY2hhdC5wcm90bxIPcGFsYXZlci5jaGF0LnYxIqYECg5Db25uZWN0UmVxdWVzdBIfCgpyZXF1ZXN0X2lkGAEgASgJQgu6SAhyBhhAugEBABI5CgtjcmVhdGVfY2hhdBgCIAEoCzIiLnBhbGF2ZXIuY2hhdC52MS5DcmVhdGVDaGF0UmVxdWVzdEgAElIKGG1vZGlmeV9jaGF0X3BhcnRpY2lwYW50cxgDIAEoCzIuLnBhbGF2ZXIuY2hhdC52MS5Nb2RpZnlDaGF0UGFydGljaXBhbnRzUmVxdWVzdEgAEjsKDHNlbmRfbWVzc2FnZRgEIAEoCzIjLnBhbGF2ZXIuY2hhdC52MS5TZW5kTWVzc2FnZVJlcXVlc3RIABI3CgphY2tfZXZlbnRzGAUgASgLMiEucGFsYXZlci5jaGF0LnYxLkFja0V2ZW50c1JlcXVlc3RIABIzCghnZXRfY2hhdBgGIAEoCzIfLnBhbGF2ZXIuY2hhdC52MS5HZXRDaGF0UmVxdWVzdEgAEjcKCmxpc3RfY2hhdHMYByABKAsyIS5wYWxhdmVyLmNoYXQudjEuTGlzdENoYXRzUmVxdWVzdEgAEjUKCW1hcmtfcmVhZBgIIAEoCzIgLnBhbGF2ZXIuY2hhdC52MS5NYXJrUmVhZFJlcXVlc3RIABI3CgpzZXRfdHlwaW5nGAkgASgLMiEucGFsYXZlci5jaGF0LnYxLlNldFR5cGluZ1JlcXVlc3RIAEIQCgdjb21tYW5kEgW6SAIIASJ1Cg9Db25uZWN0UmVzcG9uc2USJwoFZXZlbnQYASABKAsyFi5wYWxhdmVyLmNoYXQudjEuRXZlbnRIABIwCgZyZXN1bHQYAiABKAsyHi5wYWxhdmVyLmNoYXQudjEuQ29tbWFuZFJlc3VsdEgAQgcKBWZyYW1lIskECg1Db21tYW5kUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAkSOgoLY3JlYXRlX2NoYXQYAiABKAsyIy5wYWxhdmVyLmNoYXQudjEuQ3JlYXRlQ2hhdFJlc3BvbnNlSAASUwoYbW9kaWZ5X2NoYXRfcGFydGljaXBhbnRzGAMgASgLMi8ucGFsYXZlci5jaGF0LnYxLk1vZGlmeUNoYXRQYXJ0aWNpcGFudHNSZXNwb25zZUgAEjwKDHNlbmRfbWVzc2FnZRgEIAEoCzIkLnBhbGF2ZXIuY2hhdC52MS5TZW5kTWVzc2FnZVJlc3BvbnNlSAASOAoKYWNrX2V2ZW50cxgFIAEoCzIiLnBhbGF2ZXIuY2hhdC52MS5BY2tFdmVudHNSZXNwb25zZUgAEjQKCGdldF9jaGF0GAYgASgLMiAucGFsYXZlci5jaGF0LnYxLkdldENoYXRSZXNwb25zZUgAEjgKCmxpc3RfY2hhdHMYByABKAsyIi5wYWxhdmVyLmNoYXQudjEuTGlzdENoYXRzUmVzcG9uc2VIABIuCgVlcnJvchgIIAEoCzIdLnBhbGF2ZXIuY2hhdC52MS5Db21tYW5kRXJyb3JIABI2CgltYXJrX3JlYWQYCSABKAsyIS5wYWxhdmVyLmNoYXQudjEuTWFya1JlYWRSZXNwb25zZUgAEjgKCnNldF90eXBpbmcYCiABKAsyIi5wYWxhdmVyLmNoYXQudjEuU2V0VHlwaW5nUmVzcG9uc2VIAEIJCgdvdXRjb21lIl0KDENvbW1hbmRFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSLgoLcmV0cnlfYWZ0ZXIYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iEgoQU3Vic2NyaWJlUmVxdWVzdCI6ChFTdWJzY3JpYmVSZXNwb25zZRIlCgVldmVudBgBIAEoCzIWLnBhbGF2ZXIuY2hhdC52MS5FdmVudCKCAQoRQ3JlYXRlQ2hhdFJlcXVlc3QSGgoEbmFtZRgBIAEoCUIMukgJcgcYyAG6AQEAElEKFHBhcnRpY2lwYW50X3VzZXJfaWRzGAIgAygJQjO6SDCSAS0IARBkIidyJTIjXltBLVphLXowLTldW0EtWmEtejAtOS5fQC1dezAsMTI3fSQiOQoSQ3JlYXRlQ2hhdFJlc3BvbnNlEiMKBGNoYXQYASABKAsyFS5wYWxhdmVyLmNoYXQudjEuQ2hhdCK9AQodTW9kaWZ5Q2hhdFBhcnRpY2lwYW50c1JlcXVlc3QSGQoHY2hhdF9pZBgBIAEoCUIIukgFcgOwAQESOwoHdXNlcl9pZBgCIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTkuX0AtXXswLDEyN30kEkQKCW9wZXJhdGlvbhgDIAEoDjIlLnBhbGF2ZXIuY2hhdC52MS5QYXJ0aWNpcGFudE9wZXJhdGlvbkIKukgHggEEEAEgACJFCh5Nb2RpZnlDaGF0UGFydGljaXBhbnRzUmVzcG9uc2USIwoEY2hhdBgBIAEoCzIVLnBhbGF2ZXIuY2hhdC52MS5DaGF0IqoCChJTZW5kTWVzc2FnZVJlcXVlc3QSGQoHY2hhdF9pZBgBIAEoCUIIukgFcgOwAQESKQoRY2xpZW50X21lc3NhZ2VfaWQYAiABKAlCDrpIC3IJEAEYgAG6AQEAEhsKBHRleHQYAyABKAlCDbpICnIIKICABLoBAQASKQoOYXR0YWNobWVudF9pZHMYBCADKAlCEbpIDpIBCxAKGAEiBXIDsAEBOoUBukiBARp/ChZzZW5kX21lc3NhZ2Uubm90X2VtcHR5Ei9hIG1lc3NhZ2UgbmVlZHMgdGV4dCBvciBhdCBsZWFzdCBvbmUgYXR0YWNobWVudBo0c2l6ZSh0aGlzLnRleHQpID4gMCB8fCBzaXplKHRoaXMuYXR0YWNobWVudF9pZHMpID4gMCJjChNTZW5kTWVzc2FnZVJlc3BvbnNlEhIKCm1lc3NhZ2VfaWQYASABKAkSCwoDc2VxGAIgASgEEisKB3NlbnRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKEEFja0V2ZW50c1JlcXVlc3QSLAoJZXZlbnRfaWRzGAEgAygEQhm6SBaSARMIARDoByIMMgoY//////////9/IhMKEUFja0V2ZW50c1Jlc3BvbnNlIisKDkdldENoYXRSZXF1ZXN0EhkKB2NoYXRfaWQYASABKAlCCLpIBXIDsAEBIjYKD0dldENoYXRSZXNwb25zZRIjCgRjaGF0GAEgASgLMhUucGFsYXZlci5jaGF0LnYxLkNoYXQiUgoQTGlzdENoYXRzUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGOgHKAASHwoKcGFnZV90b2tlbhgCIAEoCUILukgIcgYYQLoBAQAiUgoRTGlzdENoYXRzUmVzcG9uc2USJAoFY2hhdHMYASADKAsyFS5wYWxhdmVyLmNoYXQudjEuQ2hhdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiTAoPTWFya1JlYWRSZXF1ZXN0EhkKB2NoYXRfaWQYASABKAlCCLpIBXIDsAEBEh4KA3NlcRgCIAEoBEIRukgOMgwY//////////9/IAAiUwoQTWFya1JlYWRSZXNwb25zZRIpCgdyZWNlaXB0GAEgASgLMhgucGFsYXZlci5jaGF0LnYxLlJlY2VpcHQSFAoMdW5yZWFkX2NvdW50GAIgASgEIj0KEFNldFR5cGluZ1JlcXVlc3QSGQoHY2hhdF9pZBgBIAEoCUIIukgFcgOwAQESDgoGdHlwaW5nGAIgASgIIhMKEVNldFR5cGluZ1Jlc3BvbnNlKn4KFFBhcnRpY2lwYW50T3BlcmF0aW9uEiUKIVBBUlRJQ0lQQU5UX09QRVJBVElPTl9VTlNQRUNJRklFRBAAEh0KGVBBUlRJQ0lQQU5UX09QRVJBVElPTl9BREQQARIgChxQQVJUSUNJUEFOVF9PUEVSQVRJT05fUkVNT1ZFEAIy/AYKC0NoYXRTZXJ2aWNlElAKB0Nvbm5lY3QSHy5wYWxhdmVyLmNoYXQudjEuQ29ubmVjdFJlcXVlc3QaIC5wYWxhdmVyLmNoYXQudjEuQ29ubmVjdFJlc3BvbnNlKAEwARJUCglTdWJzY3JpYmUSIS5wYWxhdmVyLmNoYXQudjEuU3Vic2NyaWJlUmVxdWVzdBoiLnBhbGF2ZXIuY2hhdC52MS5TdWJzY3JpYmVSZXNwb25zZTABElUKCkNyZWF0ZUNoYXQSIi5wYWxhdmVyLmNoYXQudjEuQ3JlYXRlQ2hhdFJlcXVlc3QaIy5wYWxhdmVyLmNoYXQudjEuQ3JlYXRlQ2hhdFJlc3BvbnNlEnkKFk1vZGlmeUNoYXRQYXJ0aWNpcGFudHMSLi5wYWxhdmVyLmNoYXQudjEuTW9kaWZ5Q2hhdFBhcnRpY2lwYW50c1JlcXVlc3QaLy5wYWxhdmVyLmNoYXQudjEuTW9kaWZ5Q2hhdFBhcnRpY2lwYW50c1Jlc3BvbnNlElgKC1NlbmRNZXNzYWdlEiMucGFsYXZlci5jaGF0LnYxLlNlbmRNZXNzYWdlUmVxdWVzdBokLnBhbGF2ZXIuY2hhdC52MS5TZW5kTWVzc2FnZVJlc3BvbnNlElIKCUFja0V2ZW50cxIhLnBhbGF2ZXIuY2hhdC52MS5BY2tFdmVudHNSZXF1ZXN0GiIucGFsYXZlci5jaGF0LnYxLkFja0V2ZW50c1Jlc3BvbnNlEkwKB0dldENoYXQSHy5wYWxhdmVyLmNoYXQudjEuR2V0Q2hhdFJlcXVlc3QaIC5wYWxhdmVyLmNoYXQudjEuR2V0Q2hhdFJlc3BvbnNlElIKCUxpc3RDaGF0cxIhLnBhbGF2ZXIuY2hhdC52MS5MaXN0Q2hhdHNSZXF1ZXN0GiIucGFsYXZlci5jaGF0LnYxLkxpc3RDaGF0c1Jlc3BvbnNlEk8KCE1hcmtSZWFkEiAucGFsYXZlci5jaGF0LnYxLk1hcmtSZWFkUmVxdWVzdBohLnBhbGF2ZXIuY2hhdC52MS5NYXJrUmVhZFJlc3BvbnNlElIKCVNldFR5cGluZxIhLnBhbGF2ZXIuY2hhdC52MS5TZXRUeXBpbmdSZXF1ZXN0GiIucGFsYXZlci5jaGF0LnYxLlNldFR5cGluZ1Jlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_palaver_chat_v1_event, file_palaver_chat_v1_model]);
 
 /**
  * ConnectRequest is one frame a device sends up its Connect stream.
@@ -71,6 +71,18 @@ export type ConnectRequest = Message<"palaver.chat.v1.ConnectRequest"> & {
      */
     value: ListChatsRequest;
     case: "listChats";
+  } | {
+    /**
+     * @generated from field: palaver.chat.v1.MarkReadRequest mark_read = 8;
+     */
+    value: MarkReadRequest;
+    case: "markRead";
+  } | {
+    /**
+     * @generated from field: palaver.chat.v1.SetTypingRequest set_typing = 9;
+     */
+    value: SetTypingRequest;
+    case: "setTyping";
   } | { case: undefined; value?: undefined };
 };
 
@@ -168,6 +180,18 @@ export type CommandResult = Message<"palaver.chat.v1.CommandResult"> & {
      */
     value: CommandError;
     case: "error";
+  } | {
+    /**
+     * @generated from field: palaver.chat.v1.MarkReadResponse mark_read = 9;
+     */
+    value: MarkReadResponse;
+    case: "markRead";
+  } | {
+    /**
+     * @generated from field: palaver.chat.v1.SetTypingResponse set_typing = 10;
+     */
+    value: SetTypingResponse;
+    case: "setTyping";
   } | { case: undefined; value?: undefined };
 };
 
@@ -513,6 +537,93 @@ export const ListChatsResponseSchema: GenMessage<ListChatsResponse> = /*@__PURE_
   messageDesc(file_palaver_chat_v1_chat, 17);
 
 /**
+ * @generated from message palaver.chat.v1.MarkReadRequest
+ */
+export type MarkReadRequest = Message<"palaver.chat.v1.MarkReadRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * seq is the newest message the user has seen; at most the chat's last_seq (INVALID_ARGUMENT beyond it).
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message palaver.chat.v1.MarkReadRequest.
+ * Use `create(MarkReadRequestSchema)` to create a new message.
+ */
+export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
+  messageDesc(file_palaver_chat_v1_chat, 18);
+
+/**
+ * @generated from message palaver.chat.v1.MarkReadResponse
+ */
+export type MarkReadResponse = Message<"palaver.chat.v1.MarkReadResponse"> & {
+  /**
+   * receipt is the caller's user's receipt in the chat after the call.
+   *
+   * @generated from field: palaver.chat.v1.Receipt receipt = 1;
+   */
+  receipt?: Receipt | undefined;
+
+  /**
+   * unread_count is the caller's unread messages in the chat after the call.
+   *
+   * @generated from field: uint64 unread_count = 2;
+   */
+  unreadCount: bigint;
+};
+
+/**
+ * Describes the message palaver.chat.v1.MarkReadResponse.
+ * Use `create(MarkReadResponseSchema)` to create a new message.
+ */
+export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
+  messageDesc(file_palaver_chat_v1_chat, 19);
+
+/**
+ * @generated from message palaver.chat.v1.SetTypingRequest
+ */
+export type SetTypingRequest = Message<"palaver.chat.v1.SetTypingRequest"> & {
+  /**
+   * @generated from field: string chat_id = 1;
+   */
+  chatId: string;
+
+  /**
+   * typing is true while the user types (repeat it before it lapses), false when they stop without sending.
+   *
+   * @generated from field: bool typing = 2;
+   */
+  typing: boolean;
+};
+
+/**
+ * Describes the message palaver.chat.v1.SetTypingRequest.
+ * Use `create(SetTypingRequestSchema)` to create a new message.
+ */
+export const SetTypingRequestSchema: GenMessage<SetTypingRequest> = /*@__PURE__*/
+  messageDesc(file_palaver_chat_v1_chat, 20);
+
+/**
+ * @generated from message palaver.chat.v1.SetTypingResponse
+ */
+export type SetTypingResponse = Message<"palaver.chat.v1.SetTypingResponse"> & {
+};
+
+/**
+ * Describes the message palaver.chat.v1.SetTypingResponse.
+ * Use `create(SetTypingResponseSchema)` to create a new message.
+ */
+export const SetTypingResponseSchema: GenMessage<SetTypingResponse> = /*@__PURE__*/
+  messageDesc(file_palaver_chat_v1_chat, 21);
+
+/**
  * ParticipantOperation says what ModifyChatParticipants does with the user.
  *
  * @generated from enum palaver.chat.v1.ParticipantOperation
@@ -633,6 +744,30 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof ListChatsRequestSchema;
     output: typeof ListChatsResponseSchema;
+  },
+  /**
+   * MarkRead records that the caller's user has read the chat up to `seq` (read implies received). It only moves
+   * forward: a seq at or below the user's read_seq changes nothing. The users whose messages it covers and the
+   * caller's other devices get a ReceiptUpdate.
+   *
+   * @generated from rpc palaver.chat.v1.ChatService.MarkRead
+   */
+  markRead: {
+    methodKind: "unary";
+    input: typeof MarkReadRequestSchema;
+    output: typeof MarkReadResponseSchema;
+  },
+  /**
+   * SetTyping tells the online devices of the chat's other participants that the caller is typing (or stopped). It is
+   * never stored; `typing: true` lapses after TypingUpdate.lapse_after unless repeated, and a device sends it at most
+   * once a second or so (RESOURCE_EXHAUSTED beyond its rate).
+   *
+   * @generated from rpc palaver.chat.v1.ChatService.SetTyping
+   */
+  setTyping: {
+    methodKind: "unary";
+    input: typeof SetTypingRequestSchema;
+    output: typeof SetTypingResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_palaver_chat_v1_chat, 0);

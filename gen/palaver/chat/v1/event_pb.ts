@@ -4,8 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Attachment, Chat } from "./model_pb.js";
 import { file_palaver_chat_v1_model } from "./model_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,13 +14,15 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file palaver/chat/v1/event.proto.
  */
 export const file_palaver_chat_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("ChtwYWxhdmVyL2NoYXQvdjEvZXZlbnQucHJvdG8SD3BhbGF2ZXIuY2hhdC52MSL9AQoFRXZlbnQSEAoIZXZlbnRfaWQYASABKAQSDwoHY2hhdF9pZBgCIAEoCRIyCgtuZXdfbWVzc2FnZRgDIAEoCzIbLnBhbGF2ZXIuY2hhdC52MS5OZXdNZXNzYWdlSAASMgoLY2hhdF91cGRhdGUYBCABKAsyGy5wYWxhdmVyLmNoYXQudjEuQ2hhdFVwZGF0ZUgAEjYKDWluYm94X2RyYWluZWQYBSABKAsyHS5wYWxhdmVyLmNoYXQudjEuSW5ib3hEcmFpbmVkSAASKQoGcmVzeW5jGAYgASgLMhcucGFsYXZlci5jaGF0LnYxLlJlc3luY0gAQgYKBGtpbmQi5wEKCk5ld01lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIMCgR0ZXh0GAUgASgJEjAKC2F0dGFjaG1lbnRzGAYgAygLMhsucGFsYXZlci5jaGF0LnYxLkF0dGFjaG1lbnQSKwoHc2VudF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRY2xpZW50X21lc3NhZ2VfaWQYCCABKAkiwAEKCkNoYXRVcGRhdGUSIwoEY2hhdBgBIAEoCzIVLnBhbGF2ZXIuY2hhdC52MS5DaGF0Ei0KBGtpbmQYAiABKA4yHy5wYWxhdmVyLmNoYXQudjEuQ2hhdFVwZGF0ZUtpbmQSFwoPc3ViamVjdF91c2VyX2lkGAMgASgJEhUKDWFjdG9yX3VzZXJfaWQYBCABKAkSLgoKdXBkYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJgoMSW5ib3hEcmFpbmVkEhYKDmJhY2tsb2dfZXZlbnRzGAEgASgEIjcKBlJlc3luYxItCgZyZWFzb24YASABKA4yHS5wYWxhdmVyLmNoYXQudjEuUmVzeW5jUmVhc29uKqIBCg5DaGF0VXBkYXRlS2luZBIgChxDSEFUX1VQREFURV9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYQ0hBVF9VUERBVEVfS0lORF9DUkVBVEVEEAESJgoiQ0hBVF9VUERBVEVfS0lORF9QQVJUSUNJUEFOVF9BRERFRBACEigKJENIQVRfVVBEQVRFX0tJTkRfUEFSVElDSVBBTlRfUkVNT1ZFRBADKmwKDFJlc3luY1JlYXNvbhIdChlSRVNZTkNfUkVBU09OX1VOU1BFQ0lGSUVEEAASGwoXUkVTWU5DX1JFQVNPTl9SRVRFTlRJT04QARIgChxSRVNZTkNfUkVBU09OX0lOQk9YX09WRVJGTE9XEAJiBnByb3RvMw", [file_google_protobuf_timestamp, file_palaver_chat_v1_model]);
+  fileDesc("ChtwYWxhdmVyL2NoYXQvdjEvZXZlbnQucHJvdG8SD3BhbGF2ZXIuY2hhdC52MSLvAgoFRXZlbnQSEAoIZXZlbnRfaWQYASABKAQSDwoHY2hhdF9pZBgCIAEoCRIyCgtuZXdfbWVzc2FnZRgDIAEoCzIbLnBhbGF2ZXIuY2hhdC52MS5OZXdNZXNzYWdlSAASMgoLY2hhdF91cGRhdGUYBCABKAsyGy5wYWxhdmVyLmNoYXQudjEuQ2hhdFVwZGF0ZUgAEjYKDWluYm94X2RyYWluZWQYBSABKAsyHS5wYWxhdmVyLmNoYXQudjEuSW5ib3hEcmFpbmVkSAASKQoGcmVzeW5jGAYgASgLMhcucGFsYXZlci5jaGF0LnYxLlJlc3luY0gAEjgKDnJlY2VpcHRfdXBkYXRlGAcgASgLMh4ucGFsYXZlci5jaGF0LnYxLlJlY2VpcHRVcGRhdGVIABI2Cg10eXBpbmdfdXBkYXRlGAggASgLMh0ucGFsYXZlci5jaGF0LnYxLlR5cGluZ1VwZGF0ZUgAQgYKBGtpbmQi5wEKCk5ld01lc3NhZ2USEgoKbWVzc2FnZV9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIMCgR0ZXh0GAUgASgJEjAKC2F0dGFjaG1lbnRzGAYgAygLMhsucGFsYXZlci5jaGF0LnYxLkF0dGFjaG1lbnQSKwoHc2VudF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRY2xpZW50X21lc3NhZ2VfaWQYCCABKAkiwAEKCkNoYXRVcGRhdGUSIwoEY2hhdBgBIAEoCzIVLnBhbGF2ZXIuY2hhdC52MS5DaGF0Ei0KBGtpbmQYAiABKA4yHy5wYWxhdmVyLmNoYXQudjEuQ2hhdFVwZGF0ZUtpbmQSFwoPc3ViamVjdF91c2VyX2lkGAMgASgJEhUKDWFjdG9yX3VzZXJfaWQYBCABKAkSLgoKdXBkYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJgoMSW5ib3hEcmFpbmVkEhYKDmJhY2tsb2dfZXZlbnRzGAEgASgEIjcKBlJlc3luYxItCgZyZWFzb24YASABKA4yHS5wYWxhdmVyLmNoYXQudjEuUmVzeW5jUmVhc29uIkkKDVJlY2VpcHRVcGRhdGUSDwoHdXNlcl9pZBgBIAEoCRIVCg1kZWxpdmVyZWRfc2VxGAIgASgEEhAKCHJlYWRfc2VxGAMgASgEInIKDFR5cGluZ1VwZGF0ZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIOCgZ0eXBpbmcYAyABKAgSLgoLbGFwc2VfYWZ0ZXIYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24qogEKDkNoYXRVcGRhdGVLaW5kEiAKHENIQVRfVVBEQVRFX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDSEFUX1VQREFURV9LSU5EX0NSRUFURUQQARImCiJDSEFUX1VQREFURV9LSU5EX1BBUlRJQ0lQQU5UX0FEREVEEAISKAokQ0hBVF9VUERBVEVfS0lORF9QQVJUSUNJUEFOVF9SRU1PVkVEEAMqbAoMUmVzeW5jUmVhc29uEh0KGVJFU1lOQ19SRUFTT05fVU5TUEVDSUZJRUQQABIbChdSRVNZTkNfUkVBU09OX1JFVEVOVElPThABEiAKHFJFU1lOQ19SRUFTT05fSU5CT1hfT1ZFUkZMT1cQAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_palaver_chat_v1_model]);
 
 /**
  * Event is one thing that happened, as a device receives it on Connect or Subscribe.
  *
  * Stored events (NewMessage, ChatUpdate) stay in the device's inbox until it acks their event_id; a device may see one
- * again after a reconnect and should dedupe by event_id. InboxDrained and Resync are not stored: their event_id is 0.
+ * again after a reconnect and should dedupe by event_id. InboxDrained, Resync, ReceiptUpdate and TypingUpdate are not
+ * stored: their event_id is 0, they are not acked, and a device that is offline when they happen does not get them
+ * later (it reads receipts from GetChat or ListChats when it comes back).
  * Clients ignore kinds they do not know.
  *
  * @generated from message palaver.chat.v1.Event
@@ -65,6 +67,18 @@ export type Event = Message<"palaver.chat.v1.Event"> & {
      */
     value: Resync;
     case: "resync";
+  } | {
+    /**
+     * @generated from field: palaver.chat.v1.ReceiptUpdate receipt_update = 7;
+     */
+    value: ReceiptUpdate;
+    case: "receiptUpdate";
+  } | {
+    /**
+     * @generated from field: palaver.chat.v1.TypingUpdate typing_update = 8;
+     */
+    value: TypingUpdate;
+    case: "typingUpdate";
   } | { case: undefined; value?: undefined };
 };
 
@@ -217,6 +231,74 @@ export type Resync = Message<"palaver.chat.v1.Resync"> & {
  */
 export const ResyncSchema: GenMessage<Resync> = /*@__PURE__*/
   messageDesc(file_palaver_chat_v1_event, 4);
+
+/**
+ * ReceiptUpdate says how far a participant has now received and read the chat (Event.chat_id). It goes to the users
+ * whose messages it newly covers and to that participant's own devices; updates close together are merged into one.
+ * A NewMessage says the same of its sender (received and read up to its seq) without a ReceiptUpdate.
+ *
+ * @generated from message palaver.chat.v1.ReceiptUpdate
+ */
+export type ReceiptUpdate = Message<"palaver.chat.v1.ReceiptUpdate"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: uint64 delivered_seq = 2;
+   */
+  deliveredSeq: bigint;
+
+  /**
+   * @generated from field: uint64 read_seq = 3;
+   */
+  readSeq: bigint;
+};
+
+/**
+ * Describes the message palaver.chat.v1.ReceiptUpdate.
+ * Use `create(ReceiptUpdateSchema)` to create a new message.
+ */
+export const ReceiptUpdateSchema: GenMessage<ReceiptUpdate> = /*@__PURE__*/
+  messageDesc(file_palaver_chat_v1_event, 5);
+
+/**
+ * TypingUpdate says a participant's device started or stopped typing in the chat (Event.chat_id). Typing also stops
+ * when a message from that user arrives, and when lapse_after has passed without a renewal.
+ *
+ * @generated from message palaver.chat.v1.TypingUpdate
+ */
+export type TypingUpdate = Message<"palaver.chat.v1.TypingUpdate"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string device_id = 2;
+   */
+  deviceId: string;
+
+  /**
+   * @generated from field: bool typing = 3;
+   */
+  typing: boolean;
+
+  /**
+   * lapse_after is how long `typing: true` holds from its arrival unless renewed; unset when typing is false.
+   *
+   * @generated from field: google.protobuf.Duration lapse_after = 4;
+   */
+  lapseAfter?: Duration | undefined;
+};
+
+/**
+ * Describes the message palaver.chat.v1.TypingUpdate.
+ * Use `create(TypingUpdateSchema)` to create a new message.
+ */
+export const TypingUpdateSchema: GenMessage<TypingUpdate> = /*@__PURE__*/
+  messageDesc(file_palaver_chat_v1_event, 6);
 
 /**
  * ChatUpdateKind says what changed in a chat.

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file palaver/chat/v1/model.proto.
  */
 export const file_palaver_chat_v1_model: GenFile = /*@__PURE__*/
-  fileDesc("ChtwYWxhdmVyL2NoYXQvdjEvbW9kZWwucHJvdG8SD3BhbGF2ZXIuY2hhdC52MSKFAQoEQ2hhdBIPCgdjaGF0X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSHAoUcGFydGljaXBhbnRfdXNlcl9pZHMYAyADKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYBSABKAQicAoKQXR0YWNobWVudBIVCg1hdHRhY2htZW50X2lkGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgEEg4KBnNoYTI1NhgEIAEoDBIRCglmaWxlX25hbWUYBSABKAliBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChtwYWxhdmVyL2NoYXQvdjEvbW9kZWwucHJvdG8SD3BhbGF2ZXIuY2hhdC52MSLHAQoEQ2hhdBIPCgdjaGF0X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSHAoUcGFydGljaXBhbnRfdXNlcl9pZHMYAyADKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbGFzdF9zZXEYBSABKAQSKgoIcmVjZWlwdHMYBiADKAsyGC5wYWxhdmVyLmNoYXQudjEuUmVjZWlwdBIUCgx1bnJlYWRfY291bnQYByABKAQiQwoHUmVjZWlwdBIPCgd1c2VyX2lkGAEgASgJEhUKDWRlbGl2ZXJlZF9zZXEYAiABKAQSEAoIcmVhZF9zZXEYAyABKAQicAoKQXR0YWNobWVudBIVCg1hdHRhY2htZW50X2lkGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRISCgpzaXplX2J5dGVzGAMgASgEEg4KBnNoYTI1NhgEIAEoDBIRCglmaWxlX25hbWUYBSABKAliBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Chat is a conversation between 2 and 100 participants (fewer once participants leave).
@@ -48,6 +48,22 @@ export type Chat = Message<"palaver.chat.v1.Chat"> & {
    * @generated from field: uint64 last_seq = 5;
    */
   lastSeq: bigint;
+
+  /**
+   * receipts are each participant's receipt, in participant_user_ids' order.
+   *
+   * @generated from field: repeated palaver.chat.v1.Receipt receipts = 6;
+   */
+  receipts: Receipt[];
+
+  /**
+   * unread_count is how many messages from others the caller has not read (last_seq minus the caller's read_seq,
+   * since sending marks the chat read). Set in answers to the caller; 0 in a ChatUpdate event, which every
+   * participant shares.
+   *
+   * @generated from field: uint64 unread_count = 7;
+   */
+  unreadCount: bigint;
 };
 
 /**
@@ -56,6 +72,41 @@ export type Chat = Message<"palaver.chat.v1.Chat"> & {
  */
 export const ChatSchema: GenMessage<Chat> = /*@__PURE__*/
   messageDesc(file_palaver_chat_v1_model, 0);
+
+/**
+ * Receipt is how far one participant has received and read a chat. A message is delivered to a user once one of
+ * their devices acked it, and read once they marked the chat read at or past its seq; sending a message marks the
+ * chat read (and received) up to it. Both only move forward, and read_seq <= delivered_seq.
+ *
+ * @generated from message palaver.chat.v1.Receipt
+ */
+export type Receipt = Message<"palaver.chat.v1.Receipt"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * delivered_seq: every message up to this seq reached one of the user's devices.
+   *
+   * @generated from field: uint64 delivered_seq = 2;
+   */
+  deliveredSeq: bigint;
+
+  /**
+   * read_seq: the user has read every message up to this seq.
+   *
+   * @generated from field: uint64 read_seq = 3;
+   */
+  readSeq: bigint;
+};
+
+/**
+ * Describes the message palaver.chat.v1.Receipt.
+ * Use `create(ReceiptSchema)` to create a new message.
+ */
+export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
+  messageDesc(file_palaver_chat_v1_model, 1);
 
 /**
  * Attachment describes a file sent with a message; its bytes are fetched with AttachmentService.GetAttachmentDownload.
@@ -96,5 +147,5 @@ export type Attachment = Message<"palaver.chat.v1.Attachment"> & {
  * Use `create(AttachmentSchema)` to create a new message.
  */
 export const AttachmentSchema: GenMessage<Attachment> = /*@__PURE__*/
-  messageDesc(file_palaver_chat_v1_model, 1);
+  messageDesc(file_palaver_chat_v1_model, 2);
 

@@ -87,6 +87,8 @@ type ConnectRequest struct {
 	//	*ConnectRequest_AckEvents
 	//	*ConnectRequest_GetChat
 	//	*ConnectRequest_ListChats
+	//	*ConnectRequest_MarkRead
+	//	*ConnectRequest_SetTyping
 	Command       isConnectRequest_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -190,6 +192,24 @@ func (x *ConnectRequest) GetListChats() *ListChatsRequest {
 	return nil
 }
 
+func (x *ConnectRequest) GetMarkRead() *MarkReadRequest {
+	if x != nil {
+		if x, ok := x.Command.(*ConnectRequest_MarkRead); ok {
+			return x.MarkRead
+		}
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetSetTyping() *SetTypingRequest {
+	if x != nil {
+		if x, ok := x.Command.(*ConnectRequest_SetTyping); ok {
+			return x.SetTyping
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Command interface {
 	isConnectRequest_Command()
 }
@@ -218,6 +238,14 @@ type ConnectRequest_ListChats struct {
 	ListChats *ListChatsRequest `protobuf:"bytes,7,opt,name=list_chats,json=listChats,proto3,oneof"`
 }
 
+type ConnectRequest_MarkRead struct {
+	MarkRead *MarkReadRequest `protobuf:"bytes,8,opt,name=mark_read,json=markRead,proto3,oneof"`
+}
+
+type ConnectRequest_SetTyping struct {
+	SetTyping *SetTypingRequest `protobuf:"bytes,9,opt,name=set_typing,json=setTyping,proto3,oneof"`
+}
+
 func (*ConnectRequest_CreateChat) isConnectRequest_Command() {}
 
 func (*ConnectRequest_ModifyChatParticipants) isConnectRequest_Command() {}
@@ -229,6 +257,10 @@ func (*ConnectRequest_AckEvents) isConnectRequest_Command() {}
 func (*ConnectRequest_GetChat) isConnectRequest_Command() {}
 
 func (*ConnectRequest_ListChats) isConnectRequest_Command() {}
+
+func (*ConnectRequest_MarkRead) isConnectRequest_Command() {}
+
+func (*ConnectRequest_SetTyping) isConnectRequest_Command() {}
 
 // ConnectResponse is one frame the server sends down a Connect stream.
 type ConnectResponse struct {
@@ -326,6 +358,8 @@ type CommandResult struct {
 	//	*CommandResult_GetChat
 	//	*CommandResult_ListChats
 	//	*CommandResult_Error
+	//	*CommandResult_MarkRead
+	//	*CommandResult_SetTyping
 	Outcome       isCommandResult_Outcome `protobuf_oneof:"outcome"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -438,6 +472,24 @@ func (x *CommandResult) GetError() *CommandError {
 	return nil
 }
 
+func (x *CommandResult) GetMarkRead() *MarkReadResponse {
+	if x != nil {
+		if x, ok := x.Outcome.(*CommandResult_MarkRead); ok {
+			return x.MarkRead
+		}
+	}
+	return nil
+}
+
+func (x *CommandResult) GetSetTyping() *SetTypingResponse {
+	if x != nil {
+		if x, ok := x.Outcome.(*CommandResult_SetTyping); ok {
+			return x.SetTyping
+		}
+	}
+	return nil
+}
+
 type isCommandResult_Outcome interface {
 	isCommandResult_Outcome()
 }
@@ -470,6 +522,14 @@ type CommandResult_Error struct {
 	Error *CommandError `protobuf:"bytes,8,opt,name=error,proto3,oneof"`
 }
 
+type CommandResult_MarkRead struct {
+	MarkRead *MarkReadResponse `protobuf:"bytes,9,opt,name=mark_read,json=markRead,proto3,oneof"`
+}
+
+type CommandResult_SetTyping struct {
+	SetTyping *SetTypingResponse `protobuf:"bytes,10,opt,name=set_typing,json=setTyping,proto3,oneof"`
+}
+
 func (*CommandResult_CreateChat) isCommandResult_Outcome() {}
 
 func (*CommandResult_ModifyChatParticipants) isCommandResult_Outcome() {}
@@ -483,6 +543,10 @@ func (*CommandResult_GetChat) isCommandResult_Outcome() {}
 func (*CommandResult_ListChats) isCommandResult_Outcome() {}
 
 func (*CommandResult_Error) isCommandResult_Outcome() {}
+
+func (*CommandResult_MarkRead) isCommandResult_Outcome() {}
+
+func (*CommandResult_SetTyping) isCommandResult_Outcome() {}
 
 // CommandError is the error a unary call would have ended with.
 type CommandError struct {
@@ -1239,11 +1303,207 @@ func (x *ListChatsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type MarkReadRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// seq is the newest message the user has seen; at most the chat's last_seq (INVALID_ARGUMENT beyond it).
+	Seq           uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkReadRequest) Reset() {
+	*x = MarkReadRequest{}
+	mi := &file_palaver_chat_v1_chat_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkReadRequest) ProtoMessage() {}
+
+func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_palaver_chat_v1_chat_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkReadRequest.ProtoReflect.Descriptor instead.
+func (*MarkReadRequest) Descriptor() ([]byte, []int) {
+	return file_palaver_chat_v1_chat_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MarkReadRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *MarkReadRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+type MarkReadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// receipt is the caller's user's receipt in the chat after the call.
+	Receipt *Receipt `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	// unread_count is the caller's unread messages in the chat after the call.
+	UnreadCount   uint64 `protobuf:"varint,2,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkReadResponse) Reset() {
+	*x = MarkReadResponse{}
+	mi := &file_palaver_chat_v1_chat_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkReadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkReadResponse) ProtoMessage() {}
+
+func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_palaver_chat_v1_chat_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkReadResponse.ProtoReflect.Descriptor instead.
+func (*MarkReadResponse) Descriptor() ([]byte, []int) {
+	return file_palaver_chat_v1_chat_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MarkReadResponse) GetReceipt() *Receipt {
+	if x != nil {
+		return x.Receipt
+	}
+	return nil
+}
+
+func (x *MarkReadResponse) GetUnreadCount() uint64 {
+	if x != nil {
+		return x.UnreadCount
+	}
+	return 0
+}
+
+type SetTypingRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ChatId string                 `protobuf:"bytes,1,opt,name=chat_id,json=chatId,proto3" json:"chat_id,omitempty"`
+	// typing is true while the user types (repeat it before it lapses), false when they stop without sending.
+	Typing        bool `protobuf:"varint,2,opt,name=typing,proto3" json:"typing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTypingRequest) Reset() {
+	*x = SetTypingRequest{}
+	mi := &file_palaver_chat_v1_chat_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTypingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTypingRequest) ProtoMessage() {}
+
+func (x *SetTypingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_palaver_chat_v1_chat_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTypingRequest.ProtoReflect.Descriptor instead.
+func (*SetTypingRequest) Descriptor() ([]byte, []int) {
+	return file_palaver_chat_v1_chat_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetTypingRequest) GetChatId() string {
+	if x != nil {
+		return x.ChatId
+	}
+	return ""
+}
+
+func (x *SetTypingRequest) GetTyping() bool {
+	if x != nil {
+		return x.Typing
+	}
+	return false
+}
+
+type SetTypingResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTypingResponse) Reset() {
+	*x = SetTypingResponse{}
+	mi := &file_palaver_chat_v1_chat_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTypingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTypingResponse) ProtoMessage() {}
+
+func (x *SetTypingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_palaver_chat_v1_chat_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTypingResponse.ProtoReflect.Descriptor instead.
+func (*SetTypingResponse) Descriptor() ([]byte, []int) {
+	return file_palaver_chat_v1_chat_proto_rawDescGZIP(), []int{21}
+}
+
 var File_palaver_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x1apalaver/chat/v1/chat.proto\x12\x0fpalaver.chat.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/event.proto\x1a\x1bpalaver/chat/v1/model.proto\"\x91\x04\n" +
+	"\x1apalaver/chat/v1/chat.proto\x12\x0fpalaver.chat.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/event.proto\x1a\x1bpalaver/chat/v1/model.proto\"\x96\x05\n" +
 	"\x0eConnectRequest\x12*\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\v\xbaH\br\x06\x18@\xba\x01\x01\x00R\trequestId\x12E\n" +
@@ -1255,12 +1515,15 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"ack_events\x18\x05 \x01(\v2!.palaver.chat.v1.AckEventsRequestH\x00R\tackEvents\x12<\n" +
 	"\bget_chat\x18\x06 \x01(\v2\x1f.palaver.chat.v1.GetChatRequestH\x00R\agetChat\x12B\n" +
 	"\n" +
-	"list_chats\x18\a \x01(\v2!.palaver.chat.v1.ListChatsRequestH\x00R\tlistChatsB\x10\n" +
+	"list_chats\x18\a \x01(\v2!.palaver.chat.v1.ListChatsRequestH\x00R\tlistChats\x12?\n" +
+	"\tmark_read\x18\b \x01(\v2 .palaver.chat.v1.MarkReadRequestH\x00R\bmarkRead\x12B\n" +
+	"\n" +
+	"set_typing\x18\t \x01(\v2!.palaver.chat.v1.SetTypingRequestH\x00R\tsetTypingB\x10\n" +
 	"\acommand\x12\x05\xbaH\x02\b\x01\"\x84\x01\n" +
 	"\x0fConnectResponse\x12.\n" +
 	"\x05event\x18\x01 \x01(\v2\x16.palaver.chat.v1.EventH\x00R\x05event\x128\n" +
 	"\x06result\x18\x02 \x01(\v2\x1e.palaver.chat.v1.CommandResultH\x00R\x06resultB\a\n" +
-	"\x05frame\"\xb9\x04\n" +
+	"\x05frame\"\xc0\x05\n" +
 	"\rCommandResult\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12F\n" +
@@ -1273,7 +1536,11 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\bget_chat\x18\x06 \x01(\v2 .palaver.chat.v1.GetChatResponseH\x00R\agetChat\x12C\n" +
 	"\n" +
 	"list_chats\x18\a \x01(\v2\".palaver.chat.v1.ListChatsResponseH\x00R\tlistChats\x125\n" +
-	"\x05error\x18\b \x01(\v2\x1d.palaver.chat.v1.CommandErrorH\x00R\x05errorB\t\n" +
+	"\x05error\x18\b \x01(\v2\x1d.palaver.chat.v1.CommandErrorH\x00R\x05error\x12@\n" +
+	"\tmark_read\x18\t \x01(\v2!.palaver.chat.v1.MarkReadResponseH\x00R\bmarkRead\x12C\n" +
+	"\n" +
+	"set_typing\x18\n" +
+	" \x01(\v2\".palaver.chat.v1.SetTypingResponseH\x00R\tsetTypingB\t\n" +
 	"\aoutcome\"x\n" +
 	"\fCommandError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -1323,11 +1590,21 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tB\v\xbaH\br\x06\x18@\xba\x01\x01\x00R\tpageToken\"h\n" +
 	"\x11ListChatsResponse\x12+\n" +
 	"\x05chats\x18\x01 \x03(\v2\x15.palaver.chat.v1.ChatR\x05chats\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*~\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Y\n" +
+	"\x0fMarkReadRequest\x12!\n" +
+	"\achat_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06chatId\x12#\n" +
+	"\x03seq\x18\x02 \x01(\x04B\x11\xbaH\x0e2\f\x18\xff\xff\xff\xff\xff\xff\xff\xff\x7f \x00R\x03seq\"i\n" +
+	"\x10MarkReadResponse\x122\n" +
+	"\areceipt\x18\x01 \x01(\v2\x18.palaver.chat.v1.ReceiptR\areceipt\x12!\n" +
+	"\funread_count\x18\x02 \x01(\x04R\vunreadCount\"M\n" +
+	"\x10SetTypingRequest\x12!\n" +
+	"\achat_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06chatId\x12\x16\n" +
+	"\x06typing\x18\x02 \x01(\bR\x06typing\"\x13\n" +
+	"\x11SetTypingResponse*~\n" +
 	"\x14ParticipantOperation\x12%\n" +
 	"!PARTICIPANT_OPERATION_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19PARTICIPANT_OPERATION_ADD\x10\x01\x12 \n" +
-	"\x1cPARTICIPANT_OPERATION_REMOVE\x10\x022\xd7\x05\n" +
+	"\x1cPARTICIPANT_OPERATION_REMOVE\x10\x022\xfc\x06\n" +
 	"\vChatService\x12P\n" +
 	"\aConnect\x12\x1f.palaver.chat.v1.ConnectRequest\x1a .palaver.chat.v1.ConnectResponse(\x010\x01\x12T\n" +
 	"\tSubscribe\x12!.palaver.chat.v1.SubscribeRequest\x1a\".palaver.chat.v1.SubscribeResponse0\x01\x12U\n" +
@@ -1337,7 +1614,9 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\vSendMessage\x12#.palaver.chat.v1.SendMessageRequest\x1a$.palaver.chat.v1.SendMessageResponse\x12R\n" +
 	"\tAckEvents\x12!.palaver.chat.v1.AckEventsRequest\x1a\".palaver.chat.v1.AckEventsResponse\x12L\n" +
 	"\aGetChat\x12\x1f.palaver.chat.v1.GetChatRequest\x1a .palaver.chat.v1.GetChatResponse\x12R\n" +
-	"\tListChats\x12!.palaver.chat.v1.ListChatsRequest\x1a\".palaver.chat.v1.ListChatsResponseb\x06proto3"
+	"\tListChats\x12!.palaver.chat.v1.ListChatsRequest\x1a\".palaver.chat.v1.ListChatsResponse\x12O\n" +
+	"\bMarkRead\x12 .palaver.chat.v1.MarkReadRequest\x1a!.palaver.chat.v1.MarkReadResponse\x12R\n" +
+	"\tSetTyping\x12!.palaver.chat.v1.SetTypingRequest\x1a\".palaver.chat.v1.SetTypingResponseb\x06proto3"
 
 var (
 	file_palaver_chat_v1_chat_proto_rawDescOnce sync.Once
@@ -1352,7 +1631,7 @@ func file_palaver_chat_v1_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_palaver_chat_v1_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_palaver_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_palaver_chat_v1_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_palaver_chat_v1_chat_proto_goTypes = []any{
 	(ParticipantOperation)(0),              // 0: palaver.chat.v1.ParticipantOperation
 	(*ConnectRequest)(nil),                 // 1: palaver.chat.v1.ConnectRequest
@@ -1373,10 +1652,15 @@ var file_palaver_chat_v1_chat_proto_goTypes = []any{
 	(*GetChatResponse)(nil),                // 16: palaver.chat.v1.GetChatResponse
 	(*ListChatsRequest)(nil),               // 17: palaver.chat.v1.ListChatsRequest
 	(*ListChatsResponse)(nil),              // 18: palaver.chat.v1.ListChatsResponse
-	(*Event)(nil),                          // 19: palaver.chat.v1.Event
-	(*durationpb.Duration)(nil),            // 20: google.protobuf.Duration
-	(*Chat)(nil),                           // 21: palaver.chat.v1.Chat
-	(*timestamppb.Timestamp)(nil),          // 22: google.protobuf.Timestamp
+	(*MarkReadRequest)(nil),                // 19: palaver.chat.v1.MarkReadRequest
+	(*MarkReadResponse)(nil),               // 20: palaver.chat.v1.MarkReadResponse
+	(*SetTypingRequest)(nil),               // 21: palaver.chat.v1.SetTypingRequest
+	(*SetTypingResponse)(nil),              // 22: palaver.chat.v1.SetTypingResponse
+	(*Event)(nil),                          // 23: palaver.chat.v1.Event
+	(*durationpb.Duration)(nil),            // 24: google.protobuf.Duration
+	(*Chat)(nil),                           // 25: palaver.chat.v1.Chat
+	(*timestamppb.Timestamp)(nil),          // 26: google.protobuf.Timestamp
+	(*Receipt)(nil),                        // 27: palaver.chat.v1.Receipt
 }
 var file_palaver_chat_v1_chat_proto_depIdxs = []int32{
 	7,  // 0: palaver.chat.v1.ConnectRequest.create_chat:type_name -> palaver.chat.v1.CreateChatRequest
@@ -1385,44 +1669,53 @@ var file_palaver_chat_v1_chat_proto_depIdxs = []int32{
 	13, // 3: palaver.chat.v1.ConnectRequest.ack_events:type_name -> palaver.chat.v1.AckEventsRequest
 	15, // 4: palaver.chat.v1.ConnectRequest.get_chat:type_name -> palaver.chat.v1.GetChatRequest
 	17, // 5: palaver.chat.v1.ConnectRequest.list_chats:type_name -> palaver.chat.v1.ListChatsRequest
-	19, // 6: palaver.chat.v1.ConnectResponse.event:type_name -> palaver.chat.v1.Event
-	3,  // 7: palaver.chat.v1.ConnectResponse.result:type_name -> palaver.chat.v1.CommandResult
-	8,  // 8: palaver.chat.v1.CommandResult.create_chat:type_name -> palaver.chat.v1.CreateChatResponse
-	10, // 9: palaver.chat.v1.CommandResult.modify_chat_participants:type_name -> palaver.chat.v1.ModifyChatParticipantsResponse
-	12, // 10: palaver.chat.v1.CommandResult.send_message:type_name -> palaver.chat.v1.SendMessageResponse
-	14, // 11: palaver.chat.v1.CommandResult.ack_events:type_name -> palaver.chat.v1.AckEventsResponse
-	16, // 12: palaver.chat.v1.CommandResult.get_chat:type_name -> palaver.chat.v1.GetChatResponse
-	18, // 13: palaver.chat.v1.CommandResult.list_chats:type_name -> palaver.chat.v1.ListChatsResponse
-	4,  // 14: palaver.chat.v1.CommandResult.error:type_name -> palaver.chat.v1.CommandError
-	20, // 15: palaver.chat.v1.CommandError.retry_after:type_name -> google.protobuf.Duration
-	19, // 16: palaver.chat.v1.SubscribeResponse.event:type_name -> palaver.chat.v1.Event
-	21, // 17: palaver.chat.v1.CreateChatResponse.chat:type_name -> palaver.chat.v1.Chat
-	0,  // 18: palaver.chat.v1.ModifyChatParticipantsRequest.operation:type_name -> palaver.chat.v1.ParticipantOperation
-	21, // 19: palaver.chat.v1.ModifyChatParticipantsResponse.chat:type_name -> palaver.chat.v1.Chat
-	22, // 20: palaver.chat.v1.SendMessageResponse.sent_at:type_name -> google.protobuf.Timestamp
-	21, // 21: palaver.chat.v1.GetChatResponse.chat:type_name -> palaver.chat.v1.Chat
-	21, // 22: palaver.chat.v1.ListChatsResponse.chats:type_name -> palaver.chat.v1.Chat
-	1,  // 23: palaver.chat.v1.ChatService.Connect:input_type -> palaver.chat.v1.ConnectRequest
-	5,  // 24: palaver.chat.v1.ChatService.Subscribe:input_type -> palaver.chat.v1.SubscribeRequest
-	7,  // 25: palaver.chat.v1.ChatService.CreateChat:input_type -> palaver.chat.v1.CreateChatRequest
-	9,  // 26: palaver.chat.v1.ChatService.ModifyChatParticipants:input_type -> palaver.chat.v1.ModifyChatParticipantsRequest
-	11, // 27: palaver.chat.v1.ChatService.SendMessage:input_type -> palaver.chat.v1.SendMessageRequest
-	13, // 28: palaver.chat.v1.ChatService.AckEvents:input_type -> palaver.chat.v1.AckEventsRequest
-	15, // 29: palaver.chat.v1.ChatService.GetChat:input_type -> palaver.chat.v1.GetChatRequest
-	17, // 30: palaver.chat.v1.ChatService.ListChats:input_type -> palaver.chat.v1.ListChatsRequest
-	2,  // 31: palaver.chat.v1.ChatService.Connect:output_type -> palaver.chat.v1.ConnectResponse
-	6,  // 32: palaver.chat.v1.ChatService.Subscribe:output_type -> palaver.chat.v1.SubscribeResponse
-	8,  // 33: palaver.chat.v1.ChatService.CreateChat:output_type -> palaver.chat.v1.CreateChatResponse
-	10, // 34: palaver.chat.v1.ChatService.ModifyChatParticipants:output_type -> palaver.chat.v1.ModifyChatParticipantsResponse
-	12, // 35: palaver.chat.v1.ChatService.SendMessage:output_type -> palaver.chat.v1.SendMessageResponse
-	14, // 36: palaver.chat.v1.ChatService.AckEvents:output_type -> palaver.chat.v1.AckEventsResponse
-	16, // 37: palaver.chat.v1.ChatService.GetChat:output_type -> palaver.chat.v1.GetChatResponse
-	18, // 38: palaver.chat.v1.ChatService.ListChats:output_type -> palaver.chat.v1.ListChatsResponse
-	31, // [31:39] is the sub-list for method output_type
-	23, // [23:31] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	19, // 6: palaver.chat.v1.ConnectRequest.mark_read:type_name -> palaver.chat.v1.MarkReadRequest
+	21, // 7: palaver.chat.v1.ConnectRequest.set_typing:type_name -> palaver.chat.v1.SetTypingRequest
+	23, // 8: palaver.chat.v1.ConnectResponse.event:type_name -> palaver.chat.v1.Event
+	3,  // 9: palaver.chat.v1.ConnectResponse.result:type_name -> palaver.chat.v1.CommandResult
+	8,  // 10: palaver.chat.v1.CommandResult.create_chat:type_name -> palaver.chat.v1.CreateChatResponse
+	10, // 11: palaver.chat.v1.CommandResult.modify_chat_participants:type_name -> palaver.chat.v1.ModifyChatParticipantsResponse
+	12, // 12: palaver.chat.v1.CommandResult.send_message:type_name -> palaver.chat.v1.SendMessageResponse
+	14, // 13: palaver.chat.v1.CommandResult.ack_events:type_name -> palaver.chat.v1.AckEventsResponse
+	16, // 14: palaver.chat.v1.CommandResult.get_chat:type_name -> palaver.chat.v1.GetChatResponse
+	18, // 15: palaver.chat.v1.CommandResult.list_chats:type_name -> palaver.chat.v1.ListChatsResponse
+	4,  // 16: palaver.chat.v1.CommandResult.error:type_name -> palaver.chat.v1.CommandError
+	20, // 17: palaver.chat.v1.CommandResult.mark_read:type_name -> palaver.chat.v1.MarkReadResponse
+	22, // 18: palaver.chat.v1.CommandResult.set_typing:type_name -> palaver.chat.v1.SetTypingResponse
+	24, // 19: palaver.chat.v1.CommandError.retry_after:type_name -> google.protobuf.Duration
+	23, // 20: palaver.chat.v1.SubscribeResponse.event:type_name -> palaver.chat.v1.Event
+	25, // 21: palaver.chat.v1.CreateChatResponse.chat:type_name -> palaver.chat.v1.Chat
+	0,  // 22: palaver.chat.v1.ModifyChatParticipantsRequest.operation:type_name -> palaver.chat.v1.ParticipantOperation
+	25, // 23: palaver.chat.v1.ModifyChatParticipantsResponse.chat:type_name -> palaver.chat.v1.Chat
+	26, // 24: palaver.chat.v1.SendMessageResponse.sent_at:type_name -> google.protobuf.Timestamp
+	25, // 25: palaver.chat.v1.GetChatResponse.chat:type_name -> palaver.chat.v1.Chat
+	25, // 26: palaver.chat.v1.ListChatsResponse.chats:type_name -> palaver.chat.v1.Chat
+	27, // 27: palaver.chat.v1.MarkReadResponse.receipt:type_name -> palaver.chat.v1.Receipt
+	1,  // 28: palaver.chat.v1.ChatService.Connect:input_type -> palaver.chat.v1.ConnectRequest
+	5,  // 29: palaver.chat.v1.ChatService.Subscribe:input_type -> palaver.chat.v1.SubscribeRequest
+	7,  // 30: palaver.chat.v1.ChatService.CreateChat:input_type -> palaver.chat.v1.CreateChatRequest
+	9,  // 31: palaver.chat.v1.ChatService.ModifyChatParticipants:input_type -> palaver.chat.v1.ModifyChatParticipantsRequest
+	11, // 32: palaver.chat.v1.ChatService.SendMessage:input_type -> palaver.chat.v1.SendMessageRequest
+	13, // 33: palaver.chat.v1.ChatService.AckEvents:input_type -> palaver.chat.v1.AckEventsRequest
+	15, // 34: palaver.chat.v1.ChatService.GetChat:input_type -> palaver.chat.v1.GetChatRequest
+	17, // 35: palaver.chat.v1.ChatService.ListChats:input_type -> palaver.chat.v1.ListChatsRequest
+	19, // 36: palaver.chat.v1.ChatService.MarkRead:input_type -> palaver.chat.v1.MarkReadRequest
+	21, // 37: palaver.chat.v1.ChatService.SetTyping:input_type -> palaver.chat.v1.SetTypingRequest
+	2,  // 38: palaver.chat.v1.ChatService.Connect:output_type -> palaver.chat.v1.ConnectResponse
+	6,  // 39: palaver.chat.v1.ChatService.Subscribe:output_type -> palaver.chat.v1.SubscribeResponse
+	8,  // 40: palaver.chat.v1.ChatService.CreateChat:output_type -> palaver.chat.v1.CreateChatResponse
+	10, // 41: palaver.chat.v1.ChatService.ModifyChatParticipants:output_type -> palaver.chat.v1.ModifyChatParticipantsResponse
+	12, // 42: palaver.chat.v1.ChatService.SendMessage:output_type -> palaver.chat.v1.SendMessageResponse
+	14, // 43: palaver.chat.v1.ChatService.AckEvents:output_type -> palaver.chat.v1.AckEventsResponse
+	16, // 44: palaver.chat.v1.ChatService.GetChat:output_type -> palaver.chat.v1.GetChatResponse
+	18, // 45: palaver.chat.v1.ChatService.ListChats:output_type -> palaver.chat.v1.ListChatsResponse
+	20, // 46: palaver.chat.v1.ChatService.MarkRead:output_type -> palaver.chat.v1.MarkReadResponse
+	22, // 47: palaver.chat.v1.ChatService.SetTyping:output_type -> palaver.chat.v1.SetTypingResponse
+	38, // [38:48] is the sub-list for method output_type
+	28, // [28:38] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_palaver_chat_v1_chat_proto_init() }
@@ -1439,6 +1732,8 @@ func file_palaver_chat_v1_chat_proto_init() {
 		(*ConnectRequest_AckEvents)(nil),
 		(*ConnectRequest_GetChat)(nil),
 		(*ConnectRequest_ListChats)(nil),
+		(*ConnectRequest_MarkRead)(nil),
+		(*ConnectRequest_SetTyping)(nil),
 	}
 	file_palaver_chat_v1_chat_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Event)(nil),
@@ -1452,6 +1747,8 @@ func file_palaver_chat_v1_chat_proto_init() {
 		(*CommandResult_GetChat)(nil),
 		(*CommandResult_ListChats)(nil),
 		(*CommandResult_Error)(nil),
+		(*CommandResult_MarkRead)(nil),
+		(*CommandResult_SetTyping)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1459,7 +1756,7 @@ func file_palaver_chat_v1_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_palaver_chat_v1_chat_proto_rawDesc), len(file_palaver_chat_v1_chat_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

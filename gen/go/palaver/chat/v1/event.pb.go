@@ -9,6 +9,7 @@ package chatv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -130,7 +131,9 @@ func (ResyncReason) EnumDescriptor() ([]byte, []int) {
 // Event is one thing that happened, as a device receives it on Connect or Subscribe.
 //
 // Stored events (NewMessage, ChatUpdate) stay in the device's inbox until it acks their event_id; a device may see one
-// again after a reconnect and should dedupe by event_id. InboxDrained and Resync are not stored: their event_id is 0.
+// again after a reconnect and should dedupe by event_id. InboxDrained, Resync, ReceiptUpdate and TypingUpdate are not
+// stored: their event_id is 0, they are not acked, and a device that is offline when they happen does not get them
+// later (it reads receipts from GetChat or ListChats when it comes back).
 // Clients ignore kinds they do not know.
 type Event struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -143,6 +146,8 @@ type Event struct {
 	//	*Event_ChatUpdate
 	//	*Event_InboxDrained
 	//	*Event_Resync
+	//	*Event_ReceiptUpdate
+	//	*Event_TypingUpdate
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -235,6 +240,24 @@ func (x *Event) GetResync() *Resync {
 	return nil
 }
 
+func (x *Event) GetReceiptUpdate() *ReceiptUpdate {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_ReceiptUpdate); ok {
+			return x.ReceiptUpdate
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetTypingUpdate() *TypingUpdate {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_TypingUpdate); ok {
+			return x.TypingUpdate
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -255,6 +278,14 @@ type Event_Resync struct {
 	Resync *Resync `protobuf:"bytes,6,opt,name=resync,proto3,oneof"`
 }
 
+type Event_ReceiptUpdate struct {
+	ReceiptUpdate *ReceiptUpdate `protobuf:"bytes,7,opt,name=receipt_update,json=receiptUpdate,proto3,oneof"`
+}
+
+type Event_TypingUpdate struct {
+	TypingUpdate *TypingUpdate `protobuf:"bytes,8,opt,name=typing_update,json=typingUpdate,proto3,oneof"`
+}
+
 func (*Event_NewMessage) isEvent_Kind() {}
 
 func (*Event_ChatUpdate) isEvent_Kind() {}
@@ -262,6 +293,10 @@ func (*Event_ChatUpdate) isEvent_Kind() {}
 func (*Event_InboxDrained) isEvent_Kind() {}
 
 func (*Event_Resync) isEvent_Kind() {}
+
+func (*Event_ReceiptUpdate) isEvent_Kind() {}
+
+func (*Event_TypingUpdate) isEvent_Kind() {}
 
 // NewMessage is a message sent to a chat.
 type NewMessage struct {
@@ -537,11 +572,145 @@ func (x *Resync) GetReason() ResyncReason {
 	return ResyncReason_RESYNC_REASON_UNSPECIFIED
 }
 
+// ReceiptUpdate says how far a participant has now received and read the chat (Event.chat_id). It goes to the users
+// whose messages it newly covers and to that participant's own devices; updates close together are merged into one.
+// A NewMessage says the same of its sender (received and read up to its seq) without a ReceiptUpdate.
+type ReceiptUpdate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DeliveredSeq  uint64                 `protobuf:"varint,2,opt,name=delivered_seq,json=deliveredSeq,proto3" json:"delivered_seq,omitempty"`
+	ReadSeq       uint64                 `protobuf:"varint,3,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReceiptUpdate) Reset() {
+	*x = ReceiptUpdate{}
+	mi := &file_palaver_chat_v1_event_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReceiptUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReceiptUpdate) ProtoMessage() {}
+
+func (x *ReceiptUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_palaver_chat_v1_event_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReceiptUpdate.ProtoReflect.Descriptor instead.
+func (*ReceiptUpdate) Descriptor() ([]byte, []int) {
+	return file_palaver_chat_v1_event_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReceiptUpdate) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ReceiptUpdate) GetDeliveredSeq() uint64 {
+	if x != nil {
+		return x.DeliveredSeq
+	}
+	return 0
+}
+
+func (x *ReceiptUpdate) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
+}
+
+// TypingUpdate says a participant's device started or stopped typing in the chat (Event.chat_id). Typing also stops
+// when a message from that user arrives, and when lapse_after has passed without a renewal.
+type TypingUpdate struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	UserId   string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DeviceId string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Typing   bool                   `protobuf:"varint,3,opt,name=typing,proto3" json:"typing,omitempty"`
+	// lapse_after is how long `typing: true` holds from its arrival unless renewed; unset when typing is false.
+	LapseAfter    *durationpb.Duration `protobuf:"bytes,4,opt,name=lapse_after,json=lapseAfter,proto3" json:"lapse_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypingUpdate) Reset() {
+	*x = TypingUpdate{}
+	mi := &file_palaver_chat_v1_event_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypingUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypingUpdate) ProtoMessage() {}
+
+func (x *TypingUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_palaver_chat_v1_event_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypingUpdate.ProtoReflect.Descriptor instead.
+func (*TypingUpdate) Descriptor() ([]byte, []int) {
+	return file_palaver_chat_v1_event_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TypingUpdate) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *TypingUpdate) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *TypingUpdate) GetTyping() bool {
+	if x != nil {
+		return x.Typing
+	}
+	return false
+}
+
+func (x *TypingUpdate) GetLapseAfter() *durationpb.Duration {
+	if x != nil {
+		return x.LapseAfter
+	}
+	return nil
+}
+
 var File_palaver_chat_v1_event_proto protoreflect.FileDescriptor
 
 const file_palaver_chat_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x1bpalaver/chat/v1/event.proto\x12\x0fpalaver.chat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/model.proto\"\xbc\x02\n" +
+	"\x1bpalaver/chat/v1/event.proto\x12\x0fpalaver.chat.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/model.proto\"\xcb\x03\n" +
 	"\x05Event\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\x04R\aeventId\x12\x17\n" +
 	"\achat_id\x18\x02 \x01(\tR\x06chatId\x12>\n" +
@@ -550,7 +719,9 @@ const file_palaver_chat_v1_event_proto_rawDesc = "" +
 	"\vchat_update\x18\x04 \x01(\v2\x1b.palaver.chat.v1.ChatUpdateH\x00R\n" +
 	"chatUpdate\x12D\n" +
 	"\rinbox_drained\x18\x05 \x01(\v2\x1d.palaver.chat.v1.InboxDrainedH\x00R\finboxDrained\x121\n" +
-	"\x06resync\x18\x06 \x01(\v2\x17.palaver.chat.v1.ResyncH\x00R\x06resyncB\x06\n" +
+	"\x06resync\x18\x06 \x01(\v2\x17.palaver.chat.v1.ResyncH\x00R\x06resync\x12G\n" +
+	"\x0ereceipt_update\x18\a \x01(\v2\x1e.palaver.chat.v1.ReceiptUpdateH\x00R\rreceiptUpdate\x12D\n" +
+	"\rtyping_update\x18\b \x01(\v2\x1d.palaver.chat.v1.TypingUpdateH\x00R\ftypingUpdateB\x06\n" +
 	"\x04kind\"\xc1\x02\n" +
 	"\n" +
 	"NewMessage\x12\x1d\n" +
@@ -574,7 +745,17 @@ const file_palaver_chat_v1_event_proto_rawDesc = "" +
 	"\fInboxDrained\x12%\n" +
 	"\x0ebacklog_events\x18\x01 \x01(\x04R\rbacklogEvents\"?\n" +
 	"\x06Resync\x125\n" +
-	"\x06reason\x18\x01 \x01(\x0e2\x1d.palaver.chat.v1.ResyncReasonR\x06reason*\xa2\x01\n" +
+	"\x06reason\x18\x01 \x01(\x0e2\x1d.palaver.chat.v1.ResyncReasonR\x06reason\"h\n" +
+	"\rReceiptUpdate\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12#\n" +
+	"\rdelivered_seq\x18\x02 \x01(\x04R\fdeliveredSeq\x12\x19\n" +
+	"\bread_seq\x18\x03 \x01(\x04R\areadSeq\"\x98\x01\n" +
+	"\fTypingUpdate\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x16\n" +
+	"\x06typing\x18\x03 \x01(\bR\x06typing\x12:\n" +
+	"\vlapse_after\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"lapseAfter*\xa2\x01\n" +
 	"\x0eChatUpdateKind\x12 \n" +
 	"\x1cCHAT_UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CHAT_UPDATE_KIND_CREATED\x10\x01\x12&\n" +
@@ -598,7 +779,7 @@ func file_palaver_chat_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_palaver_chat_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_palaver_chat_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_palaver_chat_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_palaver_chat_v1_event_proto_goTypes = []any{
 	(ChatUpdateKind)(0),           // 0: palaver.chat.v1.ChatUpdateKind
 	(ResyncReason)(0),             // 1: palaver.chat.v1.ResyncReason
@@ -607,26 +788,32 @@ var file_palaver_chat_v1_event_proto_goTypes = []any{
 	(*ChatUpdate)(nil),            // 4: palaver.chat.v1.ChatUpdate
 	(*InboxDrained)(nil),          // 5: palaver.chat.v1.InboxDrained
 	(*Resync)(nil),                // 6: palaver.chat.v1.Resync
-	(*Attachment)(nil),            // 7: palaver.chat.v1.Attachment
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*Chat)(nil),                  // 9: palaver.chat.v1.Chat
+	(*ReceiptUpdate)(nil),         // 7: palaver.chat.v1.ReceiptUpdate
+	(*TypingUpdate)(nil),          // 8: palaver.chat.v1.TypingUpdate
+	(*Attachment)(nil),            // 9: palaver.chat.v1.Attachment
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*Chat)(nil),                  // 11: palaver.chat.v1.Chat
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
 }
 var file_palaver_chat_v1_event_proto_depIdxs = []int32{
 	3,  // 0: palaver.chat.v1.Event.new_message:type_name -> palaver.chat.v1.NewMessage
 	4,  // 1: palaver.chat.v1.Event.chat_update:type_name -> palaver.chat.v1.ChatUpdate
 	5,  // 2: palaver.chat.v1.Event.inbox_drained:type_name -> palaver.chat.v1.InboxDrained
 	6,  // 3: palaver.chat.v1.Event.resync:type_name -> palaver.chat.v1.Resync
-	7,  // 4: palaver.chat.v1.NewMessage.attachments:type_name -> palaver.chat.v1.Attachment
-	8,  // 5: palaver.chat.v1.NewMessage.sent_at:type_name -> google.protobuf.Timestamp
-	9,  // 6: palaver.chat.v1.ChatUpdate.chat:type_name -> palaver.chat.v1.Chat
-	0,  // 7: palaver.chat.v1.ChatUpdate.kind:type_name -> palaver.chat.v1.ChatUpdateKind
-	8,  // 8: palaver.chat.v1.ChatUpdate.updated_at:type_name -> google.protobuf.Timestamp
-	1,  // 9: palaver.chat.v1.Resync.reason:type_name -> palaver.chat.v1.ResyncReason
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 4: palaver.chat.v1.Event.receipt_update:type_name -> palaver.chat.v1.ReceiptUpdate
+	8,  // 5: palaver.chat.v1.Event.typing_update:type_name -> palaver.chat.v1.TypingUpdate
+	9,  // 6: palaver.chat.v1.NewMessage.attachments:type_name -> palaver.chat.v1.Attachment
+	10, // 7: palaver.chat.v1.NewMessage.sent_at:type_name -> google.protobuf.Timestamp
+	11, // 8: palaver.chat.v1.ChatUpdate.chat:type_name -> palaver.chat.v1.Chat
+	0,  // 9: palaver.chat.v1.ChatUpdate.kind:type_name -> palaver.chat.v1.ChatUpdateKind
+	10, // 10: palaver.chat.v1.ChatUpdate.updated_at:type_name -> google.protobuf.Timestamp
+	1,  // 11: palaver.chat.v1.Resync.reason:type_name -> palaver.chat.v1.ResyncReason
+	12, // 12: palaver.chat.v1.TypingUpdate.lapse_after:type_name -> google.protobuf.Duration
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_palaver_chat_v1_event_proto_init() }
@@ -640,6 +827,8 @@ func file_palaver_chat_v1_event_proto_init() {
 		(*Event_ChatUpdate)(nil),
 		(*Event_InboxDrained)(nil),
 		(*Event_Resync)(nil),
+		(*Event_ReceiptUpdate)(nil),
+		(*Event_TypingUpdate)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -647,7 +836,7 @@ func file_palaver_chat_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_palaver_chat_v1_event_proto_rawDesc), len(file_palaver_chat_v1_event_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

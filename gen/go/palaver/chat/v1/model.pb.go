@@ -31,7 +31,13 @@ type Chat struct {
 	ParticipantUserIds []string               `protobuf:"bytes,3,rep,name=participant_user_ids,json=participantUserIds,proto3" json:"participant_user_ids,omitempty"`
 	CreatedAt          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// last_seq is the seq of the newest message sent in the chat (0 before the first).
-	LastSeq       uint64 `protobuf:"varint,5,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LastSeq uint64 `protobuf:"varint,5,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// receipts are each participant's receipt, in participant_user_ids' order.
+	Receipts []*Receipt `protobuf:"bytes,6,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	// unread_count is how many messages from others the caller has not read (last_seq minus the caller's read_seq,
+	// since sending marks the chat read). Set in answers to the caller; 0 in a ChatUpdate event, which every
+	// participant shares.
+	UnreadCount   uint64 `protobuf:"varint,7,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -101,6 +107,85 @@ func (x *Chat) GetLastSeq() uint64 {
 	return 0
 }
 
+func (x *Chat) GetReceipts() []*Receipt {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
+func (x *Chat) GetUnreadCount() uint64 {
+	if x != nil {
+		return x.UnreadCount
+	}
+	return 0
+}
+
+// Receipt is how far one participant has received and read a chat. A message is delivered to a user once one of
+// their devices acked it, and read once they marked the chat read at or past its seq; sending a message marks the
+// chat read (and received) up to it. Both only move forward, and read_seq <= delivered_seq.
+type Receipt struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// delivered_seq: every message up to this seq reached one of the user's devices.
+	DeliveredSeq uint64 `protobuf:"varint,2,opt,name=delivered_seq,json=deliveredSeq,proto3" json:"delivered_seq,omitempty"`
+	// read_seq: the user has read every message up to this seq.
+	ReadSeq       uint64 `protobuf:"varint,3,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Receipt) Reset() {
+	*x = Receipt{}
+	mi := &file_palaver_chat_v1_model_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Receipt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Receipt) ProtoMessage() {}
+
+func (x *Receipt) ProtoReflect() protoreflect.Message {
+	mi := &file_palaver_chat_v1_model_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
+func (*Receipt) Descriptor() ([]byte, []int) {
+	return file_palaver_chat_v1_model_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Receipt) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *Receipt) GetDeliveredSeq() uint64 {
+	if x != nil {
+		return x.DeliveredSeq
+	}
+	return 0
+}
+
+func (x *Receipt) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
+}
+
 // Attachment describes a file sent with a message; its bytes are fetched with AttachmentService.GetAttachmentDownload.
 type Attachment struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -116,7 +201,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_palaver_chat_v1_model_proto_msgTypes[1]
+	mi := &file_palaver_chat_v1_model_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -128,7 +213,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_palaver_chat_v1_model_proto_msgTypes[1]
+	mi := &file_palaver_chat_v1_model_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -141,7 +226,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_palaver_chat_v1_model_proto_rawDescGZIP(), []int{1}
+	return file_palaver_chat_v1_model_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Attachment) GetAttachmentId() string {
@@ -183,14 +268,20 @@ var File_palaver_chat_v1_model_proto protoreflect.FileDescriptor
 
 const file_palaver_chat_v1_model_proto_rawDesc = "" +
 	"\n" +
-	"\x1bpalaver/chat/v1/model.proto\x12\x0fpalaver.chat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n" +
+	"\x1bpalaver/chat/v1/model.proto\x12\x0fpalaver.chat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n" +
 	"\x04Chat\x12\x17\n" +
 	"\achat_id\x18\x01 \x01(\tR\x06chatId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x120\n" +
 	"\x14participant_user_ids\x18\x03 \x03(\tR\x12participantUserIds\x129\n" +
 	"\n" +
 	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x19\n" +
-	"\blast_seq\x18\x05 \x01(\x04R\alastSeq\"\xa8\x01\n" +
+	"\blast_seq\x18\x05 \x01(\x04R\alastSeq\x124\n" +
+	"\breceipts\x18\x06 \x03(\v2\x18.palaver.chat.v1.ReceiptR\breceipts\x12!\n" +
+	"\funread_count\x18\a \x01(\x04R\vunreadCount\"b\n" +
+	"\aReceipt\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12#\n" +
+	"\rdelivered_seq\x18\x02 \x01(\x04R\fdeliveredSeq\x12\x19\n" +
+	"\bread_seq\x18\x03 \x01(\x04R\areadSeq\"\xa8\x01\n" +
 	"\n" +
 	"Attachment\x12#\n" +
 	"\rattachment_id\x18\x01 \x01(\tR\fattachmentId\x12!\n" +
@@ -212,19 +303,21 @@ func file_palaver_chat_v1_model_proto_rawDescGZIP() []byte {
 	return file_palaver_chat_v1_model_proto_rawDescData
 }
 
-var file_palaver_chat_v1_model_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_palaver_chat_v1_model_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_palaver_chat_v1_model_proto_goTypes = []any{
 	(*Chat)(nil),                  // 0: palaver.chat.v1.Chat
-	(*Attachment)(nil),            // 1: palaver.chat.v1.Attachment
-	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
+	(*Receipt)(nil),               // 1: palaver.chat.v1.Receipt
+	(*Attachment)(nil),            // 2: palaver.chat.v1.Attachment
+	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
 }
 var file_palaver_chat_v1_model_proto_depIdxs = []int32{
-	2, // 0: palaver.chat.v1.Chat.created_at:type_name -> google.protobuf.Timestamp
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 0: palaver.chat.v1.Chat.created_at:type_name -> google.protobuf.Timestamp
+	1, // 1: palaver.chat.v1.Chat.receipts:type_name -> palaver.chat.v1.Receipt
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_palaver_chat_v1_model_proto_init() }
@@ -238,7 +331,7 @@ func file_palaver_chat_v1_model_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_palaver_chat_v1_model_proto_rawDesc), len(file_palaver_chat_v1_model_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

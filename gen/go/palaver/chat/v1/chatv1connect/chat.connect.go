@@ -50,6 +50,10 @@ const (
 	ChatServiceGetChatProcedure = "/palaver.chat.v1.ChatService/GetChat"
 	// ChatServiceListChatsProcedure is the fully-qualified name of the ChatService's ListChats RPC.
 	ChatServiceListChatsProcedure = "/palaver.chat.v1.ChatService/ListChats"
+	// ChatServiceMarkReadProcedure is the fully-qualified name of the ChatService's MarkRead RPC.
+	ChatServiceMarkReadProcedure = "/palaver.chat.v1.ChatService/MarkRead"
+	// ChatServiceSetTypingProcedure is the fully-qualified name of the ChatService's SetTyping RPC.
+	ChatServiceSetTypingProcedure = "/palaver.chat.v1.ChatService/SetTyping"
 )
 
 // ChatServiceClient is a client for the palaver.chat.v1.ChatService service.
@@ -74,6 +78,14 @@ type ChatServiceClient interface {
 	GetChat(context.Context, *connect.Request[v1.GetChatRequest]) (*connect.Response[v1.GetChatResponse], error)
 	// ListChats returns the caller's chats, in pages.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
+	// MarkRead records that the caller's user has read the chat up to `seq` (read implies received). It only moves
+	// forward: a seq at or below the user's read_seq changes nothing. The users whose messages it covers and the
+	// caller's other devices get a ReceiptUpdate.
+	MarkRead(context.Context, *connect.Request[v1.MarkReadRequest]) (*connect.Response[v1.MarkReadResponse], error)
+	// SetTyping tells the online devices of the chat's other participants that the caller is typing (or stopped). It is
+	// never stored; `typing: true` lapses after TypingUpdate.lapse_after unless repeated, and a device sends it at most
+	// once a second or so (RESOURCE_EXHAUSTED beyond its rate).
+	SetTyping(context.Context, *connect.Request[v1.SetTypingRequest]) (*connect.Response[v1.SetTypingResponse], error)
 }
 
 // NewChatServiceClient constructs a client for the palaver.chat.v1.ChatService service. By default,
@@ -135,6 +147,18 @@ func NewChatServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(chatServiceMethods.ByName("ListChats")),
 			connect.WithClientOptions(opts...),
 		),
+		markRead: connect.NewClient[v1.MarkReadRequest, v1.MarkReadResponse](
+			httpClient,
+			baseURL+ChatServiceMarkReadProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("MarkRead")),
+			connect.WithClientOptions(opts...),
+		),
+		setTyping: connect.NewClient[v1.SetTypingRequest, v1.SetTypingResponse](
+			httpClient,
+			baseURL+ChatServiceSetTypingProcedure,
+			connect.WithSchema(chatServiceMethods.ByName("SetTyping")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -148,6 +172,8 @@ type chatServiceClient struct {
 	ackEvents              *connect.Client[v1.AckEventsRequest, v1.AckEventsResponse]
 	getChat                *connect.Client[v1.GetChatRequest, v1.GetChatResponse]
 	listChats              *connect.Client[v1.ListChatsRequest, v1.ListChatsResponse]
+	markRead               *connect.Client[v1.MarkReadRequest, v1.MarkReadResponse]
+	setTyping              *connect.Client[v1.SetTypingRequest, v1.SetTypingResponse]
 }
 
 // Connect calls palaver.chat.v1.ChatService.Connect.
@@ -190,6 +216,16 @@ func (c *chatServiceClient) ListChats(ctx context.Context, req *connect.Request[
 	return c.listChats.CallUnary(ctx, req)
 }
 
+// MarkRead calls palaver.chat.v1.ChatService.MarkRead.
+func (c *chatServiceClient) MarkRead(ctx context.Context, req *connect.Request[v1.MarkReadRequest]) (*connect.Response[v1.MarkReadResponse], error) {
+	return c.markRead.CallUnary(ctx, req)
+}
+
+// SetTyping calls palaver.chat.v1.ChatService.SetTyping.
+func (c *chatServiceClient) SetTyping(ctx context.Context, req *connect.Request[v1.SetTypingRequest]) (*connect.Response[v1.SetTypingResponse], error) {
+	return c.setTyping.CallUnary(ctx, req)
+}
+
 // ChatServiceHandler is an implementation of the palaver.chat.v1.ChatService service.
 type ChatServiceHandler interface {
 	// Connect is a native device's one connection. Commands travel up as frames with a client-chosen request_id and
@@ -212,6 +248,14 @@ type ChatServiceHandler interface {
 	GetChat(context.Context, *connect.Request[v1.GetChatRequest]) (*connect.Response[v1.GetChatResponse], error)
 	// ListChats returns the caller's chats, in pages.
 	ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error)
+	// MarkRead records that the caller's user has read the chat up to `seq` (read implies received). It only moves
+	// forward: a seq at or below the user's read_seq changes nothing. The users whose messages it covers and the
+	// caller's other devices get a ReceiptUpdate.
+	MarkRead(context.Context, *connect.Request[v1.MarkReadRequest]) (*connect.Response[v1.MarkReadResponse], error)
+	// SetTyping tells the online devices of the chat's other participants that the caller is typing (or stopped). It is
+	// never stored; `typing: true` lapses after TypingUpdate.lapse_after unless repeated, and a device sends it at most
+	// once a second or so (RESOURCE_EXHAUSTED beyond its rate).
+	SetTyping(context.Context, *connect.Request[v1.SetTypingRequest]) (*connect.Response[v1.SetTypingResponse], error)
 }
 
 // NewChatServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -269,6 +313,18 @@ func NewChatServiceHandler(svc ChatServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(chatServiceMethods.ByName("ListChats")),
 		connect.WithHandlerOptions(opts...),
 	)
+	chatServiceMarkReadHandler := connect.NewUnaryHandler(
+		ChatServiceMarkReadProcedure,
+		svc.MarkRead,
+		connect.WithSchema(chatServiceMethods.ByName("MarkRead")),
+		connect.WithHandlerOptions(opts...),
+	)
+	chatServiceSetTypingHandler := connect.NewUnaryHandler(
+		ChatServiceSetTypingProcedure,
+		svc.SetTyping,
+		connect.WithSchema(chatServiceMethods.ByName("SetTyping")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/palaver.chat.v1.ChatService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ChatServiceConnectProcedure:
@@ -287,6 +343,10 @@ func NewChatServiceHandler(svc ChatServiceHandler, opts ...connect.HandlerOption
 			chatServiceGetChatHandler.ServeHTTP(w, r)
 		case ChatServiceListChatsProcedure:
 			chatServiceListChatsHandler.ServeHTTP(w, r)
+		case ChatServiceMarkReadProcedure:
+			chatServiceMarkReadHandler.ServeHTTP(w, r)
+		case ChatServiceSetTypingProcedure:
+			chatServiceSetTypingHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -326,4 +386,12 @@ func (UnimplementedChatServiceHandler) GetChat(context.Context, *connect.Request
 
 func (UnimplementedChatServiceHandler) ListChats(context.Context, *connect.Request[v1.ListChatsRequest]) (*connect.Response[v1.ListChatsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("palaver.chat.v1.ChatService.ListChats is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) MarkRead(context.Context, *connect.Request[v1.MarkReadRequest]) (*connect.Response[v1.MarkReadResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("palaver.chat.v1.ChatService.MarkRead is not implemented"))
+}
+
+func (UnimplementedChatServiceHandler) SetTyping(context.Context, *connect.Request[v1.SetTypingRequest]) (*connect.Response[v1.SetTypingResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("palaver.chat.v1.ChatService.SetTyping is not implemented"))
 }

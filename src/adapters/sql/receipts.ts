@@ -1,0 +1,152 @@
+import type { ReadMark, ReadOutcome, Receipt, ReceiptChange } from "../../ports/db.js";
+import type { SqlQuery } from "../../ports/sql.js";
+
+export type ReceiptRow = { user_id: string; delivered_seq: bigint; read_seq: bigint };
+
+export function toReceipt(row: ReceiptRow): Receipt {
+  return { userId: row.user_id, deliveredSeq: BigInt(row.delivered_seq), readSeq: BigInt(row.read_seq) };
+}
+
+/**
+ * A chat's receipts (the chat row `c`), sorted by user id, as json of [user, delivered, read] (seqs as text, so json
+ * keeps them exact): the drivers parse json alike, arrays not.
+ */
+export const RECEIPTS_JSON = `
+  (SELECT json_agg(json_build_array(q.user_id, q.delivered_seq::text, q.read_seq::text) ORDER BY q.user_id)
+     FROM chat_participants q WHERE q.chat_id = c.chat_id)`;
+
+export function receiptsFromJson(json: [string, string, string][] | null): Receipt[] {
+  return (json ?? []).map(([userId, delivered, read]) => ({
+    userId,
+    deliveredSeq: BigInt(delivered),
+    readSeq: BigInt(read),
+  }));
+}
+
+/** An acked inbox entry of a message: its chat and seq, who sent it, and the user of the device that acked it. */
+export interface AckedMessage {
+  chatId: string;
+  seq: bigint;
+  senderUserId: string;
+  ackingUserId: string;
+}
+
+/**
+ * Moves each (chat, user)'s delivered_seq up to the highest seq its devices acked, in one statement. Rows are locked
+ * in key order first, as every statement that locks several participants' rows does (ack batches, read marks, the
+ * senders' rows in a send), so concurrent ones never deadlock. The receipt as it was before is read under the lock:
+ * the users to tell are those who sent an acked message above it and still take part in the chat.
+ */
+const ADVANCE_DELIVERED = `
+  WITH acked AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS a(chat_id, user_id, seq)
+  ), locked AS MATERIALIZED (
+    SELECT p.chat_id, p.user_id, p.delivered_seq AS before
+      FROM chat_participants p JOIN acked a ON p.chat_id = a.chat_id AND p.user_id = a.user_id
+     WHERE p.delivered_seq < a.seq
+     ORDER BY p.chat_id, p.user_id
+       FOR UPDATE OF p
+  )
+  UPDATE chat_participants p SET delivered_seq = a.seq
+    FROM locked l JOIN acked a ON a.chat_id = l.chat_id AND a.user_id = l.user_id
+   WHERE p.chat_id = l.chat_id AND p.user_id = l.user_id AND p.delivered_seq < a.seq
+  RETURNING p.chat_id, p.user_id, p.delivered_seq, p.read_seq, l.before,
+            (SELECT json_agg(q.user_id) FROM chat_participants q WHERE q.chat_id = p.chat_id) AS participants`;
+
+export async function advanceDelivered(db: SqlQuery, acked: readonly AckedMessage[]): Promise<ReceiptChange[]> {
+  const highest = new Map<string, AckedMessage>();
+  for (const message of acked) {
+    const key = `${message.chatId}/${message.ackingUserId}`;
+    const seen = highest.get(key);
+    if (!seen || message.seq > seen.seq) highest.set(key, message);
+  }
+  if (highest.size === 0) return [];
+  const pairs = [...highest.values()];
+  const rows = await db.query<ReceiptRow & { chat_id: string; before: bigint; participants: string[] }>(ADVANCE_DELIVERED, [
+    pairs.map((p) => p.chatId),
+    pairs.map((p) => p.ackingUserId),
+    pairs.map((p) => p.seq),
+  ]);
+  return rows.map((row) => {
+    const senders = new Set<string>();
+    for (const message of acked) {
+      if (message.chatId === row.chat_id && message.ackingUserId === row.user_id && message.seq > row.before) {
+        senders.add(message.senderUserId);
+      }
+    }
+    const notifyUserIds = row.participants.filter((userId) => userId !== row.user_id && senders.has(userId));
+    return { chatId: row.chat_id, receipt: toReceipt(row), notifyUserIds };
+  });
+}
+
+/**
+ * Read marks in one statement: locks the marking participants' rows in key order, moves each (chat, user) to the
+ * highest seq marked that the chat has (read implies received), and answers every mark with the receipt after, the
+ * chat's last seq, and the receipt's read_seq before (under the lock). A read concerns the users who sent something
+ * after that point: those whose latest message is above it (last_sent_seq).
+ */
+const MARK_READ = `
+  WITH marks AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) WITH ORDINALITY AS m(chat_id, user_id, seq, i)
+  ), locked AS MATERIALIZED (
+    SELECT p.chat_id, p.user_id, p.delivered_seq, p.read_seq
+      FROM chat_participants p
+     WHERE (p.chat_id, p.user_id) IN (SELECT chat_id, user_id FROM marks)
+     ORDER BY p.chat_id, p.user_id
+       FOR UPDATE OF p
+  ), target AS (
+    SELECT m.chat_id, m.user_id, max(m.seq) AS seq
+      FROM marks m JOIN chats c ON c.chat_id = m.chat_id
+     WHERE m.seq <= c.last_seq
+     GROUP BY m.chat_id, m.user_id
+  ), updated AS (
+    UPDATE chat_participants p
+       SET read_seq = t.seq, delivered_seq = greatest(p.delivered_seq, t.seq)
+      FROM locked l JOIN target t ON t.chat_id = l.chat_id AND t.user_id = l.user_id
+     WHERE p.chat_id = l.chat_id AND p.user_id = l.user_id AND p.read_seq < t.seq
+    RETURNING p.chat_id, p.user_id, p.delivered_seq, p.read_seq
+  )
+  SELECT m.i, c.last_seq, l.user_id IS NOT NULL AS member, l.read_seq AS before,
+         coalesce(u.delivered_seq, l.delivered_seq) AS delivered_seq, coalesce(u.read_seq, l.read_seq) AS read_seq,
+         u.chat_id IS NOT NULL AS moved,
+         CASE WHEN u.chat_id IS NOT NULL THEN
+           (SELECT json_agg(q.user_id) FROM chat_participants q
+             WHERE q.chat_id = m.chat_id AND q.user_id <> m.user_id AND q.last_sent_seq > l.read_seq)
+         END AS senders
+    FROM marks m
+    LEFT JOIN chats c ON c.chat_id = m.chat_id
+    LEFT JOIN locked l ON l.chat_id = m.chat_id AND l.user_id = m.user_id
+    LEFT JOIN updated u ON u.chat_id = m.chat_id AND u.user_id = m.user_id
+   ORDER BY m.i`;
+
+type MarkRow = {
+  last_seq: bigint | null;
+  member: boolean;
+  before: bigint | null;
+  delivered_seq: bigint | null;
+  read_seq: bigint | null;
+  moved: boolean;
+  senders: string[] | null;
+};
+
+export async function markRead(db: SqlQuery, marks: readonly ReadMark[]): Promise<ReadOutcome[]> {
+  if (marks.length === 0) return [];
+  const rows = await db.query<MarkRow>(MARK_READ, [
+    marks.map((m) => m.chatId),
+    marks.map((m) => m.userId),
+    marks.map((m) => m.seq),
+  ]);
+  return rows.map((row, i): ReadOutcome => {
+    const mark = marks[i]!;
+    if (row.last_seq === null) return { kind: "chat_not_found" };
+    if (!row.member) return { kind: "not_participant" };
+    const lastSeq = BigInt(row.last_seq);
+    if (mark.seq > lastSeq) return { kind: "beyond_last_seq", lastSeq };
+    const receipt = { userId: mark.userId, deliveredSeq: BigInt(row.delivered_seq!), readSeq: BigInt(row.read_seq!) };
+    // The reader's own user too: their other devices clear the chat's unread count.
+    const change = row.moved
+      ? { chatId: mark.chatId.toLowerCase(), receipt, notifyUserIds: [...(row.senders ?? []), mark.userId] }
+      : null;
+    return { kind: "read", receipt, lastSeq, change };
+  });
+}
