@@ -583,6 +583,129 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     });
   });
 
+  describe("receipts", () => {
+    const receiptsOf = async (chatId: string) =>
+      Object.fromEntries((await db.getChat(chatId))!.receipts.map((r) => [r.userId, [r.deliveredSeq, r.readSeq]]));
+
+    it("moves a sender's receipt to each message sent, and starts an added user at the chat's last seq", async () => {
+      const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+      const [alicePhone] = await registered(alice, "phone");
+      const chat = await newChat([alice, bob]);
+      expect(await receiptsOf(chat.chatId)).toEqual({ [alice]: [0n, 0n], [bob]: [0n, 0n] });
+      await db.storeMessages([send(chat.chatId, alice, alicePhone!), send(chat.chatId, alice, alicePhone!)]);
+      expect(await receiptsOf(chat.chatId)).toEqual({ [alice]: [2n, 2n], [bob]: [0n, 0n] });
+      const added = await db.modifyParticipants(change(chat.chatId, alice, carol, "add"), encodeUpdate);
+      expect(added.kind === "changed" && added.chat.receipts.find((r) => r.userId === carol)).toEqual({
+        userId: carol,
+        deliveredSeq: 2n,
+        readSeq: 2n,
+      });
+      expect(await receiptsOf(chat.chatId)).toMatchObject({ [carol]: [2n, 2n] });
+    });
+
+    it("moves what a user received with their devices' acks, once per user, for the senders of what it covers", async () => {
+      const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const [carolPhone] = await registered(carol, "phone");
+      const chat = await newChat([alice, bob, carol]);
+      const sent = (await db.storeMessages([send(chat.chatId, alice, alicePhone!), send(chat.chatId, carol, carolPhone!)]))
+        .map(stored);
+      const eventOf = (i: number, deviceKey: string) => sent[i]!.fanout.entries.find((e) => e.deviceKey === deviceKey)!.eventId;
+
+      // Bob's phone acks Alice's message: Bob received up to 1, which Alice (not Carol) hears of.
+      const first = await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(0, bobPhone!)] }]);
+      expect(first).toEqual([
+        { chatId: chat.chatId, receipt: { userId: bob, deliveredSeq: 1n, readSeq: 0n }, notifyUserIds: [alice] },
+      ]);
+      // Both of Bob's devices ack everything in one batch: one change, for Carol's message only.
+      const second = await db.ackEvents([
+        { deviceKey: bobLaptop!, eventIds: [eventOf(0, bobLaptop!), eventOf(1, bobLaptop!)] },
+        { deviceKey: bobPhone!, eventIds: [eventOf(1, bobPhone!)] },
+      ]);
+      expect(second).toEqual([
+        { chatId: chat.chatId, receipt: { userId: bob, deliveredSeq: 2n, readSeq: 0n }, notifyUserIds: [carol] },
+      ]);
+      // A chat update acked moves nothing; Alice acking Carol's message tells Carol (Alice's own is below already).
+      const creations = await Promise.all([bobPhone!, alicePhone!].map((d) => readAll(d)));
+      expect(await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [creations[0]![0]!.eventId] }])).toEqual([]);
+      expect(await db.ackEvents([{ deviceKey: alicePhone!, eventIds: [eventOf(1, alicePhone!)] }])).toEqual([
+        { chatId: chat.chatId, receipt: { userId: alice, deliveredSeq: 2n, readSeq: 1n }, notifyUserIds: [carol] },
+      ]);
+      expect(await receiptsOf(chat.chatId)).toEqual({ [alice]: [2n, 1n], [bob]: [2n, 0n], [carol]: [2n, 2n] });
+    });
+
+    it("moves what a user read only forward, up to the chat's last seq, and says whom it concerns", async () => {
+      const [alice, bob, carol, eve] = ["alice", "bob", "carol", "eve"].map(uniqueUser);
+      const [alicePhone] = await registered(alice!, "phone");
+      const [carolPhone] = await registered(carol!, "phone");
+      const chat = await newChat([alice!, bob!, carol!]);
+      await db.storeMessages([
+        send(chat.chatId, alice!, alicePhone!),
+        send(chat.chatId, alice!, alicePhone!),
+        send(chat.chatId, carol!, carolPhone!),
+      ]);
+      const mark = (userId: string, seq: bigint, chatId = chat.chatId) => ({ chatId, userId, seq });
+
+      const [read] = await db.markRead([mark(bob!, 2n)]);
+      // Read implies received; Alice sent what it covers (Carol sent only later: told too, as a sender past the
+      // point Bob had read to); Bob's own user, for his other devices.
+      expect(read).toEqual({
+        kind: "read",
+        receipt: { userId: bob, deliveredSeq: 2n, readSeq: 2n },
+        lastSeq: 3n,
+        change: {
+          chatId: chat.chatId,
+          receipt: { userId: bob, deliveredSeq: 2n, readSeq: 2n },
+          notifyUserIds: expect.arrayContaining([alice, carol, bob]),
+        },
+      });
+      expect((read as { change: { notifyUserIds: string[] } }).change.notifyUserIds).toHaveLength(3);
+      const [lower, again, beyond, stranger, missing] = await db.markRead([
+        mark(bob!, 1n),
+        mark(bob!, 2n),
+        mark(bob!, 4n),
+        mark(eve!, 1n),
+        mark(bob!, 1n, randomUUID()),
+      ]);
+      const unchanged = { kind: "read", receipt: { userId: bob, deliveredSeq: 2n, readSeq: 2n }, lastSeq: 3n, change: null };
+      expect([lower, again]).toEqual([unchanged, unchanged]);
+      expect(beyond).toEqual({ kind: "beyond_last_seq", lastSeq: 3n });
+      expect(stranger).toEqual({ kind: "not_participant" });
+      expect(missing).toEqual({ kind: "chat_not_found" });
+      // Past Alice's messages, only Carol's third is new to Bob: she alone is told (and Bob's own devices).
+      const [last] = await db.markRead([mark(bob!, 3n)]);
+      expect(last).toMatchObject({ change: { notifyUserIds: [carol, bob] } });
+      expect(await receiptsOf(chat.chatId)).toEqual({ [alice!]: [2n, 2n], [bob!]: [3n, 3n], [carol!]: [3n, 3n] });
+    });
+
+    it("keeps receipts consistent under concurrent sends, acks and read marks in the same chats", async () => {
+      const users = Array.from({ length: 4 }, () => uniqueUser("member"));
+      const keys = await Promise.all(users.map((u) => registered(u, "phone", "laptop")));
+      const chats = await Promise.all([0, 1, 2].map(() => newChat(users)));
+      const rounds = await Promise.all(
+        Array.from({ length: 6 }, async (_, round) => {
+          const sends = chats.map((chat, i) => send(chat.chatId, users[(round + i) % 4]!, keys[(round + i) % 4]![0]!));
+          const sent = (await db.storeMessages(sends)).map(stored);
+          // Every device acks (in an order of its own) while the readers mark what they have.
+          await Promise.all([
+            ...sent.flatMap(({ fanout }) =>
+              fanout.entries.toReversed().map((e) => db.ackEvents([{ deviceKey: e.deviceKey, eventIds: [e.eventId] }])),
+            ),
+            ...sent.map(({ seq }, i) => db.markRead(users.map((userId) => ({ chatId: chats[i]!.chatId, userId, seq })))),
+          ]);
+          return sent;
+        }),
+      );
+      expect(rounds.flat()).toHaveLength(18);
+      for (const chat of chats) {
+        const record = (await db.getChat(chat.chatId))!;
+        expect(record.lastSeq).toBe(6n);
+        for (const receipt of record.receipts) expect([receipt.deliveredSeq, receipt.readSeq]).toEqual([6n, 6n]);
+      }
+    });
+  });
+
   describe("attachments", () => {
     it("returns the uploader's existing attachment for the same bytes instead of a new one", async () => {
       const alice = uniqueUser("alice");

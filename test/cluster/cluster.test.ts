@@ -10,6 +10,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { ConnectDevice } from "../../src/client/device.js";
 import { Cluster, logDir } from "./cluster.js";
 import { type Ack, Recipient, Sender } from "./devices.js";
 import { sleep, waitFor } from "./processes.js";
@@ -135,6 +136,39 @@ describe("three nodes behind HAProxy", () => {
       latencyMsP99: percentile(latencies, 99),
       latencyMsMax: Math.max(...latencies),
     });
+  });
+
+  it("carries receipts and typing between devices on different nodes", async () => {
+    const [alice, bob] = [cluster.user("receipts-a"), cluster.user("receipts-b")];
+    const device = async (userId: string, deviceName: string, node: number) => {
+      const opened = ConnectDevice.open(cluster.nodes[node]!.url, await cluster.token(userId, deviceName));
+      await opened.waitForDrained();
+      return opened;
+    };
+    const alicePhone = await device(alice, "phone", 0);
+    const bobPhone = await device(bob, "phone", 1);
+    const bobLaptop = await device(bob, "laptop", 2);
+    try {
+      const chatId = await cluster.createChat(cluster.nodes[0]!.url, alice, [bob]);
+      const sent = await alicePhone.command({ case: "sendMessage", value: { chatId, clientMessageId: "m1", text: "hi" } });
+      expect(sent.outcome.case).toBe("sendMessage");
+      await bobPhone.waitForMessages(1);
+
+      // Bob's phone (node 1) acks: Alice's phone (node 0) sees it delivered.
+      await bobPhone.ackAll();
+      await alicePhone.until(() => alicePhone.receiptsIn(chatId).get(bob)?.deliveredSeq === 1n, "delivered across nodes");
+      // Bob types on his phone: Alice sees it; his laptop (node 2), his own device, does not.
+      await bobPhone.command({ case: "setTyping", value: { chatId, typing: true } });
+      await alicePhone.until(() => alicePhone.typingIn(chatId).includes(bob), "typing across nodes");
+      // Bob reads on his phone: Alice sees it read, and his laptop sees his own read (its unread count clears).
+      await bobPhone.command({ case: "markRead", value: { chatId, seq: 1n } });
+      await alicePhone.until(() => alicePhone.receiptsIn(chatId).get(bob)?.readSeq === 1n, "read across nodes");
+      await bobLaptop.until(() => bobLaptop.receiptsIn(chatId).get(bob)?.readSeq === 1n, "own read on another node");
+      expect(bobLaptop.typingUpdates).toEqual([]);
+      expect(bobPhone.receiptUpdates.filter((r) => r.userId === bob)).toEqual([]);
+    } finally {
+      for (const d of [alicePhone, bobPhone, bobLaptop]) d.disconnect();
+    }
   });
 
   it("loses nothing acknowledged when a node is killed with SIGKILL mid-traffic", async () => {
