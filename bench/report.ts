@@ -50,6 +50,12 @@ export interface LoadgenPoint {
   sendLatency: Latency;
   cpuSeconds: Partial<Record<Watched, number>>;
   cpuMicrosPerDelivery: Partial<Record<Watched, number>>;
+  /** Counted while the step ran (absent in results from before receipts): ReceiptUpdate events received, mark_reads. */
+  receiptUpdates?: number;
+  receiptUpdatesPerSecond?: number;
+  markReadsSent?: number;
+  markReadsOk?: number;
+  markReadErrors?: Record<string, number>;
 }
 
 export interface LoadgenResult {
@@ -71,6 +77,16 @@ export interface LoadgenResult {
     chatsUnchecked?: number;
   };
   memory?: { serverRssBeforeBytes: number; serverRssConnectedBytes: number; rssPerIdleDeviceBytes: number };
+  /** The whole run's receipts and typing figures (absent in results from before receipts). */
+  receipts?: {
+    markRead: boolean;
+    markReadsSent: number;
+    markReadsOk: number;
+    markReadErrors: Record<string, number>;
+    markReadsUnanswered: number;
+    receiptUpdates: number;
+    typingUpdates: number;
+  };
   errors?: Record<string, number>;
   loadgen?: { cpuSeconds: number; maxRssBytes: number };
 }
@@ -106,8 +122,37 @@ export interface PlanShape {
   stopAboveP99Ms?: number;
   inFlightPerSender: number;
   ackDelayMs: number;
+  /** Every receiving device marked its chat read as messages arrived (receipts; absent in older results: false). */
+  markRead?: boolean;
   churn?: { everySeconds: number; fraction: number };
   urls: number;
+}
+
+/** Rows of one table, from pg_stat_user_tables (n_tup_ins, n_tup_upd, n_tup_del, n_tup_hot_upd). */
+export interface TableWrites {
+  ins: number;
+  upd: number;
+  del: number;
+  /** Of upd, the HOT ones (no index entry written). */
+  hotUpd: number;
+}
+
+/**
+ * The database's row writes during a run, from Postgres's statistics: from just before the send clock started until
+ * the server nodes had stopped (their backends flush their statistics as they exit), so the warm-up, the hold and the
+ * acks of the last messages are in it; per message stored in that time (every step's sendsOk).
+ */
+export interface DbWrites {
+  span: "run";
+  messages: number;
+  /** Per table (partitions counted under their parent), tables without a write left out. */
+  tables: Record<string, TableWrites>;
+  total: TableWrites;
+  /** (ins + upd + del) per stored message, in all and for the tables a message writes. */
+  perMessage: { total: number; inbox: number; messages: number; chat_participants: number; other: number };
+  /** WAL written meanwhile (the whole cluster's: pg_current_wal_lsn), and per stored message. */
+  walBytes: number;
+  walBytesPerMessage: number;
 }
 
 export interface ScenarioResult {
@@ -137,6 +182,8 @@ export interface ScenarioResult {
   /** The server's own view (palaver_delivery_latency_seconds: stored to handed to the stream), bucket bounds. */
   serverDeliveryP50Ms: number | null;
   serverDeliveryP99Ms: number | null;
+  /** steady, receipts, groups100: the database's writes (null: not measurable, on PGlite; absent: not counted). */
+  dbWrites?: DbWrites | null;
   figures: Figures;
   result: LoadgenResult;
   pgCeiling?: CeilingResult;
@@ -167,6 +214,21 @@ export interface Figures {
   highestStepSent?: number;
   pgCeilingSendsPerSecond?: number;
   kneeShareOfPgCeiling?: number;
+}
+
+/** A run whose receivers marked read though its scenario does not (BENCH_PLAN markRead): stored and shown apart. */
+export function marksReadApart(r: Pick<ScenarioResult, "scenario" | "shape">): boolean {
+  return r.shape.markRead === true && r.scenario !== "receipts";
+}
+
+/** The result's file name part: `<date>-<key>.json` (groups100 marking read: groups100reads). */
+export function scenarioKey(r: Pick<ScenarioResult, "scenario" | "shape">): string {
+  return `${r.scenario}${marksReadApart(r) ? "reads" : ""}`;
+}
+
+/** The scenario as the summary and the report name it. */
+export function scenarioLabel(r: Pick<ScenarioResult, "scenario" | "shape">): string {
+  return marksReadApart(r) ? `${r.scenario} (marking read)` : r.scenario;
 }
 
 export const KNEE_P99_MS = 500;
@@ -242,7 +304,9 @@ const micros = (p: LoadgenPoint, who: Watched) => {
 };
 
 export async function renderReport(dir: string, results: ScenarioResult[]): Promise<void> {
-  const by = new Map(results.map((r) => [r.scenario, r]));
+  // By scenario; a run marking read apart (groups100reads) does not stand in for its scenario's own.
+  const by = new Map<string, ScenarioResult>();
+  for (const r of results) if (!marksReadApart(r) || !by.has(r.scenario)) by.set(r.scenario, r);
   const first = results[0];
   const lines: string[] = ["# Palaver benchmark report", ""];
   if (!first) {
@@ -291,6 +355,8 @@ export async function renderReport(dir: string, results: ScenarioResult[]): Prom
     "",
   );
 
+  receiptsBesideSteady(lines, results);
+
   lines.push("## Scenarios", "");
   for (const r of results) scenarioSection(lines, r);
 
@@ -338,15 +404,46 @@ function targets(lines: string[], by: Map<string, ScenarioResult>): void {
   lines.push("");
 }
 
+/** What marking read costs: receipts and the runs marking read beside steady (and groups100), one row each. */
+function receiptsBesideSteady(lines: string[], results: ScenarioResult[]): void {
+  const rows = results.filter((r) => ["steady", "receipts", "groups100"].includes(r.scenario) && measuredPoint(r));
+  if (!rows.some((r) => r.shape.markRead)) return;
+  lines.push(
+    "## Marking read beside steady",
+    "",
+    "The measured step of each run (the warm-up left out); database writes are rows inserted + updated + deleted " +
+      "(Postgres's pg_stat_user_tables) over the whole send run, per stored message.",
+    "",
+    "| run | devices | recipients per send | marks read | delivery p50 / p99 ms | CPU µs/delivery server / pg | receipt updates /s | mark_reads /s | DB writes per message: all (inbox / messages / chat_participants / other) | WAL per message |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  );
+  for (const r of rows) {
+    const p = measuredPoint(r)!;
+    const w = r.dbWrites;
+    const pm = w?.perMessage;
+    const writes = pm
+      ? `${pm.total.toFixed(2)} (${pm.inbox.toFixed(2)} / ${pm.messages.toFixed(2)} / ${pm.chat_participants.toFixed(2)} / ${pm.other.toFixed(2)})`
+      : w === null
+        ? "n/a (PGlite)"
+        : "-";
+    lines.push(
+      `| ${scenarioLabel(r)} | ${int(r.shape.devices)} | ${r.shape.recipientsPerSend} | ${r.shape.markRead ? "yes" : "no"} | ${ms(p.deliveryLatency.p50)} / ${ms(p.deliveryLatency.p99)} | ` +
+        `${micros(p, "server")} / ${micros(p, "postgres")} | ${int(p.receiptUpdatesPerSecond)} | ${r.shape.markRead ? int((p.markReadsSent ?? 0) / p.seconds) : "-"} | ${writes} | ${w ? kib(w.walBytesPerMessage) : "-"} |`,
+    );
+  }
+  lines.push("");
+}
+
 function scenarioSection(lines: string[], r: ScenarioResult): void {
   const s = r.shape;
   const res = r.result;
-  lines.push(`### ${r.scenario}`, "");
+  lines.push(`### ${scenarioLabel(r)}`, "");
   const what =
     `${int(s.devices)} devices (${s.groups} groups of ${s.groupUsers} user${s.groupUsers > 1 ? "s" : ""} × ${s.devicesPerUser} device${s.devicesPerUser > 1 ? "s" : ""}` +
     `${s.newDevices ? ", never seen by the server before" : ""}), ${s.senders} sending, ${s.recipientsPerSend} recipients per send` +
     (s.backlogPerDevice ? `, ${s.backlogPerDevice} stored events each` : "") +
-    (s.churn ? `, ${(s.churn.fraction * 100).toFixed(0)} % of the devices dropping and reconnecting every ${s.churn.everySeconds} s` : "");
+    (s.churn ? `, ${(s.churn.fraction * 100).toFixed(0)} % of the devices dropping and reconnecting every ${s.churn.everySeconds} s` : "") +
+    (s.markRead ? ", every receiving device marking its chat read as messages arrive" : "");
   lines.push(
     `${r.profile} profile, ${r.backend}${r.nodes > 1 || r.proxy ? `, ${nodesLabel(r)}` : ""}, ${r.date}. ${what}. ` +
       `Load generator: ${r.seconds} s, ${r.shards} process${r.shards > 1 ? "es" : ""}, ${r.devicesPerConn} device${r.devicesPerConn > 1 ? "s" : ""} per connection. ` +
@@ -371,6 +468,18 @@ function scenarioSection(lines: string[], r: ScenarioResult): void {
       );
     }
     lines.push("");
+    if (s.markRead || points.some((p) => (p.receiptUpdates ?? 0) > 0)) {
+      lines.push(
+        "| step | receipt updates received (/s) | mark_reads sent / ok | mark_read errors |",
+        "| --- | --- | --- | --- |",
+      );
+      for (const p of points) {
+        lines.push(
+          `| ${p.tag} | ${int(p.receiptUpdates)} (${int(p.receiptUpdatesPerSecond)}) | ${s.markRead ? `${int(p.markReadsSent)} / ${int(p.markReadsOk)}` : "-"} | ${s.markRead ? codes(p.markReadErrors) : "-"} |`,
+        );
+      }
+      lines.push("");
+    }
   }
   const figures: [string, string][] = [];
   if (r.scenario === "ramp") {
@@ -395,6 +504,28 @@ function scenarioSection(lines: string[], r: ScenarioResult): void {
   if (res.memory && r.scenario === "connections") {
     const m = res.memory;
     figures.push(["server RSS before / all connected", `${mib(m.serverRssBeforeBytes)} / ${mib(m.serverRssConnectedBytes)}: ${kib(m.rssPerIdleDeviceBytes)} per idle device`]);
+  }
+  const rc = res.receipts;
+  if (rc && (rc.markRead || rc.receiptUpdates > 0 || rc.typingUpdates > 0)) {
+    figures.push([
+      "receipts over the run",
+      `${rc.markRead ? `mark_reads sent ${int(rc.markReadsSent)}, ok ${int(rc.markReadsOk)}, errors ${codes(rc.markReadErrors)}, unanswered ${int(rc.markReadsUnanswered)}; ` : ""}receipt updates received ${int(rc.receiptUpdates)}${rc.typingUpdates > 0 ? `, typing updates ${int(rc.typingUpdates)}` : ""}`,
+    ]);
+  }
+  if (r.dbWrites) {
+    const w = r.dbWrites;
+    const pm = w.perMessage;
+    figures.push([
+      "database writes per stored message (rows inserted + updated + deleted, pg_stat_user_tables, the whole send run)",
+      `**${pm.total.toFixed(2)}**: inbox ${pm.inbox.toFixed(2)}, messages ${pm.messages.toFixed(2)}, chat_participants ${pm.chat_participants.toFixed(2)}, other ${pm.other.toFixed(2)} (${int(w.messages)} messages)`,
+    ]);
+    figures.push([
+      "database rows by table (inserted / updated (HOT) / deleted)",
+      Object.entries(w.tables).map(([t, d]) => `${t} ${int(d.ins)} / ${int(d.upd)} (${int(d.hotUpd)}) / ${int(d.del)}`).join("; ") || "none",
+    ]);
+    figures.push(["WAL written (the whole cluster's)", `${w.walBytes >= 2 ** 20 ? mib(w.walBytes) : kib(w.walBytes)}, ${kib(w.walBytesPerMessage)} per stored message`]);
+  } else if (r.dbWrites === null) {
+    figures.push(["database writes per stored message", "n/a (PGlite: counted from Postgres's statistics)"]);
   }
   figures.push(["server max RSS", mib(r.serverMaxRssBytes)]);
   const cpu = Object.entries(r.cpuSeconds).filter(([, v]) => v !== undefined && v > 0);

@@ -11,7 +11,8 @@
  *   npm run bench -- --profile full                      the performance issue's sizes (10,000 devices)
  *   npm run bench -- --profile ci                        every scenario, tiny (npm run bench:ci; fails only on a
  *                                                        broken script or a lost message, never on a figure)
- *   npm run bench -- --scenario steady,ramp              some scenarios (steady ramp groups100 drain connections connect churn)
+ *   npm run bench -- --scenario steady,ramp              some scenarios (steady receipts ramp groups100 drain
+ *                                                        connections connect churn)
  *   npm run bench -- --nodes 2                           several server nodes (needs DATABASE_URL and REDIS_URL)
  *   npm run bench -- --nodes 2 --proxy haproxy           the nodes behind HAProxy (leastconn, TCP): every device
  *                                                        connects to it, and its CPU is reported apart (bench/haproxy.ts)
@@ -22,8 +23,12 @@
  *
  * Environment: DATABASE_URL (unset: PGlite in a temporary directory; set: a fresh database per scenario on that
  * server, dropped afterwards), REDIS_URL (with --nodes > 1), BENCH_CPU_PROF=1 (the server writes V8 CPU profiles into
- * <out>/profiles/), BENCH_PLAN='{"rate":500}' (overrides fields of each scenario's plan for one experiment),
- * PALAVER_TOOLS_DIR (where the loadgen binary is cached; default ~/.cache/palaver/bin).
+ * <out>/profiles/), BENCH_PLAN='{"rate":500}' (overrides fields of each scenario's plan for one experiment;
+ * '{"markRead":true}' makes groups100's receivers mark read, stored as <date>-groups100reads.json), PALAVER_TOOLS_DIR
+ * (where the loadgen binary is cached; default ~/.cache/palaver/bin).
+ *
+ * With DATABASE_URL, steady, receipts and groups100 also count the database's row writes per stored message, from
+ * Postgres's own statistics (pg_stat_user_tables; see STATS_SETTLE_SECONDS and statsReader).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -34,12 +39,14 @@ import { dirname, join, relative } from "node:path";
 import { createInterface } from "node:readline";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import postgres from "postgres";
 import { ChatService } from "../gen/palaver/chat/v1/chat_pb.js";
 import { mintToken } from "../src/auth/tokens.js";
 import type { HaproxyProcess } from "../test/cluster/processes.js";
 import { prepareHaproxy, sizeHaproxy, startHaproxy } from "./haproxy.js";
 import { type CeilingResult, createDatabase, dropDatabase, measureCeiling } from "./pg-ceiling.js";
 import {
+  type DbWrites,
   FORMAT,
   KNEE_P99_MS,
   cpuBreakdown,
@@ -54,12 +61,15 @@ import {
   measuredPoint,
   newestRun,
   renderReport,
+  scenarioKey,
+  scenarioLabel,
   sentPoints,
+  type TableWrites,
 } from "./report.js";
 
 const ROOT = join(dirname(import.meta.filename), "..");
 const RESULTS = join(ROOT, "bench", "results");
-const SCENARIOS = ["steady", "ramp", "groups100", "drain", "connections", "connect", "churn"] as const;
+const SCENARIOS = ["steady", "receipts", "ramp", "groups100", "drain", "connections", "connect", "churn"] as const;
 type Scenario = (typeof SCENARIOS)[number];
 type Profile = "quick" | "full" | "ci";
 
@@ -90,6 +100,12 @@ interface Plan {
   startDelaySeconds?: number;
   /** How long a device may hold an ack to batch it; ACK_DELAY_MS unless an experiment sets it. */
   ackDelayMs?: number;
+  /**
+   * Every receiving device marks its chat read as messages arrive (a mark_read per message, at most one unanswered per
+   * device, with the newest seq: bench/loadgen/README.md). receipts sets it; BENCH_PLAN='{"markRead":true}' sets it
+   * for another scenario (groups100: do receipts multiply a 100-member group's writes?).
+   */
+  markRead?: boolean;
 }
 
 const fivePairs = { groupUsers: 5, devicesPerUser: 2 } as const;
@@ -98,6 +114,7 @@ const hundreds = { groupUsers: 100, devicesPerUser: 1 } as const;
 const PLANS: Record<Profile, Record<Scenario, Plan>> = {
   ci: {
     steady: { groups: 2, ...fivePairs, rate: 5, warmupSeconds: 1, sendSeconds: 3, holdSeconds: 2 },
+    receipts: { groups: 2, ...fivePairs, rate: 5, warmupSeconds: 1, sendSeconds: 3, holdSeconds: 2, markRead: true },
     ramp: { groups: 2, ...fivePairs, rampRates: [5, 10], warmupSeconds: 1, stepSeconds: 2, holdSeconds: 2 },
     groups100: { groups: 1, ...hundreds, rate: 2, warmupSeconds: 1, sendSeconds: 3, holdSeconds: 2 },
     drain: { groups: 2, ...fivePairs, backlog: 20, holdSeconds: 1 },
@@ -108,6 +125,8 @@ const PLANS: Record<Profile, Record<Scenario, Plan>> = {
   quick: {
     // 2,000 devices at 250 msgs/s: the performance issue's first row.
     steady: { groups: 200, ...fivePairs, rate: 250, warmupSeconds: 3, sendSeconds: 12, holdSeconds: 3 },
+    // steady's plan, every receiving device marking read as messages arrive.
+    receipts: { groups: 200, ...fivePairs, rate: 250, warmupSeconds: 3, sendSeconds: 12, holdSeconds: 3, markRead: true },
     ramp: { groups: 200, ...fivePairs, rampRates: [100, 200, 300, 400, 500, 750, 1000], warmupSeconds: 2, stepSeconds: 3, holdSeconds: 3 },
     groups100: { groups: 10, ...hundreds, rate: 20, warmupSeconds: 3, sendSeconds: 10, holdSeconds: 3 },
     drain: { groups: 100, ...fivePairs, backlog: 50, holdSeconds: 1 }, // PGlite fills ~170 sends/s: under 5 min in all
@@ -118,6 +137,7 @@ const PLANS: Record<Profile, Record<Scenario, Plan>> = {
   full: {
     // The performance issue's sizes: 10,000 devices, groups of 5 users × 2 devices, one sending device per group.
     steady: { groups: 1000, ...fivePairs, rate: 1000, warmupSeconds: 10, sendSeconds: 60, holdSeconds: 5 },
+    receipts: { groups: 1000, ...fivePairs, rate: 1000, warmupSeconds: 10, sendSeconds: 60, holdSeconds: 5, markRead: true },
     ramp: {
       groups: 1000,
       ...fivePairs,
@@ -264,6 +284,10 @@ interface Servers {
   proxy?: { info: ProxyInfo; process: HaproxyProcess };
   secret: Uint8Array;
   backend: "pglite" | "postgres";
+  /** The scenario's own database (Postgres only). */
+  databaseUrl?: string;
+  /** Stops the nodes and the proxy, leaving the database (close() calls it too). */
+  stopNodes(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -296,11 +320,16 @@ async function startServers(scenario: Scenario, count: number, out: string, prox
 
   const nodes: Node[] = [];
   let proxy: HaproxyProcess | undefined;
-  const close = async () => {
-    await Promise.all([
+  let stopping: Promise<unknown> | undefined;
+  const stopNodes = async () => {
+    stopping ??= Promise.all([
       ...nodes.map((n) => terminate((signal) => n.child.kill(signal), n.exited)),
       ...(proxy ? [terminate((signal) => proxy!.signal(signal), proxy.exit())] : []),
     ]);
+    await stopping;
+  };
+  const close = async () => {
+    await stopNodes();
     if (base) await dropDatabase(base, dbName);
     await rm(dataDir, { recursive: true, force: true });
   };
@@ -369,6 +398,8 @@ async function startServers(scenario: Scenario, count: number, out: string, prox
     ...(proxy && proxyInfo ? { proxy: { info: proxyInfo, process: proxy } } : {}),
     secret: new TextEncoder().encode(authSecret),
     backend: databaseUrl ? "postgres" : "pglite",
+    ...(databaseUrl ? { databaseUrl } : {}),
+    stopNodes,
     close,
   };
 }
@@ -596,6 +627,7 @@ interface LoadgenPlan {
   stopAboveP99Ms?: number;
   inFlightPerSender: number;
   ackDelayMs: number;
+  markRead: boolean;
   churn?: { everySeconds: number; fraction: number };
   connectTimeoutSeconds: number;
   watch: Watch;
@@ -611,17 +643,22 @@ function relay(child: ChildProcess, prefix: string): void {
   }
 }
 
-/** Writes the plan with its send clock `startDelayMs` from now, runs the loadgen processes on it, merges their results. */
+/**
+ * Writes the plan with its send clock `startDelayMs` from now, runs the loadgen processes on it, merges their results.
+ * `onClock` learns the send clock's t0 (unix ms) once the plan is written.
+ */
 async function runLoadgen(
   binary: string,
   plan: LoadgenPlan,
   startDelayMs: number,
   args: Args,
   work: string,
+  onClock?: (startAtMs: number) => void,
 ): Promise<{ result: LoadgenResult; seconds: number; cpuSeconds: ScenarioResult["cpuSeconds"]; serverMaxRssBytes: number }> {
   const planFile = join(work, "plan.json");
   plan.startAtMs = Date.now() + startDelayMs;
   await writeFile(planFile, JSON.stringify(plan));
+  onClock?.(plan.startAtMs);
   const watched = Object.values(plan.watch).flat();
   const before = cpuOf(watched);
   const started = performance.now();
@@ -676,6 +713,108 @@ async function runLoadgen(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Database writes per stored message (Postgres's own statistics)
+
+/** The scenarios whose database writes per stored message are counted, on Postgres (PGlite: n/a). */
+const WRITES_COUNTED: ReadonlySet<Scenario> = new Set(["steady", "receipts", "groups100"]);
+
+/**
+ * Seconds from the end of setup to the send clock's start when writes are counted. Postgres (15 and later) keeps a
+ * backend's table statistics in the backend and flushes them to shared memory, where pg_stat_user_tables reads them,
+ * when a transaction ends at least 1 s after its last flush; a backend that goes idle with statistics pending flushes
+ * them after up to 10 s (PGSTAT_IDLE_INTERVAL), and one that exits flushes them as it exits.
+ * pg_stat_force_next_flush() acts on the calling backend only, so it cannot hurry the server's. Hence: the count
+ * before is taken just before the send clock starts, at least this long after setup's last write (all of setup's
+ * writes are in it, none of the run's), and the count after once the server nodes have stopped and their backends
+ * have exited (every write of the run is in it). Waiting ~1 s, as for the older statistics collector's 500 ms, would
+ * not be enough: at the end of a run the backends go idle.
+ */
+const STATS_SETTLE_SECONDS = 11;
+
+/** When the count before is read: this long before the send clock starts (the devices are connecting, which writes no row). */
+const COUNT_BEFORE_MS = 250;
+
+interface StatsSnapshot {
+  /** Rows inserted, updated (HOT ones among them) and deleted per table, partitions counted under their parent. */
+  tables: Map<string, TableWrites>;
+  /** pg_current_wal_lsn(): WAL is the whole cluster's. */
+  lsn: string;
+}
+
+/** Reads the table statistics of the scenario's database on one connection of its own. */
+function statsReader(url: string) {
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  return {
+    async read(): Promise<StatsSnapshot> {
+      // Each query is its own transaction, so stats_fetch_consistency's cache never serves an older count.
+      const rows = await sql<{ name: string; ins: string; upd: string; del: string; hot: string }[]>`
+        SELECT coalesce(parent.relname, s.relname) AS name,
+               sum(s.n_tup_ins)::text AS ins, sum(s.n_tup_upd)::text AS upd, sum(s.n_tup_del)::text AS del,
+               sum(s.n_tup_hot_upd)::text AS hot
+          FROM pg_stat_user_tables s
+          LEFT JOIN pg_inherits i ON i.inhrelid = s.relid
+          LEFT JOIN pg_class parent ON parent.oid = i.inhparent
+         GROUP BY 1`;
+      const [{ lsn }] = await sql<{ lsn: string }[]>`SELECT pg_current_wal_lsn()::text AS lsn`;
+      const tables = new Map<string, TableWrites>();
+      for (const r of rows) tables.set(r.name, { ins: Number(r.ins), upd: Number(r.upd), del: Number(r.del), hotUpd: Number(r.hot) });
+      return { tables, lsn: lsn! };
+    },
+    /** Waits until no other client backend is connected to the database (theirs have flushed their statistics). */
+    async othersGone(timeoutMs: number): Promise<boolean> {
+      const deadline = performance.now() + timeoutMs;
+      for (;;) {
+        const [{ n }] = await sql<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM pg_stat_activity
+           WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'`;
+        if (n === 0) return true;
+        if (performance.now() > deadline) return false;
+        await sleep(100);
+      }
+    },
+    async walBytesSince(lsn: string): Promise<number> {
+      const [{ bytes }] = await sql<{ bytes: string }[]>`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), ${lsn}::pg_lsn)::text AS bytes`;
+      return Number(bytes);
+    },
+    close: () => sql.end({ timeout: 5 }),
+  };
+}
+
+/** The writes between two counts, per table and per stored message. */
+function dbWritesOf(before: StatsSnapshot, after: StatsSnapshot, messages: number, walBytes: number): DbWrites {
+  const tables: Record<string, TableWrites> = {};
+  const total: TableWrites = { ins: 0, upd: 0, del: 0, hotUpd: 0 };
+  for (const [name, a] of [...after.tables].sort(([x], [y]) => x.localeCompare(y))) {
+    const b = before.tables.get(name) ?? { ins: 0, upd: 0, del: 0, hotUpd: 0 };
+    const d: TableWrites = { ins: a.ins - b.ins, upd: a.upd - b.upd, del: a.del - b.del, hotUpd: a.hotUpd - b.hotUpd };
+    if (d.ins === 0 && d.upd === 0 && d.del === 0) continue;
+    tables[name] = d;
+    total.ins += d.ins;
+    total.upd += d.upd;
+    total.del += d.del;
+    total.hotUpd += d.hotUpd;
+  }
+  const writes = (t: TableWrites | undefined) => (t ? t.ins + t.upd + t.del : 0);
+  const per = (n: number) => (messages > 0 ? round(n / messages, 2) : 0);
+  const named = writes(tables.inbox) + writes(tables.messages) + writes(tables.chat_participants);
+  return {
+    span: "run",
+    messages,
+    tables,
+    total,
+    perMessage: {
+      total: per(writes(total)),
+      inbox: per(writes(tables.inbox)),
+      messages: per(writes(tables.messages)),
+      chat_participants: per(writes(tables.chat_participants)),
+      other: per(writes(total) - named),
+    },
+    walBytes,
+    walBytesPerMessage: per(walBytes),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // One scenario
 
 async function runScenario(binary: string, scenario: Scenario, args: Args, ceiling: CeilingResult | undefined): Promise<ScenarioResult> {
@@ -692,10 +831,14 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
   const proxyInfo = args.proxy ? sizeHaproxy(connections) : undefined;
   const servers = await startServers(scenario, args.nodes, args.out, proxyInfo);
   const work = await mkdtemp(join(tmpdir(), "palaver-bench-loadgen-"));
+  // Database writes are counted on Postgres only: PGlite runs inside the server, out of reach.
+  const counting = servers.databaseUrl && WRITES_COUNTED.has(scenario) ? statsReader(servers.databaseUrl) : undefined;
   try {
     const { devices, setupSeconds, fillSendsPerSecond } = await setUp(servers, plan, scenario);
     const steps = stepsOf(plan);
-    const startDelaySeconds = startDelayOf(plan, steps, devices.length, args.profile);
+    let startDelaySeconds = startDelayOf(plan, steps, devices.length, args.profile);
+    // Setup's table statistics must have reached pg_stat_user_tables before the count before (STATS_SETTLE_SECONDS).
+    if (counting && plan.startDelaySeconds === undefined) startDelaySeconds = Math.max(startDelaySeconds, STATS_SETTLE_SECONDS);
     const recipientsPerSend = plan.groupUsers * plan.devicesPerUser - 1;
     const watch = watchedPids(servers, args.nodes);
     const loadgenPlan: LoadgenPlan = {
@@ -709,14 +852,40 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
       ...(plan.rampRates ? { stopAboveP99Ms: KNEE_P99_MS } : {}),
       inFlightPerSender: IN_FLIGHT_PER_SENDER,
       ackDelayMs: plan.ackDelayMs ?? ACK_DELAY_MS,
+      markRead: scenario === "receipts" || (plan.markRead ?? false),
       ...(plan.churn ? { churn: plan.churn } : {}),
       connectTimeoutSeconds: args.profile === "full" ? 300 : args.profile === "quick" ? 120 : 60,
       watch,
     };
     const loadAvgBeforeLoadgen = loadAvg();
-    const run = await runLoadgen(binary, loadgenPlan, startDelaySeconds * 1000, args, work);
+    let countBefore: Promise<StatsSnapshot | Error> | undefined;
+    const run = await runLoadgen(binary, loadgenPlan, startDelaySeconds * 1000, args, work, (startAtMs) => {
+      if (counting) {
+        countBefore = sleep(Math.max(0, startAtMs - COUNT_BEFORE_MS - Date.now()))
+          .then(() => counting.read())
+          .catch((error: unknown) => (error instanceof Error ? error : new Error(String(error))));
+      }
+    });
     const metrics = await scrape(servers.nodes[0]!.url).catch(() => new Map<string, number>());
     const [serverP50, serverP99] = histogramQuantiles(metrics, "palaver_delivery_latency_seconds", [0.5, 0.99]);
+
+    // The count after: once the nodes have stopped, their backends have exited and flushed their statistics.
+    let dbWrites: DbWrites | null | undefined = WRITES_COUNTED.has(scenario) ? null : undefined;
+    const dbNotes: string[] = [];
+    if (counting && countBefore) {
+      const before = await countBefore;
+      await servers.stopNodes();
+      if (!(await counting.othersGone(10_000))) dbNotes.push("the server's database connections were still open 10 s after it stopped: the write counts may miss their last second");
+      if (before instanceof Error) {
+        dbNotes.push(`database writes not counted: ${before.message}`);
+      } else {
+        const messages = run.result.points.reduce((n, p) => n + p.sendsOk, 0);
+        dbWrites = dbWritesOf(before, await counting.read(), messages, await counting.walBytesSince(before.lsn));
+        if (plan.startDelaySeconds !== undefined && plan.startDelaySeconds < STATS_SETTLE_SECONDS) {
+          dbNotes.push(`startDelaySeconds ${plan.startDelaySeconds} (BENCH_PLAN) is under ${STATS_SETTLE_SECONDS}: the database write counts may include some of setup's`);
+        }
+      }
+    }
 
     const shape: PlanShape = {
       groups: plan.groups,
@@ -733,6 +902,7 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
       ...(loadgenPlan.stopAboveP99Ms ? { stopAboveP99Ms: loadgenPlan.stopAboveP99Ms } : {}),
       inFlightPerSender: IN_FLIGHT_PER_SENDER,
       ackDelayMs: loadgenPlan.ackDelayMs,
+      markRead: loadgenPlan.markRead,
       ...(plan.churn ? { churn: plan.churn } : {}),
       urls: loadgenPlan.urls.length,
     };
@@ -757,16 +927,18 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
       serverMaxRssBytes: run.serverMaxRssBytes,
       serverDeliveryP50Ms: serverP50 ?? null,
       serverDeliveryP99Ms: serverP99 ?? null,
+      ...(dbWrites !== undefined ? { dbWrites } : {}),
       figures: {},
       result: run.result,
       ...(scenario === "ramp" && ceiling ? { pgCeiling: { ...ceiling, url: withoutCredentials(ceiling.url) } } : {}),
-      notes: [],
+      notes: dbNotes,
       problems: [],
     };
     judge(result, watch);
     printSummary(result);
     return result;
   } finally {
+    await counting?.close();
     await servers.close();
     await rm(work, { recursive: true, force: true });
   }
@@ -811,6 +983,19 @@ function judge(r: ScenarioResult, watch: Watch): void {
   }
   const sendErrors = points.reduce((n, p) => n + Object.values(p.sendErrors).reduce((a, b) => a + b, 0), 0);
   if (sendErrors > 0) notes.push(`${sendErrors} sends were answered with an error (by code in the table)`);
+  const receipts = res.receipts;
+  if (r.shape.markRead && sending) {
+    if (!receipts || receipts.markReadsSent === 0) problems.push("no mark_read was sent: the load generator is broken");
+    else if (receipts.markReadsOk === 0) problems.push("no mark_read succeeded: the server or the load generator is broken");
+    const failed = Object.values(receipts?.markReadErrors ?? {}).reduce((a, b) => a + b, 0);
+    if (failed > 0) notes.push(`${failed} of ${receipts!.markReadsSent} mark_reads were answered with an error (${Object.entries(receipts!.markReadErrors).map(([k, n]) => `${k} ${n}`).join(", ")})`);
+    if (receipts && receipts.markReadsUnanswered > 0) notes.push(`${receipts.markReadsUnanswered} mark_reads were still unanswered when the streams closed`);
+  }
+  if (r.dbWrites) {
+    notes.push("database writes: rows inserted, updated and deleted (pg_stat_user_tables) from just before the send clock started until the server had stopped, warm-up and hold included, per message stored in that time");
+  } else if (r.dbWrites === null && r.backend === "pglite") {
+    notes.push("database writes per message: n/a on PGlite (counted from Postgres's statistics, with DATABASE_URL)");
+  }
   if (r.scenario === "ramp") {
     const { knee } = kneeOf(r);
     r.figures.kneeSendsPerSecond = knee;
@@ -832,7 +1017,7 @@ function judge(r: ScenarioResult, watch: Watch): void {
 function printSummary(r: ScenarioResult): void {
   const res = r.result;
   const f = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
-  console.log(`\n  ${r.scenario} (${r.profile}, ${r.backend}, ${r.shape.devices} devices, ${r.seconds} s):`);
+  console.log(`\n  ${scenarioLabel(r)} (${r.profile}, ${r.backend}, ${r.shape.devices} devices, ${r.seconds} s):`);
   for (const p of sentPoints(r)) console.log(`    ${pointLine(r, p)}`);
   if (r.scenario === "ramp") {
     console.log(`    knee ${r.figures.kneeSendsPerSecond} sends/s${r.figures.kneeShareOfPgCeiling !== undefined ? ` = ${(r.figures.kneeShareOfPgCeiling * 100).toFixed(1)} % of Postgres alone (${r.figures.pgCeilingSendsPerSecond}/s)` : ""}`);
@@ -840,6 +1025,26 @@ function printSummary(r: ScenarioResult): void {
   if (res.connect) console.log(`    connect: ${res.connect.devices} devices live after ${res.connect.secondsUntilAllLive.toFixed(2)} s (p99 ${f(res.connect.latency.p99)} ms), ${res.connect.failed} failed`);
   if (res.drain && r.scenario === "drain") console.log(`    drain: ${res.drain.backlogEvents} events in ${res.drain.secondsUntilAllDrained.toFixed(2)} s = ${Math.round(res.drain.eventsPerSecond)} events/s`);
   if (res.churn) console.log(`    churn: ${res.churn.reconnects} reconnects, lost ${res.churn.lost}, duplicates on a stream ${res.churn.duplicatesOnAStream}, redelivered ${res.churn.redeliveredAfterReconnect}`);
+  const rc = res.receipts;
+  if (rc && (rc.markRead || rc.receiptUpdates > 0 || rc.typingUpdates > 0)) {
+    const failed = Object.values(rc.markReadErrors ?? {}).reduce((a, b) => a + b, 0);
+    console.log(
+      `    receipts over the run: ${rc.markRead ? `mark_read sent ${rc.markReadsSent}, ok ${rc.markReadsOk}, failed ${failed}, unanswered ${rc.markReadsUnanswered}; ` : ""}` +
+        `receipt updates received ${rc.receiptUpdates}${rc.typingUpdates > 0 ? `, typing updates ${rc.typingUpdates}` : ""}`,
+    );
+  }
+  if (r.dbWrites) {
+    const w = r.dbWrites;
+    const pm = w.perMessage;
+    console.log(
+      `    db writes per stored message: ${pm.total.toFixed(2)} (inbox ${pm.inbox.toFixed(2)}, messages ${pm.messages.toFixed(2)}, chat_participants ${pm.chat_participants.toFixed(2)}, other ${pm.other.toFixed(2)}) ` +
+        `over ${w.messages} messages; WAL ${(w.walBytesPerMessage / 1024).toFixed(1)} KiB per message (whole cluster)`,
+    );
+    const tables = Object.entries(w.tables).map(([t, d]) => `${t} +${d.ins} ~${d.upd} -${d.del}`);
+    console.log(`    db rows written (inserted + / updated ~ / deleted -): ${tables.join(", ") || "none"}`);
+  } else if (r.dbWrites === null) {
+    console.log("    db writes per stored message: n/a (PGlite; Postgres's statistics need DATABASE_URL)");
+  }
   if (res.memory && r.scenario === "connections") {
     console.log(`    memory: server RSS ${(res.memory.serverRssBeforeBytes / 2 ** 20).toFixed(0)} → ${(res.memory.serverRssConnectedBytes / 2 ** 20).toFixed(0)} MiB, ${(res.memory.rssPerIdleDeviceBytes / 1024).toFixed(1)} KiB per idle device`);
   }
@@ -864,7 +1069,10 @@ function pointLine(r: ScenarioResult, p: LoadgenPoint): string {
   const mark = r.scenario === "ramp" && p.tag !== "warmup" ? (held(p) ? " ok" : " ✗") : "";
   return (
     `${p.tag.padStart(6)}${mark}: ${p.rate}/s × ${p.seconds} s, sent ${p.sendsOk}/${p.sendsDue}; delivery p50 ${f(d.p50)} p99 ${f(d.p99)} p99.9 ${f(d.p999)} max ${f(d.max)} ms; ` +
-    `send p99 ${f(p.sendLatency.p99)} ms; received ${p.deliveriesReceived}/${p.deliveriesExpected}, dup ${p.duplicates}; CPU µs/delivery ${cpu || "-"}; load ${p.loadAvg1 === null || p.loadAvg1 < 0 ? "-" : p.loadAvg1.toFixed(2)}`
+    `send p99 ${f(p.sendLatency.p99)} ms; received ${p.deliveriesReceived}/${p.deliveriesExpected}, dup ${p.duplicates}; CPU µs/delivery ${cpu || "-"}; load ${p.loadAvg1 === null || p.loadAvg1 < 0 ? "-" : p.loadAvg1.toFixed(2)}` +
+    (r.shape.markRead || (p.receiptUpdates ?? 0) > 0
+      ? `; receipt updates ${f(p.receiptUpdatesPerSecond ?? 0)}/s${r.shape.markRead ? `, mark_read ${p.markReadsOk ?? 0}/${p.markReadsSent ?? 0} ok` : ""}`
+      : "")
   );
 }
 
@@ -909,7 +1117,8 @@ async function main(): Promise<void> {
   const problems: string[] = [];
   for (const scenario of args.scenarios) {
     const result = await runScenario(binary, scenario, args, ceiling);
-    await writeFile(join(args.out, `${day}-${scenario}.json`), `${JSON.stringify(result, null, 2)}\n`);
+    // A scenario run marking read though it does not by itself (BENCH_PLAN markRead) is kept apart: <date>-groups100reads.json.
+    await writeFile(join(args.out, `${day}-${scenarioKey(result)}.json`), `${JSON.stringify(result, null, 2)}\n`);
     problems.push(...result.problems.map((p) => `${scenario}: ${p}`));
   }
   await writeReport(args.out);

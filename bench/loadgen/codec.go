@@ -23,10 +23,12 @@ const (
 )
 
 const (
-	eventOther = iota // ChatUpdate or a kind added later: acked, not counted
+	eventOther = iota // ChatUpdate or a kind added later: acked (when it has an event_id), not counted
 	eventNewMessage
 	eventInboxDrained
 	eventResync
+	eventReceiptUpdate // never stored (event_id 0): counted, never acked
+	eventTypingUpdate  // never stored (event_id 0): counted, never acked
 )
 
 // frame is one ConnectResponse as loadgen needs it. Byte fields are copies (the message's bytes belong to the
@@ -42,12 +44,19 @@ type frame struct {
 	text          []byte
 	backlogEvents uint64
 	resyncReason  int32
+	// ReceiptUpdate (its user_id is not kept) and TypingUpdate
+	deliveredSeq, readSeq uint64
+	typing                bool
 
 	// CommandResult
 	requestID []byte
 	hasError  bool
 	errorCode int32
 	sendSeq   uint64
+	// mark_read: the caller's receipt's read_seq after the call, and its unread count
+	markRead    bool
+	markReadSeq uint64
+	unreadCount uint64
 }
 
 var errBadFrame = errors.New("malformed ConnectResponse")
@@ -56,6 +65,8 @@ func (f *frame) reset() {
 	f.kind, f.eventID, f.eventKind, f.seq, f.backlogEvents, f.resyncReason = frameNone, 0, eventOther, 0, 0, 0
 	f.chatID, f.text, f.requestID = f.chatID[:0], f.text[:0], f.requestID[:0]
 	f.hasError, f.errorCode, f.sendSeq = false, 0, 0
+	f.deliveredSeq, f.readSeq, f.typing = 0, 0, false
+	f.markRead, f.markReadSeq, f.unreadCount = false, 0, 0
 }
 
 // fields walks the fields of one message, calling fn with each field's number, wire type, varint value (for
@@ -145,6 +156,22 @@ func (f *frame) decodeEvent(b []byte) error {
 			reason, err := varintField(bs, 1)
 			f.resyncReason = int32(reason)
 			return err
+		case num == 7 && typ == protowire.BytesType: // receipt_update
+			f.eventKind = eventReceiptUpdate
+			return fields(bs, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
+				switch {
+				case num == 2 && typ == protowire.VarintType:
+					f.deliveredSeq = v
+				case num == 3 && typ == protowire.VarintType:
+					f.readSeq = v
+				}
+				return nil
+			})
+		case num == 8 && typ == protowire.BytesType: // typing_update
+			f.eventKind = eventTypingUpdate
+			typing, err := varintField(bs, 3)
+			f.typing = typing != 0
+			return err
 		}
 		return nil
 	})
@@ -164,6 +191,19 @@ func (f *frame) decodeResult(b []byte) error {
 			code, err := varintField(bs, 1)
 			f.errorCode = int32(code)
 			return err
+		case num == 9 && typ == protowire.BytesType: // mark_read
+			f.markRead = true
+			return fields(bs, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
+				switch {
+				case num == 1 && typ == protowire.BytesType: // receipt
+					var err error
+					f.markReadSeq, err = varintField(bs, 3)
+					return err
+				case num == 2 && typ == protowire.VarintType:
+					f.unreadCount = v
+				}
+				return nil
+			})
 		}
 		return nil
 	})
@@ -179,6 +219,8 @@ type requestEncoder struct {
 	ackFrame  *chatv1.ConnectRequest
 	msg       *chatv1.SendMessageRequest
 	sendFrame *chatv1.ConnectRequest
+	read      *chatv1.MarkReadRequest
+	readFrame *chatv1.ConnectRequest
 }
 
 // acks is an ack_events frame numbered n ("a<n>").
@@ -205,6 +247,19 @@ func (e *requestEncoder) send(chatID, clientMessageID string, k, due int64, tag 
 	e.msg.ClientMessageId = clientMessageID
 	e.msg.Text = messageText(e.text, due, tag)
 	return e.frame(e.sendFrame)
+}
+
+// markRead is the mark_read frame numbered n ("m<n>"): the chat read up to seq.
+func (e *requestEncoder) markRead(n int64, chatID string, seq uint64) []byte {
+	if e.readFrame == nil {
+		e.read = &chatv1.MarkReadRequest{}
+		e.readFrame = &chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_MarkRead{MarkRead: e.read}}
+	}
+	e.id = strconv.AppendInt(append(e.id[:0], 'm'), n, 10)
+	e.readFrame.RequestId = string(e.id)
+	e.read.ChatId = chatID
+	e.read.Seq = seq
+	return e.frame(e.readFrame)
 }
 
 func (e *requestEncoder) frame(m proto.Message) []byte {

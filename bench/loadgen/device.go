@@ -48,6 +48,14 @@ type device struct {
 	closed    chan struct{} // closed with closing: cuts a reconnect's backoff short
 	enc       requestEncoder
 
+	// Marking read (plan.markRead): at most one mark_read unanswered, carrying the newest seq received.
+	readWant     uint64 // the newest seq of the chat received: what the chat should be marked read up to
+	readSent     uint64 // the seq of the last mark_read written (on this session, or answered on an earlier one)
+	readDone     uint64 // the highest seq a mark_read was answered for without an error
+	readInFlight bool   // a mark_read is unanswered on this session
+	readReq      int64  // its number ("m<n>")
+	nextMark     int64
+
 	// Read by the runner while the device runs.
 	sessions      atomic.Int64 // sessions started
 	drainedIn     atomic.Int64 // the number of the last session that got InboxDrained
@@ -101,6 +109,7 @@ func (d *device) close() {
 	}
 	if s := d.sess; s != nil && !s.halfClosed {
 		d.writeAcksLocked(s)
+		d.markReadLocked(s) // the newest seq, unless one is still unanswered
 		s.halfClosed = true
 		_ = s.stream.write(nil, true)
 		s.stream.c.flush()
@@ -200,6 +209,9 @@ func (d *device) session(ctx context.Context) (*session, error) {
 		d.inflight = nil
 	}
 	d.writeAcksLocked(s)
+	// A mark_read the last session left unanswered may not have been carried out: the newest seq goes again.
+	d.readInFlight, d.readSent = false, d.readDone
+	d.markReadLocked(s)
 	d.pumpLocked(s)
 	c.flush()
 	d.mu.Unlock()
@@ -249,6 +261,19 @@ func (d *device) onEvent(s *session, f *frame, now time.Time) {
 		}
 	case eventResync:
 		r.errs.add("resync/"+chatv1.ResyncReason(f.resyncReason).String(), 1)
+	case eventReceiptUpdate:
+		r.receiptUpdates.Add(1)
+		if st := r.stepNow(); st != nil {
+			st.receiptUpdates.Add(1)
+		}
+	case eventTypingUpdate:
+		r.typingUpdates.Add(1)
+	}
+	if f.eventKind == eventReceiptUpdate || f.eventKind == eventTypingUpdate {
+		if f.eventID != 0 {
+			r.errs.add("event/STORED_SIGNAL", 1) // docs/protocol.md: they are never stored, their event_id is 0
+		}
+		return // not stored: never acked
 	}
 	if f.eventID == 0 {
 		return // InboxDrained and Resync are not stored: never acked
@@ -257,6 +282,10 @@ func (d *device) onEvent(s *session, f *frame, now time.Time) {
 		r.backlogEvents.Add(1) // a message counts once, in onMessage
 	}
 	d.mu.Lock()
+	if r.markRead && f.eventKind == eventNewMessage && f.seq > d.readWant && d.inChat(f.chatID) {
+		d.readWant = f.seq
+		d.markReadLocked(s) // flushed when the reader is idle
+	}
 	d.unacked = append(d.unacked, f.eventID)
 	switch {
 	case len(d.unacked) >= maxAckBatch:
@@ -272,11 +301,16 @@ func (d *device) onEvent(s *session, f *frame, now time.Time) {
 	d.mu.Unlock()
 }
 
+// inChat says whether chatID (an event's) is the device's chat.
+func (d *device) inChat(chatID []byte) bool {
+	return string(chatID) == d.chatID || strings.EqualFold(string(chatID), d.chatID)
+}
+
 // onMessage dedupes by seq (the device is in one chat, where seqs are unique: the same as deduping by event_id,
 // without a map) and records the first arrival's latency against the step that sent it.
 func (d *device) onMessage(f *frame, now time.Time) {
 	r := d.r
-	if string(f.chatID) != d.chatID && !strings.EqualFold(string(f.chatID), d.chatID) {
+	if !d.inChat(f.chatID) {
 		// Another chat's message (not in bench plans): dedupe by event_id.
 		if d.otherSeen == nil {
 			d.otherSeen = map[uint64]struct{}{}
@@ -367,6 +401,75 @@ func (d *device) onResult(s *session, f *frame, now time.Time) {
 		if f.hasError {
 			r.errs.add("ack/"+codeName(connect.Code(f.errorCode)), 1)
 		}
+	case 'm':
+		d.onMarkRead(s, f, requestNumber(id[1:]))
+	}
+}
+
+// requestNumber reads the number of a request id after its letter (-1 if it is not one).
+func requestNumber(digits []byte) int64 {
+	var n int64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}
+
+// onMarkRead takes a mark_read's answer: an error counts as one (by code, like failed sends), an answer whose
+// receipt is behind the seq asked for counts as markRead/BEHIND (read_seq only moves forward, so it is at least the
+// seq asked for), and the newest seq received since goes next.
+func (d *device) onMarkRead(s *session, f *frame, n int64) {
+	r := d.r
+	st := r.stepNow()
+	d.mu.Lock()
+	asked := uint64(0)
+	if d.readInFlight && n == d.readReq {
+		asked = d.readSent
+		d.readInFlight = false
+		if !f.hasError {
+			d.readDone = max(d.readDone, asked)
+		}
+		d.markReadLocked(s) // flushed when the reader is idle
+	}
+	d.mu.Unlock()
+	if f.hasError {
+		code := codeName(connect.Code(f.errorCode))
+		r.markReadErrs.add(code, 1)
+		r.errs.add("markRead/"+code, 1)
+		if st != nil {
+			st.addMarkReadError(code)
+		}
+		return
+	}
+	r.markReadsOk.Add(1)
+	if st != nil {
+		st.markReadsOk.Add(1)
+	}
+	switch {
+	case !f.markRead:
+		r.errs.add("markRead/NO_RECEIPT", 1) // answered, but not with a MarkReadResponse
+	case f.markReadSeq < asked:
+		r.errs.add("markRead/BEHIND", 1)
+	}
+}
+
+// markReadLocked writes a mark_read for the newest seq received, unless one is unanswered (it goes when the answer
+// comes) or that seq was already sent. The caller flushes.
+func (d *device) markReadLocked(s *session) {
+	if d.readInFlight || d.readWant <= d.readSent || s.halfClosed {
+		return
+	}
+	d.nextMark++
+	if s.stream.write(d.enc.markRead(d.nextMark, d.chatID, d.readWant), false) != nil {
+		return // the stream has ended: the next session sends it
+	}
+	d.readInFlight, d.readSent, d.readReq = true, d.readWant, d.nextMark
+	d.r.markReadsSent.Add(1)
+	if st := d.r.stepNow(); st != nil {
+		st.markReadsSent.Add(1)
 	}
 }
 

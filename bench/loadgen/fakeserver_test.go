@@ -11,8 +11,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	chatv1 "github.com/palaver-chat/palaver/gen/go/palaver/chat/v1"
@@ -21,8 +23,9 @@ import (
 
 // fakeServer is a small in-memory Palaver for loadgen's tests: the Connect stream life cycle of docs/protocol.md
 // (backlog, InboxDrained, live events, a newer stream replaces an older one with ABORTED, a half-close is answered
-// and ends the stream), gap-free seqs per chat, idempotent sends, inboxes emptied by acks, and GetChat. A token is
-// "user|device|chat": the device joins that chat the first time it is seen.
+// and ends the stream), gap-free seqs per chat, idempotent sends, inboxes emptied by acks, mark_read (a read receipt per
+// user, a ReceiptUpdate with event_id 0 to the chat's other live streams), and GetChat. A token is "user|device|chat":
+// the device joins that chat the first time it is seen.
 //
 // With LOADGEN_FAKE_SERVE=host:port the test binary only serves it (to measure the loadgen binary's own CPU against a
 // server that costs little): go test -c -o /tmp/fake.test && LOADGEN_FAKE_SERVE=127.0.0.1:9999 /tmp/fake.test
@@ -33,19 +36,27 @@ type fakeServer struct {
 	nextEvent uint64
 	chats     map[string]*fakeChat
 	devices   map[string]*fakeDevice
+	// What the receipts tests check: acks of event_id 0 (ReceiptUpdate is never stored, so never acked), and
+	// mark_reads a device sent with a seq not above its previous one (they should carry the newest seq received).
+	zeroAcks, markReadsNotNewer int
+	// markReadDelay (ns) holds each mark_read's answer back, like a loaded server, so that devices coalesce.
+	markReadDelay atomic.Int64
 }
 
 type fakeChat struct {
 	lastSeq uint64
 	members []*fakeDevice
 	sent    map[string]uint64 // device/client_message_id -> seq
+	read    map[string]uint64 // user -> read_seq
 }
 
 type fakeDevice struct {
-	key   string
-	chat  *fakeChat
-	inbox map[uint64]*chatv1.ConnectResponse
-	live  *fakeStream
+	key      string
+	user     string
+	chat     *fakeChat
+	inbox    map[uint64]*chatv1.ConnectResponse
+	live     *fakeStream
+	lastMark uint64 // the seq of its last mark_read
 }
 
 // fakeStream is one open Connect stream's outgoing queue; frames are queued under the server's lock, so a stream
@@ -88,10 +99,10 @@ func (f *fakeServer) device(token string) (*fakeDevice, error) {
 	}
 	c := f.chats[parts[2]]
 	if c == nil {
-		c = &fakeChat{sent: map[string]uint64{}}
+		c = &fakeChat{sent: map[string]uint64{}, read: map[string]uint64{}}
 		f.chats[parts[2]] = c
 	}
-	d := &fakeDevice{key: key, chat: c, inbox: map[uint64]*chatv1.ConnectResponse{}}
+	d := &fakeDevice{key: key, user: parts[0], chat: c, inbox: map[uint64]*chatv1.ConnectResponse{}}
 	c.members = append(c.members, d)
 	f.devices[key] = d
 	return d, nil
@@ -166,6 +177,9 @@ func (f *fakeServer) Connect(ctx context.Context, stream *connect.BidiStream[cha
 				return
 			}
 			result := &chatv1.CommandResult{RequestId: req.RequestId}
+			if _, ok := req.Command.(*chatv1.ConnectRequest_MarkRead); ok {
+				time.Sleep(time.Duration(f.markReadDelay.Load()))
+			}
 			f.mu.Lock()
 			switch c := req.Command.(type) {
 			case *chatv1.ConnectRequest_SendMessage:
@@ -178,9 +192,14 @@ func (f *fakeServer) Connect(ctx context.Context, stream *connect.BidiStream[cha
 				result.Outcome = &chatv1.CommandResult_SendMessage{SendMessage: &chatv1.SendMessageResponse{Seq: seq}}
 			case *chatv1.ConnectRequest_AckEvents:
 				for _, id := range c.AckEvents.EventIds {
+					if id == 0 {
+						f.zeroAcks++
+					}
 					delete(d.inbox, id)
 				}
 				result.Outcome = &chatv1.CommandResult_AckEvents{AckEvents: &chatv1.AckEventsResponse{}}
+			case *chatv1.ConnectRequest_MarkRead:
+				f.markRead(d, chatID, c.MarkRead, result)
 			default:
 				result.Outcome = &chatv1.CommandResult_Error{Error: &chatv1.CommandError{Code: int32(connect.CodeUnimplemented)}}
 			}
@@ -213,6 +232,33 @@ func (f *fakeServer) Connect(ctx context.Context, stream *connect.BidiStream[cha
 			return ctx.Err()
 		}
 	}
+}
+
+// markRead moves the device's user's read_seq forward and tells the chat's other live streams with a ReceiptUpdate
+// (event_id 0, not stored): a simplified MarkRead, enough for loadgen's counting (caller holds mu).
+func (f *fakeServer) markRead(d *fakeDevice, chatID string, req *chatv1.MarkReadRequest, result *chatv1.CommandResult) {
+	c := d.chat
+	if req.ChatId != chatID || req.Seq == 0 || req.Seq > c.lastSeq {
+		result.Outcome = &chatv1.CommandResult_Error{Error: &chatv1.CommandError{Code: int32(connect.CodeInvalidArgument), Message: "bad seq"}}
+		return
+	}
+	if req.Seq <= d.lastMark {
+		f.markReadsNotNewer++
+	}
+	d.lastMark = req.Seq
+	if req.Seq > c.read[d.user] {
+		c.read[d.user] = req.Seq
+		update := &chatv1.ConnectResponse{Frame: &chatv1.ConnectResponse_Event{Event: &chatv1.Event{ChatId: chatID,
+			Kind: &chatv1.Event_ReceiptUpdate{ReceiptUpdate: &chatv1.ReceiptUpdate{UserId: d.user, DeliveredSeq: req.Seq, ReadSeq: req.Seq}}}}}
+		for _, m := range c.members {
+			if m != d && m.live != nil {
+				m.live.push(update)
+			}
+		}
+	}
+	read := c.read[d.user]
+	result.Outcome = &chatv1.CommandResult_MarkRead{MarkRead: &chatv1.MarkReadResponse{
+		Receipt: &chatv1.Receipt{UserId: d.user, DeliveredSeq: read, ReadSeq: read}, UnreadCount: c.lastSeq - read}}
 }
 
 func (f *fakeServer) GetChat(_ context.Context, req *connect.Request[chatv1.GetChatRequest]) (*connect.Response[chatv1.GetChatResponse], error) {

@@ -21,6 +21,7 @@ type Plan struct {
 	StopAboveP99Ms        float64      `json:"stopAboveP99Ms"`
 	InFlightPerSender     int          `json:"inFlightPerSender"`
 	AckDelayMs            float64      `json:"ackDelayMs"`
+	MarkRead              bool         `json:"markRead"` // receivers mark their chat read (README.md); receipts implies it
 	Churn                 *Churn       `json:"churn"`
 	ConnectTimeoutSeconds float64      `json:"connectTimeoutSeconds"`
 	Watch                 Watch        `json:"watch"`
@@ -57,7 +58,7 @@ type Watch struct {
 	Haproxy  []int `json:"haproxy"`
 }
 
-var scenarios = []string{"steady", "ramp", "groups100", "drain", "connections", "connect", "churn"}
+var scenarios = []string{"steady", "receipts", "ramp", "groups100", "drain", "connections", "connect", "churn"}
 
 // maxTagLen keeps a step tag small: it travels in every message text and is looked up per delivery.
 const maxTagLen = 32
@@ -126,6 +127,9 @@ func (p *Plan) validate() error {
 	}
 	if p.ConnectTimeoutSeconds == 0 {
 		p.ConnectTimeoutSeconds = 300
+	}
+	if p.Scenario == "receipts" {
+		p.MarkRead = true
 	}
 	if p.Scenario == "churn" {
 		if p.Churn == nil {

@@ -42,6 +42,14 @@ func TestPlanValidation(t *testing.T) {
 	if err := c.validate(); err != nil || c.Churn == nil || c.Churn.EverySeconds != 1 || c.Churn.Fraction != 0.05 {
 		t.Errorf("churn defaults: %v %+v", err, c.Churn)
 	}
+	if p.MarkRead {
+		t.Error("steady marks read without markRead")
+	}
+	rc := good()
+	rc.Scenario = "receipts"
+	if err := rc.validate(); err != nil || !rc.MarkRead {
+		t.Errorf("receipts: %v, markRead %v (the scenario implies it)", err, rc.MarkRead)
+	}
 }
 
 func TestShardArgument(t *testing.T) {

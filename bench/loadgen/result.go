@@ -25,6 +25,7 @@ type Result struct {
 	Drain            DrainFigures     `json:"drain"`
 	Churn            *ChurnFigures    `json:"churn,omitempty"`
 	Memory           MemoryFigures    `json:"memory"`
+	Receipts         ReceiptFigures   `json:"receipts"`
 	Errors           map[string]int64 `json:"errors"`
 	Loadgen          LoadgenFigures   `json:"loadgen"`
 }
@@ -48,6 +49,26 @@ type Point struct {
 	SendLatency          Latency          `json:"sendLatency"`
 	CPUSeconds           CPUFigures       `json:"cpuSeconds"`
 	CPUMicrosPerDelivery CPUFigures       `json:"cpuMicrosPerDelivery"`
+	// Counted against the step running when they happened (README.md): receipt updates received by this shard's
+	// devices, and the mark_read commands they wrote and had answered.
+	ReceiptUpdates          int64            `json:"receiptUpdates"`
+	ReceiptUpdatesPerSecond float64          `json:"receiptUpdatesPerSecond"`
+	MarkReadsSent           int64            `json:"markReadsSent"`
+	MarkReadsOk             int64            `json:"markReadsOk"`
+	MarkReadErrors          map[string]int64 `json:"markReadErrors"`
+}
+
+// ReceiptFigures are the receipts and typing figures of the whole run (connecting and holding included).
+type ReceiptFigures struct {
+	MarkRead       bool             `json:"markRead"` // the devices marked their chat read (plan.markRead)
+	MarkReadsSent  int64            `json:"markReadsSent"`
+	MarkReadsOk    int64            `json:"markReadsOk"`
+	MarkReadErrors map[string]int64 `json:"markReadErrors"` // answered with an error, by code (also in errors)
+	// MarkReadsUnanswered: written but neither answered nor failed when the streams closed (a dropped stream's are
+	// written again, with the newest seq, on the next).
+	MarkReadsUnanswered int64 `json:"markReadsUnanswered"`
+	ReceiptUpdates      int64 `json:"receiptUpdates"` // ReceiptUpdate events received (never acked)
+	TypingUpdates       int64 `json:"typingUpdates"`  // TypingUpdate events received (never acked)
 }
 
 type CPUFigures struct {
@@ -111,6 +132,22 @@ func (p *Point) perDelivery() {
 		Server: per(p.CPUSeconds.Server), Postgres: per(p.CPUSeconds.Postgres),
 		Redis: per(p.CPUSeconds.Redis), Haproxy: per(p.CPUSeconds.Haproxy), Loadgen: per(p.CPUSeconds.Loadgen),
 	}
+}
+
+// perSecond fills the receipt updates per second of the step.
+func (p *Point) perSecond() {
+	p.ReceiptUpdatesPerSecond = 0
+	if p.Seconds > 0 {
+		p.ReceiptUpdatesPerSecond = round2(float64(p.ReceiptUpdates) / p.Seconds)
+	}
+}
+
+func (r *ReceiptFigures) unanswered() {
+	var failed int64
+	for _, n := range r.MarkReadErrors {
+		failed += n
+	}
+	r.MarkReadsUnanswered = max(0, r.MarkReadsSent-r.MarkReadsOk-failed)
 }
 
 func (l *LoadgenFigures) perDelivery() {
@@ -196,7 +233,7 @@ func merge(results []*Result) (*Result, error) {
 	// Points, step by step.
 	for i := range first.Points {
 		p := Point{Tag: first.Points[i].Tag, Rate: first.Points[i].Rate, Seconds: first.Points[i].Seconds,
-			Skipped: true, SendErrors: map[string]int64{}}
+			Skipped: true, SendErrors: map[string]int64{}, MarkReadErrors: map[string]int64{}}
 		var deliveries, sends []Latency
 		for _, r := range results {
 			q := r.Points[i]
@@ -211,6 +248,10 @@ func merge(results []*Result) (*Result, error) {
 			p.DeliveriesReceived += q.DeliveriesReceived
 			p.Duplicates += q.Duplicates
 			p.CPUSeconds.Loadgen += q.CPUSeconds.Loadgen
+			p.ReceiptUpdates += q.ReceiptUpdates
+			p.MarkReadsSent += q.MarkReadsSent
+			p.MarkReadsOk += q.MarkReadsOk
+			addCounts(p.MarkReadErrors, q.MarkReadErrors)
 			deliveries = append(deliveries, q.DeliveryLatency)
 			sends = append(sends, q.SendLatency)
 		}
@@ -230,14 +271,22 @@ func merge(results []*Result) (*Result, error) {
 		p.CPUSeconds.Loadgen = round2(p.CPUSeconds.Loadgen)
 		p.DeliveriesExpected = p.SendsOk * int64(m.RecipientsPerSend)
 		p.perDelivery()
+		p.perSecond()
 		m.Points = append(m.Points, p)
 	}
 
 	var connects []Latency
 	stopped := map[string]bool{}
 	var churn []*ChurnFigures
+	m.Receipts.MarkReadErrors = map[string]int64{}
 	for _, r := range results {
 		m.Devices += r.Devices
+		m.Receipts.MarkRead = m.Receipts.MarkRead || r.Receipts.MarkRead
+		m.Receipts.MarkReadsSent += r.Receipts.MarkReadsSent
+		m.Receipts.MarkReadsOk += r.Receipts.MarkReadsOk
+		addCounts(m.Receipts.MarkReadErrors, r.Receipts.MarkReadErrors)
+		m.Receipts.ReceiptUpdates += r.Receipts.ReceiptUpdates
+		m.Receipts.TypingUpdates += r.Receipts.TypingUpdates
 		connects = append(connects, r.Connect.Latency)
 		m.Connect.Devices += r.Connect.Devices
 		m.Connect.Failed += r.Connect.Failed
@@ -262,6 +311,7 @@ func merge(results []*Result) (*Result, error) {
 		return nil, fmt.Errorf("connect latency: %w", err)
 	}
 	m.Drain.perSecond()
+	m.Receipts.unanswered()
 	m.Loadgen.CPUSeconds = round2(m.Loadgen.CPUSeconds)
 	m.Loadgen.perDelivery()
 	if sampler != nil {

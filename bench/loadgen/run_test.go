@@ -71,6 +71,60 @@ func TestSteadyDeliversEverything(t *testing.T) {
 	if len(res.Errors) != 0 {
 		t.Errorf("errors %v", res.Errors)
 	}
+	if rc := res.Receipts; rc.MarkRead || rc.MarkReadsSent != 0 {
+		t.Errorf("steady marked read: %+v", rc)
+	}
+}
+
+// receipts: every receiving device marks its chat read with the newest seq it received, at most one mark_read
+// unanswered at a time, checks the answers, and counts the ReceiptUpdates it gets without acking them.
+func TestReceiptsMarksReadAndCountsUpdates(t *testing.T) {
+	f, url := startFake(t)
+	f.markReadDelay.Store(int64(60 * time.Millisecond)) // a device gets a message every 50 ms or so: some coalesce
+	p := fakePlan(url, "receipts", 4, 3, 2, []Step{{Tag: "warmup", Rate: 50, Seconds: 0.5}, {Tag: "100", Rate: 100, Seconds: 1}})
+	p.HoldSeconds = 1
+	p.StartAtMs = time.Now().Add(time.Second).UnixMilli()
+	res := runPlan(t, p, 0, 1)
+	rc := res.Receipts
+	if !rc.MarkRead || rc.MarkReadsSent == 0 || rc.MarkReadsOk != rc.MarkReadsSent || len(rc.MarkReadErrors) != 0 ||
+		rc.MarkReadsUnanswered != 0 || rc.ReceiptUpdates == 0 {
+		t.Errorf("receipts %+v", rc)
+	}
+	// Coalesced: answers held back 60 ms make some devices receive several messages while one is unanswered.
+	if rc.MarkReadsSent >= res.Loadgen.Deliveries {
+		t.Errorf("%d mark_reads for %d deliveries", rc.MarkReadsSent, res.Loadgen.Deliveries)
+	}
+	var sent, ok, updates int64
+	for _, pt := range res.Points {
+		if pt.SendsOk != pt.SendsDue || pt.DeliveriesReceived != pt.DeliveriesExpected {
+			t.Errorf("step %s: due %d ok %d expected %d received %d", pt.Tag, pt.SendsDue, pt.SendsOk,
+				pt.DeliveriesExpected, pt.DeliveriesReceived)
+		}
+		if pt.ReceiptUpdatesPerSecond != round2(float64(pt.ReceiptUpdates)/pt.Seconds) {
+			t.Errorf("step %s: %d receipt updates in %g s, %g per second", pt.Tag, pt.ReceiptUpdates, pt.Seconds, pt.ReceiptUpdatesPerSecond)
+		}
+		sent, ok, updates = sent+pt.MarkReadsSent, ok+pt.MarkReadsOk, updates+pt.ReceiptUpdates
+	}
+	if res.Points[1].MarkReadsSent == 0 || res.Points[1].ReceiptUpdates == 0 || sent > rc.MarkReadsSent || ok > rc.MarkReadsOk || updates > rc.ReceiptUpdates {
+		t.Errorf("per step: sent %d ok %d updates %d; run %+v", sent, ok, updates, rc)
+	}
+	if len(res.Errors) != 0 {
+		t.Errorf("errors %v", res.Errors)
+	}
+	t.Logf("receipts %+v, deliveries %d", rc, res.Loadgen.Deliveries)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.zeroAcks != 0 || f.markReadsNotNewer != 0 {
+		t.Errorf("acks of event_id 0: %d; mark_reads not newer than the device's last: %d", f.zeroAcks, f.markReadsNotNewer)
+	}
+	// Every user has a device that received the chat's last message, and marked it read before closing.
+	for id, c := range f.chats {
+		for _, m := range c.members {
+			if c.read[m.user] != c.lastSeq {
+				t.Errorf("%s: %s read up to %d of %d", id, m.user, c.read[m.user], c.lastSeq)
+			}
+		}
+	}
 }
 
 // Two shards merged count exactly what one process counts.

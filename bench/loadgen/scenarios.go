@@ -26,7 +26,9 @@ type runner struct {
 	share         float64 // this shard's share of the rate: its sending devices / all sending devices
 	window        int
 	ackDelay      time.Duration
-	acks          *ackClock // writes due acks (ackDelayMs > 0)
+	markRead      bool         // receivers mark their chat read (plan.markRead)
+	curStep       atomic.Int32 // the step the send clock is in, -1 outside the steps (stepNow)
+	acks          *ackClock    // writes due acks (ackDelayMs > 0)
 	unary         unaryClients
 	sampler       bool         // shard 0 samples the watched processes
 	startAt       atomic.Int64 // unix µs: the send clock's t0 (read by readers to tell this run's messages)
@@ -40,6 +42,12 @@ type runner struct {
 	deliveries    atomic.Int64
 	backlogEvents atomic.Int64
 	serverBacklog atomic.Int64
+
+	receiptUpdates atomic.Int64
+	typingUpdates  atomic.Int64
+	markReadsSent  atomic.Int64
+	markReadsOk    atomic.Int64
+	markReadErrs   counters
 
 	connMu       sync.Mutex
 	connectHist  *hdrhistogram.Histogram
@@ -79,13 +87,14 @@ func (c *counters) snapshot() map[string]int64 {
 func newRunner(p *Plan, shard, shards, perConn int) *runner {
 	r := &runner{
 		plan: p, shard: shard, shards: shards, perConn: perConn,
-		tagIndex: map[string]int{}, window: p.InFlightPerSender,
+		tagIndex: map[string]int{}, window: p.InFlightPerSender, markRead: p.MarkRead,
 		ackDelay:    time.Duration(p.AckDelayMs * float64(time.Millisecond)),
 		sampler:     shard == 0,
 		connectHist: newHist(),
 		allLive:     make(chan struct{}),
 		cmidPrefix:  fmt.Sprintf("lg%d-%d-", p.StartAtMs, shard),
 	}
+	r.curStep.Store(-1)
 	if r.ackDelay > 0 {
 		r.acks = newAckClock(r.ackDelay)
 	}
@@ -130,6 +139,14 @@ func (r *runner) setClock(startAtMicros int64) {
 		st.cutoff = t - int64(r.plan.StopAboveP99Ms*1000)
 		st.mu.Unlock()
 	}
+}
+
+// stepNow is the step the send clock is in: nil before the first step began and after the last ended.
+func (r *runner) stepNow() *stepStats {
+	if i := r.curStep.Load(); i >= 0 {
+		return r.steps[i]
+	}
+	return nil
 }
 
 // onLive is called once per device, at its first InboxDrained.
@@ -275,6 +292,12 @@ func (r *runner) execute(ctx context.Context, stop <-chan struct{}) (*Result, er
 			res.Memory.RSSPerIdleDeviceBytes = (res.Memory.ServerRSSConnectedBytes - res.Memory.ServerRSSBeforeBytes) / int64(n)
 		}
 	}
+	res.Receipts = ReceiptFigures{
+		MarkRead: r.markRead, MarkReadsSent: r.markReadsSent.Load(), MarkReadsOk: r.markReadsOk.Load(),
+		MarkReadErrors: r.markReadErrs.snapshot(), ReceiptUpdates: r.receiptUpdates.Load(),
+		TypingUpdates: r.typingUpdates.Load(),
+	}
+	res.Receipts.unanswered()
 	res.Errors = r.errs.snapshot()
 	cpu, rss := selfUsage()
 	res.Loadgen = LoadgenFigures{CPUSeconds: round2(cpu), MaxRSSBytes: rss, Deliveries: r.deliveries.Load()}

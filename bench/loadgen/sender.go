@@ -24,6 +24,7 @@ func (r *runner) sendSteps(stop <-chan struct{}) {
 		sample := r.sampleCPU()
 		if prev >= 0 {
 			r.steps[prev].cpuEnd = sample
+			r.curStep.Store(-1)
 			if r.plan.Scenario == "ramp" && r.plan.StopAboveP99Ms > 0 && r.rampPassed(prev) {
 				r.rampStoppedAfter = r.steps[prev].step.Tag
 				r.logf("ramp: step %s passed p99 %g ms; sending stops", r.steps[prev].step.Tag, r.plan.StopAboveP99Ms)
@@ -33,6 +34,7 @@ func (r *runner) sendSteps(stop <-chan struct{}) {
 		}
 		st.began = true
 		st.cpuStart = sample
+		r.curStep.Store(int32(i))
 		if r.sampler {
 			la := loadAvg1()
 			st.loadAvg = &la
@@ -49,6 +51,7 @@ func (r *runner) sendSteps(stop <-chan struct{}) {
 				}
 				if !sleeper.until(due, stop) {
 					st.cpuEnd = r.sampleCPU()
+					r.curStep.Store(-1)
 					return
 				}
 				d := r.senders[k%int64(len(r.senders))]
@@ -65,6 +68,7 @@ func (r *runner) sendSteps(stop <-chan struct{}) {
 	if prev >= 0 {
 		r.steps[prev].cpuEnd = r.sampleCPU()
 	}
+	r.curStep.Store(-1)
 }
 
 // rampPassed decides at the end of step i whether its p99 passed the limit (see stepStats.p99Above).

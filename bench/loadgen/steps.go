@@ -2,6 +2,7 @@ package main
 
 import (
 	"sync"
+	"sync/atomic"
 
 	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
 )
@@ -21,6 +22,11 @@ type stepStats struct {
 	sendErrors           map[string]int64
 	receivedBeforeCutoff int64
 	sendsOkBeforeCutoff  int64
+	markReadErrors       map[string]int64
+
+	// Counted against the step running when they happen (no tag says which message they belong to): receipt updates
+	// received, mark_read frames written and answered without an error.
+	receiptUpdates, markReadsSent, markReadsOk atomic.Int64
 
 	// Written by the send clock only, read once it has ended.
 	sendsDue         int64
@@ -35,7 +41,7 @@ type cpuSample struct {
 }
 
 func newStepStats(s Step) *stepStats {
-	return &stepStats{step: s, delivery: newHist(), send: newHist(), sendErrors: map[string]int64{}}
+	return &stepStats{step: s, delivery: newHist(), send: newHist(), sendErrors: map[string]int64{}, markReadErrors: map[string]int64{}}
 }
 
 func (st *stepStats) addDelivery(latencyMicros, due int64) {
@@ -67,6 +73,12 @@ func (st *stepStats) addSendOk(latencyMicros, due int64) {
 func (st *stepStats) addSendError(code string) {
 	st.mu.Lock()
 	st.sendErrors[code]++
+	st.mu.Unlock()
+}
+
+func (st *stepStats) addMarkReadError(code string) {
+	st.mu.Lock()
+	st.markReadErrors[code]++
 	st.mu.Unlock()
 }
 
@@ -113,6 +125,14 @@ func (st *stepStats) point(recipientsPerSend int) Point {
 		failed += n
 	}
 	p.SendsUnanswered = max(0, st.sendsDue-st.sendsOk-failed)
+	p.ReceiptUpdates = st.receiptUpdates.Load()
+	p.MarkReadsSent = st.markReadsSent.Load()
+	p.MarkReadsOk = st.markReadsOk.Load()
+	p.MarkReadErrors = map[string]int64{}
+	for code, n := range st.markReadErrors {
+		p.MarkReadErrors[code] = n
+	}
+	p.perSecond()
 	if st.cpuStart != nil && st.cpuEnd != nil {
 		p.CPUSeconds = CPUFigures{
 			Server:   round2(st.cpuEnd.server - st.cpuStart.server),

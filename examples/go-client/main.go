@@ -5,7 +5,7 @@
 //
 //	go-client create-chat --with bob[,carol] [--name N]
 //	go-client send --chat C --text T [--client-id X]
-//	go-client listen [--until-drained] [--count N] [--no-ack]
+//	go-client listen [--until-drained] [--count N] [--no-ack] [--mark-read]
 //
 // Every mode also takes --url (default http://127.0.0.1:8080), --token (default $PALAVER_TOKEN) or --token-command
 // (default $PALAVER_TOKEN_COMMAND), and --timeout. Results and events go to stdout, one protojson object a line; errors
@@ -15,6 +15,15 @@
 // 1000 ids, and goes out when 1000 wait, when the oldest has waited a second, at InboxDrained, at the stop condition,
 // and on an interrupt (Ctrl-C, SIGTERM), which acks what was printed and closes the stream cleanly; a second
 // interrupt ends the process at once. An event left unacked is sent again on the next listen, never lost.
+//
+// listen prints every event, the ones that are not stored too: InboxDrained, Resync, ReceiptUpdate (how far another
+// participant, or the user's own other device, has received and read a chat) and TypingUpdate (someone started or
+// stopped typing; typing lapses after its lapse_after unless renewed). Those have event_id 0: they are never acked,
+// never counted by --count, and a device that is offline when they happen does not get them later (a client that
+// keeps receipts reads them again from ListChats after a reconnect's InboxDrained). With --mark-read, listen marks each
+// chat read up to the newest message it printed, as a chat app does with the chat on screen: a MarkRead command on the
+// stream, at most one unanswered per chat, with the newest seq printed when the answer comes (readMarks). A refused
+// MarkRead is reported on stderr, and listening goes on.
 //
 // A stream lives no longer than its token. With --token-command (e.g. 'palaver token --user U --device D --ttl 1h'),
 // listen runs the command again shortly before the token expires, half-closes the stream (its acks are answered) and
@@ -51,9 +60,10 @@ const usage = `usage: go-client MODE [flags]
 modes:
   create-chat --with U1[,U2...] [--name N]        create a chat; prints the CreateChatResponse
   send --chat C --text T [--client-id X]         send a message; prints the SendMessageResponse
-  listen [--until-drained] [--count N] [--no-ack]
-        print each event received; stop after InboxDrained and/or N stored events (else run until interrupted);
-        ack the printed ones in batches: up to 1000 ids a frame, after at most 1 s, and before stopping
+  listen [--until-drained] [--count N] [--no-ack] [--mark-read]
+        print each event received (receipt and typing updates too); stop after InboxDrained and/or N stored events
+        (else run until interrupted); ack the printed ones in batches: up to 1000 ids a frame, after at most 1 s,
+        and before stopping; --mark-read: mark each chat read up to the newest message printed
 common flags: --url URL (--token T | --token-command CMD) --timeout D
   --token-command runs CMD (through sh) for each token; listen then renews its token before it expires`
 
@@ -119,6 +129,7 @@ func run(args []string) error {
 		flags.BoolVar(&opts.untilDrained, "until-drained", false, "stop after InboxDrained")
 		flags.IntVar(&opts.count, "count", 0, "stop after this many stored events (messages and chat updates)")
 		flags.BoolVar(&opts.noAck, "no-ack", false, "do not ack; the events stay in the inbox")
+		flags.BoolVar(&opts.markRead, "mark-read", false, "mark each chat read up to the newest message printed")
 		act = func(d *device) error { return listen(d, conn, opts, interrupt.Done()) }
 		grace = closeGrace
 	default:
@@ -312,19 +323,22 @@ type listenOptions struct {
 	untilDrained bool
 	count        int
 	noAck        bool
+	markRead     bool
 }
 
 // listen prints events as they arrive and acks the stored ones after printing them (at least once), in batches
 // (ackBatch): when maxAckBatch ids wait, when the oldest has waited ackDelay, at InboxDrained, at the stop condition
-// and on an interrupt. It returns once the stop condition holds (or the interrupt came) and every ack has been
-// answered, after closing the stream. With a token command it moves to a new stream each time it renews the token,
-// or when the server ends the stream because the token expired.
+// and on an interrupt. With --mark-read it marks each chat read up to the newest message printed (readMarks). It
+// returns once the stop condition holds (or the interrupt came) and every ack and MarkRead has been answered, after
+// closing the stream. With a token command it moves to a new stream each time it renews the token, or when the
+// server ends the stream because the token expired.
 func listen(d *device, conn *connector, opts listenOptions, interrupted <-chan struct{}) error {
 	var (
 		seen     = map[uint64]bool{} // an event comes again after a reconnect until it is acked: dedupe by event_id
 		drained  bool
 		received int
 		finished bool // past the stop condition: events stay unacked for next time
+		reads    = newReadMarks()
 	)
 	done := func() bool {
 		if !opts.untilDrained && opts.count == 0 {
@@ -342,12 +356,14 @@ streams:
 		var (
 			batch    = ackBatch{max: maxAckBatch, delay: ackDelay}
 			acking   = map[string][]uint64{} // this stream's ack commands not yet answered: their ids, by request id
+			marking  = map[string]readMark{} // this stream's MarkRead commands not yet answered, by request id
 			opened   bool                    // the stream sent a frame: if it ends UNAUTHENTICATED, its token expired
 			renewal  = conn.renewal()        // fires shortly before the token expires
 			fetching <-chan tokenResult      // a fresh token on its way
 			next     string                  // the fresh token to move to
 		)
 		timer.Stop()
+		reads.newStream()
 		// reopenIfExpired opens the next stream with a fresh token when this one ended because its token expired
 		// while it was open; otherwise it returns why the stream ended.
 		reopenIfExpired := func(end error) error {
@@ -362,7 +378,7 @@ streams:
 			return err
 		}
 
-		for next == "" && (!finished || len(acking) > 0) {
+		for next == "" && (!finished || len(acking) > 0 || len(marking) > 0) {
 			flush := false
 			select {
 			case in, ok := <-d.frames:
@@ -374,6 +390,15 @@ streams:
 				}
 				opened = true
 				if result := in.GetResult(); result != nil {
+					if mark, ok := marking[result.GetRequestId()]; ok {
+						delete(marking, result.GetRequestId())
+						err := resultError(result)
+						if err != nil { // marking read is best effort: the next message printed marks it again
+							fmt.Fprintf(os.Stderr, "go-client: mark-read %s up to %d: %v\n", mark.chatID, mark.seq, err)
+						}
+						reads.answered(mark, err == nil)
+						break
+					}
 					if err := resultError(result); err != nil {
 						return fmt.Errorf("ack: %w", err)
 					}
@@ -404,6 +429,9 @@ streams:
 					if !opts.noAck {
 						batch.add(id, time.Now())
 					}
+				}
+				if message := event.GetNewMessage(); message != nil && opts.markRead {
+					reads.printed(event.GetChatId(), message.GetSeq())
 				}
 				if event.GetInboxDrained() != nil {
 					drained = true
@@ -443,6 +471,18 @@ streams:
 					continue streams
 				}
 				acking[id] = ids
+			}
+			for _, mark := range reads.due() {
+				id, err := d.start(&chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_MarkRead{
+					MarkRead: &chatv1.MarkReadRequest{ChatId: mark.chatID, Seq: mark.seq},
+				}})
+				if err != nil {
+					if err := reopenIfExpired(err); err != nil {
+						return fmt.Errorf("mark-read: %w", err)
+					}
+					continue streams
+				}
+				marking[id] = mark
 			}
 			if wait, ok := batch.wait(now); ok {
 				timer.Reset(wait)

@@ -198,6 +198,55 @@ describe("the Go example client", () => {
     ts.disconnect();
   });
 
+  it("marks read what it prints (--mark-read), and prints the receipt and typing updates it gets without acking them", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser) as [string, string];
+    const ts = await tsDevice(alice, "phone");
+    const [created] = await go(bob, "go", ["create-chat", "--with", alice]);
+    const chatId = parse(CreateChatResponseSchema, created).chat!.chatId;
+    await go(bob, "go", ["listen", "--until-drained"]); // takes and acks the chat's creation
+    const listen = async (extra: string[]) =>
+      startCommand(goClient, ["listen", "--count", "1", ...extra, "--url", server.url, "--token", await server.token(bob, "go"), "--timeout", "20s"]);
+
+    // TypeScript to Go: the Go device prints the message and marks the chat read up to it; alice's device hears so.
+    const reading = await listen(["--mark-read"]);
+    await reading.waitForLine((line) => line.includes("inboxDrained"));
+    await ts.command({ case: "sendMessage", value: { chatId, clientMessageId: "m1", text: "read me" } });
+    const read = await reading.done;
+    expect(read.code, read.stderr).toBe(0);
+    expect(read.stderr).toBe(""); // no MarkRead was refused
+    await ts.until(() => (ts.receiptsIn(chatId).get(bob)?.readSeq ?? 0n) >= 1n, "bob's read receipt");
+    expect(ts.receiptsIn(chatId).get(bob)).toEqual({ deliveredSeq: 1n, readSeq: 1n });
+
+    // Go prints what alice's device does in the chat: a read receipt, typing, then her message, which ends the listen.
+    await go(bob, "go", ["send", "--chat", chatId, "--text", "did you?", "--client-id", "g1"]); // seq 2
+    await ts.waitForMessages(1);
+    const watching = await listen([]);
+    await watching.waitForLine((line) => line.includes("inboxDrained"));
+    const marked = await ts.command({ case: "markRead", value: { chatId, seq: 2n } });
+    expect(marked.outcome.case === "markRead" && marked.outcome.value.unreadCount).toBe(0n);
+    // (protojson spaces its output at random: parse the line rather than match its text)
+    await watching.waitForLine((line) => (JSON.parse(line) as { receiptUpdate?: { readSeq?: string } }).receiptUpdate?.readSeq === "2");
+    await ts.command({ case: "setTyping", value: { chatId, typing: true } });
+    await watching.waitForLine((line) => line.includes("typingUpdate"));
+    await ts.command({ case: "sendMessage", value: { chatId, clientMessageId: "m2", text: "yes" } });
+    const watched = await watching.done;
+    expect(watched.code, watched.stderr).toBe(0); // an ack of event_id 0 would have been refused
+    const printed = events(watched.stdout.trim().split("\n").map((line) => JSON.parse(line)));
+    expect(printed[0]?.kind.case).toBe("inboxDrained");
+    expect(printed.at(-1)?.kind.case === "newMessage" && printed.at(-1)?.kind.value).toMatchObject({ text: "yes", seq: 3n });
+    const receipts = printed.flatMap((e) => (e.kind.case === "receiptUpdate" ? [e] : []));
+    expect(receipts.at(-1)?.chatId).toBe(chatId);
+    expect(receipts.at(-1)?.kind.value).toMatchObject({ userId: alice, deliveredSeq: 2n, readSeq: 2n });
+    const typing = printed.flatMap((e) => (e.kind.case === "typingUpdate" ? [e] : []));
+    expect(typing).toHaveLength(1);
+    expect(typing[0]?.chatId).toBe(chatId);
+    expect(typing[0]?.kind.value).toMatchObject({ userId: alice, deviceId: "phone", typing: true, lapseAfter: { seconds: 6n } });
+    // Not stored, so never acked: only the message had an event id, and its ack emptied the inbox.
+    expect(printed.filter((e) => e.eventId !== 0n).map((e) => e.kind.case)).toEqual(["newMessage"]);
+    expect(await server.inbox(bob, "go")).toEqual([]);
+    ts.disconnect();
+  });
+
   it("reports a rejected command on stderr with a failing exit status", async () => {
     const outsider = uniqueUser("outsider");
     const run = await runCommand(goClient, [
