@@ -18,7 +18,7 @@ export class AckQueue {
   ) {}
 
   add(eventId: bigint): void {
-    if (eventId === 0n) return; // InboxDrained and Resync are not stored, so there is nothing to ack
+    if (eventId === 0n) return; // signals, receipts and typing are not stored, so there is nothing to ack
     this.pending.add(eventId);
     this.schedule(this.delayMs);
   }

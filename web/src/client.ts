@@ -6,13 +6,15 @@ import { DownloadUrls } from "./attachments.js";
 import { describeError } from "./errors.js";
 import { History } from "./history.js";
 import { Outbox } from "./outbox.js";
+import { ReadMarker } from "./reads.js";
 import { type Session, SessionTokens } from "./session.js";
 import { EventStream } from "./sync.js";
+import { TypingIndicators, TypingNotifier } from "./typing.js";
 import { ChatView } from "./ui/view.js";
 
 /**
  * The signed-in client: restores this device's history, keeps the event stream open, applies and acks events, sends,
- * and renders. Returns a function that stops it all.
+ * marks what the user sees read, says when they type, and renders. Returns a function that stops it all.
  */
 export function startClient(root: HTMLElement, session: Session, signOut: (notice?: string) => void): () => void {
   const tokens = new SessionTokens(session);
@@ -24,14 +26,31 @@ export function startClient(root: HTMLElement, session: Session, signOut: (notic
     async (eventIds) => void (await api.chat.ackEvents({ eventIds })),
     () => history.saveNow(store),
   );
+  const typing = new TypingIndicators(session.userId);
+  const typingOut = new TypingNotifier(api);
+  const reads = new ReadMarker(api, store);
   // Chats an event touched while ListChats was running: the event's version is the newer one.
   let changedDuringList: Set<string> | null = null;
 
-  const view: ChatView = new ChatView(root, store, session, {
-    selectChat: (chatId) => store.select(chatId),
-    sendText: (text) => withChat((chatId) => outbox.sendText(chatId, text)),
+  const view: ChatView = new ChatView(root, store, typing, session, {
+    selectChat(chatId) {
+      if (store.activeChatId && store.activeChatId !== chatId) typingOut.stop(store.activeChatId);
+      store.select(chatId);
+    },
+    typed: (text) =>
+      withChat((chatId) => {
+        if (store.chat(chatId)?.member) typingOut.input(chatId, text);
+      }),
+    sendText: (text) =>
+      withChat((chatId) => {
+        typingOut.sent(chatId);
+        outbox.sendText(chatId, text);
+      }),
     sendFiles: (files, text) =>
-      withChat((chatId) => files.forEach((file, i) => outbox.sendFile(chatId, file, i === 0 ? text : ""))),
+      withChat((chatId) => {
+        typingOut.sent(chatId);
+        files.forEach((file, i) => outbox.sendFile(chatId, file, i === 0 ? text : ""));
+      }),
     retry: (id) => outbox.retry(id),
     discard: (id) => outbox.discard(id),
     downloadUrl: (id) => downloads.get(id),
@@ -53,10 +72,17 @@ export function startClient(root: HTMLElement, session: Session, signOut: (notic
 
   const stream = new EventStream(api, tokens, {
     event(event) {
-      if (event.chatId) changedDuringList?.add(event.chatId);
+      if (event.kind.case === "typingUpdate") {
+        typing.apply(event.chatId, event.kind.value);
+        return;
+      }
+      if (event.kind.case === "newMessage") typing.messageFrom(event.chatId, event.kind.value.senderUserId);
+      // Receipt updates (event_id 0) are neither stored nor acked, and change no chat's name or participants.
+      const stored = event.eventId !== 0n;
+      if (stored && event.chatId) changedDuringList?.add(event.chatId);
       store.applyEvent(event);
       // Repeats are acked again too: the server may not have seen the first ack.
-      acks.add(event.eventId);
+      if (stored) acks.add(event.eventId);
       if (event.chatId && store.chat(event.chatId)?.stub) void fillStubs();
     },
     live() {
@@ -67,7 +93,11 @@ export function startClient(root: HTMLElement, session: Session, signOut: (notic
       view.showInfo("Some messages expired on the server before this device received them.");
       void refreshChats();
     },
-    state: (state, detail) => view.setConnection(state, detail),
+    state(state, detail) {
+      // Off the stream, a `typing: false` would be missed: show no typing that cannot be ended.
+      if (state !== "live") typing.clear();
+      view.setConnection(state, detail);
+    },
     unauthenticated: (error) => signOut(`Signed out: ${error.rawMessage}`),
   });
 
@@ -123,14 +153,20 @@ export function startClient(root: HTMLElement, session: Session, signOut: (notic
   store.onChange(() => {
     view.render();
     history.saveSoon(store);
+    reads.check();
   });
+  typing.onChange(() => view.render());
   const saveOnHide = () => history.saveNow(store);
   window.addEventListener("pagehide", saveOnHide);
+  reads.start();
   stream.start();
 
   return () => {
     stream.stop();
     acks.stop();
+    reads.stop();
+    typingOut.stopAll();
+    typing.clear();
     window.removeEventListener("pagehide", saveOnHide);
     history.saveNow(store);
   };

@@ -1,6 +1,12 @@
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { ChatUpdateKind, type Event, type NewMessage } from "../../gen/palaver/chat/v1/event_pb.js";
-import type { Attachment, Chat } from "../../gen/palaver/chat/v1/model_pb.js";
+import type { Attachment, Chat, Receipt } from "../../gen/palaver/chat/v1/model_pb.js";
+
+/** How far one participant has received and read a chat; both only move forward, and read <= delivered. */
+export interface ReceiptEntry {
+  delivered: number;
+  read: number;
+}
 
 export interface ChatEntry {
   chatId: string;
@@ -9,6 +15,9 @@ export interface ChatEntry {
   lastSeq: number;
   /** False once this user was removed: the chat stays readable here, the server refuses sends. */
   member: boolean;
+  /** Each participant's receipt, by user id (participants not listed have received nothing yet). */
+  receipts: Record<string, ReceiptEntry>;
+  /** lastSeq minus my read seq: every message above it is from someone else, since sending marks read. */
   unread: number;
   /** When something last happened in it (ms), for the list's order. */
   lastActivity: number;
@@ -27,6 +36,10 @@ export interface AttachmentEntry {
 
 export type MessageStatus = "sending" | "sent" | "failed";
 
+/** How far one of my stored messages got: to every other participant's device, or read by all of them. */
+export type ReceiptLevel = "sent" | "delivered" | "read";
+const LEVELS: ReceiptLevel[] = ["sent", "delivered", "read"];
+
 export interface MessageEntry {
   kind: "message";
   key: string;
@@ -41,6 +54,8 @@ export interface MessageEntry {
   sentAt: number;
   clientMessageId: string;
   status: MessageStatus;
+  /** My stored messages only: the highest level reached, kept so the ticks never go back (someone joining later). */
+  receipt?: ReceiptLevel;
   /** What a send in progress is doing ("Uploading…"). */
   progress?: string;
   error?: string;
@@ -71,13 +86,16 @@ interface Snapshot {
 
 /**
  * What this device knows: its chats and their timelines, applied from events (deduplicated by event_id, messages
- * kept in seq order), from ListChats, and from its own sends. Changes are announced once per task to listeners.
+ * kept in seq order), from ListChats, and from its own sends; and everyone's receipts, from which the unread counts
+ * and my messages' ticks follow. Changes are announced once per task to listeners.
  */
 export class ChatStore {
   private readonly chats = new Map<string, ChatEntry>();
   private readonly timelines = new Map<string, TimelineEntry[]>();
   private readonly seenEventIds = new Set<string>();
   private readonly listeners = new Set<() => void>();
+  /** Chats whose unread count and ticks are recomputed before listeners run (once per task, not per event). */
+  private readonly unsettled = new Set<string>();
   private announced = false;
   activeChatId: string | null = null;
 
@@ -111,11 +129,26 @@ export class ChatStore {
     return last;
   }
 
+  /** Opening a chat does not read it by itself: MarkRead does, once the page is seen (reads.ts). */
   select(chatId: string | null): void {
     this.activeChatId = chatId;
-    const chat = chatId ? this.chats.get(chatId) : undefined;
-    if (chat) chat.unread = 0;
     this.changed();
+  }
+
+  /** How far my user has read the chat. */
+  myRead(chatId: string): number {
+    return this.chats.get(chatId)?.receipts[this.me]?.read ?? 0;
+  }
+
+  /** A receipt from the server (MarkRead's answer), merged like any other: only forward. */
+  applyReceipt(chatId: string, receipt: Receipt): void {
+    this.mergeReceipt(chatId, receipt.userId, Number(receipt.deliveredSeq), Number(receipt.readSeq));
+    this.changed();
+  }
+
+  /** I am reading the chat up to `seq` now: counted at once, before the server has the MarkRead. */
+  markReadLocally(chatId: string, seq: number): void {
+    if (this.mergeReceipt(chatId, this.me, seq, seq)) this.changed();
   }
 
   /** Applies one event from the stream; false when it was seen before (a redelivery after a reconnect). */
@@ -146,8 +179,15 @@ export class ChatStore {
         this.touch(update.chat.chatId, at);
         break;
       }
+      case "receiptUpdate": {
+        const update = event.kind.value;
+        if (!this.mergeReceipt(event.chatId, update.userId, Number(update.deliveredSeq), Number(update.readSeq))) {
+          return true;
+        }
+        break;
+      }
       default:
-        return true; // kinds this client does not know are ignored, as the API asks
+        return true; // typing is typing.ts's; kinds this client does not know are ignored, as the API asks
     }
     this.changed();
     return true;
@@ -161,21 +201,27 @@ export class ChatStore {
       chatId: chat.chatId,
       name: chat.name,
       participants: [...chat.participantUserIds],
-      lastSeq: Math.max(known?.lastSeq ?? 0, Number(chat.lastSeq)),
+      lastSeq: known?.lastSeq ?? 0,
       member: chat.participantUserIds.includes(this.me),
+      receipts: known?.receipts ?? {},
       unread: known?.unread ?? 0,
       lastActivity: Math.max(known?.lastActivity ?? 0, createdAt),
     });
+    this.mergeCounters(chat);
     this.changed();
   }
 
   /**
    * The caller's chats from ListChats. Chats missing from it are ones this user left or was removed from. Chats that
-   * an event changed while the list was being fetched keep the event's (newer) version.
+   * an event changed while the list was being fetched keep the event's (newer) name and participants; seqs and
+   * receipts only move forward, so the list's are merged all the same (receipts missed offline come only from here).
    */
   replaceChatList(chats: Chat[], changedMeanwhile: ReadonlySet<string>): void {
     const listed = new Set(chats.map((c) => c.chatId));
-    for (const chat of chats) if (!changedMeanwhile.has(chat.chatId)) this.upsertChat(chat);
+    for (const chat of chats) {
+      if (!changedMeanwhile.has(chat.chatId)) this.upsertChat(chat);
+      else if (this.chats.has(chat.chatId)) this.mergeCounters(chat);
+    }
     for (const entry of this.chats.values()) {
       if (!listed.has(entry.chatId) && !changedMeanwhile.has(entry.chatId)) entry.member = false;
     }
@@ -211,10 +257,7 @@ export class ChatStore {
     const entry = this.findOutgoing(clientMessageId);
     if (!entry) return;
     Object.assign(entry, patch);
-    if (entry.seq !== null) {
-      const chat = this.chats.get(entry.chatId);
-      if (chat) chat.lastSeq = Math.max(chat.lastSeq, entry.seq);
-    }
+    if (entry.seq !== null) this.sentAt(entry.chatId, this.me, entry.seq);
     this.changed();
   }
 
@@ -262,7 +305,8 @@ export class ChatStore {
     try {
       const snapshot = JSON.parse(json) as Snapshot;
       if (snapshot.version !== 1) return store;
-      for (const chat of snapshot.chats) store.chats.set(chat.chatId, chat);
+      // Snapshots from before receipts have none: ListChats brings them once the stream is live.
+      for (const chat of snapshot.chats) store.chats.set(chat.chatId, { ...chat, receipts: chat.receipts ?? {} });
       for (const [chatId, list] of Object.entries(snapshot.timelines)) {
         for (const entry of list) {
           if (entry.kind === "message" && entry.status === "sending") {
@@ -273,6 +317,7 @@ export class ChatStore {
         store.timelines.set(chatId, list);
       }
       for (const id of snapshot.seenEventIds) store.seenEventIds.add(id);
+      for (const chat of store.chats.values()) store.settle(chat);
     } catch {
       // A damaged snapshot costs only the local history.
     }
@@ -291,6 +336,7 @@ export class ChatStore {
     const sentAt = message.sentAt ? timestampMs(message.sentAt) : Date.now();
     if (existing) {
       Object.assign(existing, { messageId: message.messageId, seq: Number(message.seq), status: "sent" });
+      this.sentAt(chatId, message.senderUserId, Number(message.seq));
       return;
     }
     this.addEntry({
@@ -307,10 +353,56 @@ export class ChatStore {
       clientMessageId: message.clientMessageId,
       status: "sent",
     });
-    const chat = this.ensureChat(chatId);
-    chat.lastSeq = Math.max(chat.lastSeq, Number(message.seq));
-    if (!mine && chatId !== this.activeChatId) chat.unread += 1;
+    this.sentAt(chatId, message.senderUserId, Number(message.seq));
     this.touch(chatId, sentAt);
+  }
+
+  /** A message from `sender` at `seq`: the chat's last seq, and the sender has received and read up to it. */
+  private sentAt(chatId: string, sender: string, seq: number): void {
+    const chat = this.ensureChat(chatId);
+    if (seq > chat.lastSeq) {
+      chat.lastSeq = seq;
+      this.unsettled.add(chatId);
+    }
+    this.mergeReceipt(chatId, sender, seq, seq);
+  }
+
+  /** The server's seqs and receipts for a chat, merged with max(): an older answer never takes anything back. */
+  private mergeCounters(chat: Chat): void {
+    const entry = this.ensureChat(chat.chatId);
+    entry.lastSeq = Math.max(entry.lastSeq, Number(chat.lastSeq));
+    for (const receipt of chat.receipts) {
+      this.mergeReceipt(chat.chatId, receipt.userId, Number(receipt.deliveredSeq), Number(receipt.readSeq));
+    }
+    this.unsettled.add(chat.chatId);
+  }
+
+  /** False when it moved nothing forward. */
+  private mergeReceipt(chatId: string, userId: string, delivered: number, read: number): boolean {
+    const chat = this.ensureChat(chatId);
+    const known = chat.receipts[userId] ?? { delivered: 0, read: 0 };
+    const next = { delivered: Math.max(known.delivered, delivered, read), read: Math.max(known.read, read) };
+    if (next.delivered === known.delivered && next.read === known.read) return false;
+    chat.receipts[userId] = next;
+    this.unsettled.add(chatId);
+    return true;
+  }
+
+  /**
+   * The unread count, and the ticks of my messages: delivered once every other current participant received them,
+   * read once every one of them read them. A message keeps the highest level it reached.
+   */
+  private settle(chat: ChatEntry): void {
+    chat.unread = Math.max(0, chat.lastSeq - (chat.receipts[this.me]?.read ?? 0));
+    const others = chat.participants.filter((p) => p !== this.me);
+    if (others.length === 0) return; // a stub, or everyone else left: nobody to deliver to
+    const delivered = Math.min(...others.map((p) => chat.receipts[p]?.delivered ?? 0));
+    const read = Math.min(...others.map((p) => chat.receipts[p]?.read ?? 0));
+    for (const entry of this.timelines.get(chat.chatId) ?? []) {
+      if (entry.kind !== "message" || !entry.mine || entry.seq === null) continue;
+      const level: ReceiptLevel = entry.seq <= read ? "read" : entry.seq <= delivered ? "delivered" : "sent";
+      if (LEVELS.indexOf(level) > LEVELS.indexOf(entry.receipt ?? "sent")) entry.receipt = level;
+    }
   }
 
   private addEntry(entry: TimelineEntry): void {
@@ -324,7 +416,17 @@ export class ChatStore {
   private ensureChat(chatId: string): ChatEntry {
     let chat = this.chats.get(chatId);
     if (!chat) {
-      chat = { chatId, name: "", participants: [], lastSeq: 0, member: true, unread: 0, lastActivity: 0, stub: true };
+      chat = {
+        chatId,
+        name: "",
+        participants: [],
+        lastSeq: 0,
+        member: true,
+        receipts: {},
+        unread: 0,
+        lastActivity: 0,
+        stub: true,
+      };
       this.chats.set(chatId, chat);
     }
     return chat;
@@ -362,6 +464,11 @@ export class ChatStore {
     this.announced = true;
     queueMicrotask(() => {
       this.announced = false;
+      for (const chatId of this.unsettled) {
+        const chat = this.chats.get(chatId);
+        if (chat) this.settle(chat);
+      }
+      this.unsettled.clear();
       for (const listener of this.listeners) listener();
     });
   }

@@ -1,21 +1,28 @@
 import type { ChatEntry, ChatStore } from "../store.js";
-import { chatAvatar, chatTitle } from "./common.js";
+import type { TypingIndicators } from "../typing.js";
+import { chatAvatar, chatTitle, typingText } from "./common.js";
 import { h } from "./dom.js";
 import { formatWhen } from "./format.js";
 
-/** The sidebar's list of chats, most recent first. */
-export function renderChatList(list: HTMLElement, store: ChatStore, select: (chatId: string) => void): void {
+/** The sidebar's list of chats, most recent first, with unread counts and who is typing. */
+export function renderChatList(
+  list: HTMLElement,
+  store: ChatStore,
+  typing: TypingIndicators,
+  select: (chatId: string) => void,
+): void {
   const chats = store.chatList();
   if (chats.length === 0) {
     list.replaceChildren(h("li", { class: "chat-list-empty" }, "No chats yet. Start one with New chat."));
     return;
   }
-  list.replaceChildren(...chats.map((chat) => item(chat, store, select)));
+  list.replaceChildren(...chats.map((chat) => item(chat, store, typing.typers(chat.chatId), select)));
 }
 
-function item(chat: ChatEntry, store: ChatStore, select: (chatId: string) => void): HTMLElement {
+function item(chat: ChatEntry, store: ChatStore, typers: string[], select: (chatId: string) => void): HTMLElement {
   const title = chatTitle(chat, store.me);
   const active = chat.chatId === store.activeChatId;
+  const typingNow = chat.member && typers.length > 0;
   return h(
     "li",
     {},
@@ -26,6 +33,7 @@ function item(chat: ChatEntry, store: ChatStore, select: (chatId: string) => voi
         class: `chat-item${chat.member ? "" : " chat-item-left"}`,
         "aria-current": active ? "true" : false,
         "data-chat-id": chat.chatId,
+        "data-unread": chat.unread,
         onclick: () => select(chat.chatId),
       },
       chatAvatar(chat, store.me),
@@ -41,8 +49,15 @@ function item(chat: ChatEntry, store: ChatStore, select: (chatId: string) => voi
         h(
           "span",
           { class: "chat-item-bottom" },
-          h("span", { class: "chat-item-preview" }, preview(chat, store)),
-          chat.unread > 0 && h("span", { class: "badge", "aria-label": `${chat.unread} unread` }, String(chat.unread)),
+          typingNow
+            ? h("span", { class: "chat-item-preview typing" }, typingText(typers))
+            : h("span", { class: "chat-item-preview" }, preview(chat, store)),
+          chat.unread > 0 &&
+            h(
+              "span",
+              { class: "badge", "aria-label": `${chat.unread} unread`, "data-testid": "unread" },
+              String(chat.unread),
+            ),
         ),
       ),
     ),

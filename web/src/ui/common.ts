@@ -29,3 +29,11 @@ export function avatar(id: string, label: string, size: "sm" | "md" = "md"): HTM
 export function parseUserIds(text: string): string[] {
   return [...new Set(text.split(/[\s,;]+/).filter(Boolean))];
 }
+
+/** "bob is typing…", "bob and carol are typing…", "bob, carol and 2 others are typing…". */
+export function typingText(users: string[]): string {
+  if (users.length === 1) return `${users[0]} is typing…`;
+  if (users.length === 2) return `${users[0]} and ${users[1]} are typing…`;
+  if (users.length === 3) return `${users[0]}, ${users[1]} and ${users[2]} are typing…`;
+  return `${users[0]}, ${users[1]} and ${users.length - 2} others are typing…`;
+}

@@ -47,6 +47,8 @@ const icons = {
   download: ["M21 15v4a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2v-4", "m7 10 5 5 5-5", "M12 15V3"],
   logout: ["M9 21H5a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2h4", "m16 17 5-5-5-5", "M21 12H9"],
   chat: ["M21 15a2 2 0 0 1-2 2H7l-4 4V5a2 2 0 0 1 2-2h14a2 2 0 0 1 2 2z"],
+  check: ["M20 6 9 17l-5-5"],
+  checks: ["M18 6 7 17l-5-5", "m22 10-7.5 7.5L13 16"],
 } as const;
 
 export type IconName = keyof typeof icons;

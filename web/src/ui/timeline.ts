@@ -1,4 +1,11 @@
-import type { AttachmentEntry, ChatEntry, MessageEntry, NoticeEntry, TimelineEntry } from "../store.js";
+import type {
+  AttachmentEntry,
+  ChatEntry,
+  MessageEntry,
+  NoticeEntry,
+  ReceiptLevel,
+  TimelineEntry,
+} from "../store.js";
 import { h, icon } from "./dom.js";
 import { formatBytes, formatTime, hueOf } from "./format.js";
 
@@ -91,6 +98,7 @@ export class TimelineView {
         "data-sender": entry.sender,
         "data-seq": entry.seq ?? false,
         "data-status": entry.status,
+        "data-receipt": receiptOf(entry) ?? false,
       },
       sender,
       bubble,
@@ -172,14 +180,37 @@ export class TimelineView {
   }
 }
 
+const receiptLabels: Record<ReceiptLevel, string> = {
+  sent: "Sent",
+  delivered: "Delivered",
+  read: "Read",
+};
+
+/** My stored messages' ticks: one once stored, two once every other participant received it, blue once all read it. */
+function receiptOf(entry: MessageEntry): ReceiptLevel | undefined {
+  return entry.mine && entry.status === "sent" ? (entry.receipt ?? "sent") : undefined;
+}
+
 function status(entry: MessageEntry): HTMLElement {
-  const text =
-    entry.status === "sending" ? (entry.progress ?? "Sending…") : entry.status === "sent" ? "Sent" : "Not sent";
-  return h("span", { class: `status status-${entry.status}`, title: text }, entry.status === "sent" ? "✓" : text);
+  const receipt = receiptOf(entry);
+  if (receipt) {
+    return h(
+      "span",
+      {
+        class: `status receipt receipt-${receipt}`,
+        role: "img",
+        "aria-label": receiptLabels[receipt],
+        title: receiptLabels[receipt],
+      },
+      icon(receipt === "sent" ? "check" : "checks"),
+    );
+  }
+  const text = entry.status === "sending" ? (entry.progress ?? "Sending…") : "Not sent";
+  return h("span", { class: `status status-${entry.status}`, title: text }, text);
 }
 
 function signatureOf(entry: TimelineEntry, startsRun: boolean): string {
   if (entry.kind === "notice") return "n";
   const files = entry.attachments.map((a) => `${a.attachmentId}:${a.localUrl ?? ""}`).join(",");
-  return [entry.status, entry.progress, entry.error, entry.seq, startsRun, files].join("|");
+  return [entry.status, receiptOf(entry), entry.progress, entry.error, entry.seq, startsRun, files].join("|");
 }

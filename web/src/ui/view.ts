@@ -1,8 +1,9 @@
 import type { Session } from "../session.js";
 import type { ChatStore } from "../store.js";
 import type { ConnectionState } from "../sync.js";
+import type { TypingIndicators } from "../typing.js";
 import { renderChatList } from "./chat-list.js";
-import { avatar, chatAvatar, chatTitle } from "./common.js";
+import { avatar, chatAvatar, chatTitle, typingText } from "./common.js";
 import { h, icon } from "./dom.js";
 import { type MembersActions, renderMembers } from "./members.js";
 import { openNewChatDialog } from "./new-chat.js";
@@ -10,6 +11,8 @@ import { type TimelineActions, TimelineView } from "./timeline.js";
 
 export interface ViewActions extends TimelineActions, Omit<MembersActions, "closeMembers"> {
   selectChat(chatId: string | null): void;
+  /** The composer's text changed (typing, or cleared). */
+  typed(text: string): void;
   sendText(text: string): void;
   sendFiles(files: File[], text: string): void;
   createChat(name: string, userIds: string[]): Promise<void>;
@@ -32,6 +35,8 @@ export class ChatView {
   private readonly chatList: HTMLElement;
   private readonly conversation: HTMLElement;
   private readonly header: HTMLElement;
+  /** Who is in the chat, or who is typing in it: kept across renders, so screen readers hear the change. */
+  private readonly subtitle: HTMLElement;
   private readonly banners: HTMLElement;
   private readonly note: HTMLElement;
   private readonly composer: HTMLFormElement;
@@ -40,10 +45,12 @@ export class ChatView {
   private readonly timeline: TimelineView;
   private membersOpen = false;
   private membersSignature = "";
+  private headerSignature = "";
 
   constructor(
     root: HTMLElement,
     private readonly store: ChatStore,
+    private readonly typing: TypingIndicators,
     private readonly session: Session,
     private readonly actions: ViewActions,
   ) {
@@ -63,6 +70,7 @@ export class ChatView {
     this.connectionStrip = h("div", { class: "connection-strip", "data-state": "connecting", "aria-hidden": "true" });
     this.chatList = h("ul", { class: "chat-list" });
     this.header = h("header", { class: "conversation-header" });
+    this.subtitle = h("p", { class: "muted conversation-subtitle", role: "status", "data-testid": "chat-subtitle" });
     this.banners = h("div", { class: "banners" });
     this.note = h("div", { class: "composer-note", hidden: true });
     this.textarea = h("textarea", { rows: 1, placeholder: "Write a message…", "aria-label": "Message", maxlength: 65536 });
@@ -97,7 +105,7 @@ export class ChatView {
   }
 
   render(): void {
-    renderChatList(this.chatList, this.store, (chatId) => this.select(chatId));
+    renderChatList(this.chatList, this.store, this.typing, (chatId) => this.select(chatId));
     const chat = this.store.activeChatId ? this.store.chat(this.store.activeChatId) : undefined;
     this.shell.dataset.pane = chat ? "chat" : "list";
     const unread = this.store.chatList().reduce((sum, c) => sum + c.unread, 0);
@@ -117,31 +125,37 @@ export class ChatView {
       return;
     }
     const title = chatTitle(chat, this.store.me);
-    this.header.replaceChildren(
-      h(
-        "button",
-        { type: "button", class: "icon-button back", "aria-label": "Back to chats", onclick: () => this.select(null) },
-        icon("back"),
-      ),
-      chatAvatar(chat, this.store.me),
-      h(
-        "div",
-        { class: "conversation-title" },
-        h("h1", {}, title),
-        h("p", { class: "muted" }, `${chat.participants.length} participants · ${chat.participants.join(", ")}`),
-      ),
-      h(
-        "button",
-        {
-          type: "button",
-          class: "icon-button",
-          "aria-label": "Participants",
-          "aria-pressed": String(this.membersOpen),
-          onclick: () => this.toggleMembers(),
-        },
-        icon("users"),
-      ),
-    );
+    const headerSignature = `${chat.chatId}|${title}|${chat.participants.join(",")}|${this.membersOpen}`;
+    if (headerSignature !== this.headerSignature) {
+      this.headerSignature = headerSignature;
+      this.header.replaceChildren(
+        h(
+          "button",
+          { type: "button", class: "icon-button back", "aria-label": "Back to chats", onclick: () => this.select(null) },
+          icon("back"),
+        ),
+        chatAvatar(chat, this.store.me),
+        h("div", { class: "conversation-title" }, h("h1", {}, title), this.subtitle),
+        h(
+          "button",
+          {
+            type: "button",
+            class: "icon-button",
+            "aria-label": "Participants",
+            "aria-pressed": String(this.membersOpen),
+            onclick: () => this.toggleMembers(),
+          },
+          icon("users"),
+        ),
+      );
+    }
+    const typers = this.typing.typers(chat.chatId);
+    const subtitle =
+      typers.length > 0
+        ? typingText(typers)
+        : `${chat.participants.length} participants · ${chat.participants.join(", ")}`;
+    if (this.subtitle.textContent !== subtitle) this.subtitle.textContent = subtitle;
+    this.subtitle.classList.toggle("typing", typers.length > 0);
     this.note.hidden = chat.member;
     this.note.textContent = chat.member ? "" : "You are no longer a participant of this chat.";
     if (this.conversation.firstChild !== this.header) {
@@ -266,7 +280,10 @@ export class ChatView {
       this.textarea.value = "";
       this.fitTextarea();
     });
-    this.textarea.addEventListener("input", () => this.fitTextarea());
+    this.textarea.addEventListener("input", () => {
+      this.fitTextarea();
+      this.actions.typed(this.textarea.value);
+    });
     this.textarea.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
