@@ -692,7 +692,14 @@ describe.each(backends)("the Db contract: $name", (backend) => {
             ...sent.flatMap(({ fanout }) =>
               fanout.entries.toReversed().map((e) => db.ackEvents([{ deviceKey: e.deviceKey, eventIds: [e.eventId] }])),
             ),
-            ...sent.map(({ seq }, i) => db.markRead(users.map((userId) => ({ chatId: chats[i]!.chatId, userId, seq })))),
+            ...sent.map(async ({ seq }, i) => {
+              const outcomes = await db.markRead(users.map((userId) => ({ chatId: chats[i]!.chatId, userId, seq })));
+              // Never more read than there is, even when a later mark committed first.
+              for (const outcome of outcomes) {
+                if (outcome.kind !== "read") throw new Error(`mark refused: ${outcome.kind}`);
+                expect(outcome.lastSeq).toBeGreaterThanOrEqual(outcome.receipt.readSeq);
+              }
+            }),
           ]);
           return sent;
         }),

@@ -140,9 +140,12 @@ export async function markRead(db: SqlQuery, marks: readonly ReadMark[]): Promis
     const mark = marks[i]!;
     if (row.last_seq === null) return { kind: "chat_not_found" };
     if (!row.member) return { kind: "not_participant" };
-    const lastSeq = BigInt(row.last_seq);
-    if (mark.seq > lastSeq) return { kind: "beyond_last_seq", lastSeq };
+    const snapshotLastSeq = BigInt(row.last_seq);
+    if (mark.seq > snapshotLastSeq) return { kind: "beyond_last_seq", lastSeq: snapshotLastSeq };
     const receipt = { userId: mark.userId, deliveredSeq: BigInt(row.delivered_seq!), readSeq: BigInt(row.read_seq!) };
+    // The receipt is read under its lock, the chat as the statement began: a mark or send of the same user that
+    // committed in between may have read further than that.
+    const lastSeq = receipt.readSeq > snapshotLastSeq ? receipt.readSeq : snapshotLastSeq;
     // The reader's own user too: their other devices clear the chat's unread count.
     const change = row.moved
       ? { chatId: mark.chatId.toLowerCase(), receipt, notifyUserIds: [...(row.senders ?? []), mark.userId] }
