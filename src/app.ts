@@ -85,7 +85,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
   const blobs = openBlobStore(config, secret, clock, () => publicUrl, logger);
   await blobs.store.init();
 
-  const redis = config.redisUrl ? openRedis(config.redisUrl, config.nodeId, logger, metrics) : null;
+  const redis = config.redisUrl ? await openRedis(config.redisUrl, config.nodeId, logger, metrics) : null;
   const routing = redis?.routing ?? null;
   // With Redis the limits on writes are counted once across the nodes; a single node counts in memory.
   const limiters = redis?.limiters ?? memoryRateLimiters;
@@ -243,7 +243,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
       await server.close();
       receipts.flush();
       hub.endAll(new Refusal("shutting_down", "server is shutting down"));
-      if (routing) await Promise.allSettled([routing.presence.close(), routing.bus.close()]);
+      await redis?.close();
       if (!overrides.db) await db.close();
     },
   };
@@ -302,35 +302,42 @@ function openBlobStore(
 }
 
 /** A node's Redis: presence and hand-offs (routing), and the write limits' shared counts on the commands connection. */
-function openRedis(
+async function openRedis(
   redisUrl: string,
   nodeId: string,
   logger: Logger,
   metrics: Metrics,
-): { routing: Routing; limiters: RateLimiters } {
-  const connect = (role: "commands" | "subscriber") => {
+): Promise<{ routing: Routing; limiters: RateLimiters; close(): Promise<void> }> {
+  for (const role of ["commands", "subscriber"] as const) {
     // Both counters start at 0 per role, so a rate over them is defined from the first scrape.
     metrics.redisErrors.inc({ role }, 0);
     metrics.redisReconnects.inc({ role }, 0);
-    return connectRedis(redisUrl, {
+  }
+  const redis = await connectRedis(redisUrl, {
+    nodeId,
+    logger,
+    onError: (role) => metrics.redisErrors.inc({ role }),
+    onReconnect: (role) => metrics.redisReconnects.inc({ role }),
+  });
+  const presence = new RedisPresence(
+    redis,
+    {
       nodeId,
-      role,
-      logger,
-      onError: () => metrics.redisErrors.inc({ role }),
-      onReconnect: () => metrics.redisReconnects.inc({ role }),
-    });
-  };
-  const commands = connect("commands");
-  return {
-    routing: {
-      presence: new RedisPresence(
-        commands,
-        { nodeId, ttlSeconds: tunables.PRESENCE_TTL_SECONDS, heartbeatMs: tunables.PRESENCE_HEARTBEAT_MS },
-        logger,
-      ),
-      bus: new RedisBus(nodeId, commands, connect("subscriber"), logger),
+      ttlSeconds: tunables.PRESENCE_TTL_SECONDS,
+      heartbeatMs: tunables.PRESENCE_HEARTBEAT_MS,
+      livenessCacheMs: tunables.PRESENCE_LIVENESS_CACHE_MS,
     },
-    limiters: redisRateLimiters(commands),
+    logger,
+  );
+  await presence.start();
+  const bus = new RedisBus(nodeId, redis, logger);
+  return {
+    routing: { presence, bus },
+    limiters: redisRateLimiters(redis),
+    async close() {
+      await Promise.allSettled([presence.close(), bus.close()]);
+      await redis.close();
+    },
   };
 }
 

@@ -26,7 +26,7 @@ function importsOf(layer: string, forbidden: RegExp): string[] {
 
 describe("layers", () => {
   it("the domain (features, auth, ports) imports neither the wire nor an adapter", () => {
-    const wireOrAdapter = /^(@connectrpc\/|transport\/|adapters\/|web\/|app\.js$|ioredis$|postgres$|@electric-sql\/|@aws-sdk\/)/;
+    const wireOrAdapter = /^(@connectrpc\/|transport\/|adapters\/|web\/|app\.js$|redis$|@redis\/|postgres$|@electric-sql\/|@aws-sdk\/)/;
     expect([
       ...importsOf("features", wireOrAdapter),
       ...importsOf("auth", wireOrAdapter),

@@ -148,6 +148,11 @@ describe("loadConfig", () => {
     expect(loadConfig({ PORT: "", DATABASE_URL: " ", S3_BUCKET: "" })).toMatchObject({ port: 8080, databaseUrl: undefined });
   });
 
+  it("takes a Redis Cluster's seed nodes as REDIS_URL", () => {
+    expect(problemsOf({ REDIS_URL: "redis+cluster://r1:6379,r2:6379" })).toEqual([]);
+    expect(problemsOf({ REDIS_URL: "redis+cluster://" })).toHaveLength(1);
+  });
+
   it("names each bad variable, all at once", () => {
     expect(
       problemsOf({
@@ -164,7 +169,7 @@ describe("loadConfig", () => {
     ).toEqual([
       'PORT must be an integer from 0 to 65535, got "http"',
       "DATABASE_URL must be a postgres or postgresql URL",
-      "REDIS_URL must be a redis or rediss URL",
+      "REDIS_URL must be a redis or rediss URL, or redis+cluster://host:port,host:port,… (rediss+cluster with TLS)",
       "AUTH_SECRET must be at least 32 characters",
       'RETENTION_DAYS must be an integer from 1 to 9007199254740991, got "0"',
       'NODE_ID must match ^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$, got "bad id"',

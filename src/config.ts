@@ -1,5 +1,6 @@
 import { accessSync, constants } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { parseRedisUrl } from "./adapters/redis/connect.js";
 import { attachmentBytesRule as attachmentBytes, idPattern, participantsRule as participants } from "./api-rules.js";
 import { defaultTtlSeconds, parseTtl } from "./auth/tokens.js";
 
@@ -105,7 +106,7 @@ export function loadConfig(env: Env = process.env): Config {
     publicUrl: read.url("PUBLIC_URL", ["http:", "https:"]),
     dataDir: read.string("DATA_DIR") ?? "./data",
     databaseUrl: read.url("DATABASE_URL", ["postgres:", "postgresql:"]),
-    redisUrl: read.url("REDIS_URL", ["redis:", "rediss:"]),
+    redisUrl: read.redisUrl("REDIS_URL"),
     s3: s3 && {
       endpoint: read.url("S3_ENDPOINT", ["http:", "https:"]) ?? "",
       bucket: s3.S3_BUCKET,
@@ -220,6 +221,16 @@ class Reader {
       return undefined;
     }
     return text;
+  }
+
+  /** One Redis (`redis://`, `rediss://`) or a Redis Cluster's seed nodes (`redis+cluster://host:port,host:port`). */
+  redisUrl(name: string): string | undefined {
+    const text = this.string(name);
+    if (text === undefined || parseRedisUrl(text)) return text;
+    this.problems.push(
+      `${name} must be a redis or rediss URL, or redis+cluster://host:port,host:port,… (rediss+cluster with TLS)`,
+    );
+    return undefined;
   }
 
   matching(name: string, pattern: RegExp): string | undefined {

@@ -42,7 +42,7 @@ describe.each(testBackends())("logged errors of %s", (backend) => {
 });
 
 it("keeps a Redis command's arguments (a hand-off's message bodies) out of the logs", () => {
-  // ioredis puts the failed command on its reply errors.
+  // A Redis client may put the failed command on its reply errors (ioredis did).
   const error = Object.assign(new Error("ERR max number of clients reached"), {
     command: { name: "publish", args: ["palaver:node-a", secret] },
   });

@@ -16,7 +16,7 @@ export function createLogger(config: Pick<Config, "logLevel" | "nodeId">, destin
  * The fields a logged error keeps besides its type, message and stack (its causes' appended to both): what failed and
  * where. Every other field stays out of the logs, since clients' content rides on them: PGlite puts the statement and
  * its parameters on its errors (`query`, `params`), postgres.js too in debug mode (`parameters`), Postgres the failing
- * row (`detail`, `where`), ioredis a command's arguments (`command`, a hand-off's message bodies among them).
+ * row (`detail`, `where`), a Redis client a command's arguments (`command`, a hand-off's message bodies among them).
  */
 const loggedFields = [
   // Node's system errors

@@ -33,10 +33,15 @@ export const STREAM_RECENT_IDS = 256;
 
 // Routing over Redis (adapters/redis/redis-presence.ts)
 
-/** How long a device's presence record lives without a refresh: a dead node's devices are unrouted after this. */
+/** How long a node's liveness key lives without a refresh: a dead node's devices count as offline after this. */
 export const PRESENCE_TTL_SECONDS = 30;
-/** How often a node refreshes its presence records: a third of the TTL, so two missed beats do not lose a device. */
+/** How often a node refreshes its liveness key: a third of the TTL, so two missed beats do not lose its devices. */
 export const PRESENCE_HEARTBEAT_MS = 10 * SECOND_MS;
+/**
+ * How long a node trusts what it read of another node's liveness when routing: a read per send batch saved, for a
+ * second more before a dead node's devices count as offline.
+ */
+export const PRESENCE_LIVENESS_CACHE_MS = SECOND_MS;
 
 /**
  * How far past MAX_INBOX_EVENTS an inbox may grow between trims as events are written (features/delivery/inbox-cap.ts),

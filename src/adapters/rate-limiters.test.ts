@@ -1,30 +1,22 @@
 import { randomBytes } from "node:crypto";
-import type { Redis } from "ioredis";
 import { pino } from "pino";
 import { afterAll, describe, expect, it } from "vitest";
+import { redisAdmin, redisUrl } from "../../test/support/redis.js";
 import type { RateLimit, RateLimiters } from "../ports/rate-limiter.js";
 import { memoryRateLimiters, redisRateLimiters } from "./rate-limiters.js";
-import { connectRedis } from "./redis/connect.js";
+import { connectRedis, type RedisLink } from "./redis/connect.js";
 
-const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const logger = pino({ level: "silent" });
-const clients: Redis[] = [];
-afterAll(() => {
-  for (const client of clients) client.disconnect();
+const links: RedisLink[] = [];
+afterAll(async () => {
+  for (const link of links) await link.close();
 });
 
-/** A node's Redis commands connection, as app.ts opens it. */
-function open(url: string): Redis {
-  const redis = connectRedis(url, { nodeId: "t", role: "commands", logger });
-  clients.push(redis);
-  return redis;
-}
-
-/** A connection to the machine's Redis once it is ready: until then, a node counts in memory (tested below). */
-async function connect(): Promise<Redis> {
-  const redis = open(redisUrl);
-  await new Promise((resolve) => redis.once("ready", resolve));
-  return redis;
+/** A node's link to the machine's Redis, as app.ts opens it. */
+async function connect(): Promise<RedisLink> {
+  const link = await connectRedis(redisUrl, { nodeId: "t", logger });
+  links.push(link);
+  return link;
 }
 
 /** A limit no other test (or earlier run) has counted. */
@@ -80,14 +72,15 @@ describe.each([
 describe("rate limiters on Redis", () => {
   it("count once across nodes, each on its own connection", async () => {
     const shared = limit(2);
-    const redis = await connect();
-    const [nodeA, nodeB] = [redisRateLimiters(redis)(shared), redisRateLimiters(await connect())(shared)];
+    const [nodeA, nodeB] = [redisRateLimiters(await connect())(shared), redisRateLimiters(await connect())(shared)];
     expect(await nodeA.take("k", 1)).toBeNull();
     expect(await nodeB.take("k", 1)).toBeNull();
     expect(await nodeA.take("k", 1)).not.toBeNull();
     expect(await nodeB.take("k", 1)).not.toBeNull();
     // One key per limit and key, gone with its window.
-    const ttl = await redis.pttl(`palaver:limit:${shared.name}:k`);
+    const admin = await redisAdmin();
+    const ttl = await admin.pTTL(`palaver:limit:${shared.name}:k`);
+    await admin.close();
     expect(ttl).toBeGreaterThan(58_000);
     expect(ttl).toBeLessThanOrEqual(60_000);
   });
@@ -101,8 +94,10 @@ describe("rate limiters on Redis", () => {
   });
 
   it("count in the node's memory while Redis cannot be reached, so the limits still hold per node", async () => {
-    // Port 1 on loopback refuses connections.
-    const limiter = redisRateLimiters(open("redis://127.0.0.1:1"))(limit(2));
+    // A link whose connections are gone: its commands fail at once, as while Redis is down.
+    const gone = await connectRedis(redisUrl, { nodeId: "t", logger });
+    await gone.close();
+    const limiter = redisRateLimiters(gone)(limit(2));
     expect(await limiter.take("k", 1)).toBeNull();
     expect(await limiter.take("k", 1)).toBeNull();
     const waitMs = await limiter.take("k", 1);

@@ -1,6 +1,6 @@
-import type { Redis } from "ioredis";
 import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from "rate-limiter-flexible";
 import type { RateLimit, RateLimiter, RateLimiters } from "../ports/rate-limiter.js";
+import type { RedisLink } from "./redis/connect.js";
 
 /** Limits counted by this node alone: the single node's, and those of nodeLocal limits. */
 export const memoryRateLimiters: RateLimiters = (limit) => flexible(memoryLimiter(limit));
@@ -10,13 +10,14 @@ export const memoryRateLimiters: RateLimiters = (limit) => flexible(memoryLimite
  * While Redis is unreachable each node counts in memory instead (rate-limiter-flexible's insurance limiter), so the
  * limits still hold per node; the connection's errors are logged and counted where it was opened (connectRedis).
  */
-export function redisRateLimiters(redis: Redis): RateLimiters {
+export function redisRateLimiters(redis: RedisLink): RateLimiters {
   return (limit) =>
     flexible(
       limit.nodeLocal
         ? memoryLimiter(limit)
         : new RateLimiterRedis({
-            storeClient: redis,
+            storeClient: redis.limiterStore,
+            useRedisPackage: true,
             keyPrefix: `palaver:limit:${limit.name}`,
             points: limit.points,
             duration: limit.windowSeconds,

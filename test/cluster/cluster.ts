@@ -7,8 +7,9 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Redis } from "ioredis";
+import { pino } from "pino";
 import postgres from "postgres";
+import { connectRedis, type RedisLink } from "../../src/adapters/redis/connect.js";
 import { mintToken } from "../../src/auth/tokens.js";
 import { grpcChatClient } from "../../src/client/device.js";
 import { renderHaproxyConfig } from "./haproxy.js";
@@ -24,7 +25,8 @@ export class Cluster {
   haproxy!: HaproxyProcess;
   /** For assertions on the tables; reconnects by itself after Postgres restarts. */
   sql!: postgres.Sql<{ bigint: bigint }>;
-  private redis!: Redis;
+  /** For looking at presence records; commands fail at once while Redis is down, and it reconnects by itself. */
+  private redis: RedisLink | undefined;
   private readonly secret = randomBytes(32).toString("base64url");
   private readonly run = randomBytes(3).toString("hex");
   private dataDir = "";
@@ -49,8 +51,6 @@ export class Cluster {
     }
     const databaseUrl = withDatabase(ADMIN_URL, this.dbName);
     this.sql = postgres(databaseUrl, { max: 2, types: { bigint: postgres.BigInt }, onnotice: () => {} });
-    this.redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1, lazyConnect: true });
-    this.redis.on("error", () => {}); // Redis is restarted on purpose; commands that fail say so themselves.
 
     for (let i = 1; i <= size; i++) {
       this.nodes.push(
@@ -116,10 +116,11 @@ export class Cluster {
     return String(rows[0]!.device_key);
   }
 
-  /** The node presence says holds the device (the key RedisPresence writes), or null. */
+  /** The node presence says holds the device (the record RedisPresence writes: `node/instance`), or null. */
   async presenceOf(deviceKey: string): Promise<string | null> {
-    if (this.redis.status === "wait") await this.redis.connect();
-    return this.redis.get(`palaver:dev:{${deviceKey}}`);
+    this.redis ??= await connectRedis(REDIS_URL, { nodeId: `test-${this.run}`, logger: pino({ level: "silent" }) });
+    const holder = await this.redis.get(`palaver:dev:{${deviceKey}}`);
+    return holder === null ? null : holder.slice(0, holder.lastIndexOf("/"));
   }
 
   nodeIndexById(nodeId: string | null): number {
@@ -157,7 +158,8 @@ export class Cluster {
       exits[i]!.code === 0 ? [] : [`${node.id} exited with ${exits[i]!.code ?? exits[i]!.signal}:\n${node.tail(20)}`],
     );
     await this.sql?.end({ timeout: 2 }).catch(() => {});
-    this.redis?.disconnect();
+    await this.redis?.close();
+    this.redis = undefined;
     if (this.dbName) {
       const admin = postgres(ADMIN_URL, { max: 1, onnotice: () => {} });
       await admin.unsafe(`DROP DATABASE IF EXISTS ${this.dbName} WITH (FORCE)`).catch(() => {});

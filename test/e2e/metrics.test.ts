@@ -1,9 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConnectDevice, connectChatClient } from "../../src/client/device.js";
 import { testBackends } from "../support/db.js";
 import { sample, scrapeMetrics } from "../support/metrics.js";
+import { killConnectionNamed, redisAdmin, redisUrl } from "../support/redis.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 
 describe.each(testBackends())("storage metrics on %s", (backend) => {
@@ -47,22 +47,17 @@ describe.each(testBackends())("storage metrics on %s", (backend) => {
 
 describe("routing metrics", () => {
   it("count each Redis connection's errors and reconnects by role", async () => {
-    const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
     const nodeId = `metrics-${randomBytes(4).toString("hex")}`;
     const server = await startTestServer("pglite", { REDIS_URL: redisUrl, NODE_ID: nodeId });
-    const admin = new Redis(redisUrl);
+    const admin = await redisAdmin();
     try {
       const before = await scrapeMetrics(server.url);
       for (const role of ["commands", "subscriber"]) {
         expect(before).toContain(`palaver_redis_errors_total{role="${role}"} 0`);
         expect(before).toContain(`palaver_redis_reconnects_total{role="${role}"} 0`);
       }
-      // Redis drops the subscriber connection, as a restart would; ioredis reconnects.
-      const list = (await admin.client("LIST")) as string;
-      const line = list.split("\n").find((l) => l.includes(` name=palaver-${nodeId}-subscriber `));
-      const id = /(?:^|\s)id=(\d+)/.exec(line ?? "")?.[1];
-      expect(id, "the subscriber's connection").toBeDefined();
-      await admin.client("KILL", "ID", id!);
+      // Redis drops the subscriber connection, as a restart would; node-redis reconnects.
+      await killConnectionNamed(admin, `palaver-${nodeId}-subscriber`);
       const reconnects = async () =>
         sample(await scrapeMetrics(server.url), "palaver_redis_reconnects_total", { role: "subscriber" });
       for (const deadline = Date.now() + 5000; (await reconnects()) < 1 && Date.now() < deadline; ) {
@@ -70,7 +65,7 @@ describe("routing metrics", () => {
       }
       expect(await reconnects()).toBe(1);
     } finally {
-      admin.disconnect();
+      await admin.close();
       await server.close();
     }
   });

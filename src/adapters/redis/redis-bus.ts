@@ -1,11 +1,11 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import { DeviceRemovalsSchema } from "../../../gen/palaver/cluster/v1/device_removals_pb.js";
 import { HandoffBatchSchema } from "../../../gen/palaver/cluster/v1/handoff_pb.js";
 import { type NoticeBatch, NoticeBatchSchema } from "../../../gen/palaver/cluster/v1/notices_pb.js";
 import type { Fanout, RemovedDevice } from "../../ports/db.js";
 import type { Bus, Notice } from "../../ports/routing.js";
+import type { RedisLink } from "./connect.js";
 
 /** The one channel every node subscribes to, for removed devices (a protobuf DeviceRemovals). */
 const REMOVALS_CHANNEL = "palaver:device-removals";
@@ -14,26 +14,43 @@ const REMOVALS_CHANNEL = "palaver:device-removals";
  * may be on any node, and it is small and never stored, so every node takes every batch and keeps its own users'.
  */
 const NOTICES_CHANNEL = "palaver:notices";
+/** How often a node whose subscriptions were interrupted checks whether each is back. */
+const PROBE_MS = 200;
+
+/** What a subscribed channel tells its subscriber about its connection. */
+interface ChannelEvents {
+  interrupted(): void;
+  resumed(): void;
+}
 
 /**
  * One Redis pub/sub channel per node. Hand-offs to the same node within one turn of the event loop go out as one
  * publish (a protobuf HandoffBatch). Pub/sub keeps nothing: what a node misses (it was down, Redis restarted) is
- * still in the inbox. Removed devices and notices go to every node on shared channels. Subscribing needs its own
- * connection, so the bus takes two clients.
+ * still in the inbox. Removed devices and notices go to every node on shared channels.
+ *
+ * When a connection carrying subscriptions is lost, every channel counts as interrupted, and is resumed only once a
+ * probe this node publishes on it comes back through its subscription: proof, on one Redis or a cluster whose shard
+ * failed over, that messages published from then on arrive.
  */
 export class RedisBus implements Bus {
   private readonly pending = new Map<string, Fanout[]>();
   private readonly pendingNotices: Notice[] = [];
   private flushScheduled = false;
+  private readonly channels = new Map<string, { events: ChannelEvents; live: boolean }>();
+  /** What this node publishes to check a channel: starts with "p" (0x70), which none of the protobuf batches does. */
+  private readonly probe: Buffer;
+  private probing: NodeJS.Timeout | null = null;
 
   constructor(
     readonly nodeId: string,
-    private readonly publisher: Redis,
-    private readonly subscriber: Redis,
+    private readonly redis: RedisLink,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.probe = Buffer.from(`probe:${nodeId}`);
+    redis.onSubscriptionLost(() => this.interrupted());
+  }
 
-  subscribe(handler: (fanouts: Fanout[]) => void, link: Parameters<Bus["subscribe"]>[1]): Promise<void> {
+  subscribe(handler: (fanouts: Fanout[]) => void, link: ChannelEvents): Promise<void> {
     return this.listen(nodeChannel(this.nodeId), (message) => handler(decode(message)), link, "hand-off");
   }
 
@@ -57,44 +74,56 @@ export class RedisBus implements Bus {
   }
 
   announceRemovals(devices: readonly RemovedDevice[]): void {
-    this.publisher.publish(REMOVALS_CHANNEL, encodeRemovals(devices)).catch((error: unknown) => {
+    this.redis.publish(REMOVALS_CHANNEL, encodeRemovals(devices)).catch((error: unknown) => {
       this.logger.warn({ err: error, devices: devices.length }, "announcing removed devices failed");
     });
   }
 
-  /** Subscribes to one channel, telling `link` when the subscription is lost and when it is live again. */
   private async listen(
     channel: string,
     onMessage: (message: Buffer) => void,
-    link: Parameters<Bus["subscribe"]>[1],
+    events: ChannelEvents,
     what: string,
   ): Promise<void> {
-    let lost = false;
-    this.subscriber.on("close", () => {
-      if (lost) return;
-      lost = true;
-      link.interrupted();
-    });
-    this.subscriber.on("ready", () => {
-      if (!lost) return;
-      lost = false;
-      // ioredis subscribes again by itself; this waits for the channel to be live before saying so. (A failure closes
-      // the connection, and the next "ready" tries again.)
-      this.subscriber.subscribe(channel).then(
-        () => link.resumed(),
-        (error: unknown) => this.logger.warn({ err: error }, "subscribing again after a reconnect failed"),
-      );
-    });
-    this.subscriber.on("messageBuffer", (from: Buffer, message: Buffer) => {
-      if (from.toString() !== channel) return;
+    this.channels.set(channel, { events, live: true });
+    await this.redis.subscribe(channel, (message) => {
+      if (message[0] === this.probe[0]) {
+        if (message.equals(this.probe)) this.probeArrived(channel);
+        return; // another node's probe
+      }
       try {
         onMessage(message);
       } catch (error) {
         this.logger.warn({ err: error }, `dropped a malformed ${what}`);
       }
     });
-    // ioredis re-subscribes by itself after a reconnect.
-    await this.subscriber.subscribe(channel);
+  }
+
+  private interrupted(): void {
+    for (const state of this.channels.values()) {
+      if (!state.live) continue;
+      state.live = false;
+      state.events.interrupted();
+    }
+    this.probing ??= setInterval(() => this.probeInterrupted(), PROBE_MS);
+  }
+
+  private probeInterrupted(): void {
+    const waiting = [...this.channels].filter(([, state]) => !state.live);
+    if (waiting.length === 0) {
+      clearInterval(this.probing!);
+      this.probing = null;
+      return;
+    }
+    // Fails while Redis is away; the next round tries again.
+    for (const [channel] of waiting) this.redis.publish(channel, this.probe).catch(() => {});
+  }
+
+  private probeArrived(channel: string): void {
+    const state = this.channels.get(channel);
+    if (!state || state.live) return;
+    state.live = true;
+    state.events.resumed();
   }
 
   publish(nodeId: string, fanouts: Fanout[]): void {
@@ -112,21 +141,21 @@ export class RedisBus implements Bus {
 
   async close(): Promise<void> {
     this.flush();
-    this.subscriber.disconnect();
-    await this.publisher.quit().catch(() => this.publisher.disconnect());
+    if (this.probing) clearInterval(this.probing);
+    await this.redis.close();
   }
 
   private flush(): void {
     this.flushScheduled = false;
     for (const [nodeId, fanouts] of this.pending) {
-      this.publisher.publish(nodeChannel(nodeId), encode(fanouts)).catch((error: unknown) => {
+      this.redis.publish(nodeChannel(nodeId), encode(fanouts)).catch((error: unknown) => {
         this.logger.warn({ err: error, nodeId }, "hand-off publish failed; the inbox keeps the events");
       });
     }
     this.pending.clear();
     if (this.pendingNotices.length > 0) {
       const batch = encodeNotices(this.nodeId, this.pendingNotices.splice(0));
-      this.publisher.publish(NOTICES_CHANNEL, batch).catch((error: unknown) => {
+      this.redis.publish(NOTICES_CHANNEL, batch).catch((error: unknown) => {
         this.logger.warn({ err: error }, "notice publish failed; those notices are not seen on other nodes");
       });
     }

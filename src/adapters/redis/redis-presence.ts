@@ -1,58 +1,81 @@
-import type { Redis } from "ioredis";
+import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { Presence } from "../../ports/routing.js";
+import type { RedisLink } from "./connect.js";
 
-// Deletes the device's record only when this node still holds it (a newer connection elsewhere must not be erased).
+// Deletes a device's record only when it still names the given holder (a newer connection elsewhere must not be
+// erased).
 const releaseScript = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end`;
 
 export interface RedisPresenceOptions {
   nodeId: string;
-  /** A record lives this long unless its node refreshes it: how long a dead node's devices stay routed to it. */
+  /** This node's liveness key lives this long unless refreshed: how long a dead node's devices stay routed to it. */
   ttlSeconds: number;
-  /** How often this node refreshes its records (well under ttlSeconds). */
+  /** How often this node refreshes its liveness key (well under ttlSeconds). */
   heartbeatMs: number;
+  /** How long locate() trusts what it last read of a node's liveness. */
+  livenessCacheMs: number;
 }
 
 /** How long restore() waits between attempts while Redis does not answer. */
 const RESTORE_RETRY_MS = 200;
 
 /**
- * Where each connected device is, in Redis: one key per device (`palaver:dev:{key}` → node id) with an expiry that
- * this node's heartbeat keeps pushing back. Keys are per device so they spread over Redis Cluster slots. When Redis
- * comes back empty after a restart, the heartbeat, the reconnect handler and restore() write every record again.
+ * Where each connected device is, in Redis. A device's record (`palaver:dev:{key}` → this node's holder id) is
+ * written when its stream opens and deleted when it closes; it has no expiry. Whether the node is still there is one
+ * key per node (`palaver:alive:{node}` → holder id) that its heartbeat keeps alive, so Redis writes grow with
+ * connects and disconnects, not with the devices connected. The holder id is the node id and a value drawn at start:
+ * records left by a node that died count as offline once its liveness key expires, and stay offline when a node with
+ * the same id starts again (which deletes such a record when it comes upon one; a record of a node that is simply gone
+ * stays until its device connects again, a hundred bytes). Keys are per device and per node, so they spread over
+ * Redis Cluster slots. When Redis comes back empty after a restart, restore() writes the liveness key and then every
+ * record of this node again.
  */
 export class RedisPresence implements Presence {
   private readonly held = new Set<string>();
+  private readonly holder: string;
   private readonly heartbeat: NodeJS.Timeout;
+  /** Node liveness as last read: holder id alive (or null: none), and when read. */
+  private readonly liveness = new Map<string, { holder: string | null; readAt: number }>();
   private closed = false;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisLink,
     private readonly options: RedisPresenceOptions,
     private readonly logger: Logger,
   ) {
-    this.heartbeat = setInterval(() => void this.refreshAll(), options.heartbeatMs).unref();
-    redis.on("ready", () => void this.refreshAll());
+    this.holder = `${options.nodeId}/${randomBytes(6).toString("hex")}`;
+    this.heartbeat = setInterval(() => void this.beat(), options.heartbeatMs).unref();
+    redis.onReady(() => void this.beat());
+  }
+
+  /** Says this node is alive, before any record names it. */
+  async start(): Promise<void> {
+    await this.writeAlive();
   }
 
   async claim(deviceKey: string): Promise<void> {
     this.held.add(deviceKey);
-    await this.redis.set(deviceRecord(deviceKey), this.options.nodeId, "EX", this.options.ttlSeconds);
+    await this.redis.set(deviceRecord(deviceKey), this.holder);
   }
 
   async release(deviceKey: string): Promise<void> {
     this.held.delete(deviceKey);
-    await this.redis.eval(releaseScript, 1, deviceRecord(deviceKey), this.options.nodeId);
+    await this.deleteRecord(deviceKey, this.holder);
   }
 
   async locate(deviceKeys: readonly string[]): Promise<Map<string, string>> {
-    // One GET per key in one pipeline, rather than MGET, so it also works when the keys live in different cluster slots.
-    const pipeline = this.redis.pipeline();
-    for (const key of deviceKeys) pipeline.get(deviceRecord(key));
-    const replies = (await pipeline.exec()) ?? [];
+    // One GET per key (node-redis writes those of one turn together), so the keys may live in different slots.
+    const holders = await Promise.all(deviceKeys.map((key) => this.redis.get(deviceRecord(key))));
+    const alive = await this.aliveHolders(holders.flatMap((h) => (typeof h === "string" ? [nodeOf(h)] : [])));
     const nodes = new Map<string, string>();
-    replies.forEach(([error, node], i) => {
-      if (!error && typeof node === "string") nodes.set(deviceKeys[i]!, node);
+    holders.forEach((holder, i) => {
+      if (typeof holder !== "string") return;
+      const node = nodeOf(holder);
+      if (alive.get(node) === holder) nodes.set(deviceKeys[i]!, node);
+      // Left by an earlier run of a node that is running again. (A node without a liveness key may only be cut off
+      // from Redis for a moment: its records stay.)
+      else if (alive.get(node)) this.deleteRecord(deviceKeys[i]!, holder).catch(() => {});
     });
     return nodes;
   }
@@ -60,7 +83,9 @@ export class RedisPresence implements Presence {
   async restore(): Promise<void> {
     for (;;) {
       try {
-        await this.writeAll();
+        // The liveness key first: a record is only ever found with its node alive.
+        await this.writeAlive();
+        await Promise.all([...this.held].map((key) => this.redis.set(deviceRecord(key), this.holder)));
         return;
       } catch (error) {
         if (this.closed) throw error;
@@ -74,31 +99,60 @@ export class RedisPresence implements Presence {
     clearInterval(this.heartbeat);
     const keys = [...this.held];
     this.held.clear();
-    if (keys.length === 0) return;
-    const pipeline = this.redis.pipeline();
-    for (const key of keys) pipeline.eval(releaseScript, 1, deviceRecord(key), this.options.nodeId);
-    await pipeline.exec();
+    // Gone at once for everyone, rather than when the liveness key expires.
+    await Promise.all([
+      this.redis.evaluate(releaseScript, [aliveKey(this.options.nodeId)], [this.holder]),
+      ...keys.map((key) => this.deleteRecord(key, this.holder)),
+    ]);
   }
 
-  private async refreshAll(): Promise<void> {
-    if (this.redis.status !== "ready") return;
+  /** The holder id alive now (as read at most livenessCacheMs ago) of each of those nodes that has one. */
+  private async aliveHolders(nodes: string[]): Promise<Map<string, string>> {
+    const now = Date.now();
+    const stale = [...new Set(nodes)].filter((node) => {
+      const known = this.liveness.get(node);
+      return !known || now - known.readAt > this.options.livenessCacheMs;
+    });
+    const read = await Promise.all(stale.map((node) => this.redis.get(aliveKey(node))));
+    stale.forEach((node, i) => {
+      const holder = read[i];
+      this.liveness.set(node, { holder: typeof holder === "string" ? holder : null, readAt: now });
+    });
+    const alive = new Map<string, string>();
+    for (const node of nodes) {
+      const holder = this.liveness.get(node)?.holder;
+      if (holder) alive.set(node, holder);
+    }
+    return alive;
+  }
+
+  private async beat(): Promise<void> {
+    if (this.closed) return;
     try {
-      await this.writeAll();
+      await this.writeAlive();
     } catch (error) {
       this.logger.warn({ err: error }, "presence heartbeat failed");
     }
   }
 
-  private async writeAll(): Promise<void> {
-    if (this.held.size === 0) return;
-    const pipeline = this.redis.pipeline();
-    for (const key of this.held) pipeline.set(deviceRecord(key), this.options.nodeId, "EX", this.options.ttlSeconds);
-    const replies = (await pipeline.exec()) ?? [];
-    const failed = replies.find(([error]) => error);
-    if (failed) throw failed[0];
+  private async writeAlive(): Promise<void> {
+    await this.redis.set(aliveKey(this.options.nodeId), this.holder, this.options.ttlSeconds);
+  }
+
+  private async deleteRecord(deviceKey: string, holder: string): Promise<void> {
+    await this.redis.evaluate(releaseScript, [deviceRecord(deviceKey)], [holder]);
   }
 }
 
 function deviceRecord(deviceKey: string): string {
   return `palaver:dev:{${deviceKey}}`;
+}
+
+function aliveKey(nodeId: string): string {
+  return `palaver:alive:{${nodeId}}`;
+}
+
+/** The node id of a holder id (`node/instance`; node ids have no "/"). */
+function nodeOf(holder: string): string {
+  return holder.slice(0, holder.lastIndexOf("/"));
 }

@@ -1,41 +1,45 @@
 import { randomBytes } from "node:crypto";
-import { Redis } from "ioredis";
 import { pino } from "pino";
 import { afterAll, describe, expect, it } from "vitest";
+import { killConnectionNamed, redisAdmin, redisUrl } from "../../../test/support/redis.js";
 import type { Fanout, RemovedDevice } from "../../ports/db.js";
+import { connectRedis, type RedisLink } from "./connect.js";
 import { RedisBus } from "./redis-bus.js";
-import { RedisPresence } from "./redis-presence.js";
+import { RedisPresence, type RedisPresenceOptions } from "./redis-presence.js";
 
-const redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const logger = pino({ level: "silent" });
-const clients: Redis[] = [];
-const connect = (connectionName?: string) => {
-  const redis = new Redis(redisUrl, { connectionName });
-  clients.push(redis);
-  return redis;
+const links: RedisLink[] = [];
+/** A node's link to the machine's Redis, named for the node (connections palaver-<node>-commands and -subscriber). */
+const connect = async (nodeId = `t${randomBytes(6).toString("hex")}`) => {
+  const link = await connectRedis(redisUrl, { nodeId, logger });
+  links.push(link);
+  return link;
 };
-
-/** Drops the named client's connection on the server side, as a Redis restart would; the client reconnects. */
-async function killConnection(admin: Redis, connectionName: string): Promise<void> {
-  const list = (await admin.client("LIST")) as string;
-  const line = list.split("\n").find((l) => l.includes(` name=${connectionName} `));
-  const id = /(?:^|\s)id=(\d+)/.exec(line ?? "")?.[1];
-  if (!id) throw new Error(`no connection named ${connectionName}`);
-  await admin.client("KILL", "ID", id);
-}
-afterAll(() => {
-  for (const client of clients) client.disconnect();
+afterAll(async () => {
+  for (const link of links) await link.close();
 });
 
 /** Contract tests of the routing adapters against the machine's real Redis. */
 describe("RedisPresence", () => {
   const unique = () => `t${randomBytes(6).toString("hex")}`;
+  const options = (nodeId: string, more: Partial<RedisPresenceOptions> = {}): RedisPresenceOptions => ({
+    nodeId,
+    ttlSeconds: 30,
+    heartbeatMs: 60_000,
+    livenessCacheMs: 0,
+    ...more,
+  });
+  const started = async (link: RedisLink, opts: RedisPresenceOptions) => {
+    const presence = new RedisPresence(link, opts, logger);
+    await presence.start();
+    return presence;
+  };
 
   it("locates claimed devices, and a node releases only what it still holds", async () => {
-    const redis = connect();
+    const redis = await connect();
     const [nodeA, nodeB] = [unique(), unique()];
-    const a = new RedisPresence(redis, { nodeId: nodeA, ttlSeconds: 30, heartbeatMs: 60_000 }, logger);
-    const b = new RedisPresence(redis, { nodeId: nodeB, ttlSeconds: 30, heartbeatMs: 60_000 }, logger);
+    const a = await started(redis, options(nodeA));
+    const b = await started(redis, options(nodeB));
     const [d1, d2, d3] = [unique(), unique(), unique()];
     await a.claim(d1);
     await a.claim(d2);
@@ -49,36 +53,54 @@ describe("RedisPresence", () => {
     expect((await a.locate([d1, d2])).size).toBe(0);
   });
 
-  it("forgets a device whose node stops refreshing it", async () => {
-    const redis = connect();
-    const presence = new RedisPresence(redis, { nodeId: unique(), ttlSeconds: 1, heartbeatMs: 60_000 }, logger);
+  it("counts a node's devices offline once its liveness key expires", async () => {
+    const redis = await connect();
+    const dead = await started(redis, options(unique(), { ttlSeconds: 1 }));
+    const observer = await started(redis, options(unique()));
+    const devices = [unique(), unique(), unique()];
+    for (const device of devices) await dead.claim(device);
+    expect((await observer.locate(devices)).size).toBe(3);
+    await new Promise((r) => setTimeout(r, 1500)); // its heartbeat (every minute here) did not run
+    expect((await observer.locate(devices)).size).toBe(0);
+    await observer.close();
+  });
+
+  it("keeps a node's devices located while its heartbeat refreshes one key", async () => {
+    const redis = await connect();
+    const presence = await started(redis, options(unique(), { ttlSeconds: 1, heartbeatMs: 300 }));
     const device = unique();
     await presence.claim(device);
-    expect((await presence.locate([device])).size).toBe(1);
     await new Promise((r) => setTimeout(r, 1500));
-    expect((await presence.locate([device])).size).toBe(0);
+    expect((await presence.locate([device])).size).toBe(1);
     await presence.close();
   });
 
-  it("writes its records again on restore() after Redis lost them", async () => {
-    const redis = connect();
-    const presence = new RedisPresence(redis, { nodeId: unique(), ttlSeconds: 30, heartbeatMs: 60_000 }, logger);
+  it("does not route to a node's earlier run: a node started again with the same id deletes its old records", async () => {
+    const redis = await connect();
+    const nodeId = unique();
+    const before = await started(redis, options(nodeId)); // dies without closing
+    const device = unique();
+    await before.claim(device);
+    const again = await started(redis, options(nodeId));
+    expect((await again.locate([device])).size).toBe(0);
+    const admin = await redisAdmin();
+    expect(await admin.exists(`palaver:dev:{${device}}`)).toBe(0);
+    await admin.close();
+    await again.close();
+  });
+
+  it("writes its liveness key and records again on restore() after Redis lost them", async () => {
+    const redis = await connect();
+    const nodeId = unique();
+    const presence = await started(redis, options(nodeId));
     const devices = [unique(), unique()];
     for (const device of devices) await presence.claim(device);
-    await redis.del(...devices.map((d) => `palaver:dev:{${d}}`));
+    const admin = await redisAdmin();
+    await admin.del([...devices.map((d) => `palaver:dev:{${d}}`), `palaver:alive:{${nodeId}}`]);
+    await admin.close();
     expect((await presence.locate(devices)).size).toBe(0);
     await presence.restore();
     expect((await presence.locate(devices)).size).toBe(2);
-    await presence.close();
-  });
-
-  it("keeps a device located while its node's heartbeat refreshes it", async () => {
-    const redis = connect();
-    const presence = new RedisPresence(redis, { nodeId: unique(), ttlSeconds: 1, heartbeatMs: 300 }, logger);
-    const device = unique();
-    await presence.claim(device);
-    await new Promise((r) => setTimeout(r, 1500));
-    expect((await presence.locate([device])).size).toBe(1);
     await presence.close();
   });
 });
@@ -87,8 +109,8 @@ describe("RedisBus", () => {
   it("hands events to the named node only, batching what is published in one turn", async () => {
     const nodeA = `a${randomBytes(6).toString("hex")}`;
     const nodeB = `b${randomBytes(6).toString("hex")}`;
-    const a = new RedisBus(nodeA, connect(), connect(), logger);
-    const b = new RedisBus(nodeB, connect(), connect(), logger);
+    const a = new RedisBus(nodeA, await connect(nodeA), logger);
+    const b = new RedisBus(nodeB, await connect(nodeB), logger);
     const batchesAtA: Fanout[][] = [];
     const batchesAtB: Fanout[][] = [];
     const link = { interrupted() {}, resumed() {} };
@@ -111,13 +133,15 @@ describe("RedisBus", () => {
   it("says when its channel was lost and when it is live again", async () => {
     const nodeA = `a${randomBytes(6).toString("hex")}`;
     const nodeB = `b${randomBytes(6).toString("hex")}`;
-    const a = new RedisBus(nodeA, connect(), connect(), logger);
-    const b = new RedisBus(nodeB, connect(), connect(`sub-${nodeB}`), logger);
+    const a = new RedisBus(nodeA, await connect(nodeA), logger);
+    const b = new RedisBus(nodeB, await connect(nodeB), logger);
     const received: Fanout[][] = [];
     const link: string[] = [];
     await b.subscribe((f) => received.push(f), { interrupted: () => link.push("interrupted"), resumed: () => link.push("resumed") });
 
-    await killConnection(connect(), `sub-${nodeB}`);
+    const admin = await redisAdmin();
+    await killConnectionNamed(admin, `palaver-${nodeB}-subscriber`);
+    await admin.close();
     await expect.poll(() => link).toEqual(["interrupted", "resumed"]);
     // Resumed means live: a hand-off published now arrives.
     a.publish(nodeB, [{ body: new Uint8Array([9]), entries: [{ deviceKey: "1", eventId: 1n }] }]);
@@ -128,8 +152,9 @@ describe("RedisBus", () => {
 
   it("tells every node, the announcing one too, of removed devices, and says when that channel is back after a loss", async () => {
     const nodeB = `b${randomBytes(6).toString("hex")}`;
-    const a = new RedisBus(`a${randomBytes(6).toString("hex")}`, connect(), connect(), logger);
-    const b = new RedisBus(nodeB, connect(), connect(`sub-${nodeB}`), logger);
+    const nodeA = `a${randomBytes(6).toString("hex")}`;
+    const a = new RedisBus(nodeA, await connect(nodeA), logger);
+    const b = new RedisBus(nodeB, await connect(nodeB), logger);
     const [atA, atB]: RemovedDevice[][][] = [[], []];
     let resumed = 0;
     await a.subscribeRemovals((devices) => atA.push(devices), { resumed() {} });
@@ -144,7 +169,9 @@ describe("RedisBus", () => {
     await expect.poll(() => atA.filter((d) => d[0]?.userId === removed[0]!.userId)).toEqual([removed]);
     expect(handoffs).toEqual([]);
 
-    await killConnection(connect(), `sub-${nodeB}`);
+    const admin = await redisAdmin();
+    await killConnectionNamed(admin, `palaver-${nodeB}-subscriber`);
+    await admin.close();
     await expect.poll(() => resumed).toBe(1);
     a.announceRemovals(removed);
     await expect.poll(() => atB.filter((d) => d[0]?.userId === removed[0]!.userId)).toHaveLength(2);
