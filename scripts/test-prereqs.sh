@@ -39,6 +39,11 @@ packages=()
 [ -n "${CHROMIUM_PATH:-}" ] || [ -x /usr/bin/chromium ] || packages+=(chromium)
 if [ "${1:-}" = cluster ]; then
   command -v haproxy >/dev/null || packages+=(haproxy)
+  # The Redis Cluster tests (test/cluster/redis-cluster.ts) run six servers of their own and create the cluster with
+  # redis-cli; setpriv (util-linux) ties the servers' lives to the test process.
+  command -v redis-server >/dev/null || packages+=(redis-server)
+  command -v redis-cli >/dev/null || packages+=(redis-tools)
+  command -v setpriv >/dev/null || packages+=(util-linux)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -48,4 +53,11 @@ if [ ${#packages[@]} -gt 0 ]; then
   else
     missing "${packages[*]}" "run 'sudo apt-get install -y ${packages[*]}' (or set CHROMIUM_PATH to a Chromium)"
   fi
+fi
+if [ "${1:-}" = cluster ]; then
+  # cluster-port and sharded pub/sub (SSUBSCRIBE, SPUBLISH) came in Redis 7.0.
+  redis_major=$(redis-server --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')
+  [ "${redis_major:-0}" -ge 7 ] ||
+    missing "redis-server 7.0 or later for the Redis Cluster tests (this is $(redis-server --version))" \
+      "install Redis 7 (Debian 12 and later: apt-get install redis-server redis-tools)"
 fi

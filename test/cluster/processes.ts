@@ -1,11 +1,11 @@
 /**
  * The cluster's processes: Palaver nodes (`node --import tsx src/main.ts`, as in production) and HAProxy, each with
- * its output in a log file that a failing test can show.
+ * its output in a log file that a failing test can show (redis-cluster.ts adds the Redis Cluster's servers).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, readFileSync } from "node:fs";
+import { createWriteStream, mkdirSync, readFileSync } from "node:fs";
 import net from "node:net";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
@@ -45,14 +45,16 @@ export async function healthStatus(url: string): Promise<string | undefined> {
   }
 }
 
-/** A child process whose stdout and stderr go to one log file. */
-class LoggedProcess {
+/** A child process whose stdout and stderr go to one log file (its folder made if missing). */
+export class LoggedProcess {
   protected child: ChildProcess | undefined;
   private exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | undefined;
 
   constructor(readonly logFile: string) {}
 
   protected launch(command: string, args: string[], env: NodeJS.ProcessEnv): void {
+    // The folder may have been wiped since the last launch (Cluster.start clears test-results/cluster).
+    mkdirSync(dirname(this.logFile), { recursive: true });
     const log = createWriteStream(this.logFile, { flags: "a" });
     log.write(`--- ${new Date().toISOString()} ${command} ${args.join(" ")}\n`);
     const child = spawn(command, args, { cwd: repoRoot, env, stdio: ["ignore", "pipe", "pipe"] });
