@@ -11,7 +11,8 @@ import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { ConnectDevice } from "../../src/client/device.js";
-import { Cluster, logDir } from "./cluster.js";
+import { Cluster, logDir, MACHINE_REDIS_URL } from "./cluster.js";
+import { RedisCluster } from "./redis-cluster.js";
 import { type Ack, Recipient, Sender } from "./devices.js";
 import { sleep, waitFor } from "./processes.js";
 import { type Outcome, Scenario, round } from "./scenario.js";
@@ -19,7 +20,7 @@ import { ensureServicesUp, startPostgres, startRedis, stopPostgres, stopRedis } 
 
 const figures: Record<string, unknown> = {};
 
-function report(name: string, data: Record<string, unknown>): void {
+function reportFigure(name: string, data: Record<string, unknown>): void {
   figures[name] = data;
   console.log(`[cluster] ${name}: ${JSON.stringify(data)}`);
 }
@@ -35,7 +36,7 @@ function writeFigures(): void {
   const faults = Object.values(figures).filter((f): f is Outcome => typeof f === "object" && f !== null && "delivered" in f);
   const sum = (key: "sent" | "delivered" | "duplicatesSuppressed") => faults.reduce((n, f) => n + f[key], 0);
   const delivered = sum("delivered");
-  report("totals (fault tests)", {
+  reportFigure("totals (fault tests)", {
     sent: sum("sent"),
     delivered,
     duplicatesSuppressed: sum("duplicatesSuppressed"),
@@ -53,11 +54,51 @@ function expectNothingLost(scenario: Scenario, outcome: Outcome): void {
   expect(outcome.delivered).toBe(outcome.expected);
 }
 
-describe("three nodes behind HAProxy", () => {
-  const cluster = new Cluster();
+/** The Redis the nodes share, how it is brought up and down, and how it restarts empty. */
+interface SharedRedis {
+  name: string;
+  /** Starts it if it is the suite's own, and returns its REDIS_URL. */
+  start(): Promise<string>;
+  /** Takes Redis away and brings it back empty; resolves once it serves again. */
+  restartEmpty(): Promise<void>;
+  stop(): Promise<void>;
+  /** A Redis Cluster's own controls, for the faults only a cluster has. */
+  cluster?: RedisCluster;
+}
+
+const machineRedis: SharedRedis = {
+  name: "one Redis",
+  start: async () => MACHINE_REDIS_URL,
+  async restartEmpty() {
+    await stopRedis();
+    await sleep(2000);
+    await startRedis();
+  },
+  stop: async () => {},
+};
+
+const ownCluster = new RedisCluster();
+const redisCluster: SharedRedis = {
+  name: "a Redis Cluster",
+  async start() {
+    await ownCluster.start();
+    return ownCluster.url;
+  },
+  async restartEmpty() {
+    await ownCluster.restartEmpty();
+  },
+  stop: () => ownCluster.stop(),
+  cluster: ownCluster,
+};
+
+describe.each([machineRedis, redisCluster])("three nodes behind HAProxy on $name", (redis) => {
+  let cluster: Cluster;
+  /** Figures are reported per Redis. */
+  const report = (name: string, data: Record<string, unknown>) => reportFigure(`${name} (${redis.name})`, data);
 
   beforeAll(async () => {
     await ensureServicesUp();
+    cluster = new Cluster(await redis.start());
     await cluster.start(3);
   }, 120_000);
 
@@ -68,8 +109,8 @@ describe("three nodes behind HAProxy", () => {
       figures["nodes not exiting cleanly at teardown"] = unclean.length;
       for (const report of unclean) console.log(`[cluster] ${report}`);
     } finally {
+      await redis.stop();
       await ensureServicesUp();
-      writeFigures();
     }
   }, 60_000);
 
@@ -213,8 +254,16 @@ describe("three nodes behind HAProxy", () => {
     }
   });
 
-  it("keeps every acknowledged message and resumes live delivery by itself when Redis restarts empty", async () => {
-    const scenario = new Scenario(cluster, "redis", { senders: 3, recipientUsers: 3, devicesPerUser: 2 });
+  /**
+   * Runs traffic through a Redis fault (`fault` resolves once Redis serves again) and checks that sends were
+   * acknowledged throughout, no stream ended, live delivery across nodes came back by itself and nothing was lost.
+   */
+  async function throughRedisFault(
+    label: string,
+    tag: string,
+    fault: () => Promise<Record<string, unknown>>,
+  ): Promise<void> {
+    const scenario = new Scenario(cluster, tag, { senders: 3, recipientUsers: 3, devicesPerUser: 2 });
     // A probe pair pinned to two nodes shows when live hand-off between nodes works again.
     const probeFrom = cluster.nodes[0]!;
     const probeTo = cluster.nodes[2]!;
@@ -231,9 +280,7 @@ describe("three nodes behind HAProxy", () => {
       scenario.start();
       await sleep(2000);
       const downAt = Date.now();
-      await stopRedis();
-      await sleep(2000);
-      await startRedis();
+      const faultFigures = await fault();
       const upAt = Date.now();
 
       // Probes until one arrives live on the watcher's first stream.
@@ -259,8 +306,9 @@ describe("three nodes behind HAProxy", () => {
 
       const outcome = await scenario.settle();
       expectNothingLost(scenario, outcome);
-      report("redis restart", {
+      report(label, {
         ...outcome,
+        ...faultFigures,
         redisDownMs: upAt - downAt,
         ackedWhileRedisDown: ackedWhileDown,
         recoveryMsLiveAcrossNodes: resumedAt! - upAt,
@@ -269,9 +317,34 @@ describe("three nodes behind HAProxy", () => {
     } finally {
       scenario.close();
       watcher.stop();
-      await startRedis();
+    }
+  }
+
+  it("keeps every acknowledged message and resumes live delivery by itself when Redis restarts empty", async () => {
+    try {
+      await throughRedisFault("redis restart", "redis", async () => {
+        await redis.restartEmpty();
+        return {};
+      });
+    } finally {
+      if (!redis.cluster) await startRedis();
     }
   });
+
+  // Only a Redis Cluster has this fault: a primary dies and its replica takes over its slots and their channels.
+  const own = redis.cluster;
+  if (own) {
+    it("keeps every acknowledged message and resumes by itself when a Redis primary is killed with kill -9", async () => {
+      try {
+        await throughRedisFault("redis primary kill -9", "redis-kill", async () => {
+          await own.killPrimary(0);
+          return { redisFailoverMs: await own.waitForFailover() };
+        });
+      } finally {
+        await own.recover();
+      }
+    });
+  }
 
   it("stores each message exactly once when Postgres restarts mid-traffic and clients retry", async () => {
     const scenario = new Scenario(cluster, "pg", { senders: 6, recipientUsers: 3, devicesPerUser: 2 });
@@ -359,6 +432,8 @@ describe("three nodes behind HAProxy", () => {
     }
   });
 });
+
+afterAll(() => writeFigures());
 
 /** The recipient's device key, from its name "user/devN". */
 function deviceKeyOf(cluster: Cluster, r: Recipient): Promise<string> {

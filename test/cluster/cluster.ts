@@ -16,12 +16,16 @@ import { renderHaproxyConfig } from "./haproxy.js";
 import { freePort, HaproxyProcess, PalaverNode, repoRoot, sleep, waitFor } from "./processes.js";
 
 const ADMIN_URL = process.env.CLUSTER_ADMIN_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
-const REDIS_URL = process.env.CLUSTER_REDIS_URL ?? "redis://127.0.0.1:6379";
+/** The machine's Redis, unless the suite gives a Redis Cluster's URL. */
+export const MACHINE_REDIS_URL = process.env.CLUSTER_REDIS_URL ?? "redis://127.0.0.1:6379";
 
 export const logDir = join(repoRoot, "test-results", "cluster");
 
 export class Cluster {
   readonly nodes: PalaverNode[] = [];
+
+  constructor(private readonly redisUrl = MACHINE_REDIS_URL) {}
+
   haproxy!: HaproxyProcess;
   /** For assertions on the tables; reconnects by itself after Postgres restarts. */
   sql!: postgres.Sql<{ bigint: bigint }>;
@@ -59,7 +63,7 @@ export class Cluster {
           nodeId: `c${this.run}-n${i}`,
           port: await freePort(),
           databaseUrl,
-          redisUrl: REDIS_URL,
+          redisUrl: this.redisUrl,
           authSecret: this.secret,
           dataDir: join(this.dataDir, `n${i}`),
           logDir,
@@ -118,7 +122,7 @@ export class Cluster {
 
   /** The node presence says holds the device (the record RedisPresence writes: `node/instance`), or null. */
   async presenceOf(deviceKey: string): Promise<string | null> {
-    this.redis ??= await connectRedis(REDIS_URL, { nodeId: `test-${this.run}`, logger: pino({ level: "silent" }) });
+    this.redis ??= await connectRedis(this.redisUrl, { nodeId: `test-${this.run}`, logger: pino({ level: "silent" }) });
     const holder = await this.redis.get(`palaver:dev:{${deviceKey}}`);
     return holder === null ? null : holder.slice(0, holder.lastIndexOf("/"));
   }
