@@ -40,6 +40,11 @@ export interface AckedMessage {
 const ADVANCE_DELIVERED = `
   WITH acked AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS a(chat_id, user_id, seq)
+  ), senders AS MATERIALIZED (
+    -- Of the acked messages' senders ($4, $5: chat and sender), those still in their chat.
+    SELECT q.chat_id, q.user_id
+      FROM chat_participants q JOIN unnest($4::uuid[], $5::text[]) AS s(chat_id, user_id)
+           ON q.chat_id = s.chat_id AND q.user_id = s.user_id
   ), locked AS MATERIALIZED (
     SELECT p.chat_id, p.user_id, p.delivered_seq AS before
       FROM chat_participants p JOIN acked a ON p.chat_id = a.chat_id AND p.user_id = a.user_id
@@ -51,7 +56,7 @@ const ADVANCE_DELIVERED = `
     FROM locked l JOIN acked a ON a.chat_id = l.chat_id AND a.user_id = l.user_id
    WHERE p.chat_id = l.chat_id AND p.user_id = l.user_id AND p.delivered_seq < a.seq
   RETURNING p.chat_id, p.user_id, p.delivered_seq, p.read_seq, l.before,
-            (SELECT json_agg(q.user_id) FROM chat_participants q WHERE q.chat_id = p.chat_id) AS participants`;
+            (SELECT json_agg(s.user_id) FROM senders s WHERE s.chat_id = p.chat_id) AS senders`;
 
 export async function advanceDelivered(db: SqlQuery, acked: readonly AckedMessage[]): Promise<ReceiptChange[]> {
   const highest = new Map<string, AckedMessage>();
@@ -62,19 +67,25 @@ export async function advanceDelivered(db: SqlQuery, acked: readonly AckedMessag
   }
   if (highest.size === 0) return [];
   const pairs = [...highest.values()];
-  const rows = await db.query<ReceiptRow & { chat_id: string; before: bigint; participants: string[] }>(ADVANCE_DELIVERED, [
-    pairs.map((p) => p.chatId),
-    pairs.map((p) => p.ackingUserId),
-    pairs.map((p) => p.seq),
-  ]);
+  const senders = [...new Map(acked.map((m) => [`${m.chatId}/${m.senderUserId}`, m])).values()];
+  const rows = await db.query<ReceiptRow & { chat_id: string; before: bigint; senders: string[] | null }>(
+    ADVANCE_DELIVERED,
+    [
+      pairs.map((p) => p.chatId),
+      pairs.map((p) => p.ackingUserId),
+      pairs.map((p) => p.seq),
+      senders.map((m) => m.chatId),
+      senders.map((m) => m.senderUserId),
+    ],
+  );
   return rows.map((row) => {
-    const senders = new Set<string>();
+    const covered = new Set<string>();
     for (const message of acked) {
       if (message.chatId === row.chat_id && message.ackingUserId === row.user_id && message.seq > row.before) {
-        senders.add(message.senderUserId);
+        covered.add(message.senderUserId);
       }
     }
-    const notifyUserIds = row.participants.filter((userId) => userId !== row.user_id && senders.has(userId));
+    const notifyUserIds = (row.senders ?? []).filter((userId) => userId !== row.user_id && covered.has(userId));
     return { chatId: row.chat_id, receipt: toReceipt(row), notifyUserIds };
   });
 }

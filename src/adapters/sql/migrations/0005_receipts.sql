@@ -8,6 +8,10 @@ ALTER TABLE chat_participants
   ADD COLUMN read_seq      bigint NOT NULL DEFAULT 0,
   ADD COLUMN last_sent_seq bigint NOT NULL DEFAULT 0;
 
+-- Whom a read concerns: the participants whose latest message is past the reader's old read_seq, found without
+-- reading every participant of a large group.
+CREATE INDEX chat_participants_last_sent_idx ON chat_participants (chat_id, last_sent_seq);
+
 -- What was sent before the upgrade counts as received and read: otherwise every old chat would show its whole history
 -- unread, most of it long deleted.
 UPDATE chat_participants p SET delivered_seq = c.last_seq, read_seq = c.last_seq FROM chats c WHERE c.chat_id = p.chat_id;
