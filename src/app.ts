@@ -96,6 +96,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
       pageSize: tunables.INBOX_PAGE_SIZE,
       batchSize: tunables.STREAM_BATCH_FRAMES,
       recentIds: tunables.STREAM_RECENT_IDS,
+      lateHandOffMs: tunables.HANDOFF_RETRY.forMs,
     },
     logger,
     metrics,
@@ -110,6 +111,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
       logger,
       metrics,
     ),
+    tunables.HANDOFF_RETRY,
   );
   await hub.start();
 

@@ -44,6 +44,14 @@ export const PRESENCE_HEARTBEAT_MS = 10 * SECOND_MS;
 export const PRESENCE_LIVENESS_CACHE_MS = SECOND_MS;
 
 /**
+ * A hand-off that failed because Redis (or one shard of a Redis Cluster, failing over) did not answer is tried again
+ * every half second for 30 s (by then its devices' presence is back or they reconnected), at most 10,000 at once
+ * (about 2 KiB each): the receiving node may have seen no outage of its own, so nothing else would bring it the event
+ * before a reconnect.
+ */
+export const HANDOFF_RETRY = { delayMs: 500, forMs: 30 * SECOND_MS, max: 10_000 };
+
+/**
  * How far past MAX_INBOX_EVENTS an inbox may grow between trims as events are written (features/delivery/inbox-cap.ts),
  * per node writing to it: 1 % of 100,000 is a trim per thousand events, each a scan of one device's inbox.
  */

@@ -306,6 +306,8 @@ describe.each([machineRedis, redisCluster])("three nodes behind HAProxy on $name
 
       const outcome = await scenario.settle();
       expectNothingLost(scenario, outcome);
+      // And live: nothing waited for a reconnect to come out of the inbox.
+      expect(outcome.missingBeforeReconnect, "events that reached connected devices only on their next connect").toBe(0);
       report(label, {
         ...outcome,
         ...faultFigures,

@@ -9,7 +9,9 @@ import { registerDevice, uniqueUser } from "./store-fixtures.js";
 export const silentLogger = pino({ level: "silent" });
 
 export function newHub(db: MemoryDb, routing: Routing | null = null): DeliveryHub {
-  return new DeliveryHub(db, { queueLimit: 100, pageSize: 10, batchSize: 4, recentIds: 64 }, silentLogger, new Metrics(() => 0), routing);
+  const options = { queueLimit: 100, pageSize: 10, batchSize: 4, recentIds: 64, lateHandOffMs: 1000 };
+  const retry = { delayMs: 20, forMs: 1000, max: 100 };
+  return new DeliveryHub(db, options, silentLogger, new Metrics(() => 0), routing, null, retry);
 }
 
 /** A new user's device, registered in the database as authentication would. */

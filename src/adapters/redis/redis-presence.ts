@@ -17,7 +17,7 @@ export interface RedisPresenceOptions {
   livenessCacheMs: number;
 }
 
-/** How long restore() waits between attempts while Redis does not answer. */
+/** How long restore() waits between attempts while Redis does not answer, and how often failed claims are retried. */
 const RESTORE_RETRY_MS = 200;
 
 /**
@@ -33,6 +33,9 @@ const RESTORE_RETRY_MS = 200;
  */
 export class RedisPresence implements Presence {
   private readonly held = new Set<string>();
+  /** Held devices whose record a claim failed to write (Redis, or the shard of its key, did not answer). */
+  private readonly unwritten = new Set<string>();
+  private rewriting: NodeJS.Timeout | null = null;
   private readonly holder: string;
   private readonly heartbeat: NodeJS.Timeout;
   /** Node liveness as last read: holder id alive (or null: none), and when read. */
@@ -54,9 +57,35 @@ export class RedisPresence implements Presence {
     await this.writeAlive();
   }
 
+  /**
+   * Writes the device's record. When Redis does not answer, the record is written again every RESTORE_RETRY_MS until
+   * it is (or the device is released): no heartbeat rewrites records, so a failed claim would otherwise leave the
+   * device unrouted until it reconnects.
+   */
   async claim(deviceKey: string): Promise<void> {
     this.held.add(deviceKey);
-    await this.redis.set(deviceRecord(deviceKey), this.holder);
+    try {
+      await this.redis.set(deviceRecord(deviceKey), this.holder);
+    } catch (error) {
+      this.unwritten.add(deviceKey);
+      this.rewriting ??= setInterval(() => void this.writeUnwritten(), RESTORE_RETRY_MS).unref();
+      throw error;
+    }
+  }
+
+  private async writeUnwritten(): Promise<void> {
+    for (const deviceKey of this.unwritten) {
+      if (!this.held.has(deviceKey)) this.unwritten.delete(deviceKey);
+    }
+    const keys = [...this.unwritten];
+    const written = await Promise.allSettled(keys.map((key) => this.redis.set(deviceRecord(key), this.holder)));
+    written.forEach((result, i) => {
+      if (result.status === "fulfilled") this.unwritten.delete(keys[i]!);
+    });
+    if (this.unwritten.size === 0 && this.rewriting) {
+      clearInterval(this.rewriting);
+      this.rewriting = null;
+    }
   }
 
   async release(deviceKey: string): Promise<void> {
@@ -97,6 +126,7 @@ export class RedisPresence implements Presence {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.heartbeat);
+    if (this.rewriting) clearInterval(this.rewriting);
     const keys = [...this.held];
     this.held.clear();
     // Gone at once for everyone, rather than when the liveness key expires.

@@ -71,7 +71,7 @@ describe("DeviceStream", () => {
   it("hands over what is ready at once as one batch, the backlog by pages, at most batchSize frames a batch", async () => {
     const { bobKey, store } = await chatWithRecipient();
     const stored = [await store(), await store(), await store(), await store(), await store()];
-    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 3, batchSize: 2, recentIds: 8 });
+    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 3, batchSize: 2, recentIds: 8, lateHandOffMs: 1000 });
     const batches = stream.frames();
     const next = async () => ((await batches.next()).value as StreamFrame[]).map((f) => (f.kind === "event" ? f.eventId : f.kind));
     // The chat update and five messages, in pages of three, in batches of two; InboxDrained on its own.
@@ -88,7 +88,7 @@ describe("DeviceStream", () => {
 
   it("writes live frames straight to the sink while the transport waits, and queues them once its buffer is full", async () => {
     const { bobKey, store } = await chatWithRecipient();
-    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 10, batchSize: 10, recentIds: 8 });
+    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 10, batchSize: 10, recentIds: 8, lateHandOffMs: 1000 });
     const written: bigint[][] = [];
     let room = true;
     stream.writeDirectlyTo((frames) => {
@@ -116,7 +116,7 @@ describe("DeviceStream", () => {
   it("a stream that opened while hand-offs were interrupted gets, once they are back, what it missed, once", async () => {
     const { bobKey, store } = await chatWithRecipient();
     const sent = [await store(), await store(), await store()];
-    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 2, batchSize: 4, recentIds: 2 });
+    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 2, batchSize: 4, recentIds: 2, lateHandOffMs: 1000 });
     stream.markGap(); // opened during the outage
     const frames = oneByOne(stream.frames());
     const drained = await backlog(frames); // the chat update and the three messages
@@ -136,7 +136,7 @@ describe("DeviceStream", () => {
 
   it("a live stream gets what was stored during the outage, and nothing it already had", async () => {
     const { bobKey, store } = await chatWithRecipient();
-    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 2, batchSize: 4, recentIds: 2 });
+    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 2, batchSize: 4, recentIds: 2, lateHandOffMs: 1000 });
     const frames = oneByOne(stream.frames());
     await backlog(frames); // the chat update
     const live = await store();
@@ -153,10 +153,31 @@ describe("DeviceStream", () => {
     stream.end();
   });
 
+  it("does not send twice what the catch-up sent when another node's hand-off of it comes late", async () => {
+    const { bobKey, store } = await chatWithRecipient();
+    // A dedupe window of 2 ids: the late hand-off comes after it has moved on.
+    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 2, batchSize: 4, recentIds: 2, lateHandOffMs: 1000 });
+    const frames = oneByOne(stream.frames());
+    await backlog(frames);
+    stream.markGap();
+    const missed = await store(); // its hand-off failed on the other node
+    await stream.catchUp();
+    expect(await take(frames, 1)).toEqual([missed]);
+    const later = [await store(), await store(), await store()];
+    for (const id of later) stream.pushEvent({ body: utf8.encode("message") }, id);
+    expect(await take(frames, 3)).toEqual(later);
+
+    stream.pushEvent({ body: utf8.encode("message") }, missed); // the other node's retry gets through
+    const next = await store();
+    stream.pushEvent({ body: utf8.encode("message") }, next);
+    expect(await take(frames, 1)).toEqual([next]);
+    stream.end();
+  });
+
   it("a client that sent commands and half-closed before its stream opened gets every answer, then the end", async () => {
     const { bobKey, store } = await chatWithRecipient();
     const stored = await store();
-    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 10, batchSize: 10, recentIds: 8 });
+    const stream = new DeviceStream(bobKey, "bob", db, { queueLimit: 100, pageSize: 10, batchSize: 10, recentIds: 8, lateHandOffMs: 1000 });
     for (const requestId of ["a", "b"]) stream.pushResult(create(CommandResultSchema, { requestId }));
     stream.finish();
     const sent: string[] = [];

@@ -33,6 +33,12 @@ export interface DeviceStreamOptions {
    * retried send pushes its event again.
    */
   recentIds: number;
+  /**
+   * How long after catching up from a bus outage the stream still remembers every id sent since the outage began:
+   * another node's failed hand-offs are tried again for that long (DeliveryHub), and may bring an event the catch-up
+   * already read from the inbox.
+   */
+  lateHandOffMs: number;
 }
 
 /**
@@ -54,8 +60,11 @@ export class DeviceStream {
   private finishing: { error: Error | null } | undefined;
   /** The highest event id sent or queued on this stream. */
   private maxSentId = 0n;
-  /** While other nodes' hand-offs are interrupted: where the gap began, and every id sent since. */
-  private gap: { after: bigint; sent: Set<bigint> } | null = null;
+  /**
+   * While other nodes' hand-offs are interrupted, and for lateHandOffMs after the catch-up (`until`): where the gap
+   * began, and every id sent since.
+   */
+  private gap: { after: bigint; sent: Set<bigint>; until?: number } | null = null;
   /** Where live frames are written directly (writeDirectlyTo), and whether its last write filled its buffer. */
   private sink: FrameSink | null = null;
   private sinkFull = false;
@@ -69,7 +78,8 @@ export class DeviceStream {
 
   /** A live event for this device: the stored event (shared by its recipients), and this device's event id for it. */
   pushEvent(fanout: Pick<Fanout, "body" | "sentAtMs">, eventId: bigint): void {
-    if (this.ending !== undefined || this.sentIds.has(eventId)) return;
+    if (this.gap?.until !== undefined && Date.now() > this.gap.until) this.gap = null;
+    if (this.ending !== undefined || this.sentIds.has(eventId) || this.gap?.sent.has(eventId)) return;
     const frame: EventFrame = { kind: "event", eventId, body: fanout.body, sentAtMs: fanout.sentAtMs };
     if (this.heldDuringDrain) {
       this.heldDuringDrain.push(frame);
@@ -113,6 +123,7 @@ export class DeviceStream {
    */
   markGap(): void {
     if (!this.gap) this.gap = { after: this.maxSentId, sent: new Set() };
+    else this.gap.until = undefined; // an outage again soon after the last: one gap, from where the first began
   }
 
   /** Hand-offs are back: send what the inbox got since the gap began and this stream has not sent. */
@@ -129,7 +140,7 @@ export class DeviceStream {
         if (page.length < this.options.pageSize) break;
       }
     } finally {
-      this.gap = null;
+      if (this.gap === gap) gap.until = Date.now() + this.options.lateHandOffMs;
     }
   }
 

@@ -109,10 +109,29 @@ describe("DeliveryHub", () => {
     expect(bus.published).toEqual([]);
   });
 
-  it("leaves the events in the inbox when it cannot find the other nodes' devices", async () => {
+  it("hands an event over once Redis answers again when it could not find the other nodes' devices", async () => {
     const { hub, presence, bus } = await routedHub();
+    presence.nodes.set("2", "node-b");
     presence.failLocate = true;
-    await expect(hub.deliver(fanout({ 2: 12n }))).resolves.toBeUndefined();
+    const event = fanout({ 2: 12n });
+    await expect(hub.deliver(event)).resolves.toBeUndefined();
+    await new Promise((resolve) => setTimeout(resolve, 50)); // tried again meanwhile, and failed again
+    expect(bus.published).toEqual([]);
+    expect(presence.asked.length).toBeGreaterThan(1);
+    presence.failLocate = false;
+    await expect.poll(() => bus.published).toEqual([{ nodeId: "node-b", fanouts: [{ ...event, entries: event.entries }] }]);
+  });
+
+  it("stops trying a failed hand-off after a while: the inbox has the event for the device's next connect", async () => {
+    const { hub, presence, bus } = await routedHub();
+    presence.nodes.set("2", "node-b");
+    presence.failLocate = true;
+    await hub.deliver(fanout({ 2: 12n }));
+    await new Promise((resolve) => setTimeout(resolve, 1200)); // past the test hub's 1 s of retries
+    const asked = presence.asked.length;
+    presence.failLocate = false;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(presence.asked.length).toBe(asked);
     expect(bus.published).toEqual([]);
   });
 

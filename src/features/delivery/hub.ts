@@ -9,6 +9,15 @@ import type { InboxCap } from "./inbox-cap.js";
 /** Removed devices' keys kept to refuse late streams: far more than are removed in the moment a stream takes to open. */
 const REMOVED_KEYS_KEPT = 10_000;
 
+export interface HandOffRetry {
+  /** How long after a hand-off failed (Redis, or a shard of it, unreachable) it is tried again. */
+  delayMs: number;
+  /** How long a failed hand-off is kept trying; after that its devices have likely reconnected and read their inbox. */
+  forMs: number;
+  /** Most failed hand-offs kept at once (the inbox has the rest). */
+  max: number;
+}
+
 export interface Routing {
   presence: Presence;
   bus: Bus;
@@ -38,7 +47,12 @@ export class DeliveryHub {
     private readonly metrics: Metrics,
     private readonly routing: Routing | null = null,
     private readonly inboxCap: InboxCap | null = null,
+    private readonly retry: HandOffRetry = { delayMs: 0, forMs: 0, max: 0 },
   ) {}
+
+  /** Hand-offs that failed, oldest first, with when they first failed; tried again every retry.delayMs. */
+  private failedHandOffs: { fanout: Fanout; entries: InboxEntry[]; since: number }[] = [];
+  private retryTimer: NodeJS.Timeout | null = null;
 
   /** Starts taking hand-offs from other nodes. */
   async start(): Promise<void> {
@@ -186,7 +200,12 @@ export class DeliveryHub {
     if (this.routing && remote.length > 0) await this.handOff(fanout, remote);
   }
 
-  private async handOff(fanout: Fanout, entries: InboxEntry[]): Promise<void> {
+  /**
+   * Hands the entries' devices their event through their nodes. When Redis does not answer (restarting, or a shard
+   * failing over while the others serve), the hand-off is tried again for a while: the receiving node may not have
+   * noticed anything (its channel's shard is fine), so nothing else would bring it the event before a reconnect.
+   */
+  private async handOff(fanout: Fanout, entries: InboxEntry[], since = Date.now()): Promise<void> {
     const { presence, bus } = this.routing!;
     try {
       const nodes = await presence.locate(entries.map((e) => e.deviceKey));
@@ -203,8 +222,21 @@ export class DeliveryHub {
         this.metrics.handoffs.inc({ direction: "out" }, list.length);
       }
     } catch (error) {
-      this.logger.warn({ err: error }, "hand-off to other nodes failed; the inbox keeps the events");
+      this.logger.warn({ err: error }, "hand-off to other nodes failed; tried again shortly (the inbox keeps the events)");
+      if (this.retry.max === 0) return;
+      if (this.failedHandOffs.length >= this.retry.max) this.failedHandOffs.shift();
+      this.failedHandOffs.push({ fanout, entries, since });
+      this.retryTimer ??= setTimeout(() => void this.retryHandOffs(), this.retry.delayMs).unref();
     }
+  }
+
+  private async retryHandOffs(): Promise<void> {
+    this.retryTimer = null;
+    const cutoff = Date.now() - this.retry.forMs;
+    const due = this.failedHandOffs.filter((h) => h.since > cutoff);
+    this.failedHandOffs = [];
+    // In order, each once; one that fails again goes back in the list (and schedules the next round).
+    for (const { fanout, entries, since } of due) await this.handOff(fanout, entries, since);
   }
 
   private receive(fanouts: Fanout[]): void {
