@@ -21,7 +21,6 @@ export interface RedisConnectionOptions {
  * shard, and node-redis follows a channel when its slot moves or its shard fails over.
  */
 export interface RedisLink {
-  readonly cluster: boolean;
   get(key: string): Promise<string | null>;
   /** SET, with an expiry when `ttlSeconds` is given. */
   set(key: string, value: string, ttlSeconds?: number): Promise<void>;
@@ -110,12 +109,7 @@ async function connectOne(
   }
   await Promise.all([commands.connect(), subscriber.connect()]);
   return {
-    cluster: false,
-    get: (key) => commands.get(key),
-    async set(key, value, ttlSeconds) {
-      await commands.set(key, value, ttlSeconds === undefined ? undefined : { EX: ttlSeconds });
-    },
-    evaluate: (script, keys, args) => commands.eval(script, { keys, arguments: args }),
+    ...keyCommands(commands),
     limiterStore: commands,
     publish: (channel, message) => commands.publish(channel, message),
     subscribe: (channel, listener) => subscriber.subscribe(channel, listener, true),
@@ -141,12 +135,7 @@ async function connectCluster(
   cluster.on("node-reconnecting", () => options.onReconnect?.("commands"));
   await cluster.connect();
   return {
-    cluster: true,
-    get: (key) => cluster.get(key),
-    async set(key, value, ttlSeconds) {
-      await cluster.set(key, value, ttlSeconds === undefined ? undefined : { EX: ttlSeconds });
-    },
-    evaluate: (script, keys, args) => cluster.eval(script, { keys, arguments: args }),
+    ...keyCommands(cluster),
     limiterStore: cluster,
     publish: (channel, message) => cluster.sPublish(channel, message),
     subscribe: (channel, listener) => cluster.sSubscribe(channel, listener, true),
@@ -159,5 +148,20 @@ async function connectCluster(
     async close() {
       await cluster.close();
     },
+  };
+}
+
+/** The key commands presence uses, the same on one Redis and on a cluster (which routes each by its key's slot). */
+function keyCommands(client: {
+  get(key: string): Promise<string | null>;
+  set(key: string, value: string, options?: { EX: number }): Promise<unknown>;
+  eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+}): Pick<RedisLink, "get" | "set" | "evaluate"> {
+  return {
+    get: (key) => client.get(key),
+    async set(key, value, ttlSeconds) {
+      await client.set(key, value, ttlSeconds === undefined ? undefined : { EX: ttlSeconds });
+    },
+    evaluate: (script, keys, args) => client.eval(script, { keys, arguments: args }),
   };
 }
