@@ -139,10 +139,10 @@ export class RedisBus implements Bus {
     setImmediate(() => this.flush());
   }
 
+  /** Sends what is queued and stops probing; the Redis link is its owner's to close (presence shares it). */
   async close(): Promise<void> {
     this.flush();
     if (this.probing) clearInterval(this.probing);
-    await this.redis.close();
   }
 
   private flush(): void {
