@@ -67,8 +67,8 @@ interface StoredMessage {
   day: string;
   body: Uint8Array;
   entries: Map<bigint, bigint>;
-  /** A user's message's seq and sender; absent for a chat update. */
-  sent?: { seq: bigint; senderUserId: string };
+  /** A user's message's seq; absent for a chat update. */
+  seq?: bigint;
 }
 
 interface SentKey {
@@ -309,10 +309,7 @@ export class MemoryDb implements Db {
       const fanout: Fanout = { body: send.encode(seq), entries: [], sentAtMs: send.sentAt.getTime() };
       writes.push(() => {
         if (recipients.length > 0) {
-          fanout.entries = this.storeMessage(chat.chatId, messageId, send.sentAt, fanout.body, recipients, {
-            seq,
-            senderUserId: send.senderUserId,
-          });
+          fanout.entries = this.storeMessage(chat.chatId, messageId, send.sentAt, fanout.body, recipients, seq);
         }
         // Sending marks the chat received and read up to the message.
         const sender = chat.participants.get(send.senderUserId)!;
@@ -354,8 +351,8 @@ export class MemoryDb implements Db {
   }
 
   async ackEvents(acks: readonly DeviceAck[]): Promise<ReceiptChange[]> {
-    /** By chat and acking user: the highest seq acked and the senders of the messages acked. */
-    const acked = new Map<string, { chat: Chat; userId: string; seq: bigint; senders: Map<string, bigint> }>();
+    /** By chat and acking user: the highest seq acked. */
+    const acked = new Map<string, { chat: Chat; userId: string; seq: bigint }>();
     for (const ack of acks) {
       const inbox = this.inboxes.get(BigInt(ack.deviceKey));
       const userId = this.devicesByKey.get(BigInt(ack.deviceKey))?.userId;
@@ -364,24 +361,20 @@ export class MemoryDb implements Db {
         if (!message) continue;
         this.deleteEntry(inbox!, eventId, message);
         const chat = this.chats.get(message.chatId);
-        if (!message.sent || !chat || userId === undefined) continue;
+        if (message.seq === undefined || !chat || userId === undefined) continue;
         const key = JSON.stringify([chat.chatId, userId]);
         let entry = acked.get(key);
-        if (!entry) acked.set(key, (entry = { chat, userId, seq: 0n, senders: new Map() }));
-        entry.seq = max(entry.seq, message.sent.seq);
-        const { senderUserId, seq } = message.sent;
-        entry.senders.set(senderUserId, max(entry.senders.get(senderUserId) ?? 0n, seq));
+        if (!entry) acked.set(key, (entry = { chat, userId, seq: 0n }));
+        entry.seq = max(entry.seq, message.seq);
       }
     }
     const changes: ReceiptChange[] = [];
-    for (const { chat, userId, seq, senders } of acked.values()) {
+    for (const { chat, userId, seq } of acked.values()) {
       const participant = chat.participants.get(userId);
       if (!participant || participant.deliveredSeq >= seq) continue;
       const before = participant.deliveredSeq;
       participant.deliveredSeq = seq;
-      const notifyUserIds = [...senders]
-        .filter(([sender, last]) => sender !== userId && last > before && chat.participants.has(sender))
-        .map(([sender]) => sender);
+      const notifyUserIds = sentSince(chat, userId, before);
       changes.push({ chatId: chat.chatId, receipt: receiptOf(userId, participant), notifyUserIds });
     }
     return changes;
@@ -405,9 +398,7 @@ export class MemoryDb implements Db {
       const receipt = receiptOf(mark.userId, participant);
       // Whom the read concerns: those who sent something after the point the reader had read to, and the reader's
       // own user (their other devices).
-      const senders = [...chat.participants]
-        .filter(([userId, p]) => userId !== mark.userId && p.lastSentSeq > before)
-        .map(([userId]) => userId);
+      const senders = sentSince(chat, mark.userId, before);
       return {
         kind: "read",
         receipt,
@@ -562,9 +553,9 @@ export class MemoryDb implements Db {
     at: Date,
     body: Uint8Array,
     deviceKeys: bigint[],
-    sent?: StoredMessage["sent"],
+    seq?: bigint,
   ): InboxEntry[] {
-    const message: StoredMessage = { chatId, messageId, day: dayKey(at), body, entries: new Map(), sent };
+    const message: StoredMessage = { chatId, messageId, day: dayKey(at), body, entries: new Map(), seq };
     this.messages.set(messageKey(message), message);
     for (const deviceKey of deviceKeys) {
       const eventId = ++this.lastEventId;
@@ -616,6 +607,11 @@ function toRecord(chat: Chat): ChatRecord {
     lastSeq: chat.lastSeq,
     receipts,
   };
+}
+
+/** The participants but `userId` whose latest message is past `seq`: whom a receipt moving from `seq` concerns. */
+function sentSince(chat: Chat, userId: string, seq: bigint): string[] {
+  return [...chat.participants].filter(([other, p]) => other !== userId && p.lastSentSeq > seq).map(([other]) => other);
 }
 
 function startingAt(seq: bigint): Participant {

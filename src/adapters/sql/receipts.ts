@@ -23,28 +23,26 @@ export function receiptsFromJson(json: [string, string, string][] | null): Recei
   }));
 }
 
-/** An acked inbox entry of a message: its chat and seq, who sent it, and the user of the device that acked it. */
+/** An acked inbox entry of a message: its chat and seq, and the device that acked it. */
 export interface AckedMessage {
   chatId: string;
   seq: bigint;
-  senderUserId: string;
-  ackingUserId: string;
+  deviceKey: string;
 }
 
 /**
- * Moves each (chat, user)'s delivered_seq up to the highest seq its devices acked, in one statement. Rows are locked
- * in key order first, as every statement that locks several participants' rows does (ack batches, read marks, the
- * senders' rows in a send), so concurrent ones never deadlock. The receipt as it was before is read under the lock:
- * the users to tell are those who sent an acked message above it and still take part in the chat.
+ * Moves each (chat, user)'s delivered_seq up to the highest seq its devices acked, in one statement ($1, $2, $3: chat,
+ * device, highest seq it acked there). Rows are locked in key order first, as every statement that locks several
+ * participants' rows does (ack batches, read marks, the senders' rows in a send), so concurrent ones never deadlock.
+ * The receipt as it was is read under the lock: it concerns the participants who sent something after it (their
+ * latest message is past it), found through the (chat_id, last_sent_seq) index, as a read's are.
  */
 const ADVANCE_DELIVERED = `
   WITH acked AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS a(chat_id, user_id, seq)
-  ), senders AS MATERIALIZED (
-    -- Of the acked messages' senders ($4, $5: chat and sender), those still in their chat.
-    SELECT q.chat_id, q.user_id
-      FROM chat_participants q JOIN unnest($4::uuid[], $5::text[]) AS s(chat_id, user_id)
-           ON q.chat_id = s.chat_id AND q.user_id = s.user_id
+    SELECT a.chat_id, d.user_id, max(a.seq) AS seq
+      FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS a(chat_id, device_key, seq)
+      JOIN devices d ON d.device_key = a.device_key
+     GROUP BY a.chat_id, d.user_id
   ), locked AS MATERIALIZED (
     SELECT p.chat_id, p.user_id, p.delivered_seq AS before
       FROM chat_participants p JOIN acked a ON p.chat_id = a.chat_id AND p.user_id = a.user_id
@@ -55,39 +53,25 @@ const ADVANCE_DELIVERED = `
   UPDATE chat_participants p SET delivered_seq = a.seq
     FROM locked l JOIN acked a ON a.chat_id = l.chat_id AND a.user_id = l.user_id
    WHERE p.chat_id = l.chat_id AND p.user_id = l.user_id AND p.delivered_seq < a.seq
-  RETURNING p.chat_id, p.user_id, p.delivered_seq, p.read_seq, l.before,
-            (SELECT json_agg(s.user_id) FROM senders s WHERE s.chat_id = p.chat_id) AS senders`;
+  RETURNING p.chat_id, p.user_id, p.delivered_seq, p.read_seq,
+            (SELECT json_agg(q.user_id) FROM chat_participants q
+              WHERE q.chat_id = p.chat_id AND q.user_id <> p.user_id AND q.last_sent_seq > l.before) AS senders`;
 
 export async function advanceDelivered(db: SqlQuery, acked: readonly AckedMessage[]): Promise<ReceiptChange[]> {
   const highest = new Map<string, AckedMessage>();
   for (const message of acked) {
-    const key = `${message.chatId}/${message.ackingUserId}`;
+    const key = `${message.chatId}/${message.deviceKey}`;
     const seen = highest.get(key);
     if (!seen || message.seq > seen.seq) highest.set(key, message);
   }
   if (highest.size === 0) return [];
-  const pairs = [...highest.values()];
-  const senders = [...new Map(acked.map((m) => [`${m.chatId}/${m.senderUserId}`, m])).values()];
-  const rows = await db.query<ReceiptRow & { chat_id: string; before: bigint; senders: string[] | null }>(
-    ADVANCE_DELIVERED,
-    [
-      pairs.map((p) => p.chatId),
-      pairs.map((p) => p.ackingUserId),
-      pairs.map((p) => p.seq),
-      senders.map((m) => m.chatId),
-      senders.map((m) => m.senderUserId),
-    ],
-  );
-  return rows.map((row) => {
-    const covered = new Set<string>();
-    for (const message of acked) {
-      if (message.chatId === row.chat_id && message.ackingUserId === row.user_id && message.seq > row.before) {
-        covered.add(message.senderUserId);
-      }
-    }
-    const notifyUserIds = (row.senders ?? []).filter((userId) => userId !== row.user_id && covered.has(userId));
-    return { chatId: row.chat_id, receipt: toReceipt(row), notifyUserIds };
-  });
+  const tops = [...highest.values()];
+  const rows = await db.query<ReceiptRow & { chat_id: string; senders: string[] | null }>(ADVANCE_DELIVERED, [
+    tops.map((m) => m.chatId),
+    tops.map((m) => m.deviceKey),
+    tops.map((m) => m.seq),
+  ]);
+  return rows.map((row) => ({ chatId: row.chat_id, receipt: toReceipt(row), notifyUserIds: row.senders ?? [] }));
 }
 
 /**

@@ -314,27 +314,18 @@ export class SqlDb implements Db {
     // Rows are locked in key order before they are deleted, here and in deleteMessagesWithoutInbox: concurrent ack
     // statements meet on the same messages (and on the same entries when a device repeats an ack), and taking those
     // locks in whatever order the join produced them deadlocked under load.
-    // Each entry comes back with what the receipts need: its message's seq and sender (none for a chat update; looked
-    // up per entry, as INBOX_PAGE does, rather than joined) and the acking device's user.
-    const acked = await this.driver.query<
-      MessageKey & { seq: bigint | null; sender_user_id: string | null; user_id: string }
-    >(
+    // Each entry comes back with its message's seq (none for a chat update), for the receipts.
+    const acked = await this.driver.query<MessageKey & { device_key: bigint; seq: bigint | null }>(
       `WITH locked AS (
-         SELECT i.device_key, i.event_id, i.created_at, d.user_id, m.seq, m.sender_user_id
+         SELECT i.device_key, i.event_id, i.created_at
            FROM inbox i JOIN unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
                 ON i.device_key = a.device_key AND i.event_id = a.event_id
-           JOIN devices d ON d.device_key = i.device_key
-           LEFT JOIN LATERAL (
-             SELECT m.seq, m.sender_user_id FROM messages m
-              WHERE m.chat_id = i.chat_id AND m.message_id = i.message_id AND m.created_at = i.created_at
-              LIMIT 1
-           ) m ON true
           ORDER BY i.device_key, i.event_id
             FOR UPDATE OF i
        )
        DELETE FROM inbox i USING locked l
         WHERE i.device_key = l.device_key AND i.event_id = l.event_id AND i.created_at = l.created_at
-       RETURNING i.chat_id, i.message_id, i.created_at, l.seq, l.sender_user_id, l.user_id`,
+       RETURNING i.device_key, i.chat_id, i.message_id, i.created_at, i.seq`,
       [deviceKeys, eventIds],
     );
     const [, changes] = await Promise.all([
@@ -342,9 +333,7 @@ export class SqlDb implements Db {
       advanceDelivered(
         this.driver,
         acked.flatMap((row) =>
-          row.seq === null
-            ? []
-            : [{ chatId: row.chat_id, seq: BigInt(row.seq), senderUserId: row.sender_user_id!, ackingUserId: row.user_id }],
+          row.seq === null ? [] : [{ chatId: row.chat_id, seq: BigInt(row.seq), deviceKey: String(row.device_key) }],
         ),
       ),
     ]);

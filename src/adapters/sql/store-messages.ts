@@ -83,15 +83,15 @@ const WRITE_SENDS = `
     SELECT s.* FROM sends s WHERE s.chat_id IN (SELECT chat_id FROM writable)
   ), fanout AS (
     SELECT r.*, nextval('inbox_event_id_seq') AS event_id
-      FROM (SELECT s.i, d.device_key, s.chat_id, s.message_id, s.created_at
+      FROM (SELECT s.i, d.device_key, s.chat_id, s.message_id, s.created_at, s.seq
               FROM written s
               JOIN chat_participants p ON p.chat_id = s.chat_id
               JOIN devices d ON d.user_id = p.user_id
              WHERE d.device_key <> s.sender_device_key
              ORDER BY s.i, d.device_key) r
   ), inbox_rows AS (
-    INSERT INTO inbox (device_key, event_id, created_at, chat_id, message_id)
-    SELECT device_key, event_id, created_at, chat_id, message_id FROM fanout
+    INSERT INTO inbox (device_key, event_id, created_at, chat_id, message_id, seq)
+    SELECT device_key, event_id, created_at, chat_id, message_id, seq FROM fanout
   ), message_rows AS (
     -- A message no device will read (its participants have no other device yet) is not kept: its seq and idempotency
     -- key are all that is needed of it.

@@ -8,7 +8,11 @@ ALTER TABLE chat_participants
   ADD COLUMN read_seq      bigint NOT NULL DEFAULT 0,
   ADD COLUMN last_sent_seq bigint NOT NULL DEFAULT 0;
 
--- Whom a read concerns: the participants whose latest message is past the reader's old read_seq, found without
+-- An inbox entry's message seq (null for a chat update): an ack moves its user's delivered_seq without reading the
+-- message.
+ALTER TABLE inbox ADD COLUMN seq bigint;
+
+-- Whom a receipt concerns: the participants whose latest message is past the reader's old read_seq, found without
 -- reading every participant of a large group.
 CREATE INDEX chat_participants_last_sent_idx ON chat_participants (chat_id, last_sent_seq);
 
