@@ -155,7 +155,7 @@ export interface InboxStore {
    * Deletes each ack's events from its device's inbox (ids not in it are ignored), then deletes each message whose
    * last inbox entry this was; several devices' acks at once (acks of concurrent streams share one statement). A
    * device's user has then received every message up to the highest seq it acked in a chat: returns the receipts that
-   * moved forward, once per (chat, user), each for the users who sent the messages it newly covers.
+   * moved forward, once per (chat, user), each for the participants who sent something after its old seq.
    */
   ackEvents(acks: readonly DeviceAck[]): Promise<ReceiptChange[]>;
 }
@@ -248,7 +248,10 @@ export interface Receipt {
   readSeq: bigint;
 }
 
-/** A receipt that moved forward, and the users to tell: those whose messages it newly covers. */
+/**
+ * A receipt that moved forward, and the users to tell: those whose messages it may newly cover (every participant
+ * whose latest message is past the receipt's old seq).
+ */
 export interface ReceiptChange {
   chatId: string;
   receipt: Receipt;
@@ -265,7 +268,7 @@ export interface ReadMark {
 export type ReadOutcome =
   /**
    * The receipt after the mark, the chat's last seq, and the change when it moved: for the users whose messages the
-   * read newly covers and the reader's own user (their other devices).
+   * read may newly cover (see ReceiptChange) and the reader's own user (their other devices).
    */
   | { kind: "read"; receipt: Receipt; lastSeq: bigint; change: ReceiptChange | null }
   | { kind: "chat_not_found" }

@@ -33,9 +33,9 @@ interface Pending {
 /**
  * Receipts: how far each participant has received and read each chat. Acks move what was delivered (Acks hands the
  * changes here), MarkRead what was read; both are rows of chat_participants, never stored events. Every change
- * becomes a ReceiptUpdate notice to the users whose messages it newly covers (and, for a read, the reader's other
- * devices), coalesced: the changes to one (chat, user) within `windowMs` go out as one notice with the latest receipt,
- * however many acks and marks made them.
+ * becomes a ReceiptUpdate notice to the users who sent something since the receipt's old seq (and, for a read, the
+ * reader's other devices), coalesced: the changes to one (chat, user) within `windowMs` go out as one notice with the
+ * latest receipt, however many acks and marks made them.
  */
 export class Receipts {
   private readonly committer: GroupCommitter<ReadMark, ReadOutcome>;
