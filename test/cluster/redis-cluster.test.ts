@@ -7,7 +7,10 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { createCluster } from "redis";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectRedis } from "../../src/adapters/redis/connect.js";
+import { RedisBus } from "../../src/adapters/redis/redis-bus.js";
 import { sleep, waitFor } from "./processes.js";
 import { type RedisClusterPrimary, RedisCluster } from "./redis-cluster.js";
 
@@ -157,6 +160,37 @@ describe("a Redis Cluster of three primaries with a replica each", () => {
     expect(owner(recovered, await keyslot(recovered[0]!.port, key)).replicas).toEqual([killed.port]);
     expect(redis.nodes.every((n) => n.pid !== undefined)).toBe(true);
     report("killed server back as a replica", { ms: Date.now() - recoverAt });
+  });
+
+  it("keeps a node's hand-off channel working through Palaver's bus when its slot moves to another primary", async () => {
+    const logger = pino({ level: "silent" });
+    const [here, there] = await Promise.all(["slot-a", "slot-b"].map((node) => connectRedis(redis.url, { nodeId: node, logger })));
+    const [busA, busB] = [new RedisBus("slot-a", here!, logger), new RedisBus("slot-b", there!, logger)];
+    try {
+      const received: string[] = [];
+      await busA.subscribe((fanouts) => received.push(...fanouts.flatMap((f) => f.entries.map((e) => e.deviceKey))), {
+        interrupted() {},
+        resumed() {},
+      });
+      const handOff = (deviceKey: string) => busB.publish("slot-a", [{ body: new Uint8Array([1]), entries: [{ deviceKey, eventId: 1n }] }]);
+      handOff("1");
+      await waitFor("the hand-off before the move", async () => received.includes("1"), 5000);
+      const moved = await redis.moveSlotOf("palaver:node:{slot-a}");
+      report("slot moved", moved);
+      // node-redis follows the channel to its slot's new owner: a hand-off published after the move arrives.
+      await waitFor(
+        "a hand-off after the move",
+        async () => {
+          handOff("2");
+          await sleep(100);
+          return received.includes("2");
+        },
+        10_000,
+      );
+    } finally {
+      await Promise.all([busA.close(), busB.close()]);
+      await Promise.all([here!.close(), there!.close()]);
+    }
   });
 
   it("comes back usable and empty after a restart of every server", async () => {

@@ -136,6 +136,23 @@ export class RedisCluster {
   }
 
   /**
+   * Moves the slot of `key` (a key or a sharded channel) to another primary, as resharding does, with the key-less
+   * slot needing no MIGRATE: IMPORTING on the target, MIGRATING on the owner, then the new owner told to every
+   * primary. Returns the slot and the ports it moved between.
+   */
+  async moveSlotOf(key: string): Promise<{ slot: number; from: number; to: number }> {
+    const primaries = await this.primaries();
+    const slot = Number(await cli(primaries[0]!.port, "CLUSTER", "KEYSLOT", key));
+    const owner = primaries.find((p) => p.slots.some((range) => inRange(slot, range)))!;
+    const target = primaries.find((p) => p !== owner)!;
+    const [ownerId, targetId] = await Promise.all([owner, target].map((p) => cli(p.port, "CLUSTER", "MYID")));
+    await cli(target.port, "CLUSTER", "SETSLOT", String(slot), "IMPORTING", ownerId!);
+    await cli(owner.port, "CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetId!);
+    for (const p of primaries) await cli(p.port, "CLUSTER", "SETSLOT", String(slot), "NODE", targetId!);
+    return { slot, from: owner.port, to: target.port };
+  }
+
+  /**
    * `kill -9` of a primary: `which` is an index into primaries() (0 is the one that owns slot 0) or a port. Returns it
    * as it was; waitForFailover then waits for one of its replicas to take its slots.
    */
@@ -381,4 +398,10 @@ function canListen(port: number): Promise<boolean> {
     server.once("error", () => resolve(false));
     server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
   });
+}
+
+/** Whether a slot lies in a CLUSTER NODES range ("0-5460" or "42"). */
+function inRange(slot: number, range: string): boolean {
+  const [first, last = first] = range.split("-").map(Number);
+  return slot >= first! && slot <= last!;
 }
