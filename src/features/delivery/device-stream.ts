@@ -134,7 +134,7 @@ export class DeviceStream {
       for (let after = gap.after; this.ending === undefined; ) {
         const page = await this.db.readInbox(this.deviceKey, after, this.options.pageSize);
         for (const event of page) {
-          if (!gap.sent.has(event.eventId)) this.pushEvent(event, event.eventId);
+          this.pushEvent(event, event.eventId); // drops what this stream sent since the gap began
           after = event.eventId;
         }
         if (page.length < this.options.pageSize) break;

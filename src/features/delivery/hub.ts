@@ -45,9 +45,9 @@ export class DeliveryHub {
     private readonly streamOptions: DeviceStreamOptions,
     private readonly logger: Logger,
     private readonly metrics: Metrics,
-    private readonly routing: Routing | null = null,
-    private readonly inboxCap: InboxCap | null = null,
-    private readonly retry: HandOffRetry = { delayMs: 0, forMs: 0, max: 0 },
+    private readonly routing: Routing | null,
+    private readonly inboxCap: InboxCap | null,
+    private readonly retry: HandOffRetry,
   ) {}
 
   /** Hand-offs that failed, oldest first, with when they first failed; tried again every retry.delayMs. */
@@ -223,7 +223,6 @@ export class DeliveryHub {
       }
     } catch (error) {
       this.logger.warn({ err: error }, "hand-off to other nodes failed; tried again shortly (the inbox keeps the events)");
-      if (this.retry.max === 0) return;
       if (this.failedHandOffs.length >= this.retry.max) this.failedHandOffs.shift();
       this.failedHandOffs.push({ fanout, entries, since });
       this.retryTimer ??= setTimeout(() => void this.retryHandOffs(), this.retry.delayMs).unref();
