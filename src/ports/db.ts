@@ -229,13 +229,14 @@ export type ResyncCause = "retention" | "inbox_overflow";
 export interface ChatRecord {
   chatId: string;
   name: string;
-  /** Sorted. */
-  participantUserIds: string[];
   createdAt: Date;
   lastSeq: bigint;
-  /** One per participant, in participantUserIds' order. */
+  /** One per participant, sorted by user id: who takes part, and how far each has received and read. */
   receipts: Receipt[];
 }
+
+/** The chat's participants, sorted. */
+export const participantsOf = (chat: ChatRecord): string[] => chat.receipts.map((r) => r.userId);
 
 /**
  * How far one participant has received and read a chat: every message up to deliveredSeq reached one of the user's

@@ -1,12 +1,13 @@
 /** Inputs for tests of the Db ports: the contract suite, the SQL-only suite, feature tests on MemoryDb. */
 import { randomBytes, randomUUID } from "node:crypto";
-import type {
-  AttachmentRecord,
-  ChatRecord,
-  DeviceSignIn,
-  DeviceStore,
-  PendingSend,
-  SendOutcome,
+import {
+  type AttachmentRecord,
+  type ChatRecord,
+  type DeviceSignIn,
+  type DeviceStore,
+  participantsOf,
+  type PendingSend,
+  type SendOutcome,
 } from "../../src/ports/db.js";
 
 const utf8 = new TextEncoder();
@@ -41,7 +42,7 @@ export async function registerDevice(
 }
 
 /** The update body: enough of the chat to check that it is the chat after the change. */
-export const encodeUpdate = (chat: ChatRecord) => utf8.encode(`update:${chat.chatId}:${chat.participantUserIds.join(",")}`);
+export const encodeUpdate = (chat: ChatRecord) => utf8.encode(`update:${chat.chatId}:${participantsOf(chat).join(",")}`);
 
 /** A send whose body says which message and seq it was encoded for: `message:<messageId>:<seq>`. */
 export function send(

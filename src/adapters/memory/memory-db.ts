@@ -602,7 +602,6 @@ function toRecord(chat: Chat): ChatRecord {
   return {
     chatId: chat.chatId,
     name: chat.name,
-    participantUserIds: receipts.map((r) => r.userId),
     createdAt: chat.createdAt,
     lastSeq: chat.lastSeq,
     receipts,

@@ -1,4 +1,13 @@
-import type { ChatRecord, InboxEntry, ModifyOutcome, NewChat, ParticipantChange, Fanout, Receipt } from "../../ports/db.js";
+import {
+  type ChatRecord,
+  type Fanout,
+  type InboxEntry,
+  type ModifyOutcome,
+  type NewChat,
+  type ParticipantChange,
+  participantsOf,
+  type Receipt,
+} from "../../ports/db.js";
 import type { SqlDriver, SqlQuery } from "../../ports/sql.js";
 import { type ReceiptRow, toReceipt } from "./receipts.js";
 
@@ -14,7 +23,6 @@ export function toChatRecord(row: ChatRow, receipts: Receipt[]): ChatRecord {
   return {
     chatId: row.chat_id,
     name: row.name,
-    participantUserIds: receipts.map((r) => r.userId),
     createdAt: row.created_at,
     lastSeq: row.last_seq,
     receipts,
@@ -54,7 +62,7 @@ export function createChat(
       messageId: input.updateMessageId,
       at: input.createdAt,
       body,
-      recipientUserIds: chat.participantUserIds,
+      recipientUserIds: participantUserIds,
     });
     return { chat, fanout: { body, entries } };
   });
@@ -113,7 +121,7 @@ export function modifyParticipants(
       at: change.at,
       body,
       // Everyone before or after the change: the removed user hears of the removal too.
-      recipientUserIds: change.operation === "add" ? chat.participantUserIds : before,
+      recipientUserIds: change.operation === "add" ? participantsOf(chat) : before,
     });
     return { kind: "changed", chat, fanout: { body, entries } };
   });

@@ -6,7 +6,7 @@ import { type Chat, ChatSchema } from "../../../gen/palaver/chat/v1/model_pb.js"
 import { Refusal } from "../../errors.js";
 import type { Caller } from "../../ports/caller.js";
 import type { Clock } from "../../ports/clock.js";
-import { type BlockStore, type ChatRecord, type ChatStore, deviceNameKey } from "../../ports/db.js";
+import { type BlockStore, type ChatRecord, type ChatStore, deviceNameKey, participantsOf } from "../../ports/db.js";
 import type { RateLimiters } from "../../ports/rate-limiter.js";
 import { refuseBlockedAdditions } from "../account/blocks.js";
 import { encodeStoredEvent } from "../delivery/events.js";
@@ -133,12 +133,7 @@ export class Chats {
   }
 
   async get(caller: Caller, chatId: string): Promise<Chat> {
-    const chat = await this.db.getChat(chatId);
-    if (!chat) throw chatNotFound(chatId);
-    if (!chat.participantUserIds.includes(caller.userId)) {
-      throw new Refusal("forbidden", "only participants may read a chat");
-    }
-    return toChat(chat, caller.userId);
+    return toChat(await chatOfParticipant(this.db, caller, chatId, "read a chat"), caller.userId);
   }
 
   /** The caller's chats by chat id, a page at a time; the page token is the last chat id of the page before. */
@@ -175,12 +170,25 @@ export function toChat(record: ChatRecord, callerUserId?: string): Chat {
   return create(ChatSchema, {
     chatId: record.chatId,
     name: record.name,
-    participantUserIds: record.participantUserIds,
+    participantUserIds: participantsOf(record),
     createdAt: timestampFromDate(record.createdAt),
     lastSeq: record.lastSeq,
     receipts: record.receipts,
     unreadCount: readSeq === undefined ? 0n : record.lastSeq - readSeq,
   });
+}
+
+/** The chat, when the caller takes part in it; refused as not found, or as forbidden: "only participants may <may>". */
+export async function chatOfParticipant(
+  db: Pick<ChatStore, "getChat">,
+  caller: Caller,
+  chatId: string,
+  may: string,
+): Promise<ChatRecord> {
+  const chat = await db.getChat(chatId);
+  if (!chat) throw chatNotFound(chatId);
+  if (!participantsOf(chat).includes(caller.userId)) throw new Refusal("forbidden", `only participants may ${may}`);
+  return chat;
 }
 
 export function chatNotFound(chatId: string): Refusal {

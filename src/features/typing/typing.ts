@@ -1,9 +1,8 @@
-import { Refusal } from "../../errors.js";
 import type { Caller } from "../../ports/caller.js";
-import { type ChatStore, deviceNameKey } from "../../ports/db.js";
+import { type ChatStore, deviceNameKey, participantsOf } from "../../ports/db.js";
 import type { RateLimiters } from "../../ports/rate-limiter.js";
 import type { Notice } from "../../ports/routing.js";
-import { chatNotFound } from "../chats/chats.js";
+import { chatOfParticipant } from "../chats/chats.js";
 import { typingUpdateBody } from "../delivery/events.js";
 import { Limit } from "../rate-limit.js";
 
@@ -40,12 +39,8 @@ export class Typing {
 
   async set(caller: Caller, chatId: string, typing: boolean): Promise<void> {
     await this.limit.take(deviceNameKey(caller));
-    const chat = await this.db.getChat(chatId);
-    if (!chat) throw chatNotFound(chatId);
-    if (!chat.participantUserIds.includes(caller.userId)) {
-      throw new Refusal("forbidden", "only participants may send typing updates to a chat");
-    }
-    const others = chat.participantUserIds.filter((userId) => userId !== caller.userId);
+    const chat = await chatOfParticipant(this.db, caller, chatId, "send typing updates to a chat");
+    const others = participantsOf(chat).filter((userId) => userId !== caller.userId);
     if (others.length === 0) return;
     this.notify({ body: typingUpdateBody(chat.chatId, caller, typing, this.options.lapseMs), userIds: others });
   }
