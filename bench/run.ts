@@ -40,6 +40,7 @@ import { createInterface } from "node:readline";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import postgres from "postgres";
+import { AccountService } from "../gen/palaver/chat/v1/account_pb.js";
 import { ChatService } from "../gen/palaver/chat/v1/chat_pb.js";
 import { mintToken } from "../src/auth/tokens.js";
 import type { HaproxyProcess } from "../test/cluster/processes.js";
@@ -559,10 +560,13 @@ function shuffle<T>(items: T[], seed: number): T[] {
  * Mints every device's token and creates the chats; registers the devices (a first authenticated call) unless the
  * scenario measures new devices; for drain, stores `backlog` messages in each chat while every device is offline.
  * Each chat is created by a device of its first user that is not in the plan ("setup"), so no plan device has a
- * ChatUpdate waiting and a drained backlog is exactly the stored messages.
+ * ChatUpdate waiting and a drained backlog is exactly the stored messages. The setup devices are removed at the end:
+ * left in place, each would be one more inbox entry per message that nobody acks, so no message would ever be deleted
+ * and a message would cost one entry more than its deliveries.
  */
 async function setUp(servers: Servers, plan: Plan, scenario: Scenario) {
-  const client = createClient(ChatService, createGrpcTransport({ baseUrl: servers.nodes[0]!.url }));
+  const transport = createGrpcTransport({ baseUrl: servers.nodes[0]!.url });
+  const client = createClient(ChatService, transport);
   const auth = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
   const run = `${scenario.slice(0, 2)}${randomBytes(3).toString("hex")}`;
   const devices: Device[] = [];
@@ -609,6 +613,10 @@ async function setUp(servers: Servers, plan: Plan, scenario: Scenario) {
     const perGroup = plan.groupUsers * plan.devicesPerUser;
     console.log(`  stored ${sends.length} sends (${sends.length * perGroup} inbox events) in ${seconds.toFixed(1)} s: ${Math.round(fillSendsPerSecond)} sends/s`);
   }
+  const accounts = createClient(AccountService, transport);
+  await pool(creators, 32, async (c) => {
+    await retry(() => accounts.removeDevice({ deviceId: "setup" }, auth(c.token)));
+  });
   return { devices: shuffle(devices, 0x5eed), setupSeconds, fillSendsPerSecond };
 }
 
