@@ -302,31 +302,25 @@ export class SqlDb implements Db {
   async ackEvents(acks: readonly DeviceAck[]): Promise<ReceiptChange[]> {
     // One DELETE for every (device, event) pair of the batch, joined to the inbox through unnest: many devices' acks
     // cost one statement and one message cleanup instead of two statements each.
-    const deviceKeys: string[] = [];
-    const eventIds: bigint[] = [];
+    const pairs: [bigint, bigint][] = [];
     for (const ack of acks) {
-      for (const eventId of ack.eventIds) {
-        deviceKeys.push(ack.deviceKey);
-        eventIds.push(eventId);
-      }
+      const deviceKey = BigInt(ack.deviceKey);
+      for (const eventId of ack.eventIds) pairs.push([deviceKey, eventId]);
     }
-    if (eventIds.length === 0) return [];
-    // Rows are locked in key order before they are deleted, here and in deleteMessagesWithoutInbox: concurrent ack
-    // statements meet on the same messages (and on the same entries when a device repeats an ack), and taking those
-    // locks in whatever order the join produced them deadlocked under load.
-    // Each entry comes back with its message's seq (none for a chat update), for the receipts.
-    const acked = await this.driver.query<MessageKey & { device_key: bigint; seq: bigint | null }>(
-      `WITH locked AS (
-         SELECT i.device_key, i.event_id, i.created_at
-           FROM inbox i JOIN unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
-                ON i.device_key = a.device_key AND i.event_id = a.event_id
-          ORDER BY i.device_key, i.event_id
-            FOR UPDATE OF i
-       )
-       DELETE FROM inbox i USING locked l
-        WHERE i.device_key = l.device_key AND i.event_id = l.event_id AND i.created_at = l.created_at
-       RETURNING i.device_key, i.chat_id, i.message_id, i.created_at, i.seq`,
-      [deviceKeys, eventIds],
+    if (pairs.length === 0) return [];
+    // Two statements deleting the same entries (a device repeating an ack on two nodes at once: one node never has a
+    // device in two batches, see Acks) lock them in the order they delete them, which is the order of the pairs here
+    // (the plan walks the unnest and looks each entry up), so sorted pairs cannot deadlock; a plan that walks the
+    // inbox instead takes its own single order. Should Postgres still report a deadlock, the statement is run again:
+    // it deleted nothing. Each entry comes back with its message's seq (none for a chat update), for the receipts.
+    pairs.sort(([a, x], [b, y]) => (a === b ? (x < y ? -1 : x > y ? 1 : 0) : a < b ? -1 : 1));
+    const acked = await againOnDeadlock(() =>
+      this.driver.query<MessageKey & { device_key: bigint; seq: bigint | null }>(
+        `DELETE FROM inbox i USING unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
+          WHERE i.device_key = a.device_key AND i.event_id = a.event_id
+         RETURNING i.device_key, i.chat_id, i.message_id, i.created_at, i.seq`,
+        [pairs.map(([deviceKey]) => deviceKey), pairs.map(([, eventId]) => eventId)],
+      ),
     );
     const [, changes] = await Promise.all([
       this.deleteMessagesWithoutInbox(acked),
@@ -443,4 +437,20 @@ function toAttachment(row: AttachmentRow): AttachmentRecord {
     uploadedAt: row.uploaded_at,
     keptAt: row.kept_at,
   };
+}
+
+/** Postgres ends one of two deadlocked statements with this SQLSTATE; that statement changed nothing. */
+const DEADLOCK_DETECTED = "40P01";
+const DEADLOCK_ATTEMPTS = 5;
+
+/** Runs a statement that cannot deadlock in practice (see ackEvents) again if Postgres says it did. */
+async function againOnDeadlock<T>(statement: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await statement();
+    } catch (error) {
+      const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
+      if (code !== DEADLOCK_DETECTED || attempt === DEADLOCK_ATTEMPTS) throw error;
+    }
+  }
 }

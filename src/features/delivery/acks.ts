@@ -37,7 +37,9 @@ export class Acks {
       },
       options.maxBatch,
       options.maxInFlight,
-      { onBatch: options.onBatch },
+      // A device's acks wait while a batch with its earlier ones is written: two statements deleting the same entries
+      // (an ack repeated) could otherwise meet in Postgres in opposite orders.
+      { onBatch: options.onBatch, keyOf: (ack) => ack.deviceKey },
     );
     const points = options.acksPerMinute;
     this.limits = {
