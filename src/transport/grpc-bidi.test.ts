@@ -6,7 +6,7 @@ import { silentLogger } from "../../test/support/features.js";
 import { grpcFrame as frame } from "../../test/support/raw-grpc.js";
 import { Refusal } from "../errors.js";
 import { toConnectError } from "./errors.js";
-import { type BidiRoute, grpcBidiHandler } from "./grpc-bidi.js";
+import { type BidiRoute, grpcBidiHandler, serveStreamsFirst } from "./grpc-bidi.js";
 import { Shutdown } from "./shutdown.js";
 
 
@@ -47,9 +47,8 @@ describe("gRPC bidi streams served on the HTTP/2 stream", () => {
       { logger: silentLogger, readMaxBytes: 1024, toConnectError: (error, signal) => toConnectError(error, silentLogger, signal) },
       new Shutdown(),
     );
-    server = http2.createServer((req, res) => {
-      if (!handle(req, res)) res.writeHead(404).end();
-    });
+    server = http2.createServer((_req, res) => res.writeHead(404).end());
+    serveStreamsFirst(server, handle);
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     session = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
   });
@@ -133,7 +132,7 @@ describe("gRPC bidi streams served on the HTTP/2 stream", () => {
     expect(performance.now() - started).toBeGreaterThanOrEqual(45);
   });
 
-  it("leaves other requests to the next handler", async () => {
+  it("leaves other requests to the server's request listener", async () => {
     const answer = await call([], { "content-type": "application/grpc-web+proto" });
     expect(answer.headers[":status"]).toBe(404);
   });

@@ -1,4 +1,3 @@
-import type * as http from "node:http";
 import * as http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { compressedFlag } from "@connectrpc/connect/protocol";
@@ -13,10 +12,12 @@ import type { Shutdown } from "./shutdown.js";
  * one message per event, and connect-es passes each one through a chain of (down-compiled) async generators, its
  * interceptors' and its own; at thousands of deliveries per second that chain and its garbage were most of the
  * server's CPU. Here the messages a device stream has ready at once are pre-encoded into one buffer and written with
- * one write. Only the plain case takes this path: gRPC over HTTP/2 with binary protobuf and no compression; anything
- * else (gRPC-Web, the Connect protocol, JSON, compressed requests) goes to connect-es as before. A grpc-timeout ends
- * the call with DEADLINE_EXCEEDED, as there. Auth, logging, metrics, error mapping and the shutdown signal behave as
- * the interceptors do for the same call.
+ * one write, on Node's own stream object: the compatibility layer's request and response (another readable stream
+ * for every incoming frame, another wrapper for every write) are never made for these calls. Only the plain case
+ * takes this path: gRPC over HTTP/2 with binary protobuf and no compression; anything else (gRPC-Web, the Connect
+ * protocol, JSON, compressed requests) goes to connect-es as before. A grpc-timeout ends the call with
+ * DEADLINE_EXCEEDED, as there. Auth, logging, metrics, error mapping and the shutdown signal behave as the
+ * interceptors do for the same call.
  */
 export interface BidiRoute {
   /** "/package.Service/Method" */
@@ -45,32 +46,43 @@ export interface BidiOptions {
   readMaxBytes: number;
 }
 
-type Request = http.IncomingMessage | http2.Http2ServerRequest;
+/** Takes a new HTTP/2 stream and returns true, or returns false and leaves it alone. */
+export type StreamHandler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean;
 
-/** Returns a handler that serves the routes' plain gRPC calls and returns false for every other request. */
-export function grpcBidiHandler(
-  routes: readonly BidiRoute[],
-  options: BidiOptions,
-  shutdown: Shutdown,
-): (req: Request, res: unknown) => boolean {
+/** Returns a handler that serves the routes' plain gRPC calls and leaves every other stream alone. */
+export function grpcBidiHandler(routes: readonly BidiRoute[], options: BidiOptions, shutdown: Shutdown): StreamHandler {
   const byPath = new Map(routes.map((route) => [route.path, route]));
-  return (req, res) => {
-    if (req.method !== "POST" || !("stream" in req)) return false;
-    const route = byPath.get(req.url ?? "");
+  return (stream, headers) => {
+    if (headers[":method"] !== "POST") return false;
+    const route = byPath.get(headers[":path"] ?? "");
     if (!route) return false;
-    const type = req.headers["content-type"];
+    const type = headers["content-type"];
     if (type !== "application/grpc" && type !== "application/grpc+proto") return false;
-    const encoding = req.headers["grpc-encoding"];
+    const encoding = headers["grpc-encoding"];
     if (encoding !== undefined && encoding !== "identity") return false;
-    void serve(route, req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, options, shutdown);
+    void serve(route, stream, headers, options, shutdown);
     return true;
   };
 }
 
+/**
+ * Lets `handle` take each new stream of the server's sessions first; the streams it leaves go to Node's compatibility
+ * layer (request and response, the server's request listener), which the server installed as its own "stream"
+ * listener.
+ */
+export function serveStreamsFirst(server: http2.Http2Server | http2.Http2SecureServer, handle: StreamHandler): void {
+  const compat = server.listeners("stream") as ((...args: unknown[]) => void)[];
+  server.removeAllListeners("stream");
+  server.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
+    if (handle(stream, headers)) return;
+    for (const listener of compat) listener.call(server, stream, headers, ...rest);
+  });
+}
+
 async function serve(
   route: BidiRoute,
-  req: http2.Http2ServerRequest,
-  res: http2.Http2ServerResponse,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.IncomingHttpHeaders,
   options: BidiOptions,
   shutdown: Shutdown,
 ): Promise<void> {
@@ -79,50 +91,55 @@ async function serve(
   // Aborts when the call is over or the client went away, and with UNAVAILABLE when the server shuts down.
   const call = new AbortController();
   const cancelShutdown = shutdown.onShutdown(() => call.abort(shutdown.signal.reason));
-  const timeout = parseTimeout(headerValue(req.headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
+  const timeout = parseTimeout(headerValue(headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
   const deadline =
     timeout.timeoutMs === undefined
       ? undefined
       : setTimeout(() => call.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)), timeout.timeoutMs);
-  res.once("close", () => {
+  stream.once("close", () => {
     cancelShutdown();
     clearTimeout(deadline);
     call.abort();
   });
+  // A reset or a broken session surfaces as "close" (above) and in the request reader; without a listener it would
+  // be thrown.
+  stream.on("error", () => {});
 
   let caller: { user?: string; device?: string } = {};
   let failure: ConnectError | undefined;
   try {
     if (timeout.error) throw timeout.error;
-    const opened = await route.start(headerValue(req.headers.authorization));
+    const opened = await route.start(headerValue(headers.authorization));
     caller = opened;
     const write = (chunk: Uint8Array): boolean => {
-      if (res.destroyed || res.writableEnded) return false;
-      if (!res.headersSent) res.writeHead(200, { "content-type": "application/grpc+proto" });
-      return res.write(chunk);
+      if (stream.destroyed || stream.writableEnded) return false;
+      // The status goes in trailers, sent when Node asks for them (wantTrailers) once the last DATA frame is out.
+      if (!stream.headersSent) stream.respond({ ":status": 200, "content-type": "application/grpc+proto" }, { waitForTrailers: true });
+      return stream.write(chunk);
     };
-    for await (const chunk of opened.run(requestMessages(req, options.readMaxBytes), call.signal, write)) {
-      if (res.destroyed || res.writableEnded) break;
-      if (!write(chunk)) await drained(res);
+    for await (const chunk of opened.run(requestMessages(stream, options.readMaxBytes), call.signal, write)) {
+      if (stream.destroyed || stream.writableEnded) break;
+      if (!write(chunk)) await drained(stream);
     }
   } catch (error) {
     failure = options.toConnectError(error, call.signal);
   }
 
-  if (!res.destroyed && !res.writableEnded) {
-    const status: Record<string, string> = {};
+  if (!stream.destroyed && !stream.writableEnded) {
+    const status: http2.OutgoingHttpHeaders = {};
     setTrailerStatus(new Headers(), failure).forEach((value, key) => (status[key] = value));
-    if (res.headersSent) {
-      stopSendingOnceAnswered(res.stream, "after trailers");
-      res.addTrailers(status);
-      res.end();
+    if (stream.headersSent) {
+      stream.once("wantTrailers", () => {
+        stream.sendTrailers(status);
+        stopSendingOnceAnswered(stream);
+      });
+      stream.end();
     } else {
       // Trailers-only: the status travels in the one HEADERS frame, as connect-es answers a call that failed early.
-      res.writeHead(200, { "content-type": "application/grpc+proto", ...status });
-      res.end();
-      stopSendingOnceAnswered(res.stream, "now");
+      stream.respond({ ":status": 200, "content-type": "application/grpc+proto", ...status }, { endStream: true });
+      stopSendingOnceAnswered(stream);
     }
-  } else if (!failure && !res.writableFinished) {
+  } else if (!failure && !stream.writableFinished) {
     failure = new ConnectError("the client went away", Code.Canceled);
   }
 
@@ -148,7 +165,7 @@ const READ_AHEAD_MESSAGES = 16;
  * through connect-es's envelope transform: each message then passed two more layers of async generators, which at
  * an ack per delivery cost more than the ack itself. Reading pauses while READ_AHEAD_MESSAGES wait.
  */
-function requestMessages(req: http2.Http2ServerRequest, readMaxBytes: number): AsyncIterable<Uint8Array> {
+function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number): AsyncIterable<Uint8Array> {
   const queue: Uint8Array[] = [];
   let partial: Buffer = Buffer.alloc(0); // the start of a message whose rest has not arrived
   let ended: { error?: unknown } | undefined;
@@ -162,7 +179,7 @@ function requestMessages(req: http2.Http2ServerRequest, readMaxBytes: number): A
     if (ended) return;
     ended = { error };
     // Nothing more is read: after a refused frame, HTTP/2 flow control holds the client until the stream is reset.
-    req.off("data", onData).pause();
+    stream.off("data", onData).pause();
     notify();
   };
   const onData = (chunk: Buffer) => {
@@ -183,22 +200,22 @@ function requestMessages(req: http2.Http2ServerRequest, readMaxBytes: number): A
       at += 5 + length;
     }
     partial = data.subarray(at);
-    if (queue.length >= READ_AHEAD_MESSAGES) req.pause();
+    if (queue.length >= READ_AHEAD_MESSAGES) stream.pause();
     notify();
   };
-  req.on("data", onData);
-  req.once("end", () =>
+  stream.on("data", onData);
+  stream.once("end", () =>
     end(partial.length > 0 ? new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument) : undefined),
   );
-  req.once("error", end);
-  req.once("close", () => end(new ConnectError("the client went away", Code.Canceled)));
+  stream.once("error", end);
+  stream.once("close", () => end(new ConnectError("the client went away", Code.Canceled)));
 
   return {
     async *[Symbol.asyncIterator]() {
       for (;;) {
         const message = queue.shift();
         if (message) {
-          if (queue.length < READ_AHEAD_MESSAGES && req.isPaused()) req.resume();
+          if (queue.length < READ_AHEAD_MESSAGES && stream.isPaused()) stream.resume();
           yield message;
         } else if (ended) {
           if (ended.error) throw ended.error;
@@ -212,30 +229,27 @@ function requestMessages(req: http2.Http2ServerRequest, readMaxBytes: number): A
 }
 
 /**
- * Once the answer is out, resets the stream with NO_ERROR if the client has not finished sending (the call ended on
- * the server's side: a refused frame, a slow or replaced stream), so it stops, as gRPC servers do: the rest of a frame
- * refused from its length prefix is never sent. A trailers-only answer is out with its HEADERS frame; trailers go from
- * Node's own wantTrailers listener on setImmediate, so a reset queued after it follows them (Node has no event for
- * "trailers written", and connect-node does the same).
+ * Once the answer is out (its last HEADERS frame submitted), resets the stream with NO_ERROR if the client has not
+ * finished sending (the call ended on the server's side: a refused frame, a slow or replaced stream), so it stops, as
+ * gRPC servers do: the rest of a frame refused from its length prefix is never sent. The reset waits a turn of the
+ * event loop, so the session writes the answer before it.
  */
-function stopSendingOnceAnswered(stream: http2.ServerHttp2Stream, when: "now" | "after trailers"): void {
-  const reset = () => {
-    if (stream.state.remoteClose === 0) stream.close(http2.constants.NGHTTP2_NO_ERROR);
-  };
-  if (when === "now") reset();
-  else stream.once("wantTrailers", () => setImmediate(reset));
+function stopSendingOnceAnswered(stream: http2.ServerHttp2Stream): void {
+  setImmediate(() => {
+    if (!stream.destroyed && stream.state.remoteClose === 0) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+  });
 }
 
 function headerValue(value: string | string[] | undefined): string | null {
   return Array.isArray(value) ? (value[0] ?? null) : (value ?? null);
 }
 
-function drained(res: http2.Http2ServerResponse): Promise<void> {
+function drained(stream: http2.ServerHttp2Stream): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
-      res.off("drain", done).off("close", done);
+      stream.off("drain", done).off("close", done);
       resolve();
     };
-    res.once("drain", done).once("close", done);
+    stream.once("drain", done).once("close", done);
   });
 }

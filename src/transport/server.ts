@@ -9,7 +9,7 @@ import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { createCleartextListener } from "./cleartext.js";
 import { HealthStatus, registerHealth, ServingStatus } from "./health.js";
-import { type BidiOptions, type BidiRoute, grpcBidiHandler } from "./grpc-bidi.js";
+import { type BidiOptions, type BidiRoute, grpcBidiHandler, serveStreamsFirst, type StreamHandler } from "./grpc-bidi.js";
 import { registerReflection } from "./reflection.js";
 import { Shutdown } from "./shutdown.js";
 import { LISTEN_BACKLOG } from "../tunables.js";
@@ -85,25 +85,37 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   // Calls in flight, so close can tell when the last one has finished.
   let active = 0;
   let onIdle: (() => void) | undefined;
-  const handler: NodeHandlerFn = (req, res) => {
+  /** Counts a call until the first of `events` on its response (or stream). */
+  const count = (response: { once(event: string, listener: () => void): unknown }, events: string[]) => {
     active += 1;
     let counted = true;
-    // A call is over once its response is written ("finish"), even while an HTTP/2 client keeps its request side
-    // open, or when the stream is torn down first ("close").
     const over = () => {
       if (!counted) return;
       counted = false;
       active -= 1;
       if (active === 0) onIdle?.();
     };
-    (res as http.ServerResponse).once("finish", over).once("close", over);
+    for (const event of events) response.once(event, over);
+  };
+  const handler: NodeHandlerFn = (req, res) => {
+    // A call is over once its response is written ("finish"), even while an HTTP/2 client keeps its request side
+    // open, or when the stream is torn down first ("close").
+    count(res as http.ServerResponse, ["finish", "close"]);
     if (!("stream" in req)) {
       // HTTP/1.1 clients must not reuse a connection that is about to go away.
       if (shutdown.signal.aborted) res.setHeader("connection", "close");
       else closeUnlessBodyRead(req, res as http.ServerResponse);
     }
-    if (!bidi?.(req, res)) rpc(req, res);
+    rpc(req, res);
   };
+  // The bidi routes' streams, taken before Node makes a request and response of them; over when the stream closes.
+  const bidiStreams: StreamHandler | undefined =
+    bidi &&
+    ((stream, headers) => {
+      if (!bidi(stream, headers)) return false;
+      count(stream, ["close"]);
+      return true;
+    });
 
   const sessions = new Set<http2.ServerHttp2Session>();
   const sockets = new Set<net.Socket>();
@@ -124,8 +136,10 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   if (options.tls) {
     const [cert, key] = await Promise.all([readFile(options.tls.certFile), readFile(options.tls.keyFile)]);
     // With TLS, ALPN chooses between h2 and http/1.1 and Node serves both itself.
-    listener = http2.createSecureServer({ cert, key, allowHTTP1: true, settings: h2Settings }, handler);
-    listener.on("session", trackSession);
+    const secure = http2.createSecureServer({ cert, key, allowHTTP1: true, settings: h2Settings }, handler);
+    if (bidiStreams) serveStreamsFirst(secure, bidiStreams);
+    secure.on("session", trackSession);
+    listener = secure;
     listener.on("connection", (socket: net.Socket) => {
       socket.setKeepAlive(true, pingIntervalMs);
       trackSocket(socket);
@@ -133,6 +147,7 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   } else {
     h1 = http.createServer(handler);
     const h2 = http2.createServer({ settings: h2Settings }, handler);
+    if (bidiStreams) serveStreamsFirst(h2, bidiStreams);
     h2.on("session", trackSession);
     listener = createCleartextListener(h1, h2, pingIntervalMs);
     listener.on("connection", trackSocket);
