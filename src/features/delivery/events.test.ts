@@ -32,4 +32,12 @@ describe("stored events on the wire", () => {
     expect(new DataView(message.buffer).getUint32(1)).toBe(message.length - 5);
     expect(message.subarray(5)).toEqual(expected);
   });
+
+  it("writes an event id beyond 2^53 exactly (varints of ids that large are worked out on bigints)", () => {
+    const huge = 2n ** 60n + 12_345n;
+    const message = grpcStoredEventMessage(body, huge);
+    expect(fromBinary(ConnectResponseSchema, message.subarray(5)).frame.value).toMatchObject({ eventId: huge });
+    const exact = toBinary(ConnectResponseSchema, create(ConnectResponseSchema, { frame: { case: "event", value: { ...event, eventId: huge } } }));
+    expect(message.subarray(5)).toEqual(exact);
+  });
 });

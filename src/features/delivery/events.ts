@@ -41,7 +41,7 @@ export function grpcStoredEventMessage(body: Uint8Array, eventId: bigint): Uint8
  */
 function eventFieldLength(body: Uint8Array, eventId: bigint): number {
   const eventLength = eventIdLength(eventId) + body.length;
-  return varintLength(BigInt(eventLength)) + eventLength;
+  return varintLength(eventLength) + eventLength;
 }
 
 function eventIdLength(eventId: bigint): number {
@@ -49,7 +49,7 @@ function eventIdLength(eventId: bigint): number {
 }
 
 function writeEventField(into: Uint8Array, start: number, body: Uint8Array, eventId: bigint): void {
-  let at = writeVarint(into, start, BigInt(eventIdLength(eventId) + body.length));
+  let at = writeVarint(into, start, eventIdLength(eventId) + body.length);
   if (eventId !== 0n) {
     into[at++] = 0x08; // Event field 1 (event_id), varint
     at = writeVarint(into, at, eventId);
@@ -57,19 +57,36 @@ function writeEventField(into: Uint8Array, start: number, body: Uint8Array, even
   into.set(body, at);
 }
 
-function varintLength(value: bigint): number {
+/**
+ * Varints are worked out on numbers when the value fits in one exactly (event ids do, for any sequence that will ever
+ * be reached): bigint arithmetic allocates at every step, and this runs for every delivery.
+ */
+function asNumber(value: number | bigint): number | bigint {
+  return typeof value === "bigint" && value <= MAX_SAFE ? Number(value) : value;
+}
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+function varintLength(value: number | bigint): number {
+  let v = asNumber(value);
   let n = 1;
-  for (let v = value >> 7n; v > 0n; v >>= 7n) n++;
+  if (typeof v === "number") {
+    for (; v > 0x7f; v = Math.floor(v / 0x80)) n++;
+  } else {
+    for (v >>= 7n; v > 0n; v >>= 7n) n++;
+  }
   return n;
 }
 
-function writeVarint(into: Uint8Array, at: number, value: bigint): number {
-  let v = value;
-  while (v > 0x7fn) {
-    into[at++] = Number(v & 0x7fn) | 0x80;
-    v >>= 7n;
+function writeVarint(into: Uint8Array, at: number, value: number | bigint): number {
+  let v = asNumber(value);
+  if (typeof v === "number") {
+    for (; v > 0x7f; v = Math.floor(v / 0x80)) into[at++] = (v % 0x80) | 0x80;
+    into[at++] = v;
+  } else {
+    for (; v > 0x7fn; v >>= 7n) into[at++] = Number(v & 0x7fn) | 0x80;
+    into[at++] = Number(v);
   }
-  into[at++] = Number(v);
   return at;
 }
 
