@@ -71,11 +71,12 @@ export const LAST_SEQS_CHATS = 100_000;
 /** Send batches written at once on PGlite: it is one connection, so a second batch would only wait. */
 export const SEND_BATCHES_IN_FLIGHT_PGLITE = 1;
 /**
- * Ack frames that may share one statement: one statement per batch is what keeps acks cheap, and under load a batch
- * must take what piled up while the last was written. At 256, 9,000 ack frames a second (1,000 msgs/s into 10,000
- * devices) fell behind: over half were still queued when the run ended (bench/README.md).
+ * Event ids one ack statement may delete: one statement per batch is what keeps acks cheap, and under load a batch
+ * must take what piled up while the last was written. At 256 ack frames per statement, 9,000 frames a second
+ * (1,000 msgs/s into 10,000 devices) fell behind, over half of them still queued when the run ended; counted in ids,
+ * a reconnecting device's frame of hundreds of ids does not make a statement of a million (bench/README.md).
  */
-export const ACK_BATCH_MAX = 4096;
+export const ACK_BATCH_MAX = 8192;
 /** Ack batches written at once: one writing while the next gathers, without taking the pool from sends. */
 export const ACK_BATCHES_IN_FLIGHT = 2;
 /** Read marks that may share one statement, and those statements at once: as acks, which they resemble. */

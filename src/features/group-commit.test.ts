@@ -159,6 +159,28 @@ describe("GroupCommitter", () => {
     expect(batches).toEqual([["a1"], ["b1"], ["a2", "a3"]]);
   });
 
+  it("counts a batch's size as sizeOf says: a large item goes alone, and a key's items keep their order past one that did not fit", async () => {
+    const batches: string[][] = [];
+    const gate = deferred();
+    // Items are "<key><size>": "a4" is key a, size 4.
+    const committer = new GroupCommitter<string, string>(
+      async (items) => {
+        batches.push(items);
+        if (batches.length === 1) await gate.done;
+        return items;
+      },
+      5,
+      1,
+      { keyOf: (item) => item[0]!, sizeOf: (item) => Number(item.slice(1)) },
+    );
+    const first = committer.submit("x9");
+    const rest = ["a2", "b4", "b1", "c3", "a1", "d7"].map((item) => committer.submit(item));
+    gate.release();
+    expect(await Promise.all([first, ...rest])).toEqual(["x9", "a2", "b4", "b1", "c3", "a1", "d7"]);
+    // "b4" does not fit beside "a2", so "b1" waits behind it while "c3" fills the batch; "d7" goes alone.
+    expect(batches).toEqual([["x9"], ["a2", "c3"], ["b4", "b1"], ["a1"], ["d7"]]);
+  });
+
   it("tells its onBatch observer each batch's size, into the batch-size histogram under the committer's name", async () => {
     const metrics = new Metrics(() => 0);
     const gate = deferred();

@@ -7,6 +7,8 @@ export interface GroupCommitOptions<Item> {
    * overlapping batches had serialized behind each other's chat locks, each holding them for several round trips.
    */
   keyOf?: (item: Item) => string;
+  /** How much of maxBatch an item takes (default 1): an ack frame counts its event ids. */
+  sizeOf?: (item: Item) => number;
   /** Told each batch's size as it starts to be written (Metrics.batchObserver); unset: nothing is observed. */
   onBatch?: (size: number) => void;
 }
@@ -24,6 +26,7 @@ export class GroupCommitter<Item, Result> {
   constructor(
     /** Writes a batch; returns one result per item, in order. A throw fails the batch (see settle). */
     private readonly writeBatch: (items: Item[]) => Promise<Result[]>,
+    /** The most a batch holds, in items or as sizeOf counts them; an item larger than that goes alone. */
     private readonly maxBatch: number,
     /** Batches written at once (a connection pool can take several; PGlite is one connection). */
     private readonly maxInFlight: number,
@@ -31,10 +34,12 @@ export class GroupCommitter<Item, Result> {
     options: GroupCommitOptions<Item> = {},
   ) {
     this.keyOf = options.keyOf;
+    this.sizeOf = options.sizeOf;
     this.onBatch = options.onBatch;
   }
 
   private readonly keyOf?: (item: Item) => string;
+  private readonly sizeOf?: (item: Item) => number;
   private readonly onBatch?: (size: number) => void;
 
   /** Keys held by the batches in flight, with how many of their items hold each. */
@@ -49,7 +54,7 @@ export class GroupCommitter<Item, Result> {
 
   private flush(): void {
     while (this.inFlight < this.maxInFlight && this.queue.length > 0) {
-      const batch = this.keyOf ? this.takeFree(this.keyOf) : this.queue.splice(0, this.maxBatch);
+      const batch = this.take();
       if (batch.length === 0) return;
       this.inFlight++;
       this.onBatch?.(batch.length);
@@ -57,19 +62,36 @@ export class GroupCommitter<Item, Result> {
     }
   }
 
-  /** Up to maxBatch queued items, in order, skipping those whose key a batch in flight holds; marks their keys busy. */
-  private takeFree(keyOf: (item: Item) => string): typeof this.queue {
+  /**
+   * Queued items in order, up to maxBatch of them (as sizeOf counts), skipping those whose key a batch in flight
+   * holds; an item skipped (held, or too large for what is left) holds its key for the items after it, so a key's
+   * items keep their order. Marks the batch's keys busy.
+   */
+  private take(): typeof this.queue {
+    const { keyOf, sizeOf } = this;
+    if (!keyOf && !sizeOf) return this.queue.splice(0, this.maxBatch);
     const batch: typeof this.queue = [];
     const rest: typeof this.queue = [];
+    const skipped = new Set<string>();
+    let size = 0;
     for (const entry of this.queue) {
-      const key = keyOf(entry.item);
-      if (batch.length < this.maxBatch && !this.busy.has(key)) batch.push(entry);
-      else rest.push(entry);
+      const key = keyOf?.(entry.item);
+      const itemSize = sizeOf?.(entry.item) ?? 1;
+      const fits = batch.length === 0 || size + itemSize <= this.maxBatch;
+      if (fits && (key === undefined || (!this.busy.has(key) && !skipped.has(key)))) {
+        batch.push(entry);
+        size += itemSize;
+      } else {
+        rest.push(entry);
+        if (key !== undefined) skipped.add(key);
+      }
     }
     // A key taken by this batch is busy for the items after it too (they keep their order in the next batch).
-    for (const entry of batch) {
-      const key = keyOf(entry.item);
-      this.busy.set(key, (this.busy.get(key) ?? 0) + 1);
+    if (keyOf) {
+      for (const entry of batch) {
+        const key = keyOf(entry.item);
+        this.busy.set(key, (this.busy.get(key) ?? 0) + 1);
+      }
     }
     this.queue = rest;
     return batch;

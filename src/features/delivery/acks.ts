@@ -5,7 +5,7 @@ import { GroupCommitter } from "../group-commit.js";
 import { Limit } from "../rate-limit.js";
 
 export interface AcksOptions {
-  /** Most devices' acks deleted by one statement. */
+  /** Most event ids one statement acks (an ack frame larger than that goes alone). */
   maxBatch: number;
   /** Ack statements running at once. */
   maxInFlight: number;
@@ -39,7 +39,7 @@ export class Acks {
       options.maxInFlight,
       // A device's acks wait while a batch with its earlier ones is written: two statements deleting the same entries
       // (an ack repeated) could otherwise meet in Postgres in opposite orders.
-      { onBatch: options.onBatch, keyOf: (ack) => ack.deviceKey },
+      { onBatch: options.onBatch, keyOf: (ack) => ack.deviceKey, sizeOf: (ack) => ack.eventIds.length },
     );
     const points = options.acksPerMinute;
     this.limits = {
