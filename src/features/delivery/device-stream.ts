@@ -87,7 +87,7 @@ export class DeviceStream {
       return;
     }
     this.remember(eventId);
-    this.enqueue(frame);
+    this.enqueue([frame]);
   }
 
   /**
@@ -101,12 +101,12 @@ export class DeviceStream {
   }
 
   pushResult(result: CommandResult): void {
-    if (this.ending === undefined) this.enqueue({ kind: "result", result });
+    if (this.ending === undefined) this.enqueue([{ kind: "result", result }]);
   }
 
-  /** A notice (see StreamFrame): sent as soon as the stream can, between backlog pages too, as a result is. */
-  pushNotice(body: Uint8Array): void {
-    if (this.ending === undefined) this.enqueue({ kind: "notice", body });
+  /** Notices (see StreamFrame), written together: sent as soon as the stream can, between backlog pages too. */
+  pushNotices(bodies: readonly Uint8Array[]): void {
+    if (this.ending === undefined) this.enqueue(bodies.map((body) => ({ kind: "notice", body })));
   }
 
   /** Ends the stream: cleanly without an error, else with it (a Refusal, or the call's own reason). The first call wins. */
@@ -238,13 +238,13 @@ export class DeviceStream {
     throw new StreamEnded();
   }
 
-  private enqueue(frame: StreamFrame): void {
+  private enqueue(frames: StreamFrame[]): void {
     // The transport is idle in the live loop (it waits for frames and its buffer has room): write at once.
     if (this.sink && this.wake && !this.sinkFull && this.ready.length === 0) {
-      if (!this.sink([frame])) this.sinkFull = true;
+      if (!this.sink(frames)) this.sinkFull = true;
       return;
     }
-    this.ready.push(frame);
+    this.ready.push(...frames);
     this.checkBound(this.ready.length + (this.heldDuringDrain?.length ?? 0));
     this.notify();
   }

@@ -145,6 +145,30 @@ describe("DeliveryHub", () => {
     ]);
   });
 
+  it("writes a stream's notices of one batch in one write, and none to the device a notice excepts", async () => {
+    const { hub } = await routedHub();
+    const writes = new Map<string, string[][]>();
+    // Alice's phone (device key 1) and laptop (2).
+    for (const deviceKey of ["1", "2"]) {
+      const stream = await hub.open({ deviceKey, userId: "alice" });
+      writes.set(deviceKey, []);
+      stream.writeDirectlyTo((frames) => {
+        writes.get(deviceKey)!.push(frames.map((f) => (f.kind === "notice" ? new TextDecoder().decode(f.body) : f.kind)));
+        return true;
+      });
+      const frames = stream.frames();
+      await frames.next(); // InboxDrained
+      void frames.next(); // the transport waits for the next batch: live frames go to its sink
+    }
+    hub.notify([
+      { body: utf8.encode("bob read"), userIds: ["alice"] },
+      { body: utf8.encode("alice read"), userIds: ["alice", "bob"], exceptDeviceKey: "1" },
+      { body: utf8.encode("carol got it"), userIds: ["alice"] },
+    ]);
+    expect(writes.get("1")).toEqual([["bob read", "carol got it"]]);
+    expect(writes.get("2")).toEqual([["bob read", "alice read", "carol got it"]]);
+  });
+
   it("ends a device's older stream with `replaced` when it opens a newer one, which then gets its events", async () => {
     const { hub, presence } = await routedHub();
     const older = await hub.open(device("1"));

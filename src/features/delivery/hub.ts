@@ -57,7 +57,7 @@ export class DeliveryHub {
   /** Starts taking hand-offs from other nodes. */
   async start(): Promise<void> {
     await this.routing?.bus.subscribeNotices((notices) => {
-      for (const notice of notices) this.notifyHere(notice);
+      this.notifyHere(notices);
     });
     await this.routing?.bus.subscribe((fanouts) => this.receive(fanouts), {
       // While the bus is down, other nodes' events for these devices are lost on the way; once it is back, each
@@ -142,17 +142,25 @@ export class DeliveryHub {
    * Writes a notice (a receipt, typing) to the open streams of its users: this node's at once, other nodes' through the
    * bus. Never stored: a device offline now does not get it later.
    */
-  notify(notice: Notice): void {
-    this.notifyHere(notice);
-    this.routing?.bus.publishNotices([notice]);
+  notify(notices: readonly Notice[]): void {
+    this.notifyHere(notices);
+    this.routing?.bus.publishNotices(notices);
   }
 
-  private notifyHere(notice: Notice): void {
-    for (const userId of notice.userIds) {
-      for (const stream of this.byUser.get(userId) ?? []) {
-        if (stream.deviceKey !== notice.exceptDeviceKey) stream.pushNotice(notice.body);
+  /** A stream's notices of one batch go out together, in one write rather than one each. */
+  private notifyHere(notices: readonly Notice[]): void {
+    const byStream = new Map<DeviceStream, Uint8Array[]>();
+    for (const notice of notices) {
+      for (const userId of notice.userIds) {
+        for (const stream of this.byUser.get(userId) ?? []) {
+          if (stream.deviceKey === notice.exceptDeviceKey) continue;
+          const bodies = byStream.get(stream);
+          if (bodies) bodies.push(notice.body);
+          else byStream.set(stream, [notice.body]);
+        }
       }
     }
+    for (const [stream, bodies] of byStream) stream.pushNotices(bodies);
   }
 
   /** Ends every stream, e.g. at shutdown: clients reconnect (to another node) and resume from their inbox. */

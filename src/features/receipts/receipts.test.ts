@@ -12,7 +12,7 @@ function receipts() {
   const sent: Notice[] = [];
   const feature = new Receipts(
     { markRead: async () => [] },
-    (notice) => sent.push(notice),
+    (notices) => sent.push(...notices),
     memoryRateLimiters,
     { maxBatch: 10, maxInFlight: 1, readsPerMinute: 100, windowMs: WINDOW_MS },
   );

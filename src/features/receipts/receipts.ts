@@ -45,7 +45,7 @@ export class Receipts {
 
   constructor(
     db: ReceiptStore,
-    private readonly notify: (notice: Notice) => void,
+    private readonly notify: (notices: Notice[]) => void,
     limiters: RateLimiters,
     private readonly options: ReceiptsOptions,
   ) {
@@ -104,14 +104,13 @@ export class Receipts {
   flush(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    for (const { chatId, receipt, userIds, exceptDeviceKey } of this.pending.values()) {
-      this.notify({
-        body: receiptUpdateBody(chatId, receipt),
-        userIds: [...userIds],
-        exceptDeviceKey: exceptDeviceKey ?? undefined,
-      });
-    }
+    const notices = [...this.pending.values()].map(({ chatId, receipt, userIds, exceptDeviceKey }) => ({
+      body: receiptUpdateBody(chatId, receipt),
+      userIds: [...userIds],
+      exceptDeviceKey: exceptDeviceKey ?? undefined,
+    }));
     this.pending.clear();
+    if (notices.length > 0) this.notify(notices);
   }
 }
 

@@ -24,7 +24,7 @@ export class Typing {
 
   constructor(
     private readonly db: Pick<ChatStore, "getChat">,
-    private readonly notify: (notice: Notice) => void,
+    private readonly notify: (notices: Notice[]) => void,
     limiters: RateLimiters,
     private readonly options: TypingOptions,
   ) {
@@ -42,6 +42,6 @@ export class Typing {
     const chat = await chatOfParticipant(this.db, caller, chatId, "send typing updates to a chat");
     const others = participantsOf(chat).filter((userId) => userId !== caller.userId);
     if (others.length === 0) return;
-    this.notify({ body: typingUpdateBody(chat.chatId, caller, typing, this.options.lapseMs), userIds: others });
+    this.notify([{ body: typingUpdateBody(chat.chatId, caller, typing, this.options.lapseMs), userIds: others }]);
   }
 }
