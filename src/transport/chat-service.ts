@@ -36,7 +36,7 @@ import {
 import type { Chats } from "../features/chats/chats.js";
 import type { AckChannel, Acks } from "../features/delivery/acks.js";
 import { type DeviceStream, type StreamFrame, StreamEnded } from "../features/delivery/device-stream.js";
-import { eventField, grpcStoredEventMessage } from "../features/delivery/events.js";
+import { eventField, grpcStoredEventLength, writeGrpcStoredEvent } from "../features/delivery/events.js";
 import type { DeliveryHub } from "../features/delivery/hub.js";
 import type { Receipts } from "../features/receipts/receipts.js";
 import type { Typing } from "../features/typing/typing.js";
@@ -367,28 +367,32 @@ function sendResponse(sent: SendResult): SendMessageResponse {
 }
 
 /**
- * Connect frames as their gRPC messages (length prefixes included), in one buffer; stored events without a protobuf
- * encode.
+ * Connect frames as their gRPC messages (length prefixes included), in one buffer: stored events and notices are
+ * written straight into it without a protobuf encode, other frames (results, signals) are encoded first.
  */
 function encodeConnectFrames(frames: StreamFrame[]): Uint8Array {
-  const messages = frames.map((frame) => {
-    switch (frame.kind) {
-      case "event":
-        return grpcStoredEventMessage(frame.body, frame.eventId);
-      case "notice":
-        return grpcStoredEventMessage(frame.body, 0n);
-      default:
-        return encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame)));
-    }
-  });
-  if (messages.length === 1) return messages[0]!;
-  const joined = new Uint8Array(messages.reduce((total, message) => total + message.length, 0));
-  let at = 0;
-  for (const message of messages) {
-    joined.set(message, at);
-    at += message.length;
+  const pieces = frames.map((frame) =>
+    frame.kind === "event"
+      ? { body: frame.body, eventId: frame.eventId }
+      : frame.kind === "notice"
+        ? { body: frame.body, eventId: 0n }
+        : encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame))),
+  );
+  let length = 0;
+  for (const piece of pieces) {
+    length += piece instanceof Uint8Array ? piece.length : grpcStoredEventLength(piece.body, piece.eventId);
   }
-  return joined;
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const piece of pieces) {
+    if (piece instanceof Uint8Array) {
+      out.set(piece, at);
+      at += piece.length;
+    } else {
+      at = writeGrpcStoredEvent(out, at, piece.body, piece.eventId);
+    }
+  }
+  return out;
 }
 
 function toConnectResponse(frame: StreamFrame): ConnectResponse {

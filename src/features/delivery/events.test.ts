@@ -2,7 +2,14 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { ConnectResponseSchema, SubscribeResponseSchema } from "../../../gen/palaver/chat/v1/chat_pb.js";
 import { EventSchema } from "../../../gen/palaver/chat/v1/event_pb.js";
-import { encodeStoredEvent, eventField, grpcStoredEventMessage } from "./events.js";
+import { encodeStoredEvent, eventField, grpcStoredEventLength, writeGrpcStoredEvent } from "./events.js";
+
+/** One event's gRPC message on its own. */
+function grpcStoredEventMessage(body: Uint8Array, eventId: bigint): Uint8Array {
+  const message = new Uint8Array(grpcStoredEventLength(body, eventId));
+  expect(writeGrpcStoredEvent(message, 0, body, eventId)).toBe(message.length);
+  return message;
+}
 
 // A body over 127 bytes and an event id over 2^14, so both lengths and the id take several varint bytes.
 const event = create(EventSchema, {

@@ -24,15 +24,24 @@ export function eventField(body: Uint8Array, eventId: bigint): UnknownField {
 
 /**
  * The same for the gRPC transport's own path: the whole gRPC message (5-byte length prefix) of a ConnectResponse whose
- * only field is this event, in one allocation.
+ * only field is this event, written into `into` at `at` (grpcStoredEventLength bytes), so a batch of them takes one
+ * allocation. Returns where it ends.
  */
-export function grpcStoredEventMessage(body: Uint8Array, eventId: bigint): Uint8Array {
+export function writeGrpcStoredEvent(into: Uint8Array, at: number, body: Uint8Array, eventId: bigint): number {
   const responseLength = 1 + eventFieldLength(body, eventId);
-  const message = new Uint8Array(5 + responseLength);
-  new DataView(message.buffer).setUint32(1, responseLength);
-  message[5] = 0x0a; // ConnectResponse field 1 (event), length-delimited
-  writeEventField(message, 6, body, eventId);
-  return message;
+  into[at] = 0; // not compressed
+  into[at + 1] = responseLength >>> 24;
+  into[at + 2] = (responseLength >>> 16) & 0xff;
+  into[at + 3] = (responseLength >>> 8) & 0xff;
+  into[at + 4] = responseLength & 0xff;
+  into[at + 5] = 0x0a; // ConnectResponse field 1 (event), length-delimited
+  writeEventField(into, at + 6, body, eventId);
+  return at + 5 + responseLength;
+}
+
+/** The bytes writeGrpcStoredEvent writes. */
+export function grpcStoredEventLength(body: Uint8Array, eventId: bigint): number {
+  return 6 + eventFieldLength(body, eventId);
 }
 
 /**
