@@ -135,6 +135,12 @@ export function chatService(deps: ChatServiceDeps): {
     }
   }
 
+  /** Answers a frame with its command's outcome, unless it asked for errors only and the command succeeded. */
+  function answerFrame(stream: DeviceStream, frame: ConnectRequest, outcome: Outcome): void {
+    if (frame.answerErrorsOnly && outcome.case !== "error") return;
+    stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
+  }
+
   /** A command's error as the frame's outcome, with the code and message the unary call would have answered with. */
   function failed(error: unknown): Outcome {
     const connectError = toConnectError(error, logger);
@@ -159,8 +165,7 @@ export function chatService(deps: ChatServiceDeps): {
     request: SendMessageRequest,
     stream: DeviceStream,
   ): Promise<{ answered: Promise<void> } | undefined> {
-    const answer = (outcome: Outcome) =>
-      stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
+    const answer = (outcome: Outcome) => answerFrame(stream, frame, outcome);
     let queued: { stored: Promise<SendResult> };
     try {
       validateOrThrow(ConnectRequestSchema, frame);
@@ -200,8 +205,7 @@ export function chatService(deps: ChatServiceDeps): {
           continue;
         }
         await Promise.all(sending);
-        const outcome = await runCommand(caller, frame, frame.command);
-        stream.pushResult(create(CommandResultSchema, { requestId: frame.requestId, outcome }));
+        answerFrame(stream, frame, await runCommand(caller, frame, frame.command));
       }
     } catch (error) {
       // Unless the client went away (which ended the stream already), a frame was refused.

@@ -89,9 +89,13 @@ type ConnectRequest struct {
 	//	*ConnectRequest_ListChats
 	//	*ConnectRequest_MarkRead
 	//	*ConnectRequest_SetTyping
-	Command       isConnectRequest_Command `protobuf_oneof:"command"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Command isConnectRequest_Command `protobuf_oneof:"command"`
+	// answer_errors_only asks for an answer only if the command fails: a CommandResult with `error`, and nothing when it
+	// succeeds. For commands whose success a device does not wait for, such as ack_events (a lost or refused ack only
+	// means the events come again): one frame fewer down the stream for each.
+	AnswerErrorsOnly bool `protobuf:"varint,10,opt,name=answer_errors_only,json=answerErrorsOnly,proto3" json:"answer_errors_only,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ConnectRequest) Reset() {
@@ -208,6 +212,13 @@ func (x *ConnectRequest) GetSetTyping() *SetTypingRequest {
 		}
 	}
 	return nil
+}
+
+func (x *ConnectRequest) GetAnswerErrorsOnly() bool {
+	if x != nil {
+		return x.AnswerErrorsOnly
+	}
+	return false
 }
 
 type isConnectRequest_Command interface {
@@ -1503,7 +1514,7 @@ var File_palaver_chat_v1_chat_proto protoreflect.FileDescriptor
 
 const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"\n" +
-	"\x1apalaver/chat/v1/chat.proto\x12\x0fpalaver.chat.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/event.proto\x1a\x1bpalaver/chat/v1/model.proto\"\x96\x05\n" +
+	"\x1apalaver/chat/v1/chat.proto\x12\x0fpalaver.chat.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpalaver/chat/v1/event.proto\x1a\x1bpalaver/chat/v1/model.proto\"\xc4\x05\n" +
 	"\x0eConnectRequest\x12*\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\v\xbaH\br\x06\x18@\xba\x01\x01\x00R\trequestId\x12E\n" +
@@ -1518,7 +1529,9 @@ const file_palaver_chat_v1_chat_proto_rawDesc = "" +
 	"list_chats\x18\a \x01(\v2!.palaver.chat.v1.ListChatsRequestH\x00R\tlistChats\x12?\n" +
 	"\tmark_read\x18\b \x01(\v2 .palaver.chat.v1.MarkReadRequestH\x00R\bmarkRead\x12B\n" +
 	"\n" +
-	"set_typing\x18\t \x01(\v2!.palaver.chat.v1.SetTypingRequestH\x00R\tsetTypingB\x10\n" +
+	"set_typing\x18\t \x01(\v2!.palaver.chat.v1.SetTypingRequestH\x00R\tsetTyping\x12,\n" +
+	"\x12answer_errors_only\x18\n" +
+	" \x01(\bR\x10answerErrorsOnlyB\x10\n" +
 	"\acommand\x12\x05\xbaH\x02\b\x01\"\x84\x01\n" +
 	"\x0fConnectResponse\x12.\n" +
 	"\x05event\x18\x01 \x01(\v2\x16.palaver.chat.v1.EventH\x00R\x05event\x128\n" +
