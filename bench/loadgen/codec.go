@@ -223,11 +223,12 @@ type requestEncoder struct {
 	readFrame *chatv1.ConnectRequest
 }
 
-// acks is an ack_events frame numbered n ("a<n>").
+// acks is an ack_events frame numbered n ("a<n>"), with answer_errors_only: the server answers it only if it refuses
+// it, so an ack costs no frame down the stream (docs/protocol.md, "Acking").
 func (e *requestEncoder) acks(n int64, ids []uint64) []byte {
 	if e.ackFrame == nil {
 		e.ack = &chatv1.AckEventsRequest{}
-		e.ackFrame = &chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{AckEvents: e.ack}}
+		e.ackFrame = &chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{AckEvents: e.ack}, AnswerErrorsOnly: true}
 	}
 	e.id = strconv.AppendInt(append(e.id[:0], 'a'), n, 10)
 	e.ackFrame.RequestId = string(e.id)

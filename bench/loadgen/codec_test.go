@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"fmt"
 	"testing"
 	"time"
 
@@ -121,32 +122,48 @@ func TestFrameDecodesReceiptsAndTyping(t *testing.T) {
 	}
 }
 
-// A mark_read frame is a gRPC message (uncompressed, length-prefixed) of the ConnectRequest the generated code reads,
-// and building other frames in between does not change what it carries.
+// readRequest checks that b is one gRPC message (uncompressed, length-prefixed) and reads the ConnectRequest in it
+// with the generated code.
+func readRequest(t *testing.T, b []byte) *chatv1.ConnectRequest {
+	t.Helper()
+	if len(b) < 5 || b[0] != 0 || int(binary.BigEndian.Uint32(b[1:5])) != len(b)-5 {
+		t.Fatalf("not one uncompressed gRPC message: % x", b)
+	}
+	var m chatv1.ConnectRequest
+	if err := proto.Unmarshal(b[5:], &m); err != nil {
+		t.Fatal(err)
+	}
+	return &m
+}
+
+// A mark_read frame is the ConnectRequest the generated code reads, and building other frames in between does not
+// change what it carries.
 func TestMarkReadFrameEncoding(t *testing.T) {
 	var e requestEncoder
-	read := func(b []byte) *chatv1.ConnectRequest {
-		t.Helper()
-		if len(b) < 5 || b[0] != 0 || int(binary.BigEndian.Uint32(b[1:5])) != len(b)-5 {
-			t.Fatalf("not one uncompressed gRPC message: % x", b)
-		}
-		var m chatv1.ConnectRequest
-		if err := proto.Unmarshal(b[5:], &m); err != nil {
-			t.Fatal(err)
-		}
-		return &m
-	}
 	chat := "0b3c6d2e-1111-2222-3333-444455556666"
 	want := &chatv1.ConnectRequest{RequestId: "m7", Command: &chatv1.ConnectRequest_MarkRead{
 		MarkRead: &chatv1.MarkReadRequest{ChatId: chat, Seq: 42}}}
-	if got := read(e.markRead(7, chat, 42)); !proto.Equal(got, want) {
+	if got := readRequest(t, e.markRead(7, chat, 42)); !proto.Equal(got, want) {
 		t.Errorf("mark_read frame: %v, want %v", got, want)
 	}
 	_ = e.acks(1, []uint64{5, 6})
 	_ = e.send(chat, "lg1-0-1", 1, 1796170000000123, "warmup")
 	want.RequestId, want.GetMarkRead().Seq = "m8", 1<<40
-	if got := read(e.markRead(8, chat, 1<<40)); !proto.Equal(got, want) {
+	if got := readRequest(t, e.markRead(8, chat, 1<<40)); !proto.Equal(got, want) {
 		t.Errorf("mark_read frame after others: %v, want %v", got, want)
+	}
+}
+
+// Every ack_events frame asks to be answered only if it is refused (answer_errors_only), and carries only its own ids.
+func TestAckFrameEncoding(t *testing.T) {
+	var e requestEncoder
+	for n, ids := range [][]uint64{{5, 6}, {1 << 40}} {
+		want := &chatv1.ConnectRequest{RequestId: fmt.Sprintf("a%d", n+1), AnswerErrorsOnly: true,
+			Command: &chatv1.ConnectRequest_AckEvents{AckEvents: &chatv1.AckEventsRequest{EventIds: ids}}}
+		if got := readRequest(t, e.acks(int64(n+1), ids)); !proto.Equal(got, want) {
+			t.Errorf("ack frame: %v, want %v", got, want)
+		}
+		_ = e.send("chat", "lg1-0-1", 1, 1796170000000123, "warmup")
 	}
 }
 

@@ -398,6 +398,8 @@ func (d *device) onResult(s *session, f *frame, now time.Time) {
 		d.own.add(f.sendSeq)
 		st.addSendOk(now.UnixMicro()-o.due, o.due)
 	case 'a':
+		// Acks go with answer_errors_only, so nothing waits for their answers: a refusal counts as an error, and a
+		// success answered by a server older than that field needs nothing.
 		if f.hasError {
 			r.errs.add("ack/"+codeName(connect.Code(f.errorCode)), 1)
 		}

@@ -23,9 +23,10 @@ import (
 
 // fakeServer is a small in-memory Palaver for loadgen's tests: the Connect stream life cycle of docs/protocol.md
 // (backlog, InboxDrained, live events, a newer stream replaces an older one with ABORTED, a half-close is answered
-// and ends the stream), gap-free seqs per chat, idempotent sends, inboxes emptied by acks, mark_read (a read receipt per
-// user, a ReceiptUpdate with event_id 0 to the chat's other live streams), and GetChat. A token is "user|device|chat":
-// the device joins that chat the first time it is seen.
+// and ends the stream, a frame with answer_errors_only is answered only if its command fails), gap-free seqs per chat,
+// idempotent sends, inboxes emptied by acks, mark_read (a read receipt per user, a ReceiptUpdate with event_id 0 to
+// the chat's other live streams), and GetChat. A token is "user|device|chat": the device joins that chat the first
+// time it is seen.
 //
 // With LOADGEN_FAKE_SERVE=host:port the test binary only serves it (to measure the loadgen binary's own CPU against a
 // server that costs little): go test -c -o /tmp/fake.test && LOADGEN_FAKE_SERVE=127.0.0.1:9999 /tmp/fake.test
@@ -41,6 +42,11 @@ type fakeServer struct {
 	zeroAcks, markReadsNotNewer int
 	// markReadDelay (ns) holds each mark_read's answer back, like a loaded server, so that devices coalesce.
 	markReadDelay atomic.Int64
+	// What the acks tests check: ack_events frames received, those without answer_errors_only, those refused, and
+	// the ack results sent. They set refuseAcks (every other ack frame is refused with RESOURCE_EXHAUSTED, its ids
+	// left in the inbox) and answerAll (a server older than answer_errors_only: it ignores the field).
+	ackFrames, acksAnsweringAll, acksRefused, ackAnswers int
+	refuseAcks, answerAll                                bool
 }
 
 type fakeChat struct {
@@ -191,20 +197,20 @@ func (f *fakeServer) Connect(ctx context.Context, stream *connect.BidiStream[cha
 				}
 				result.Outcome = &chatv1.CommandResult_SendMessage{SendMessage: &chatv1.SendMessageResponse{Seq: seq}}
 			case *chatv1.ConnectRequest_AckEvents:
-				for _, id := range c.AckEvents.EventIds {
-					if id == 0 {
-						f.zeroAcks++
-					}
-					delete(d.inbox, id)
-				}
-				result.Outcome = &chatv1.CommandResult_AckEvents{AckEvents: &chatv1.AckEventsResponse{}}
+				f.ack(d, req, result)
 			case *chatv1.ConnectRequest_MarkRead:
 				f.markRead(d, chatID, c.MarkRead, result)
 			default:
 				result.Outcome = &chatv1.CommandResult_Error{Error: &chatv1.CommandError{Code: int32(connect.CodeUnimplemented)}}
 			}
+			answer := result.GetError() != nil || !req.AnswerErrorsOnly || f.answerAll
+			if answer && req.GetAckEvents() != nil {
+				f.ackAnswers++
+			}
 			f.mu.Unlock()
-			s.push(&chatv1.ConnectResponse{Frame: &chatv1.ConnectResponse_Result{Result: result}})
+			if answer {
+				s.push(&chatv1.ConnectResponse{Frame: &chatv1.ConnectResponse_Result{Result: result}})
+			}
 		}
 	}()
 
@@ -232,6 +238,27 @@ func (f *fakeServer) Connect(ctx context.Context, stream *connect.BidiStream[cha
 			return ctx.Err()
 		}
 	}
+}
+
+// ack takes an ack_events frame: it deletes the ids from the device's inbox, or with refuseAcks refuses every other
+// frame (caller holds mu).
+func (f *fakeServer) ack(d *fakeDevice, req *chatv1.ConnectRequest, result *chatv1.CommandResult) {
+	f.ackFrames++
+	if !req.AnswerErrorsOnly {
+		f.acksAnsweringAll++
+	}
+	if f.refuseAcks && f.ackFrames%2 == 0 {
+		f.acksRefused++
+		result.Outcome = &chatv1.CommandResult_Error{Error: &chatv1.CommandError{Code: int32(connect.CodeResourceExhausted), Message: "too many acks"}}
+		return
+	}
+	for _, id := range req.GetAckEvents().EventIds {
+		if id == 0 {
+			f.zeroAcks++
+		}
+		delete(d.inbox, id)
+	}
+	result.Outcome = &chatv1.CommandResult_AckEvents{AckEvents: &chatv1.AckEventsResponse{}}
 }
 
 // markRead moves the device's user's read_seq forward and tells the chat's other live streams with a ReceiptUpdate

@@ -127,6 +127,39 @@ func TestReceiptsMarksReadAndCountsUpdates(t *testing.T) {
 	}
 }
 
+// Acks ask to be answered only if refused (answer_errors_only) and nothing waits for their answers: a refusal counts
+// as ack/CODE, and a success that a server older than the field answers counts as nothing.
+func TestAcksAreAnsweredOnlyWhenRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		answerAll bool
+	}{{"errors only", false}, {"older server", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, url := startFake(t)
+			f.mu.Lock()
+			f.refuseAcks, f.answerAll = true, tc.answerAll
+			f.mu.Unlock()
+			res := runPlan(t, fakePlan(url, "steady", 2, 3, 1, []Step{{Tag: "50", Rate: 50, Seconds: 1}}), 0, 1)
+			if pt := res.Points[0]; pt.SendsOk != pt.SendsDue || pt.DeliveriesReceived != pt.DeliveriesExpected {
+				t.Errorf("due %d ok %d expected %d received %d", pt.SendsDue, pt.SendsOk, pt.DeliveriesExpected, pt.DeliveriesReceived)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			answers := f.acksRefused
+			if tc.answerAll {
+				answers = f.ackFrames
+			}
+			if f.acksRefused == 0 || f.acksAnsweringAll != 0 || f.ackAnswers != answers {
+				t.Errorf("ack frames %d, without answer_errors_only %d, refused %d, answered %d", f.ackFrames,
+					f.acksAnsweringAll, f.acksRefused, f.ackAnswers)
+			}
+			if len(res.Errors) != 1 || res.Errors["ack/RESOURCE_EXHAUSTED"] != int64(f.acksRefused) {
+				t.Errorf("errors %v, %d acks refused", res.Errors, f.acksRefused)
+			}
+		})
+	}
+}
+
 // Two shards merged count exactly what one process counts.
 func TestShardsMergeToOneRun(t *testing.T) {
 	_, url := startFake(t)

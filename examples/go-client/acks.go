@@ -51,3 +51,34 @@ func (b *ackBatch) take() []uint64 {
 	}
 	return ids
 }
+
+// seenEvents remembers the stored events listen printed, so that it prints none twice. An event comes again on a
+// later stream for as long as it is in the inbox, and the acks do not tell when it leaves: they go with
+// answer_errors_only, so their success is not answered. A stream's backlog holds every event still in the inbox,
+// though (and no event comes twice on one stream): at its InboxDrained, an id that did not come in it was acked, can
+// never come again, and is forgotten. Like ackBatch it reads no stream, so it is tested on its own.
+type seenEvents struct {
+	stream int            // the current stream's number
+	last   map[uint64]int // event id -> the last stream it came on
+}
+
+func newSeenEvents() *seenEvents { return &seenEvents{last: map[uint64]int{}} }
+
+// newStream counts the next stream.
+func (s *seenEvents) newStream() { s.stream++ }
+
+// came records that the event came on this stream, and reports whether it came before (and was printed then).
+func (s *seenEvents) came(id uint64) (before bool) {
+	_, before = s.last[id]
+	s.last[id] = s.stream
+	return before
+}
+
+// drained forgets the ids that did not come in this stream's backlog: they are out of the inbox.
+func (s *seenEvents) drained() {
+	for id, stream := range s.last {
+		if stream < s.stream {
+			delete(s.last, id)
+		}
+	}
+}

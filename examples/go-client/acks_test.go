@@ -80,3 +80,43 @@ func TestAckBatchTakesAtMostMaxIdsOldestFirst(t *testing.T) {
 		t.Fatalf("frames = %v; want %v", frames, want)
 	}
 }
+
+// An id printed is remembered (its ack's success is not answered) until a later stream's backlog comes without it.
+func TestSeenEventsForgetsWhatALaterBacklogLacks(t *testing.T) {
+	s := newSeenEvents()
+	s.newStream()
+	for _, id := range []uint64{1, 2, 3} {
+		if s.came(id) {
+			t.Fatalf("%d came before, on the first stream", id)
+		}
+	}
+	s.drained() // the stream's own ids stay: their acks may not land
+	s.newStream()
+	if !s.came(2) { // its ack did not land: it is in the next backlog
+		t.Fatal("2 was not remembered from the first stream")
+	}
+	s.drained() // 1 and 3 were not in the backlog: acked, they cannot come again
+	if s.came(4) {
+		t.Fatal("4 came before")
+	}
+	s.newStream()
+	for id, want := range map[uint64]bool{1: false, 2: true, 3: false, 4: true} {
+		if got := s.came(id); got != want {
+			t.Errorf("came(%d) on the third stream = %v; want %v", id, got, want)
+		}
+	}
+}
+
+// A stream that ends before its InboxDrained has not shown the whole inbox: nothing is forgotten.
+func TestSeenEventsForgetsNothingWithoutInboxDrained(t *testing.T) {
+	s := newSeenEvents()
+	s.newStream()
+	s.came(1)
+	s.came(2)
+	s.newStream()
+	s.came(2) // the backlog's first event, then the stream ends
+	s.newStream()
+	if !s.came(1) {
+		t.Fatal("1 was forgotten by a stream that ended before its InboxDrained")
+	}
+}

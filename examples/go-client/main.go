@@ -14,7 +14,9 @@
 // listen acks a stored event only after printing it (at least once), and in batches: one ack frame carries up to
 // 1000 ids, and goes out when 1000 wait, when the oldest has waited a second, at InboxDrained, at the stop condition,
 // and on an interrupt (Ctrl-C, SIGTERM), which acks what was printed and closes the stream cleanly; a second
-// interrupt ends the process at once. An event left unacked is sent again on the next listen, never lost.
+// interrupt ends the process at once. An ack frame asks for an answer only if it is refused (answer_errors_only), so
+// listen waits for none; a refused ack ends listen with its error. An event left unacked is sent again on the next
+// listen, never lost.
 //
 // listen prints every event, the ones that are not stored too: InboxDrained, Resync, ReceiptUpdate (how far another
 // participant, or the user's own other device, has received and read a chat) and TypingUpdate (someone started or
@@ -26,9 +28,10 @@
 // MarkRead is reported on stderr, and listening goes on.
 //
 // A stream lives no longer than its token. With --token-command (e.g. 'palaver token --user U --device D --ttl 1h'),
-// listen runs the command again shortly before the token expires, half-closes the stream (its acks are answered) and
-// opens the next with the new token; a stream the server ends because its token expired is reopened the same way at
-// once. The next stream's backlog repeats what was printed but not acked yet: it is acked again, not printed again.
+// listen runs the command again shortly before the token expires, half-closes the stream (the server takes its acks
+// before it ends it) and opens the next with the new token; a stream the server ends because its token expired is
+// reopened the same way at once. The next stream's backlog repeats what was printed but not acked yet: it is acked
+// again, not printed again.
 package main
 
 import (
@@ -278,11 +281,20 @@ func resultError(result *chatv1.CommandResult) error {
 }
 
 // close half-closes the stream and reads it to its end: the server answers what it was sent, then ends the stream.
-func (d *device) close() error {
+// answered, unless nil, takes each result read meanwhile (listen's last acks, answered only if refused, are answered
+// then), and its first error is returned.
+func (d *device) close(answered func(*chatv1.CommandResult) error) error {
 	if err := d.stream.CloseRequest(); err != nil {
 		return err
 	}
-	for range d.frames {
+	var refused error
+	for frame := range d.frames {
+		if result := frame.GetResult(); result != nil && answered != nil && refused == nil {
+			refused = answered(result)
+		}
+	}
+	if refused != nil {
+		return refused
 	}
 	if !errors.Is(d.end, io.EOF) {
 		return d.end
@@ -300,7 +312,7 @@ func createChat(d *device, name string, with []string) error {
 	if err := printJSON(result.GetCreateChat()); err != nil {
 		return err
 	}
-	return d.close()
+	return d.close(nil)
 }
 
 func send(d *device, chatID, text, clientID string) error {
@@ -316,7 +328,16 @@ func send(d *device, chatID, text, clientID string) error {
 	if err := printJSON(result.GetSendMessage()); err != nil {
 		return err
 	}
-	return d.close()
+	return d.close(nil)
+}
+
+// ackAnswer takes a result of listen's that is not a MarkRead's, so an ack's (listen sends nothing else). Acks go with
+// answer_errors_only: it is a refusal, unless the server predates that field and answers successes too.
+func ackAnswer(result *chatv1.CommandResult) error {
+	if err := resultError(result); err != nil {
+		return fmt.Errorf("ack: %w", err)
+	}
+	return nil
 }
 
 type listenOptions struct {
@@ -329,12 +350,12 @@ type listenOptions struct {
 // listen prints events as they arrive and acks the stored ones after printing them (at least once), in batches
 // (ackBatch): when maxAckBatch ids wait, when the oldest has waited ackDelay, at InboxDrained, at the stop condition
 // and on an interrupt. With --mark-read it marks each chat read up to the newest message printed (readMarks). It
-// returns once the stop condition holds (or the interrupt came) and every ack and MarkRead has been answered, after
-// closing the stream. With a token command it moves to a new stream each time it renews the token, or when the
-// server ends the stream because the token expired.
+// returns once the stop condition holds (or the interrupt came) and every MarkRead has been answered, after closing
+// the stream: the server takes the acks sent before it ends the stream. With a token command it moves to a new stream
+// each time it renews the token, or when the server ends the stream because the token expired.
 func listen(d *device, conn *connector, opts listenOptions, interrupted <-chan struct{}) error {
 	var (
-		seen     = map[uint64]bool{} // an event comes again after a reconnect until it is acked: dedupe by event_id
+		seen     = newSeenEvents() // an event comes again after a reconnect until it is acked: dedupe by event_id
 		drained  bool
 		received int
 		finished bool // past the stop condition: events stay unacked for next time
@@ -355,7 +376,6 @@ streams:
 	for {
 		var (
 			batch    = ackBatch{max: maxAckBatch, delay: ackDelay}
-			acking   = map[string][]uint64{} // this stream's ack commands not yet answered: their ids, by request id
 			marking  = map[string]readMark{} // this stream's MarkRead commands not yet answered, by request id
 			opened   bool                    // the stream sent a frame: if it ends UNAUTHENTICATED, its token expired
 			renewal  = conn.renewal()        // fires shortly before the token expires
@@ -364,6 +384,7 @@ streams:
 		)
 		timer.Stop()
 		reads.newStream()
+		seen.newStream()
 		// reopenIfExpired opens the next stream with a fresh token when this one ended because its token expired
 		// while it was open; otherwise it returns why the stream ended.
 		reopenIfExpired := func(end error) error {
@@ -378,7 +399,7 @@ streams:
 			return err
 		}
 
-		for next == "" && (!finished || len(acking) > 0 || len(marking) > 0) {
+		for next == "" && (!finished || len(marking) > 0) {
 			flush := false
 			select {
 			case in, ok := <-d.frames:
@@ -399,13 +420,9 @@ streams:
 						reads.answered(mark, err == nil)
 						break
 					}
-					if err := resultError(result); err != nil {
-						return fmt.Errorf("ack: %w", err)
+					if err := ackAnswer(result); err != nil {
+						return err
 					}
-					for _, id := range acking[result.GetRequestId()] {
-						delete(seen, id) // deleted from the inbox: it cannot come again
-					}
-					delete(acking, result.GetRequestId())
 					break
 				}
 				event := in.GetEvent()
@@ -413,7 +430,7 @@ streams:
 					break
 				}
 				id := event.GetEventId() // 0 for InboxDrained and Resync, which are not stored
-				if seen[id] {
+				if id != 0 && seen.came(id) {
 					// Printed on an earlier stream, and its ack did not arrive: ack it again.
 					if !opts.noAck {
 						batch.add(id, time.Now())
@@ -424,7 +441,6 @@ streams:
 					return err
 				}
 				if id != 0 {
-					seen[id] = true
 					received++
 					if !opts.noAck {
 						batch.add(id, time.Now())
@@ -436,6 +452,7 @@ streams:
 				if event.GetInboxDrained() != nil {
 					drained = true
 					flush = true // the backlog's tail
+					seen.drained()
 				}
 				if finished = done(); finished {
 					flush = true
@@ -460,17 +477,16 @@ streams:
 
 			now := time.Now()
 			for !batch.empty() && (flush || batch.due(now)) {
-				ids := batch.take()
-				id, err := d.start(&chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_AckEvents{
-					AckEvents: &chatv1.AckEventsRequest{EventIds: ids},
-				}})
+				// Answered only if refused: a lost or refused ack only means the events come again.
+				ack := &chatv1.AckEventsRequest{EventIds: batch.take()}
+				_, err := d.start(&chatv1.ConnectRequest{
+					Command: &chatv1.ConnectRequest_AckEvents{AckEvents: ack}, AnswerErrorsOnly: true})
 				if err != nil {
 					if err := reopenIfExpired(err); err != nil {
 						return fmt.Errorf("ack: %w", err)
 					}
 					continue streams
 				}
-				acking[id] = ids
 			}
 			for _, mark := range reads.due() {
 				id, err := d.start(&chatv1.ConnectRequest{Command: &chatv1.ConnectRequest_MarkRead{
@@ -491,11 +507,11 @@ streams:
 			}
 		}
 		if next == "" {
-			return d.close()
+			return d.close(ackAnswer)
 		}
-		// Half-close: the server answers the acks sent, then ends the stream. How it ends matters little: what it did
-		// not get acked comes again on the next stream.
-		_ = d.close()
+		// Half-close: the server takes the acks sent, then ends the stream. How it ends matters little (a refused ack
+		// too): what it did not get acked comes again on the next stream.
+		_ = d.close(nil)
 		var err error
 		if d, err = conn.open(next); err != nil {
 			return err
