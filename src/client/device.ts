@@ -153,7 +153,7 @@ abstract class EventLog {
     this.notify();
   }
 
-  private notify(): void {
+  protected notify(): void {
     const waiters = this.waiters;
     this.waiters = [];
     for (const wake of waiters) wake();
@@ -265,9 +265,11 @@ abstract class EventLog {
  * A native device: a bidirectional Connect stream (gRPC on HTTP/2 from `open`) carrying its commands and its events.
  * Renewing its token, it half-closes the stream (the server answers what it was sent, then ends it) and opens the next
  * with the new token; commands a stream ended without answering go again on the next (a send is idempotent by its
- * client_message_id).
+ * client_message_id). Acks wait for no answer, and are not sent again: a lost one only brings its events again.
  */
 export class ConnectDevice extends EventLog {
+  /** The server's refusals of the device's acks, oldest first (it answers an ack only to refuse it). */
+  readonly ackErrors: ConnectError[] = [];
   /** Commands sent and not answered yet, in the order sent. */
   private readonly unanswered = new Map<string, { frame: ConnectRequest; resolve: (result: CommandResult) => void }>();
   /** The current stream's frames still to send. */
@@ -290,19 +292,24 @@ export class ConnectDevice extends EventLog {
 
   /** Sends one command frame and resolves with its result frame. */
   command(command: Command): Promise<CommandResult> {
-    const requestId = `r${++this.nextId}`;
-    const frame = create(ConnectRequestSchema, { requestId, command });
-    return new Promise((resolve) => {
-      this.unanswered.set(requestId, { frame, resolve });
-      this.outbox.push(frame);
-      this.wakeOutbox?.();
-    });
+    const frame = this.send(command);
+    return new Promise((resolve) => this.unanswered.set(frame.requestId, { frame, resolve }));
   }
 
-  /** Acks every stored event received so far. */
-  async ackAll(): Promise<void> {
+  /**
+   * Acks every stored event received so far, with answer_errors_only: the server answers the ack only to refuse it
+   * (see `ackErrors`). It has taken the ack once it answers a later command, or ends the stream after a half-close.
+   */
+  ackAll(): void {
     const eventIds = this.stored.map((e) => e.eventId);
-    if (eventIds.length > 0) await this.command({ case: "ackEvents", value: { eventIds } });
+    if (eventIds.length > 0) this.send({ case: "ackEvents", value: { eventIds } }, true);
+  }
+
+  private send(command: Command, answerErrorsOnly = false): ConnectRequest {
+    const frame = create(ConnectRequestSchema, { requestId: `r${++this.nextId}`, command, answerErrorsOnly });
+    this.outbox.push(frame);
+    this.wakeOutbox?.();
+    return frame;
   }
 
   /** Half-closes the request side; the server then ends the stream, and the device opens no other. */
@@ -323,18 +330,26 @@ export class ConnectDevice extends EventLog {
       const frames = this.frames(outbox, () => over || this.done || renew.aborted);
       for await (const response of this.client.connect(frames, { signal: this.abort.signal, headers })) {
         if (response.frame.case === "event") this.record(response.frame.value);
-        if (response.frame.case === "result") {
-          this.unanswered.get(response.frame.value.requestId)?.resolve(response.frame.value);
-          this.unanswered.delete(response.frame.value.requestId);
-        }
+        if (response.frame.case === "result") this.answered(response.frame.value);
       }
     } finally {
       // The server ended the stream: close the request side too, so the call is over on both ends. What was not sent
-      // is still unanswered, for the next stream.
+      // is still unanswered, for the next stream (but for acks, dropped).
       over = true;
       outbox.length = 0;
       renew.removeEventListener("abort", wake);
       wake();
+    }
+  }
+
+  private answered(result: CommandResult): void {
+    const command = this.unanswered.get(result.requestId);
+    this.unanswered.delete(result.requestId);
+    if (command) command.resolve(result);
+    // Nothing waits for an ack's answer: a refusal is kept, a success (a server that answers every frame) needs nothing.
+    else if (result.outcome.case === "error") {
+      this.ackErrors.push(new ConnectError(result.outcome.value.message, result.outcome.value.code));
+      this.notify();
     }
   }
 

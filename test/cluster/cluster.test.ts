@@ -196,7 +196,7 @@ describe.each([machineRedis, redisCluster])("three nodes behind HAProxy on $name
       await bobPhone.waitForMessages(1);
 
       // Bob's phone (node 1) acks: Alice's phone (node 0) sees it delivered.
-      await bobPhone.ackAll();
+      bobPhone.ackAll();
       await alicePhone.until(() => alicePhone.receiptsIn(chatId).get(bob)?.deliveredSeq === 1n, "delivered across nodes");
       // Bob types on his phone: Alice sees it; his laptop (node 2), his own device, does not.
       await bobPhone.command({ case: "setTyping", value: { chatId, typing: true } });

@@ -1,7 +1,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConnectRequestSchema, ConnectResponseSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
+import { type CommandResult, ConnectRequestSchema, ConnectResponseSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
 import { ConnectDevice, SubscribeDevice, connectChatClient, grpcChatClient } from "../../src/client/device.js";
 import { rawGrpcCall } from "../support/raw-grpc.js";
 import { openStalledStream } from "../support/stalled-stream.js";
@@ -69,7 +69,8 @@ describe.each(testBackends())("delivery on %s", (backend) => {
     const offline = await device(bob!, "tablet");
     const chatId = await createChat(sender, [bob!]);
     await offline.waitForChatUpdates(1);
-    await offline.ackAll();
+    offline.ackAll();
+    await expect.poll(() => server.inbox(bob!, "tablet"), { timeout: 10_000 }).toEqual([]);
     offline.disconnect();
     const sends = Array.from({ length: 50 }, (_, i) =>
       sender.command({ case: "sendMessage", value: { chatId, clientMessageId: `c${i}`, text: `m${i}` } }),
@@ -127,17 +128,60 @@ describe.each(testBackends())("delivery on %s", (backend) => {
     await sender.command({ case: "sendMessage", value: { chatId, clientMessageId: "1", text: "keep?" } });
     await phone.waitForMessages(1);
     await laptop.waitForMessages(1);
-    await phone.ackAll();
+    phone.ackAll();
+    await expect.poll(() => server.inbox(bob!, "phone"), { timeout: 10_000 }).toEqual([]);
     phone.disconnect();
 
     const phoneAgain = await device(bob!, "phone");
     expect(phoneAgain.stored).toHaveLength(0);
     // The laptop has not acked: the message is still there for it.
     expect(await server.inbox(bob!, "laptop")).toHaveLength(2);
-    await laptop.ackAll();
-    expect(await server.inbox(bob!, "laptop")).toEqual([]);
+    laptop.ackAll();
+    await expect.poll(() => server.inbox(bob!, "laptop"), { timeout: 10_000 }).toEqual([]);
     expect(await server.messageCount(chatId)).toBe(0);
     for (const d of [sender, phoneAgain, laptop]) d.disconnect();
+  });
+
+  it("answers an ack frame with answer_errors_only only if it refuses it, and goes on with the stream", async () => {
+    const [alice, bob] = ["alice", "bob"].map(uniqueUser);
+    await server.deviceKey(bob!, "phone");
+    const sender = await device(alice!, "phone");
+    const chatId = await createChat(sender, [bob!]);
+    await sender.command({ case: "sendMessage", value: { chatId, clientMessageId: "m", text: "ack me" } });
+    sender.disconnect();
+
+    // Bob's phone takes its backlog, then acks it, acks too many ids (1000 at most), and lists its chats.
+    const backlog: bigint[] = [];
+    let drained!: () => void;
+    const backlogTaken = new Promise<void>((resolve) => (drained = resolve));
+    let allAnswered!: () => void;
+    const answered = new Promise<void>((resolve) => (allAnswered = resolve));
+    const ack = (requestId: string, eventIds: bigint[]) =>
+      create(ConnectRequestSchema, { requestId, answerErrorsOnly: true, command: { case: "ackEvents", value: { eventIds } } });
+    async function* requests() {
+      await backlogTaken;
+      yield ack("ack", backlog);
+      yield ack("too-many", Array.from({ length: 1001 }, (_, i) => BigInt(i + 1)));
+      yield create(ConnectRequestSchema, { requestId: "list", command: { case: "listChats", value: {} } });
+      await answered;
+    }
+    const results: CommandResult[] = [];
+    const phone = grpcChatClient(server.url, await server.token(bob!, "phone"));
+    for await (const { frame } of phone.connect(requests())) {
+      if (frame.case === "event" && frame.value.eventId !== 0n) backlog.push(frame.value.eventId);
+      if (frame.case === "event" && frame.value.kind.case === "inboxDrained") drained();
+      if (frame.case === "result") results.push(frame.value);
+      if (frame.case === "result" && frame.value.requestId === "list") allAnswered();
+    }
+    expect(backlog).toHaveLength(2); // the chat's creation and the message
+    // Frames are taken in order: by the answer to the listing, the ack had been carried out, and was not answered.
+    expect(results).toMatchObject([
+      { requestId: "too-many", outcome: { case: "error", value: { code: Code.InvalidArgument } } },
+      { requestId: "list", outcome: { case: "listChats" } },
+    ]);
+    const again = await device(bob!, "phone");
+    expect(again.stored).toEqual([]);
+    again.disconnect();
   });
 
   it("ignores acks of event ids that are not in the device's own inbox", async () => {

@@ -129,6 +129,10 @@ describe.each(testBackends())("limits on writes on %s", (backend) => {
     }
     const frames = /^a stream may send 3 ack frames a minute: retry in \d+ s$/;
     expectFrameRateLimited(await phone.command({ case: "ackEvents", value: { eventIds: [eventId] } }), frames);
+    // The device's own acks wait for no answer: it tells a refused one in ackErrors.
+    phone.ackAll();
+    await phone.until(() => phone.ackErrors.length > 0, "the ack's refusal");
+    expect(phone.ackErrors).toMatchObject([{ code: Code.ResourceExhausted, rawMessage: expect.stringMatching(frames) }]);
     phone.disconnect();
     expect(await server.inbox(bob, "phone")).toHaveLength(1);
 

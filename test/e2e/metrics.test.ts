@@ -27,7 +27,8 @@ describe.each(testBackends())("storage metrics on %s", (backend) => {
     const { chat } = await api.createChat({ participantUserIds: [bob!] });
     await api.sendMessage({ chatId: chat!.chatId, clientMessageId: "m1", text: "hello" });
     await phone.waitForMessages(1);
-    await phone.ackAll();
+    phone.ackAll();
+    await expect.poll(() => server.inbox(bob!, "phone"), { timeout: 10_000 }).toEqual([]);
     phone.disconnect();
 
     const after = await scrape();
