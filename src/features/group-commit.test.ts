@@ -1,12 +1,29 @@
 import { describe, expect, it } from "vitest";
 import { DependencyUnavailableError } from "../errors.js";
 import { Metrics } from "./operations/metrics.js";
-import { GroupCommitter } from "./group-commit.js";
+import { type GroupCommitOptions, GroupCommitter } from "./group-commit.js";
 
 function deferred() {
   let release!: () => void;
   const done = new Promise<void>((resolve) => (release = resolve));
   return { done, release };
+}
+
+/** A committer of strings that records its batches and holds the first one's write until `gate` is released. */
+function firstBatchHeld(maxBatch: number, maxInFlight: number, options: GroupCommitOptions<string>) {
+  const batches: string[][] = [];
+  const gate = deferred();
+  const committer = new GroupCommitter<string, string>(
+    async (items) => {
+      batches.push(items);
+      if (batches.length === 1) await gate.done;
+      return items;
+    },
+    maxBatch,
+    maxInFlight,
+    options,
+  );
+  return { committer, batches, gate };
 }
 
 describe("GroupCommitter", () => {
@@ -137,18 +154,7 @@ describe("GroupCommitter", () => {
   });
 
   it("keeps a key out of concurrent batches: its items wait for the batch that holds it, in order", async () => {
-    const batches: string[][] = [];
-    const gate = deferred();
-    const committer = new GroupCommitter<string, string>(
-      async (items) => {
-        batches.push(items);
-        if (batches.length === 1) await gate.done;
-        return items;
-      },
-      10,
-      2,
-      { keyOf: (item) => item[0]! },
-    );
+    const { committer, batches, gate } = firstBatchHeld(10, 2, { keyOf: (item) => item[0]! });
     const first = committer.submit("a1");
     const others = ["a2", "b1", "a3"].map((item) => committer.submit(item));
     // "b1" goes in a second batch at once; "a2" and "a3" wait for the batch that holds "a".
@@ -160,19 +166,11 @@ describe("GroupCommitter", () => {
   });
 
   it("counts a batch's size as sizeOf says: a large item goes alone, and a key's items keep their order past one that did not fit", async () => {
-    const batches: string[][] = [];
-    const gate = deferred();
     // Items are "<key><size>": "a4" is key a, size 4.
-    const committer = new GroupCommitter<string, string>(
-      async (items) => {
-        batches.push(items);
-        if (batches.length === 1) await gate.done;
-        return items;
-      },
-      5,
-      1,
-      { keyOf: (item) => item[0]!, sizeOf: (item) => Number(item.slice(1)) },
-    );
+    const { committer, batches, gate } = firstBatchHeld(5, 1, {
+      keyOf: (item) => item[0]!,
+      sizeOf: (item) => Number(item.slice(1)),
+    });
     const first = committer.submit("x9");
     const rest = ["a2", "b4", "b1", "c3", "a1", "d7"].map((item) => committer.submit(item));
     gate.release();
