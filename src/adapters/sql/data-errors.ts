@@ -7,7 +7,12 @@ import { Refusal } from "../../errors.js";
  * behind them. Postgres's own text is left out, since it can quote the value.
  */
 export function refusedValue(error: unknown): unknown {
-  const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
+  const code = sqlState(error);
   if (typeof code !== "string" || !code.startsWith("22")) return error;
   return new Refusal("invalid", `the request holds a value the database cannot store (SQLSTATE ${code})`);
+}
+
+/** The SQLSTATE (or driver code) a database error carries, as both drivers put it in `code`. */
+export function sqlState(error: unknown): unknown {
+  return typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
 }

@@ -26,6 +26,7 @@ import { LruMap } from "../../lru-map.js";
 import { LAST_SEQS_CHATS } from "../../tunables.js";
 import { blockersAmong, blockUser, listBlockedUsers, unblockUser } from "./blocks.js";
 import { type ChatRow, createChat, modifyParticipants, toChatRecord } from "./chat-changes.js";
+import { sqlState } from "./data-errors.js";
 import {
   existingDevices,
   listDevices,
@@ -449,8 +450,7 @@ async function againOnDeadlock<T>(statement: () => Promise<T>): Promise<T> {
     try {
       return await statement();
     } catch (error) {
-      const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
-      if (code !== DEADLOCK_DETECTED || attempt === DEADLOCK_ATTEMPTS) throw error;
+      if (sqlState(error) !== DEADLOCK_DETECTED || attempt === DEADLOCK_ATTEMPTS) throw error;
     }
   }
 }
