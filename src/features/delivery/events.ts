@@ -10,11 +10,12 @@ export function encodeStoredEvent(event: Event): Uint8Array {
 }
 
 /**
- * One device's copy of a stored event (or of a notice, with event id 0), ready for the wire as field 1 of ConnectResponse or SubscribeResponse (both
- * carry the event there): an unknown field, which protobuf-es writes verbatim. Its bytes are the event_id field, then
- * the stored body (an Event without event_id, fields 2 and up, so the result is the canonical encoding). Why: the
- * event is encoded once for all recipients and the backlog is never decoded and re-encoded; per device this costs one
- * small allocation and a copy instead of a message copy and a full protobuf encode.
+ * One device's copy of a stored event (or of a notice, with event id 0), ready for the wire as field 1 of
+ * ConnectResponse or SubscribeResponse (both carry the event there): an unknown field, which protobuf-es writes
+ * verbatim. Its bytes are the event_id field, then the stored body (an Event without event_id, fields 2 and up, so the
+ * result is the canonical encoding). Why: the event is encoded once for all recipients and the backlog is never decoded
+ * and re-encoded; per device this costs one small allocation and a copy instead of a message copy and a full protobuf
+ * encode.
  */
 export function eventField(body: Uint8Array, eventId: bigint): UnknownField {
   const data = new Uint8Array(eventFieldLength(body, eventId));
