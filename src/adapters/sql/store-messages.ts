@@ -76,8 +76,8 @@ const WRITE_SENDS = `
     -- c is the row as the statement's snapshot saw it; locked, the latest one, read after any wait for the lock.
     SELECT l.chat_id
       FROM locked l JOIN chats c ON c.chat_id = l.chat_id
-     WHERE l.last_seq = c.last_seq AND l.participants_version = c.participants_version
-       AND l.last_seq = (SELECT min(s.seq) - 1 FROM sends s WHERE s.chat_id = l.chat_id)
+      JOIN (SELECT chat_id, min(seq) AS seq FROM sends GROUP BY chat_id) f ON f.chat_id = l.chat_id
+     WHERE l.last_seq = c.last_seq AND l.participants_version = c.participants_version AND l.last_seq = f.seq - 1
        AND l.chat_id NOT IN (SELECT chat_id FROM refused)
   ), written AS (
     SELECT s.* FROM sends s WHERE s.chat_id IN (SELECT chat_id FROM writable)
@@ -111,18 +111,17 @@ const WRITE_SENDS = `
      WHERE c.chat_id = m.chat_id
   ), sender_locks AS MATERIALIZED (
     -- Sending marks the chat received and read up to the message. The rows are locked in key order first, as ack
-    -- batches and read marks lock them, so those never deadlock with a send.
-    SELECT p.chat_id, p.user_id
-      FROM chat_participants p
-     WHERE (p.chat_id, p.user_id) IN (SELECT chat_id, sender_user_id FROM written)
+    -- batches and read marks lock them, so those never deadlock with a send. Each carries its sender's last seq, so
+    -- the update below joins the table's key alone (a join of two CTEs is planned as a loop over both).
+    SELECT p.chat_id, p.user_id, w.seq
+      FROM (SELECT chat_id, sender_user_id, max(seq) AS seq FROM written GROUP BY chat_id, sender_user_id) w
+      JOIN chat_participants p ON p.chat_id = w.chat_id AND p.user_id = w.sender_user_id
      ORDER BY p.chat_id, p.user_id
        FOR UPDATE OF p
   ), sender_rows AS (
     UPDATE chat_participants p
-       SET last_sent_seq = w.seq, delivered_seq = greatest(p.delivered_seq, w.seq), read_seq = greatest(p.read_seq, w.seq)
+       SET last_sent_seq = l.seq, delivered_seq = greatest(p.delivered_seq, l.seq), read_seq = greatest(p.read_seq, l.seq)
       FROM sender_locks l
-      JOIN (SELECT chat_id, sender_user_id, max(seq) AS seq FROM written GROUP BY chat_id, sender_user_id) w
-        ON w.chat_id = l.chat_id AND w.sender_user_id = l.user_id
      WHERE p.chat_id = l.chat_id AND p.user_id = l.user_id
   ), attachment_rows AS (
     INSERT INTO attachment_chats (attachment_id, chat_id)
