@@ -640,6 +640,33 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       expect(await receiptsOf(chat.chatId)).toEqual({ [alice]: [2n, 1n], [bob]: [2n, 0n], [carol]: [2n, 2n] });
     });
 
+    it("moves each chat's receipt to the highest seq acked when one batch spans many chats and devices", async () => {
+      const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+      const [alicePhone] = await registered(alice, "phone");
+      const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
+      const chats = await Promise.all(Array.from({ length: 30 }, () => newChat([alice, bob])));
+      const sent = (await db.storeMessages(chats.flatMap((chat) => [0, 1, 2].map(() => send(chat.chatId, alice, alicePhone!)))))
+        .map(stored);
+      const eventOf = (chat: number, message: number, deviceKey: string) =>
+        sent[chat * 3 + message]!.fanout.entries.find((e) => e.deviceKey === deviceKey)!.eventId;
+      // Chat i: Bob's phone acks its first message; his laptop acks message i % 3 (the phone's own ack is higher in
+      // the chats where i % 3 is 0). One batch, both devices, every chat.
+      const changes = await db.ackEvents([
+        { deviceKey: bobPhone!, eventIds: chats.map((_, i) => eventOf(i, 0, bobPhone!)) },
+        { deviceKey: bobLaptop!, eventIds: chats.map((_, i) => eventOf(i, i % 3, bobLaptop!)) },
+      ]);
+      const expected = chats.map((chat, i) => ({
+        chatId: chat.chatId,
+        receipt: { userId: bob, deliveredSeq: BigInt((i % 3) + 1), readSeq: 0n },
+        notifyUserIds: [alice],
+      }));
+      const byChat = (a: { chatId: string }, b: { chatId: string }) => a.chatId.localeCompare(b.chatId);
+      expect(changes.toSorted(byChat)).toEqual(expected.toSorted(byChat));
+      for (const [i, chat] of chats.entries()) {
+        expect(await receiptsOf(chat.chatId)).toEqual({ [alice]: [3n, 3n], [bob]: [BigInt((i % 3) + 1), 0n] });
+      }
+    });
+
     it("moves what a user read only forward, up to the chat's last seq, and says whom it concerns", async () => {
       const [alice, bob, carol, eve] = ["alice", "bob", "carol", "eve"].map(uniqueUser);
       const [alicePhone] = await registered(alice!, "phone");
