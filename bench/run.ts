@@ -42,7 +42,10 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import postgres from "postgres";
 import { AccountService } from "../gen/palaver/chat/v1/account_pb.js";
 import { ChatService } from "../gen/palaver/chat/v1/chat_pb.js";
+import { ensurePartitions } from "../src/adapters/sql/partitions.js";
+import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { mintToken } from "../src/auth/tokens.js";
+import { DAY_MS } from "../src/ports/clock.js";
 import type { HaproxyProcess } from "../test/cluster/processes.js";
 import { prepareHaproxy, sizeHaproxy, startHaproxy } from "./haproxy.js";
 import { type CeilingResult, createDatabase, dropDatabase, measureCeiling } from "./pg-ceiling.js";
@@ -107,6 +110,13 @@ interface Plan {
    * for another scenario (groups100: do receipts multiply a 100-member group's writes?).
    */
   markRead?: boolean;
+  /**
+   * Makes the database look as a deployment's does after this many days (at most RETENTION_DAYS): a day partition of
+   * inbox and messages for each past day, with PAST_DAY_ENTRIES inbox entries in each that nobody acks (devices that
+   * stopped connecting). A bench database otherwise has today's partitions and those made ahead only, so a statement
+   * that looks in every partition pays less than it would in production.
+   */
+  pastDays?: number;
 }
 
 const fivePairs = { groupUsers: 5, devicesPerUser: 2 } as const;
@@ -741,6 +751,29 @@ async function checkpoint(url: string): Promise<string | undefined> {
   }
 }
 
+/** Inbox entries left unacked in each past day by ageDatabase: a month of them is about 150,000. */
+const PAST_DAY_ENTRIES = 5000;
+
+/** Adds the past `days` day partitions with entries nobody acks (Plan.pastDays), under device keys no device has. */
+async function ageDatabase(url: string, days: number): Promise<void> {
+  const driver = createPostgresDriver(url, { poolSize: 1 });
+  try {
+    const today = new Date();
+    today.setUTCHours(0, 0, 0, 0);
+    const pastDays = Array.from({ length: days }, (_, i) => new Date(today.getTime() - (i + 1) * DAY_MS));
+    await ensurePartitions(driver, pastDays.at(-1)!, days);
+    await driver.query(
+      `INSERT INTO inbox (device_key, event_id, created_at, chat_id, message_id, seq)
+       SELECT -1 - g % 1000, nextval('inbox_event_id_seq'), d + g * interval '1 second', gen_random_uuid(),
+              gen_random_uuid(), 1
+         FROM unnest($1::timestamptz[]) d, generate_series(1, $2::int) g`,
+      [pastDays, PAST_DAY_ENTRIES],
+    );
+  } finally {
+    await driver.close();
+  }
+}
+
 /** The scenarios whose database writes per stored message are counted, on Postgres (PGlite: n/a). */
 const WRITES_COUNTED: ReadonlySet<Scenario> = new Set(["steady", "receipts", "groups100"]);
 
@@ -861,6 +894,7 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
   const counting = servers.databaseUrl && WRITES_COUNTED.has(scenario) ? statsReader(servers.databaseUrl) : undefined;
   try {
     const { devices, setupSeconds, fillSendsPerSecond } = await setUp(servers, plan, scenario);
+    if (plan.pastDays && servers.databaseUrl) await ageDatabase(servers.databaseUrl, plan.pastDays);
     const checkpointNote = servers.databaseUrl ? await checkpoint(servers.databaseUrl) : undefined;
     const steps = stepsOf(plan);
     let startDelaySeconds = startDelayOf(plan, steps, devices.length, args.profile);
