@@ -42,7 +42,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import postgres from "postgres";
 import { AccountService } from "../gen/palaver/chat/v1/account_pb.js";
 import { ChatService } from "../gen/palaver/chat/v1/chat_pb.js";
-import { ensurePartitions } from "../src/adapters/sql/partitions.js";
+import { ensurePartitions, startOfUtcDay } from "../src/adapters/sql/partitions.js";
 import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { mintToken } from "../src/auth/tokens.js";
 import { DAY_MS } from "../src/ports/clock.js";
@@ -758,8 +758,7 @@ const PAST_DAY_ENTRIES = 5000;
 async function ageDatabase(url: string, days: number): Promise<void> {
   const driver = createPostgresDriver(url, { poolSize: 1 });
   try {
-    const today = new Date();
-    today.setUTCHours(0, 0, 0, 0);
+    const today = startOfUtcDay(new Date());
     const pastDays = Array.from({ length: days }, (_, i) => new Date(today.getTime() - (i + 1) * DAY_MS));
     await ensurePartitions(driver, pastDays.at(-1)!, days);
     await driver.query(

@@ -37,7 +37,7 @@ import {
   removeDevices,
 } from "./devices.js";
 import { runMigrations } from "./migrate.js";
-import { dropPartitionsBefore, ensurePartitions } from "./partitions.js";
+import { dropPartitionsBefore, ensurePartitions, startOfUtcDay } from "./partitions.js";
 import { advanceDelivered, markRead, RECEIPTS_JSON, receiptsFromJson } from "./receipts.js";
 import { type LastSeqs, storeMessages } from "./store-messages.js";
 
@@ -320,9 +320,7 @@ export class SqlDb implements Db {
     // month of partitions, deleting 2,000 entries took 190-280 ms, against 15 ms looking in two days' (bench/README.md).
     // Nearly every ack is of an event stored today or yesterday, so the first statement looks only there; what it did
     // not find (older entries, ids acked twice, ids that are not the device's) is looked for everywhere by a second.
-    const yesterday = new Date(Date.now() - DAY_MS);
-    yesterday.setUTCHours(0, 0, 0, 0);
-    const recent = await this.deleteAcked(pairs, yesterday);
+    const recent = await this.deleteAcked(pairs, startOfUtcDay(new Date(Date.now() - DAY_MS)));
     const found = new Set(recent.map((row) => `${row.device_key}/${row.event_id}`));
     const rest = pairs.filter(([deviceKey, eventId]) => !found.has(`${deviceKey}/${eventId}`));
     const acked = rest.length === 0 ? recent : [...recent, ...(await this.deleteAcked(rest, new Date(0)))];
