@@ -182,6 +182,11 @@ export interface ScenarioResult {
   /** The server's own view (palaver_delivery_latency_seconds: stored to handed to the stream), bucket bounds. */
   serverDeliveryP50Ms: number | null;
   serverDeliveryP99Ms: number | null;
+  /**
+   * The server's event-loop delay from the start of sending to the end (node 0; prom-client's histogram): tens of
+   * milliseconds when it keeps up, hundreds when work queues faster than it is done. null in older files.
+   */
+  serverLoopDelayMs?: { p50: number; p99: number; max: number } | null;
   /** steady, receipts, groups100: the database's writes (null: not measurable, on PGlite; absent: not counted). */
   dbWrites?: DbWrites | null;
   figures: Figures;
@@ -532,6 +537,10 @@ function scenarioSection(lines: string[], r: ScenarioResult): void {
   if (cpu.length > 0) figures.push(["CPU seconds over the run (connecting included)", cpu.map(([k, v]) => `${k} ${v!.toFixed(1)}`).join(", ")]);
   if (res.loadgen) figures.push(["load generator", `${res.loadgen.cpuSeconds.toFixed(1)} CPU s, max RSS ${mib(res.loadgen.maxRssBytes)}`]);
   if (r.serverDeliveryP99Ms !== null) figures.push(["server's own delivery latency p50 / p99 (histogram bucket bounds)", `${r.serverDeliveryP50Ms} / ${r.serverDeliveryP99Ms} ms`]);
+  if (r.serverLoopDelayMs) {
+    const d = r.serverLoopDelayMs;
+    figures.push(["server event-loop delay while sending p50 / p99 / max", `${d.p50} / ${d.p99} / ${d.max} ms`]);
+  }
   figures.push(["stream and ack errors", codes(res.errors)]);
   lines.push("| figure | value |", "| --- | --- |");
   for (const [k, v] of figures) lines.push(`| ${k} | ${v} |`);

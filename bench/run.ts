@@ -919,15 +919,24 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
     };
     const loadAvgBeforeLoadgen = loadAvg();
     let countBefore: Promise<StatsSnapshot | Error> | undefined;
+    let lagReset: Promise<unknown> | undefined;
     const run = await runLoadgen(binary, loadgenPlan, startDelaySeconds * 1000, args, work, (startAtMs) => {
+      // prom-client restarts its event-loop delay histogram at each scrape: one as sending starts leaves the last
+      // scrape with the sending alone (warm-up included), not setup's or connecting's delays.
+      lagReset = sleep(Math.max(0, startAtMs - Date.now()))
+        .then(() => scrape(servers.nodes[0]!.url))
+        .catch(() => undefined);
       if (counting) {
         countBefore = sleep(Math.max(0, startAtMs - COUNT_BEFORE_MS - Date.now()))
           .then(() => counting.read())
           .catch((error: unknown) => (error instanceof Error ? error : new Error(String(error))));
       }
     });
+    await lagReset;
     const metrics = await scrape(servers.nodes[0]!.url).catch(() => new Map<string, number>());
     const [serverP50, serverP99] = histogramQuantiles(metrics, "palaver_delivery_latency_seconds", [0.5, 0.99]);
+    const lag = (stat: string) => metrics.get(`palaver_process_nodejs_eventloop_lag_${stat}_seconds`);
+    const [lagP50, lagP99, lagMax] = [lag("p50"), lag("p99"), lag("max")];
 
     // The count after: once the nodes have stopped, their backends have exited and flushed their statistics.
     let dbWrites: DbWrites | null | undefined = WRITES_COUNTED.has(scenario) ? null : undefined;
@@ -987,6 +996,10 @@ async function runScenario(binary: string, scenario: Scenario, args: Args, ceili
       serverMaxRssBytes: run.serverMaxRssBytes,
       serverDeliveryP50Ms: serverP50 ?? null,
       serverDeliveryP99Ms: serverP99 ?? null,
+      serverLoopDelayMs:
+        lagP50 === undefined || lagP99 === undefined || lagMax === undefined
+          ? null
+          : { p50: round(lagP50 * 1000, 1), p99: round(lagP99 * 1000, 1), max: round(lagMax * 1000, 1) },
       ...(dbWrites !== undefined ? { dbWrites } : {}),
       figures: {},
       result: run.result,
@@ -1113,6 +1126,8 @@ function printSummary(r: ScenarioResult): void {
     .map(([k, v]) => `${k} ${v!.toFixed(1)}`)
     .join(", ");
   console.log(`    CPU s over the run: ${cpu || "-"}; server max RSS ${(r.serverMaxRssBytes / 2 ** 20).toFixed(0)} MiB; load average before ${r.loadAvgBefore.join(" ")}`);
+  const delay = r.serverLoopDelayMs;
+  if (delay) console.log(`    server event-loop delay while sending: p50 ${delay.p50}, p99 ${delay.p99}, max ${delay.max} ms`);
   const errors = Object.entries(res.errors ?? {}).filter(([, n]) => n > 0);
   if (errors.length > 0) console.log(`    errors: ${errors.map(([k, n]) => `${k} ${n}`).join(", ")}`);
   for (const note of r.notes) console.log(`    note: ${note}`);
