@@ -186,14 +186,17 @@ export function chatService(deps: ChatServiceDeps): {
    * next frame is read (so a device's sends keep their order in seq) and up to SENDS_IN_FLIGHT_PER_STREAM are stored
    * at once, answered as they are stored; any other command first waits for the sends in flight, and runs alone.
    * When the client half-closes, the stream ends after the last answer; when its frames break off (a frame the
-   * server refuses), after the answers to the commands before, with the refusal's status.
+   * server refuses), after the answers to the commands before, with the refusal's status. Frames come decoded (from
+   * connect-es) or as their bytes (from the gRPC fast path), decoded here in order: a layer of async generators
+   * between the two kept per-frame promises alive as long as the device was quiet (see grpc-bidi.ts).
    */
-  async function readCommands(caller: Caller, frames: AsyncIterable<ConnectRequest>, stream: DeviceStream) {
+  async function readCommands(caller: Caller, frames: AsyncIterable<ConnectRequest | Uint8Array>, stream: DeviceStream) {
     const sending = new Set<Promise<void>>();
     let broken: ConnectError | null = null;
     try {
-      for await (const frame of frames) {
+      for await (const received of frames) {
         if (stream.ended) return;
+        const frame = received instanceof Uint8Array ? parseRequest(received) : received;
         if (frame.command.case === "sendMessage") {
           if (sending.size >= SENDS_IN_FLIGHT_PER_STREAM) await Promise.race(sending);
           const queued = await queueSend(caller, frame, frame.command.value, stream);
@@ -266,7 +269,7 @@ export function chatService(deps: ChatServiceDeps): {
             user: caller.userId,
             device: caller.deviceName,
             run: (requests, signal, write) =>
-              streamBatches(caller, signal, encodeConnectFrames, { commands: decodeRequests(requests), write }),
+              streamBatches(caller, signal, encodeConnectFrames, { commands: requests, write }),
           };
         },
       };
@@ -281,7 +284,7 @@ export function chatService(deps: ChatServiceDeps): {
     caller: Caller,
     signal: AbortSignal,
     toOut: (batch: StreamFrame[]) => Out,
-    options: { commands?: AsyncIterable<ConnectRequest>; write?: (out: Out) => boolean } = {},
+    options: { commands?: AsyncIterable<ConnectRequest | Uint8Array>; write?: (out: Out) => boolean } = {},
   ): AsyncGenerator<Out> {
     const stream = await hub.open(caller);
     // The signal aborts when the client goes away, and at shutdown with UNAVAILABLE, which tells clients to reconnect.
@@ -331,10 +334,6 @@ export function chatService(deps: ChatServiceDeps): {
 
 /** How connect-es words a request message that does not decode (it answers it with INTERNAL). */
 const PARSE_FAILURE = "parse binary: ";
-
-async function* decodeRequests(messages: AsyncIterable<Uint8Array>): AsyncGenerator<ConnectRequest> {
-  for await (const bytes of messages) yield parseRequest(bytes);
-}
 
 /** A frame that is not a ConnectRequest is refused as connect-es words it, with the status requestStreamError gives. */
 function parseRequest(bytes: Uint8Array): ConnectRequest {

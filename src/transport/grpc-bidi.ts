@@ -161,26 +161,42 @@ const READ_AHEAD_MESSAGES = 16;
 
 /**
  * The request's gRPC messages as they arrive: split out of each DATA chunk in the stream's 'data' handler
- * (readMaxBytes checked per message) and handed over through one queue. Why not the stream's async iterator piped
- * through connect-es's envelope transform: each message then passed two more layers of async generators, which at
- * an ack per delivery cost more than the ack itself. Reading pauses while READ_AHEAD_MESSAGES wait.
+ * (readMaxBytes checked per message) and handed over through one queue, by an iterator written out rather than an
+ * async generator. Why: a device sends a frame every second or so, and whatever waits for the next one lives that
+ * long, past the young generation; an async generator (and one more per layer above it) left several promises and
+ * requests behind per frame, most of what the server promoted to the old generation under load (bench/README.md).
+ * Here a frame that finds the reader waiting costs one promise. Reading pauses while READ_AHEAD_MESSAGES wait, and
+ * stops when the reader stops early (return).
  */
-function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number): AsyncIterable<Uint8Array> {
+function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number): AsyncIterableIterator<Uint8Array> {
   const queue: Uint8Array[] = [];
   let partial: Buffer = Buffer.alloc(0); // the start of a message whose rest has not arrived
   let ended: { error?: unknown } | undefined;
-  let wake: (() => void) | null = null;
-  const notify = () => {
-    const resume = wake;
-    wake = null;
-    resume?.();
+  let waiting: { resolve: (result: IteratorResult<Uint8Array>) => void; reject: (error: unknown) => void } | null = null;
+  /** Settles a waiting reader with the next message, or with the end once nothing is queued. */
+  const hand = () => {
+    if (!waiting) return;
+    const reader = waiting;
+    const message = queue.shift();
+    if (message) {
+      waiting = null;
+      resumeIfRoom();
+      reader.resolve({ value: message, done: false });
+    } else if (ended) {
+      waiting = null;
+      if (ended.error) reader.reject(ended.error);
+      else reader.resolve({ value: undefined, done: true });
+    }
+  };
+  const resumeIfRoom = () => {
+    if (!ended && queue.length < READ_AHEAD_MESSAGES && stream.isPaused()) stream.resume();
   };
   const end = (error?: unknown) => {
     if (ended) return;
     ended = { error };
     // Nothing more is read: after a refused frame, HTTP/2 flow control holds the client until the stream is reset.
     stream.off("data", onData).pause();
-    notify();
+    hand();
   };
   const onData = (chunk: Buffer) => {
     const data = partial.length > 0 ? Buffer.concat([partial, chunk]) : chunk;
@@ -201,7 +217,7 @@ function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number):
     }
     partial = data.subarray(at);
     if (queue.length >= READ_AHEAD_MESSAGES) stream.pause();
-    notify();
+    hand();
   };
   stream.on("data", onData);
   stream.once("end", () =>
@@ -211,19 +227,22 @@ function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number):
   stream.once("close", () => end(new ConnectError("the client went away", Code.Canceled)));
 
   return {
-    async *[Symbol.asyncIterator]() {
-      for (;;) {
-        const message = queue.shift();
-        if (message) {
-          if (queue.length < READ_AHEAD_MESSAGES && stream.isPaused()) stream.resume();
-          yield message;
-        } else if (ended) {
-          if (ended.error) throw ended.error;
-          return;
-        } else {
-          await new Promise<void>((resolve) => (wake = resolve));
-        }
+    next() {
+      const message = queue.shift();
+      if (message) {
+        resumeIfRoom();
+        return Promise.resolve({ value: message, done: false });
       }
+      if (ended) return ended.error ? Promise.reject(ended.error) : Promise.resolve({ value: undefined, done: true });
+      return new Promise((resolve, reject) => (waiting = { resolve, reject }));
+    },
+    return() {
+      queue.length = 0;
+      end();
+      return Promise.resolve({ value: undefined, done: true });
+    },
+    [Symbol.asyncIterator]() {
+      return this;
     },
   };
 }
