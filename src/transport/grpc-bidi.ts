@@ -172,21 +172,24 @@ function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number):
   const queue: Uint8Array[] = [];
   let partial: Buffer = Buffer.alloc(0); // the start of a message whose rest has not arrived
   let ended: { error?: unknown } | undefined;
-  let waiting: { resolve: (result: IteratorResult<Uint8Array>) => void; reject: (error: unknown) => void } | null = null;
-  /** Settles a waiting reader with the next message, or with the end once nothing is queued. */
+  type Result = IteratorResult<Uint8Array> | Promise<never>;
+  /** The reader waiting for a message: its promise's resolve (given a rejected promise, it rejects). */
+  let waiting: ((result: Result) => void) | null = null;
+  /** Hands the next message to a waiting reader, or the end once nothing is queued. */
   const hand = () => {
-    if (!waiting) return;
+    if (!waiting || (queue.length === 0 && !ended)) return;
     const reader = waiting;
+    waiting = null;
+    reader(take());
+  };
+  /** The next message, or the end (a rejected promise when it ended with an error); call with something there. */
+  const take = (): Result => {
     const message = queue.shift();
     if (message) {
-      waiting = null;
       resumeIfRoom();
-      reader.resolve({ value: message, done: false });
-    } else if (ended) {
-      waiting = null;
-      if (ended.error) reader.reject(ended.error);
-      else reader.resolve({ value: undefined, done: true });
+      return { value: message, done: false };
     }
+    return ended?.error ? Promise.reject(ended.error) : { value: undefined, done: true };
   };
   const resumeIfRoom = () => {
     if (!ended && queue.length < READ_AHEAD_MESSAGES && stream.isPaused()) stream.resume();
@@ -228,13 +231,8 @@ function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number):
 
   return {
     next() {
-      const message = queue.shift();
-      if (message) {
-        resumeIfRoom();
-        return Promise.resolve({ value: message, done: false });
-      }
-      if (ended) return ended.error ? Promise.reject(ended.error) : Promise.resolve({ value: undefined, done: true });
-      return new Promise((resolve, reject) => (waiting = { resolve, reject }));
+      if (queue.length > 0 || ended) return Promise.resolve(take());
+      return new Promise<IteratorResult<Uint8Array>>((resolve) => (waiting = resolve));
     },
     return() {
       queue.length = 0;
