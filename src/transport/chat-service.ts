@@ -187,8 +187,8 @@ export function chatService(deps: ChatServiceDeps): {
    * at once, answered as they are stored; any other command first waits for the sends in flight, and runs alone.
    * When the client half-closes, the stream ends after the last answer; when its frames break off (a frame the
    * server refuses), after the answers to the commands before, with the refusal's status. Frames come decoded (from
-   * connect-es) or as their bytes (from the gRPC fast path), decoded here in order: a layer of async generators
-   * between the two kept per-frame promises alive as long as the device was quiet (see grpc-bidi.ts).
+   * connect-es) or as their bytes (from the gRPC fast path), decoded here: a generator decoding them in between kept
+   * a promise per frame alive for as long as the device was quiet (see grpc-bidi.ts).
    */
   async function readCommands(caller: Caller, frames: AsyncIterable<ConnectRequest | Uint8Array>, stream: DeviceStream) {
     const sending = new Set<Promise<void>>();
