@@ -175,14 +175,16 @@ function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number):
   type Result = IteratorResult<Uint8Array> | Promise<never>;
   /** The reader waiting for a message: its promise's resolve (given a rejected promise, it rejects). */
   let waiting: ((result: Result) => void) | null = null;
+  /** Whether the reader can be answered now: a message is queued, or reading has ended. */
+  const ready = () => queue.length > 0 || ended !== undefined;
   /** Hands the next message to a waiting reader, or the end once nothing is queued. */
   const hand = () => {
-    if (!waiting || (queue.length === 0 && !ended)) return;
+    if (!waiting || !ready()) return;
     const reader = waiting;
     waiting = null;
     reader(take());
   };
-  /** The next message, or the end (a rejected promise when it ended with an error); call with something there. */
+  /** The next message, or the end (a rejected promise when it ended with an error); call only when ready(). */
   const take = (): Result => {
     const message = queue.shift();
     if (message) {
@@ -231,7 +233,7 @@ function requestMessages(stream: http2.ServerHttp2Stream, readMaxBytes: number):
 
   return {
     next() {
-      if (queue.length > 0 || ended) return Promise.resolve(take());
+      if (ready()) return Promise.resolve(take());
       return new Promise<IteratorResult<Uint8Array>>((resolve) => (waiting = resolve));
     },
     return() {
