@@ -336,15 +336,23 @@ export class SqlDb implements Db {
     return changes;
   }
 
-  /** Deletes these (device, event) inbox entries stored since `since`, in the pairs' order (see ackEvents). */
+  /**
+   * Deletes these (device, event) inbox entries stored since `since`, in the pairs' order (see ackEvents). Only as
+   * index lookups, one per pair and partition: for a batch of thousands of pairs the planner would rather read and
+   * sort the day's whole inbox for a merge join (hundreds of ms per batch with 500,000 entries, and growing with the
+   * day's traffic: bench/README.md), so its other join methods are off for this transaction.
+   */
   private deleteAcked(pairs: readonly [bigint, bigint][], since: Date) {
     return againOnDeadlock(() =>
-      this.driver.query<MessageKey & { device_key: bigint; event_id: bigint; seq: bigint | null }>(
-        `DELETE FROM inbox i USING unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
-          WHERE i.device_key = a.device_key AND i.event_id = a.event_id AND i.created_at >= $3::timestamptz
-         RETURNING i.device_key, i.event_id, i.chat_id, i.message_id, i.created_at, i.seq`,
-        [pairs.map(([deviceKey]) => deviceKey), pairs.map(([, eventId]) => eventId), since],
-      ),
+      this.driver.transaction(async (tx) => {
+        await tx.query("SELECT set_config('enable_mergejoin', 'off', true), set_config('enable_hashjoin', 'off', true)");
+        return tx.query<MessageKey & { device_key: bigint; event_id: bigint; seq: bigint | null }>(
+          `DELETE FROM inbox i USING unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
+            WHERE i.device_key = a.device_key AND i.event_id = a.event_id AND i.created_at >= $3::timestamptz
+           RETURNING i.device_key, i.event_id, i.chat_id, i.message_id, i.created_at, i.seq`,
+          [pairs.map(([deviceKey]) => deviceKey), pairs.map(([, eventId]) => eventId), since],
+        );
+      }),
     );
   }
 
