@@ -157,6 +157,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
       secret,
       jwksUrl: config.authJwksUrl,
       maxLifetimeSeconds: config.maxTokenLifetimeSeconds,
+      remember: tunables.VERIFIED_TOKENS,
     }),
     resolveDevice: (userId: string, deviceName: string, issuedAt: Date) =>
       devices.resolve(userId, deviceName, issuedAt),

@@ -94,6 +94,15 @@ export const RECEIPT_WINDOW_MS = 200;
 /** How long a typing notice holds unless renewed: clients renew every 3 s, so one lost renewal does not flicker. */
 export const TYPING_LAPSE_MS = 6 * SECOND_MS;
 
+// Tokens (auth/tokens.ts)
+
+/**
+ * Tokens a node remembers as verified, and for how long at most (never past their exp): a device's reconnects and
+ * unary calls skip the signature check. About 500 bytes each, so 20,000 (twice the devices a 2-core node serves in
+ * bench/README.md) are 10 MiB; ten minutes bounds how long a token signed with a key its JWKS dropped is still taken.
+ */
+export const VERIFIED_TOKENS = { max: 20_000, forMs: 10 * MINUTE_MS };
+
 // Device registration (auth/device-directory.ts)
 
 /**

@@ -1,7 +1,7 @@
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { type CryptoKey, SignJWT, UnsecuredJWT, decodeJwt, exportJWK, generateKeyPair } from "jose";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { DependencyUnavailableError, Refusal } from "../errors.js";
 import { createTokenVerifier, mintToken, parseTtl } from "./tokens.js";
 
@@ -58,6 +58,7 @@ describe("parseTtl", () => {
 
 describe("createTokenVerifier", () => {
   const verify = createTokenVerifier({ secret });
+  afterEach(() => vi.useRealTimers());
 
   it("refuses garbage, expired, wrongly signed, unsigned and claim-less tokens as UNAUTHENTICATED", async () => {
     expect((await rejection(verify("garbage"))).message).toBe("token is malformed");
@@ -95,6 +96,16 @@ describe("createTokenVerifier", () => {
     await expect(verify(await mintToken(secret, alice, { ttl: "1h", now: new Date(Date.now() + 30_000) }))).resolves.toMatchObject(alice);
   });
 
+  it("remembers a verified token, but never past its exp", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const remembering = createTokenVerifier({ secret, remember: { max: 10, forMs: 600_000 } });
+    const token = await mintToken(secret, alice, { ttl: 60 });
+    expect(await remembering(token)).toMatchObject(alice);
+    expect(await remembering(token)).toMatchObject(alice);
+    vi.setSystemTime(Date.now() + 61_000);
+    expect((await rejection(remembering(token))).message).toBe("token has expired");
+  });
+
   it("refuses asymmetric tokens when no key set is configured", async () => {
     const { privateKey } = await generateKeyPair("ES256");
     const token = await new SignJWT({ device: "phone" }).setProtectedHeader({ alg: "ES256" }).setSubject("alice").setIssuedAt().setExpirationTime("1h").sign(privateKey);
@@ -106,18 +117,26 @@ describe("createTokenVerifier with a JWKS URL", () => {
   let jwksServer: http.Server;
   let jwksUrl: string;
   let privateKey: CryptoKey;
+  /** The key set the server publishes: one key, or none once a test drops it. */
+  let keys: object[] = [];
+  let publishedKeys: object[];
   beforeAll(async () => {
     const pair = await generateKeyPair("ES256");
     privateKey = pair.privateKey;
-    const jwk = { ...(await exportJWK(pair.publicKey)), kid: "k1", alg: "ES256", use: "sig" };
+    publishedKeys = [{ ...(await exportJWK(pair.publicKey)), kid: "k1", alg: "ES256", use: "sig" }];
+    keys = publishedKeys;
     jwksServer = http.createServer((_req, res) => {
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ keys: [jwk] }));
+      res.end(JSON.stringify({ keys }));
     });
     await new Promise<void>((resolve) => jwksServer.listen(0, "127.0.0.1", resolve));
     jwksUrl = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks.json`;
   });
   afterAll(() => jwksServer?.close());
+  afterEach(() => {
+    vi.useRealTimers();
+    keys = publishedKeys;
+  });
 
   const signed = (key: CryptoKey, kid = "k1") =>
     new SignJWT({ device: "laptop" }).setProtectedHeader({ alg: "ES256", kid }).setSubject("bob").setIssuedAt().setExpirationTime("1h").sign(key);
@@ -138,5 +157,19 @@ describe("createTokenVerifier with a JWKS URL", () => {
   it("reports a key set it cannot fetch as an unavailable dependency", async () => {
     const verify = createTokenVerifier({ secret, jwksUrl: "http://127.0.0.1:1/jwks.json" });
     await expect(verify(await signed(privateKey))).rejects.toBeInstanceOf(DependencyUnavailableError);
+  });
+
+  it("takes a remembered token signed with a key the set dropped for at most the remembering time", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    const briefly = createTokenVerifier({ secret, jwksUrl, remember: { max: 10, forMs: 60_000 } });
+    const long = createTokenVerifier({ secret, jwksUrl, remember: { max: 10, forMs: 3_600_000 } });
+    const token = await signed(privateKey);
+    expect(await briefly(token)).toMatchObject({ userId: "bob" });
+    expect(await long(token)).toMatchObject({ userId: "bob" });
+    keys = [];
+    // Past jose's own cache of the key set (10 minutes), which then fetches the set without the key.
+    vi.setSystemTime(Date.now() + 11 * 60_000);
+    expect((await rejection(briefly(token))).message).toBe("no key in the key set matches the token");
+    expect(await long(token)).toMatchObject({ userId: "bob" });
   });
 });

@@ -1,6 +1,7 @@
 import { SignJWT, createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify, type JWTVerifyGetKey } from "jose";
 import { idPattern } from "../api-rules.js";
 import { DependencyUnavailableError, Refusal } from "../errors.js";
+import { LruMap } from "../lru-map.js";
 
 /** Who a token speaks for: its `sub` and `device` claims. */
 export interface TokenSubject {
@@ -65,7 +66,34 @@ export function createTokenVerifier(options: {
   secret: Uint8Array;
   jwksUrl?: string;
   maxLifetimeSeconds?: number;
+  /** Tokens remembered as verified (see rememberVerified); unset: every call verifies the signature again. */
+  remember?: { max: number; forMs: number };
 }): VerifyToken {
+  const verify = verifySignedToken(options);
+  return options.remember ? rememberVerified(verify, options.remember) : verify;
+}
+
+/**
+ * Verifying a signature is most of a connect's work for a device that was already seen (an HMAC through WebCrypto, a
+ * tenth of a millisecond), and a device presents the same token on every reconnect and unary call until it renews
+ * it. A token that passed is remembered as what it verified to, for `forMs` at most and never past its `exp`; the same
+ * string is the same signature, so the answer cannot differ but for time: `exp` is checked on every use, and `forMs`
+ * bounds how long a token signed with a key its JWKS has since dropped is still taken. Removed devices' tokens are
+ * refused later, by the device lookup, so they need no forgetting here.
+ */
+function rememberVerified(verify: VerifyToken, options: { max: number; forMs: number }): VerifyToken {
+  const verified = new LruMap<string, { token: VerifiedToken; until: number }>(options.max);
+  return async (token) => {
+    const now = Date.now();
+    const known = verified.get(token);
+    if (known && now < known.until) return known.token;
+    const result = await verify(token);
+    verified.set(token, { token: result, until: Math.min(now + options.forMs, result.expiresAt.getTime()) });
+    return result;
+  };
+}
+
+function verifySignedToken(options: { secret: Uint8Array; jwksUrl?: string; maxLifetimeSeconds?: number }): VerifyToken {
   const jwks = options.jwksUrl ? remoteKeys(new URL(options.jwksUrl)) : undefined;
   // Imported once: given the raw secret, jose imports it again for every token, a tenth of a connect's work.
   const hmacKey = crypto.subtle.importKey("raw", options.secret, { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
