@@ -371,28 +371,32 @@ function sendResponse(sent: SendResult): SendMessageResponse {
 
 /**
  * Connect frames as their gRPC messages (length prefixes included), in one buffer: stored events and notices are
- * written straight into it without a protobuf encode, other frames (results, signals) are encoded first.
+ * written straight into it without a protobuf encode, other frames (results, signals) are encoded first. The buffer
+ * comes from Node's shared pool (below 4 KiB, as nearly every write is): a typed array of its own per write was a
+ * zero-filled malloc and a backing store for V8 to track and sweep, for each event a device is sent.
  */
 function encodeConnectFrames(frames: StreamFrame[]): Uint8Array {
-  const pieces = frames.map((frame) =>
-    frame.kind === "event"
-      ? { body: frame.body, eventId: frame.eventId }
-      : frame.kind === "notice"
-        ? { body: frame.body, eventId: 0n }
-        : encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame))),
-  );
+  let encoded: Uint8Array[] | undefined; // the results' and signals' messages, in order
   let length = 0;
-  for (const piece of pieces) {
-    length += piece instanceof Uint8Array ? piece.length : grpcStoredEventLength(piece.body, piece.eventId);
-  }
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const piece of pieces) {
-    if (piece instanceof Uint8Array) {
-      out.set(piece, at);
-      at += piece.length;
+  for (const frame of frames) {
+    if (frame.kind === "event" || frame.kind === "notice") {
+      length += grpcStoredEventLength(frame.body, frame.kind === "event" ? frame.eventId : 0n);
     } else {
-      at = writeGrpcStoredEvent(out, at, piece.body, piece.eventId);
+      const message = encodeEnvelope(0, toBinary(ConnectResponseSchema, toConnectResponse(frame)));
+      (encoded ??= []).push(message);
+      length += message.length;
+    }
+  }
+  const out = Buffer.allocUnsafe(length); // every byte is written below
+  let at = 0;
+  let next = 0;
+  for (const frame of frames) {
+    if (frame.kind === "event" || frame.kind === "notice") {
+      at = writeGrpcStoredEvent(out, at, frame.body, frame.kind === "event" ? frame.eventId : 0n);
+    } else {
+      const message = encoded![next++];
+      out.set(message, at);
+      at += message.length;
     }
   }
   return out;
