@@ -13,6 +13,8 @@ function arrayLiteral(values: readonly unknown[]): string {
 
 function arrayElement(value: unknown): string {
   if (value === null || value === undefined) return "NULL";
+  // Numbers need no quotes (and batches of ids are the largest arrays): no escaping pass for them.
+  if (typeof value === "bigint" || typeof value === "number") return String(value);
   const text =
     value instanceof Date ? value.toISOString() : value instanceof Uint8Array ? byteaText(value) : String(value);
   return `"${text.replace(/[\\"]/g, "\\$&")}"`;

@@ -38,7 +38,7 @@ import {
 } from "./devices.js";
 import { runMigrations } from "./migrate.js";
 import { dropPartitionsBefore, ensurePartitions, startOfUtcDay } from "./partitions.js";
-import { advanceDelivered, markRead, RECEIPTS_JSON, receiptsFromJson } from "./receipts.js";
+import { type AckedMessage, advanceDelivered, markRead, RECEIPTS_JSON, receiptsFromJson } from "./receipts.js";
 import { type LastSeqs, storeMessages } from "./store-messages.js";
 
 /** A chat row with its participants' receipts, sorted (the column's "C" collation sorts as the API does). */
@@ -69,6 +69,13 @@ type MessageKey = {
   message_id: string;
   created_at: Date;
 };
+
+/** What an ack statement deleted (see deleteAcked). */
+type AckedEntries = { found: number; messages: MessageKey[]; highest: AckedMessage[] };
+
+function merge(a: AckedEntries, b: AckedEntries): AckedEntries {
+  return { found: a.found + b.found, messages: [...a.messages, ...b.messages], highest: [...a.highest, ...b.highest] };
+}
 
 type AttachmentRow = {
   attachment_id: string;
@@ -314,46 +321,62 @@ export class SqlDb implements Db {
     // device in two batches, see Acks) lock them in the order they delete them, which is the order of the pairs here
     // (the plan walks the unnest and looks each entry up), so sorted pairs cannot deadlock; a plan that walks the
     // inbox instead takes its own single order. Should Postgres still report a deadlock, the statement is run again:
-    // it deleted nothing. Each entry comes back with its message's seq (none for a chat update), for the receipts.
+    // it deleted nothing.
     pairs.sort(([a, x], [b, y]) => (a === b ? (x < y ? -1 : x > y ? 1 : 0) : a < b ? -1 : 1));
+    // An id acked twice in one batch would count as not found (below) and send the batch looking everywhere.
+    const unique = pairs.filter(([d, e], i) => i === 0 || d !== pairs[i - 1][0] || e !== pairs[i - 1][1]);
     // An entry's day is not in what the device acks, so each day's partition costs an index lookup per pair: with a
     // month of partitions, deleting 2,000 entries took 190-280 ms, against 15 ms looking in two days' (bench/README.md).
-    // Nearly every ack is of an event stored today or yesterday, so the first statement looks only there; what it did
-    // not find (older entries, ids acked twice, ids that are not the device's) is looked for everywhere by a second.
-    const recent = await this.deleteAcked(pairs, startOfUtcDay(new Date(Date.now() - DAY_MS)));
-    const found = new Set(recent.map((row) => `${row.device_key}/${row.event_id}`));
-    const rest = pairs.filter(([deviceKey, eventId]) => !found.has(`${deviceKey}/${eventId}`));
-    const acked = rest.length === 0 ? recent : [...recent, ...(await this.deleteAcked(rest, new Date(0)))];
+    // Nearly every ack is of an event stored today or yesterday, so the first statement looks only there. When it did
+    // not find every pair (older entries, ids acked twice, ids that are not the device's), a second looks for the
+    // whole batch everywhere: what the first deleted is gone and found no more.
+    const recent = await this.deleteAcked(unique, startOfUtcDay(new Date(Date.now() - DAY_MS)));
+    const acked = recent.found === unique.length ? recent : merge(recent, await this.deleteAcked(unique, new Date(0)));
     const [, changes] = await Promise.all([
-      this.deleteMessagesWithoutInbox(acked),
-      advanceDelivered(
-        this.driver,
-        acked.flatMap((row) =>
-          row.seq === null ? [] : [{ chatId: row.chat_id, seq: BigInt(row.seq), deviceKey: String(row.device_key) }],
-        ),
-      ),
+      this.deleteMessagesWithoutInbox(acked.messages),
+      advanceDelivered(this.driver, acked.highest),
     ]);
     return changes;
   }
 
   /**
-   * Deletes these (device, event) inbox entries stored since `since`, in the pairs' order (see ackEvents). Only as
-   * index lookups, one per pair and partition: for a batch of thousands of pairs the planner would rather read and
-   * sort the day's whole inbox for a merge join (hundreds of ms per batch with 500,000 entries, and growing with the
-   * day's traffic: bench/README.md), so its other join methods are off for this transaction.
+   * Deletes these (device, event) inbox entries stored since `since`, in the pairs' order (see ackEvents), and returns
+   * how many it found, their messages, and each (chat, device)'s highest seq among them (for the receipts): summed up
+   * by Postgres, since a batch's thousands of entries are a few hundred messages and devices, and reading every entry
+   * back into Node was most of the server's work while devices drained their backlogs (bench/README.md).
+   *
+   * Only as index lookups, one per pair and partition: for a batch of thousands of pairs the planner would rather read
+   * and sort the day's whole inbox for a merge join (hundreds of ms per batch with 500,000 entries, and growing with
+   * the day's traffic), so its other join methods are off for this transaction.
    */
-  private deleteAcked(pairs: readonly [bigint, bigint][], since: Date) {
-    return againOnDeadlock(() =>
+  private async deleteAcked(pairs: readonly [bigint, bigint][], since: Date): Promise<AckedEntries> {
+    const rows = await againOnDeadlock(() =>
       this.driver.transaction(async (tx) => {
         await tx.query("SELECT set_config('enable_mergejoin', 'off', true), set_config('enable_hashjoin', 'off', true)");
-        return tx.query<MessageKey & { device_key: bigint; event_id: bigint; seq: bigint | null }>(
-          `DELETE FROM inbox i USING unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
-            WHERE i.device_key = a.device_key AND i.event_id = a.event_id AND i.created_at >= $3::timestamptz
-           RETURNING i.device_key, i.event_id, i.chat_id, i.message_id, i.created_at, i.seq`,
+        return tx.query<MessageKey & { entries: number; device_key: bigint | null; seq: bigint | null }>(
+          `WITH gone AS (
+             DELETE FROM inbox i USING unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
+              WHERE i.device_key = a.device_key AND i.event_id = a.event_id AND i.created_at >= $3::timestamptz
+             RETURNING i.device_key, i.chat_id, i.message_id, i.created_at, i.seq
+           )
+           SELECT chat_id, message_id, created_at, count(*)::int AS entries, NULL::bigint AS device_key, NULL::bigint AS seq
+             FROM gone GROUP BY chat_id, message_id, created_at
+           UNION ALL
+           SELECT chat_id, NULL, NULL, 0, device_key, max(seq) FROM gone WHERE seq IS NOT NULL GROUP BY chat_id, device_key`,
           [pairs.map(([deviceKey]) => deviceKey), pairs.map(([, eventId]) => eventId), since],
         );
       }),
     );
+    const acked: AckedEntries = { found: 0, messages: [], highest: [] };
+    for (const row of rows) {
+      if (row.device_key === null) {
+        acked.found += row.entries;
+        acked.messages.push(row);
+      } else {
+        acked.highest.push({ chatId: row.chat_id, seq: BigInt(row.seq!), deviceKey: String(row.device_key) });
+      }
+    }
+    return acked;
   }
 
   // ---- receipts ----
