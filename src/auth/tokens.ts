@@ -93,7 +93,11 @@ function rememberVerified(verify: VerifyToken, options: { max: number; forMs: nu
   };
 }
 
-function verifySignedToken(options: { secret: Uint8Array; jwksUrl?: string; maxLifetimeSeconds?: number }): VerifyToken {
+function verifySignedToken(options: {
+  secret: Uint8Array;
+  jwksUrl?: string;
+  maxLifetimeSeconds?: number;
+}): VerifyToken {
   const jwks = options.jwksUrl ? remoteKeys(new URL(options.jwksUrl)) : undefined;
   // Imported once: given the raw secret, jose imports it again for every token, a tenth of a connect's work.
   const hmacKey = crypto.subtle.importKey("raw", options.secret, { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);

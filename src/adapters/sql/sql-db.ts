@@ -70,11 +70,12 @@ type MessageKey = {
   created_at: Date;
 };
 
-/** What an ack statement deleted (see deleteAcked). */
-type AckedEntries = { found: number; messages: MessageKey[]; highest: AckedMessage[] };
+/** What an ack statement deleted (see deleteAcked): entries found per device key, their messages, the highest seqs. */
+type AckedEntries = { found: Map<bigint, number>; messages: MessageKey[]; highest: AckedMessage[] };
 
+/** Two statements' messages and seqs (their counts are not needed after the first). */
 function merge(a: AckedEntries, b: AckedEntries): AckedEntries {
-  return { found: a.found + b.found, messages: [...a.messages, ...b.messages], highest: [...a.highest, ...b.highest] };
+  return { found: a.found, messages: [...a.messages, ...b.messages], highest: [...a.highest, ...b.highest] };
 }
 
 type AttachmentRow = {
@@ -327,11 +328,15 @@ export class SqlDb implements Db {
     const unique = pairs.filter(([d, e], i) => i === 0 || d !== pairs[i - 1][0] || e !== pairs[i - 1][1]);
     // An entry's day is not in what the device acks, so each day's partition costs an index lookup per pair: with a
     // month of partitions, deleting 2,000 entries took 190-280 ms, against 15 ms looking in two days' (bench/README.md).
-    // Nearly every ack is of an event stored today or yesterday, so the first statement looks only there. When it did
-    // not find every pair (older entries, ids acked twice, ids that are not the device's), a second looks for the
-    // whole batch everywhere: what the first deleted is gone and found no more.
+    // Nearly every ack is of an event stored today or yesterday, so the first statement looks only there. The devices
+    // it did not find every pair of (older entries, ids acked twice, ids that are not the device's) have their pairs
+    // looked for everywhere by a second: what the first deleted is gone and found no more, and one device's odd acks
+    // cost the batch's other devices nothing.
     const recent = await this.deleteAcked(unique, startOfUtcDay(new Date(Date.now() - DAY_MS)));
-    const acked = recent.found === unique.length ? recent : merge(recent, await this.deleteAcked(unique, new Date(0)));
+    const named = new Map<bigint, number>();
+    for (const [deviceKey] of unique) named.set(deviceKey, (named.get(deviceKey) ?? 0) + 1);
+    const rest = unique.filter(([deviceKey]) => (recent.found.get(deviceKey) ?? 0) < named.get(deviceKey)!);
+    const acked = rest.length === 0 ? recent : merge(recent, await this.deleteAcked(rest, new Date(0)));
     const [, changes] = await Promise.all([
       this.deleteMessagesWithoutInbox(acked.messages),
       advanceDelivered(this.driver, acked.highest),
@@ -341,9 +346,10 @@ export class SqlDb implements Db {
 
   /**
    * Deletes these (device, event) inbox entries stored since `since`, in the pairs' order (see ackEvents), and returns
-   * how many it found, their messages, and each (chat, device)'s highest seq among them (for the receipts): summed up
-   * by Postgres, since a batch's thousands of entries are a few hundred messages and devices, and reading every entry
-   * back into Node was most of the server's work while devices drained their backlogs (bench/README.md).
+   * how many it found per device, their messages, and each (chat, device)'s highest seq among them (for the
+   * receipts): summed up by Postgres, since a batch's thousands of entries are a few hundred messages and devices, and
+   * reading every entry back into Node was most of the server's work while devices drained their backlogs
+   * (bench/README.md).
    *
    * Only as index lookups, one per pair and partition: for a batch of thousands of pairs the planner would rather read
    * and sort the day's whole inbox for a merge join (hundreds of ms per batch with 500,000 entries, and growing with
@@ -359,21 +365,24 @@ export class SqlDb implements Db {
               WHERE i.device_key = a.device_key AND i.event_id = a.event_id AND i.created_at >= $3::timestamptz
              RETURNING i.device_key, i.chat_id, i.message_id, i.created_at, i.seq
            )
-           SELECT chat_id, message_id, created_at, count(*)::int AS entries, NULL::bigint AS device_key, NULL::bigint AS seq
+           SELECT chat_id, message_id, created_at, NULL::bigint AS device_key, NULL::bigint AS seq, 0 AS entries
              FROM gone GROUP BY chat_id, message_id, created_at
            UNION ALL
-           SELECT chat_id, NULL, NULL, 0, device_key, max(seq) FROM gone WHERE seq IS NOT NULL GROUP BY chat_id, device_key`,
+           SELECT chat_id, NULL, NULL, device_key, max(seq), count(*)::int FROM gone GROUP BY chat_id, device_key`,
           [pairs.map(([deviceKey]) => deviceKey), pairs.map(([, eventId]) => eventId), since],
         );
       }),
     );
-    const acked: AckedEntries = { found: 0, messages: [], highest: [] };
+    const acked: AckedEntries = { found: new Map(), messages: [], highest: [] };
     for (const row of rows) {
       if (row.device_key === null) {
-        acked.found += row.entries;
         acked.messages.push(row);
-      } else {
-        acked.highest.push({ chatId: row.chat_id, seq: BigInt(row.seq!), deviceKey: String(row.device_key) });
+        continue;
+      }
+      acked.found.set(row.device_key, (acked.found.get(row.device_key) ?? 0) + row.entries);
+      // A chat update's entry has no seq: it moves no receipt.
+      if (row.seq !== null) {
+        acked.highest.push({ chatId: row.chat_id, seq: BigInt(row.seq), deviceKey: String(row.device_key) });
       }
     }
     return acked;
