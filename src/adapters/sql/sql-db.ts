@@ -324,7 +324,7 @@ export class SqlDb implements Db {
     // inbox instead takes its own single order. Should Postgres still report a deadlock, the statement is run again:
     // it deleted nothing.
     pairs.sort(([a, x], [b, y]) => (a === b ? (x < y ? -1 : x > y ? 1 : 0) : a < b ? -1 : 1));
-    // An id acked twice in one batch would count as not found (below) and send the batch looking everywhere.
+    // An id acked twice in one batch would count as not found (below), and its device's pairs looked up everywhere.
     const unique = pairs.filter(([d, e], i) => i === 0 || d !== pairs[i - 1][0] || e !== pairs[i - 1][1]);
     // An entry's day is not in what the device acks, so each day's partition costs an index lookup per pair: with a
     // month of partitions, deleting 2,000 entries took 190-280 ms, against 15 ms looking in two days' (bench/README.md).
