@@ -35,9 +35,10 @@ export interface Bus {
   subscribe(handler: (fanouts: Fanout[]) => void, link: { interrupted(): void; resumed(): void }): Promise<void>;
   /**
    * Queues fanouts (each with only that node's inbox entries) for one node's channel; fanouts queued in the same tick
-   * go out in one publish. Resolves once queued: a publish that fails later is logged, and the inbox keeps the events.
+   * go out in one publish. Resolves once Redis took that publish, rejects when it failed (the caller may try again;
+   * the inbox keeps the events either way).
    */
-  publish(nodeId: string, fanouts: Fanout[]): void;
+  publish(nodeId: string, fanouts: Fanout[]): Promise<void>;
   /**
    * Tells every node, this one included, that these devices were removed, so that each forgets their keys and ends
    * their streams. Best effort, as hand-offs are: a node that lost the channel meanwhile is told `resumed` and checks.

@@ -33,7 +33,8 @@ interface ChannelEvents {
  * failed over, that messages published from then on arrive.
  */
 export class RedisBus implements Bus {
-  private readonly pending = new Map<string, Fanout[]>();
+  /** Per node, the fanouts of this tick's publish and its outcome, which every publish() of the tick returns. */
+  private readonly pending = new Map<string, PendingPublish>();
   private readonly pendingNotices: Notice[] = [];
   private flushScheduled = false;
   private readonly channels = new Map<string, { events: ChannelEvents; live: boolean }>();
@@ -126,11 +127,12 @@ export class RedisBus implements Bus {
     state.events.resumed();
   }
 
-  publish(nodeId: string, fanouts: Fanout[]): void {
-    let queue = this.pending.get(nodeId);
-    if (!queue) this.pending.set(nodeId, (queue = []));
-    queue.push(...fanouts);
+  publish(nodeId: string, fanouts: Fanout[]): Promise<void> {
+    let queued = this.pending.get(nodeId);
+    if (!queued) this.pending.set(nodeId, (queued = pendingPublish()));
+    queued.fanouts.push(...fanouts);
     this.scheduleFlush();
+    return queued.published;
   }
 
   private scheduleFlush(): void {
@@ -147,10 +149,8 @@ export class RedisBus implements Bus {
 
   private flush(): void {
     this.flushScheduled = false;
-    for (const [nodeId, fanouts] of this.pending) {
-      this.redis.publish(nodeChannel(nodeId), encode(fanouts)).catch((error: unknown) => {
-        this.logger.warn({ err: error, nodeId }, "hand-off publish failed; the inbox keeps the events");
-      });
+    for (const [nodeId, { fanouts, settle }] of this.pending) {
+      this.redis.publish(nodeChannel(nodeId), encode(fanouts)).then(() => settle.resolve(), settle.reject);
     }
     this.pending.clear();
     if (this.pendingNotices.length > 0) {
@@ -160,6 +160,19 @@ export class RedisBus implements Bus {
       });
     }
   }
+}
+
+interface PendingPublish {
+  fanouts: Fanout[];
+  /** Settles with the publish. */
+  published: Promise<void>;
+  settle: { resolve: () => void; reject: (error: unknown) => void };
+}
+
+function pendingPublish(): PendingPublish {
+  let settle!: PendingPublish["settle"];
+  const published = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+  return { fanouts: [], published, settle };
 }
 
 function nodeChannel(nodeId: string): string {

@@ -118,8 +118,11 @@ describe("RedisBus", () => {
     await b.subscribe((f) => batchesAtB.push(f), link);
 
     const body = new Uint8Array([1, 2, 3]);
-    a.publish(nodeB, [{ body, entries: [{ deviceKey: "7", eventId: 70n }], sentAtMs: 1_700_000_000_123 }]);
-    a.publish(nodeB, [{ body, entries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }] }]);
+    // Both in one turn: one publish, which both calls see taken.
+    await Promise.all([
+      a.publish(nodeB, [{ body, entries: [{ deviceKey: "7", eventId: 70n }], sentAtMs: 1_700_000_000_123 }]),
+      a.publish(nodeB, [{ body, entries: [{ deviceKey: "8", eventId: 80n }, { deviceKey: "9", eventId: 81n }] }]),
+    ]);
     await expect.poll(() => batchesAtB.length).toBe(1);
     expect(batchesAtB[0]!.map((f) => ({ ...f, body: [...f.body] }))).toEqual([
       { body: [1, 2, 3], entries: [{ deviceKey: "7", eventId: 70n }], sentAtMs: 1_700_000_000_123 },
@@ -128,6 +131,14 @@ describe("RedisBus", () => {
     expect(batchesAtA).toEqual([]);
     await a.close();
     await b.close();
+  });
+
+  it("rejects a publish that Redis did not take, so the hub can try it again", async () => {
+    const nodeA = `a${randomBytes(6).toString("hex")}`;
+    const link = await connect(nodeA);
+    const a = new RedisBus(nodeA, link, logger);
+    await link.close(); // the commands connection fails what it is given from now on
+    await expect(a.publish("elsewhere", [{ body: new Uint8Array([1]), entries: [{ deviceKey: "1", eventId: 1n }] }])).rejects.toThrow();
   });
 
   it("says when its channel was lost and when it is live again", async () => {
@@ -144,7 +155,7 @@ describe("RedisBus", () => {
     await admin.close();
     await expect.poll(() => link).toEqual(["interrupted", "resumed"]);
     // Resumed means live: a hand-off published now arrives.
-    a.publish(nodeB, [{ body: new Uint8Array([9]), entries: [{ deviceKey: "1", eventId: 1n }] }]);
+    await a.publish(nodeB, [{ body: new Uint8Array([9]), entries: [{ deviceKey: "1", eventId: 1n }] }]);
     await expect.poll(() => received.length).toBe(1);
     await a.close();
     await b.close();

@@ -35,11 +35,18 @@ class FakePresence implements Presence {
 class FakeBus implements Bus {
   readonly nodeId = "node-here";
   readonly published: { nodeId: string; fanouts: Fanout[] }[] = [];
+  /** Publishes refused so far while failPublish is set (as by a Redis that does not answer). */
+  refused = 0;
+  failPublish = false;
   private handler: ((fanouts: Fanout[]) => void) | undefined;
   async subscribe(handler: (fanouts: Fanout[]) => void) {
     this.handler = handler;
   }
-  publish(nodeId: string, fanouts: Fanout[]) {
+  async publish(nodeId: string, fanouts: Fanout[]) {
+    if (this.failPublish) {
+      this.refused++;
+      throw new Error("the connection is closed");
+    }
     this.published.push({ nodeId, fanouts });
   }
   handOff(fanouts: Fanout[]) {
@@ -120,6 +127,24 @@ describe("DeliveryHub", () => {
     expect(presence.asked.length).toBeGreaterThan(1);
     presence.failLocate = false;
     await expect.poll(() => bus.published).toEqual([{ nodeId: "node-b", fanouts: [{ ...event, entries: event.entries }] }]);
+  });
+
+  it("publishes a hand-off again when Redis did not take the publish", async () => {
+    const { hub, presence, bus } = await routedHub();
+    presence.nodes.set("2", "node-b");
+    presence.nodes.set("3", "node-c");
+    bus.failPublish = true;
+    const event = fanout({ 2: 12n, 3: 13n });
+    await hub.deliver(event);
+    await expect.poll(() => bus.refused).toBeGreaterThan(2); // both nodes' publishes, and a retry
+    bus.failPublish = false;
+    await expect.poll(() => bus.published.map((p) => p.nodeId).sort()).toEqual(["node-b", "node-c"]);
+    expect(bus.published).toEqual(
+      expect.arrayContaining([
+        { nodeId: "node-b", fanouts: [{ ...event, entries: [event.entries[0]] }] },
+        { nodeId: "node-c", fanouts: [{ ...event, entries: [event.entries[1]] }] },
+      ]),
+    );
   });
 
   it("stops trying a failed hand-off after a while: the inbox has the event for the device's next connect", async () => {

@@ -215,26 +215,36 @@ export class DeliveryHub {
    */
   private async handOff(fanout: Fanout, entries: InboxEntry[], since = Date.now()): Promise<void> {
     const { presence, bus } = this.routing!;
+    let nodes: Map<string, string>;
     try {
-      const nodes = await presence.locate(entries.map((e) => e.deviceKey));
-      const perNode = new Map<string, InboxEntry[]>();
-      for (const entry of entries) {
-        const node = nodes.get(entry.deviceKey);
-        if (!node || node === bus.nodeId) continue;
-        let list = perNode.get(node);
-        if (!list) perNode.set(node, (list = []));
-        list.push(entry);
-      }
-      for (const [node, list] of perNode) {
-        bus.publish(node, [{ body: fanout.body, entries: list, sentAtMs: fanout.sentAtMs }]);
-        this.metrics.handoffs.inc({ direction: "out" }, list.length);
-      }
+      nodes = await presence.locate(entries.map((e) => e.deviceKey));
     } catch (error) {
-      this.logger.warn({ err: error }, "hand-off to other nodes failed; tried again shortly (the inbox keeps the events)");
-      if (this.failedHandOffs.length >= this.retry.max) this.failedHandOffs.shift();
-      this.failedHandOffs.push({ fanout, entries, since });
-      this.retryTimer ??= setTimeout(() => void this.retryHandOffs(), this.retry.delayMs).unref();
+      return this.handOffFailed(error, fanout, entries, since);
     }
+    const perNode = new Map<string, InboxEntry[]>();
+    for (const entry of entries) {
+      const node = nodes.get(entry.deviceKey);
+      if (!node || node === bus.nodeId) continue;
+      let list = perNode.get(node);
+      if (!list) perNode.set(node, (list = []));
+      list.push(entry);
+    }
+    for (const [node, list] of perNode) {
+      // Not awaited: the sender's answer does not wait for Redis to take the publish. One that fails (a Redis Cluster
+      // shard still coming back, after the receiving node had caught up from its inbox) is tried again like a failed
+      // lookup, for that node's entries; a device that gets an event twice drops the repeat.
+      bus
+        .publish(node, [{ body: fanout.body, entries: list, sentAtMs: fanout.sentAtMs }])
+        .then(() => this.metrics.handoffs.inc({ direction: "out" }, list.length))
+        .catch((error: unknown) => this.handOffFailed(error, fanout, list, since));
+    }
+  }
+
+  private handOffFailed(error: unknown, fanout: Fanout, entries: InboxEntry[], since: number): void {
+    this.logger.warn({ err: error }, "hand-off to other nodes failed; tried again shortly (the inbox keeps the events)");
+    if (this.failedHandOffs.length >= this.retry.max) this.failedHandOffs.shift();
+    this.failedHandOffs.push({ fanout, entries, since });
+    this.retryTimer ??= setTimeout(() => void this.retryHandOffs(), this.retry.delayMs).unref();
   }
 
   private async retryHandOffs(): Promise<void> {
