@@ -346,7 +346,8 @@ async function startServers(scenario: Scenario, count: number, out: string, prox
   };
   try {
     for (let i = 0; i < count; i++) {
-      const args = ["--import", "tsx", ...(process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [])];
+      // The server's own node flags, as `npm start` and deploy/Dockerfile run it, then the experiment's.
+      const args = ["--max-semi-space-size=128", "--import", "tsx", ...(process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [])];
       // One file per thread (the main thread's is the biggest; tsx's loader runs in a worker).
       if (process.env.BENCH_CPU_PROF) args.push("--cpu-prof", "--cpu-prof-dir", join(profileDir, `${scenario}-node${i}`));
       args.push("src/main.ts");

@@ -1,7 +1,7 @@
 /**
  * Many nodes behind an L4 load balancer, with nothing lost when a node dies (docs/architecture.md: "Decisions").
  *
- * Three real nodes (`node --import tsx src/main.ts`) on a fresh database of the machine's Postgres and its Redis, with
+ * Three real nodes (`node … src/main.ts`, as deployed) on a fresh database of the machine's Postgres and its Redis, with
  * HAProxy in front (deploy/haproxy.cfg rendered for loopback). Devices are placed by connecting straight to a node's
  * port; every reconnect goes through HAProxy. Faults are real: kill -9, SIGTERM, Redis and Postgres restarts.
  * Each fault test prints its figures; all of them go to test-results/cluster/figures.json.

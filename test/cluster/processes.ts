@@ -1,6 +1,7 @@
 /**
- * The cluster's processes: Palaver nodes (`node --import tsx src/main.ts`, as in production) and HAProxy, each with
- * its output in a log file that a failing test can show (redis-cluster.ts adds the Redis Cluster's servers).
+ * The cluster's processes: Palaver nodes (`node --max-semi-space-size=128 --import tsx src/main.ts`, as in
+ * production) and HAProxy, each with its output in a log file that a failing test can show (redis-cluster.ts adds the
+ * Redis Cluster's servers).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream, mkdirSync, readFileSync } from "node:fs";
@@ -118,7 +119,7 @@ export class PalaverNode extends LoggedProcess {
   /** Starts the node and resolves once it reports SERVING. */
   async start(): Promise<void> {
     const { options } = this;
-    this.launch(process.execPath, ["--import", "tsx", "src/main.ts"], {
+    this.launch(process.execPath, ["--max-semi-space-size=128", "--import", "tsx", "src/main.ts"], {
       PATH: process.env.PATH,
       HOME: process.env.HOME,
       HOST: "127.0.0.1",
