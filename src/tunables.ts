@@ -39,7 +39,8 @@ export const PRESENCE_TTL_SECONDS = 30;
 export const PRESENCE_HEARTBEAT_MS = 10 * SECOND_MS;
 /**
  * How long a node trusts what it read of another node's liveness when routing: a read per send batch saved, for a
- * second more before a dead node's devices count as offline.
+ * second more before a dead node's devices count as offline. A record that disagrees with what was read (another run
+ * of that node, or a node read dead) has its node's liveness read again at once.
  */
 export const PRESENCE_LIVENESS_CACHE_MS = SECOND_MS;
 

@@ -96,7 +96,13 @@ export class RedisPresence implements Presence {
   async locate(deviceKeys: readonly string[]): Promise<Map<string, string>> {
     // One GET per key (node-redis writes those of one turn together), so the keys may live in different slots.
     const holders = await Promise.all(deviceKeys.map((key) => this.redis.get(deviceRecord(key))));
-    const alive = await this.aliveHolders(holders.flatMap((h) => (typeof h === "string" ? [nodeOf(h)] : [])));
+    const named = holders.flatMap((h) => (typeof h === "string" ? [h] : []));
+    const alive = await this.aliveHolders(named.map(nodeOf), this.options.livenessCacheMs);
+    // A record of another run than the one last read alive, or of a node last read dead, may be newer than that read
+    // (the node started again, or wrote its records back after Redis lost them): its liveness is read again before
+    // the record is judged, or a device's fresh record would be skipped, or deleted as an earlier run's.
+    const doubtful = named.filter((h) => alive.get(nodeOf(h)) !== h).map(nodeOf);
+    if (doubtful.length > 0) for (const [node, holder] of await this.aliveHolders(doubtful, 0)) alive.set(node, holder);
     const nodes = new Map<string, string>();
     holders.forEach((holder, i) => {
       if (typeof holder !== "string") return;
@@ -136,12 +142,12 @@ export class RedisPresence implements Presence {
     ]);
   }
 
-  /** The holder id alive now (as read at most livenessCacheMs ago) of each of those nodes that has one. */
-  private async aliveHolders(nodes: string[]): Promise<Map<string, string>> {
+  /** The holder id alive now (as read at most maxAgeMs ago) of each of those nodes that has one. */
+  private async aliveHolders(nodes: string[], maxAgeMs: number): Promise<Map<string, string>> {
     const now = Date.now();
     const stale = [...new Set(nodes)].filter((node) => {
       const known = this.liveness.get(node);
-      return !known || now - known.readAt > this.options.livenessCacheMs;
+      return !known || now - known.readAt > maxAgeMs;
     });
     const read = await Promise.all(stale.map((node) => this.redis.get(aliveKey(node))));
     stale.forEach((node, i) => {

@@ -89,6 +89,24 @@ describe("RedisPresence", () => {
     await again.close();
   });
 
+  it("routes to a node's new run at once, though it read the earlier run alive a moment ago", async () => {
+    const redis = await connect();
+    const nodeId = unique();
+    const observer = await started(redis, options(unique(), { livenessCacheMs: 60_000 }));
+    const before = await started(redis, options(nodeId)); // dies without closing
+    const device = unique();
+    await before.claim(device);
+    expect(Object.fromEntries(await observer.locate([device]))).toEqual({ [device]: nodeId }); // the earlier run, read alive
+    const again = await started(redis, options(nodeId));
+    await again.claim(device); // the device reconnected to the node's new run
+    expect(Object.fromEntries(await observer.locate([device]))).toEqual({ [device]: nodeId });
+    const admin = await redisAdmin();
+    expect(await admin.exists(`palaver:dev:{${device}}`), "the new run's record").toBe(1);
+    await admin.close();
+    await again.close();
+    await observer.close();
+  });
+
   it("writes its liveness key and records again on restore() after Redis lost them", async () => {
     const redis = await connect();
     const nodeId = unique();
