@@ -97,12 +97,15 @@ export class RedisPresence implements Presence {
     // One GET per key (node-redis writes those of one turn together), so the keys may live in different slots.
     const holders = await Promise.all(deviceKeys.map((key) => this.redis.get(deviceRecord(key))));
     const named = holders.flatMap((h) => (typeof h === "string" ? [h] : []));
-    const alive = await this.aliveHolders(named.map(nodeOf), this.options.livenessCacheMs);
+    const lookedUp = Date.now();
+    const alive = await this.aliveHolders(named.map(nodeOf), lookedUp - this.options.livenessCacheMs);
     // A record of another run than the one last read alive, or of a node last read dead, may be newer than that read
     // (the node started again, or wrote its records back after Redis lost them): its liveness is read again before
     // the record is judged, or a device's fresh record would be skipped, or deleted as an earlier run's.
     const doubtful = named.filter((h) => alive.get(nodeOf(h)) !== h).map(nodeOf);
-    if (doubtful.length > 0) for (const [node, holder] of await this.aliveHolders(doubtful, 0)) alive.set(node, holder);
+    if (doubtful.length > 0) {
+      for (const [node, holder] of await this.aliveHolders(doubtful, lookedUp)) alive.set(node, holder);
+    }
     const nodes = new Map<string, string>();
     holders.forEach((holder, i) => {
       if (typeof holder !== "string") return;
@@ -142,12 +145,12 @@ export class RedisPresence implements Presence {
     ]);
   }
 
-  /** The holder id alive now (as read at most maxAgeMs ago) of each of those nodes that has one. */
-  private async aliveHolders(nodes: string[], maxAgeMs: number): Promise<Map<string, string>> {
+  /** The holder id alive (as last read, reading again what was read before `readSince`) of each node that has one. */
+  private async aliveHolders(nodes: string[], readSince: number): Promise<Map<string, string>> {
     const now = Date.now();
     const stale = [...new Set(nodes)].filter((node) => {
       const known = this.liveness.get(node);
-      return !known || now - known.readAt > maxAgeMs;
+      return !known || known.readAt < readSince;
     });
     const read = await Promise.all(stale.map((node) => this.redis.get(aliveKey(node))));
     stale.forEach((node, i) => {
