@@ -46,7 +46,7 @@ import { ensurePartitions, startOfUtcDay } from "../src/adapters/sql/partitions.
 import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { mintToken } from "../src/auth/tokens.js";
 import { DAY_MS } from "../src/ports/clock.js";
-import type { HaproxyProcess } from "../test/cluster/processes.js";
+import { type HaproxyProcess, NODE_ARGS } from "../test/cluster/processes.js";
 import { prepareHaproxy, sizeHaproxy, startHaproxy } from "./haproxy.js";
 import { type CeilingResult, createDatabase, dropDatabase, measureCeiling } from "./pg-ceiling.js";
 import {
@@ -346,8 +346,8 @@ async function startServers(scenario: Scenario, count: number, out: string, prox
   };
   try {
     for (let i = 0; i < count; i++) {
-      // The server's own node flags, as `npm start` and deploy/Dockerfile run it, then the experiment's.
-      const args = ["--max-semi-space-size=128", "--import", "tsx", ...(process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [])];
+      // The node as deployed, then the experiment's arguments.
+      const args = [...NODE_ARGS, ...(process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [])];
       // One file per thread (the main thread's is the biggest; tsx's loader runs in a worker).
       if (process.env.BENCH_CPU_PROF) args.push("--cpu-prof", "--cpu-prof-dir", join(profileDir, `${scenario}-node${i}`));
       args.push("src/main.ts");

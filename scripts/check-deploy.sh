@@ -8,7 +8,9 @@
 #     Deployment's wiring checked (probes on the named port, referenced ConfigMap/Secret exist, grace period covers
 #     the preStop sleep and the server's drain);
 #   - deploy/k8s-redis-cluster (the overlay for a Redis Cluster): rendered the same way, its patches aimed at documents
-#     of deploy/k8s, and the REDIS_URL it sets a cluster URL.
+#     of deploy/k8s, and the REDIS_URL it sets a cluster URL;
+#   - deploy/Dockerfile's CMD starts the node with the same arguments as `npm start` (docs/scaling.md: the node's
+#     flags).
 # A tool that is missing fails the check unless CHECK_DEPLOY_ALLOW_MISSING=1 (then it is reported and skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -224,6 +226,16 @@ EOF
   fi
 else
   skip "python3 with PyYAML not available (apt-get install python3-yaml)"
+fi
+
+echo "== how the node starts"
+start=$(node -p 'require("./package.json").scripts.start.split("&& ").pop()')
+cmd=$(node -p 'JSON.parse(require("fs").readFileSync("deploy/Dockerfile", "utf8").match(/^CMD (.*)$/m)[1]).join(" ")')
+if [ "$start" = "$cmd" ]; then
+  echo "ok   deploy/Dockerfile CMD is what npm start runs: $cmd"
+else
+  echo "FAIL deploy/Dockerfile CMD ($cmd) is not what npm start runs ($start)"
+  failed=1
 fi
 
 if [ "$failed" != 0 ]; then

@@ -11,6 +11,13 @@ import { fileURLToPath } from "node:url";
 
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 
+/**
+ * How a Palaver node is started, before `src/main.ts`: as `npm start` and deploy/Dockerfile start it
+ * (scripts/check-deploy.sh checks that those two agree). --max-semi-space-size: docs/scaling.md, "V8's young
+ * generation".
+ */
+export const NODE_ARGS = ["--max-semi-space-size=128", "--import", "tsx"] as const;
+
 export async function freePort(): Promise<number> {
   const server = net.createServer();
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -119,7 +126,7 @@ export class PalaverNode extends LoggedProcess {
   /** Starts the node and resolves once it reports SERVING. */
   async start(): Promise<void> {
     const { options } = this;
-    this.launch(process.execPath, ["--max-semi-space-size=128", "--import", "tsx", "src/main.ts"], {
+    this.launch(process.execPath, [...NODE_ARGS, "src/main.ts"], {
       PATH: process.env.PATH,
       HOME: process.env.HOME,
       HOST: "127.0.0.1",
