@@ -38,8 +38,10 @@ export class RedisPresence implements Presence {
   private rewriting: NodeJS.Timeout | null = null;
   private readonly holder: string;
   private readonly heartbeat: NodeJS.Timeout;
-  /** Node liveness as last read: holder id alive (or null: none), and when read. */
-  private readonly liveness = new Map<string, { holder: string | null; readAt: number }>();
+  /** Node liveness as last read: holder id alive (or null: none), when, and by which lookup. */
+  private readonly liveness = new Map<string, { holder: string | null; readAt: number; lookup: number }>();
+  /** Numbers each locate(), so it can tell what it read itself from what an earlier one read in the same millisecond. */
+  private lookups = 0;
   private closed = false;
 
   constructor(
@@ -97,14 +99,16 @@ export class RedisPresence implements Presence {
     // One GET per key (node-redis writes those of one turn together), so the keys may live in different slots.
     const holders = await Promise.all(deviceKeys.map((key) => this.redis.get(deviceRecord(key))));
     const named = holders.flatMap((h) => (typeof h === "string" ? [h] : []));
-    const lookedUp = Date.now();
-    const alive = await this.aliveHolders(named.map(nodeOf), lookedUp - this.options.livenessCacheMs);
+    const lookup = ++this.lookups;
+    const cachedSince = Date.now() - this.options.livenessCacheMs;
+    const alive = await this.aliveHolders(named.map(nodeOf), lookup, (known) => known.readAt < cachedSince);
     // A record of another run than the one last read alive, or of a node last read dead, may be newer than that read
     // (the node started again, or wrote its records back after Redis lost them): its liveness is read again before
     // the record is judged, or a device's fresh record would be skipped, or deleted as an earlier run's.
     const doubtful = named.filter((h) => alive.get(nodeOf(h)) !== h).map(nodeOf);
     if (doubtful.length > 0) {
-      for (const [node, holder] of await this.aliveHolders(doubtful, lookedUp)) alive.set(node, holder);
+      const reread = await this.aliveHolders(doubtful, lookup, (known) => known.lookup !== lookup);
+      for (const [node, holder] of reread) alive.set(node, holder);
     }
     const nodes = new Map<string, string>();
     holders.forEach((holder, i) => {
@@ -145,17 +149,21 @@ export class RedisPresence implements Presence {
     ]);
   }
 
-  /** The holder id alive (as last read, reading again what was read before `readSince`) of each node that has one. */
-  private async aliveHolders(nodes: string[], readSince: number): Promise<Map<string, string>> {
+  /** The holder id alive (as last read by `lookup`, reading again what is `stale`) of each node that has one. */
+  private async aliveHolders(
+    nodes: string[],
+    lookup: number,
+    stale: (known: { readAt: number; lookup: number }) => boolean,
+  ): Promise<Map<string, string>> {
     const now = Date.now();
-    const stale = [...new Set(nodes)].filter((node) => {
+    const toRead = [...new Set(nodes)].filter((node) => {
       const known = this.liveness.get(node);
-      return !known || known.readAt < readSince;
+      return !known || stale(known);
     });
-    const read = await Promise.all(stale.map((node) => this.redis.get(aliveKey(node))));
-    stale.forEach((node, i) => {
+    const read = await Promise.all(toRead.map((node) => this.redis.get(aliveKey(node))));
+    toRead.forEach((node, i) => {
       const holder = read[i];
-      this.liveness.set(node, { holder: typeof holder === "string" ? holder : null, readAt: now });
+      this.liveness.set(node, { holder: typeof holder === "string" ? holder : null, readAt: now, lookup });
     });
     const alive = new Map<string, string>();
     for (const node of nodes) {
