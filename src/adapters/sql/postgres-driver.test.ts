@@ -191,6 +191,28 @@ describe("postgres driver", () => {
     }
   });
 
+  it.runIf(databaseUrl)("never JIT-compiles a statement, however costly the planner thinks it", async () => {
+    const driver = createPostgresDriver(databaseUrl!, { poolSize: 1 });
+    try {
+      // Planned at a billion rows (a generate_series whose end the planner does not know is 1,000 rows to it): far
+      // past jit_above_cost, though it counts eight.
+      const [row] = await driver.query<{ "QUERY PLAN": [{ Plan: { "Total Cost": number }; JIT?: unknown }] }>(
+        `EXPLAIN (ANALYZE, FORMAT JSON)
+         SELECT count(*) FROM generate_series(1, (SELECT $1::int)) a, generate_series(1, (SELECT $1::int)) b,
+                              generate_series(1, (SELECT $1::int)) c`,
+        [2],
+      );
+      const [{ rows: threshold }] = (await driver.query<{ rows: string }>(
+        "SELECT current_setting('jit_above_cost') AS rows",
+      )) as [{ rows: string }];
+      const [explained] = row!["QUERY PLAN"];
+      expect(explained.Plan["Total Cost"]).toBeGreaterThan(Number(threshold));
+      expect(explained.JIT).toBeUndefined();
+    } finally {
+      await driver.close();
+    }
+  });
+
   it.runIf(databaseUrl)("answers DependencyUnavailableError when the server terminates the connection", async () => {
     const driver = createPostgresDriver(databaseUrl!, { poolSize: 1 });
     const admin = createPostgresDriver(databaseUrl!, { poolSize: 1 });

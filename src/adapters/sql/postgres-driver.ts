@@ -39,7 +39,12 @@ export function createPostgresDriver(url: string, options: PostgresDriverOptions
         // As Uint8Array rather than postgres.js's Buffer, like the PGlite driver.
         bytea: { to: 17, from: [17], serialize: byteaText, parse: byteaFromText },
       },
-      connection: options.searchPath === undefined ? {} : { search_path: options.searchPath },
+      connection: {
+        // Every statement here is short; JIT compiling one whose estimated cost passes jit_above_cost took 0.6 s
+        // (an ack batch's message cleanup, bench/README.md), to save microseconds.
+        jit: "off",
+        ...(options.searchPath === undefined ? {} : { search_path: options.searchPath }),
+      },
       // Fetching array types on connect leaves an unhandled rejection (a crash) when the connection drops meanwhile.
       // Array parameters are sent as literals anyway (params.ts), and results aggregate to json instead of arrays.
       fetch_types: false,
