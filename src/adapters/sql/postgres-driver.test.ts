@@ -202,9 +202,9 @@ describe("postgres driver", () => {
                               generate_series(1, (SELECT $1::int)) c`,
         [2],
       );
-      const [{ rows: threshold }] = (await driver.query<{ rows: string }>(
-        "SELECT current_setting('jit_above_cost') AS rows",
-      )) as [{ rows: string }];
+      const [{ cost: threshold }] = (await driver.query<{ cost: string }>(
+        "SELECT current_setting('jit_above_cost') AS cost",
+      )) as [{ cost: string }];
       const [explained] = row!["QUERY PLAN"];
       expect(explained.Plan["Total Cost"]).toBeGreaterThan(Number(threshold));
       expect(explained.JIT).toBeUndefined();

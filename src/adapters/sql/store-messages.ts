@@ -32,8 +32,8 @@ const SENT_BEFORE = `
    LIMIT 1`;
 
 /**
- * The sender of the send `s` (chat_id, sender_user_id) as a participant of its chat, for a lateral join: one
- * primary-key lookup per send. As an EXISTS beside other conditions, Postgres may plan it as a hash of the whole
+ * The sender of the send `s` (chat_id, sender_user_id) as a participant of its chat, for a lateral join: one index
+ * lookup per send. As an EXISTS beside other conditions, Postgres may plan it as a hash of the whole
  * chat_participants table, built again by every statement: a sequential scan that made a send batch ten times
  * slower with 5,000 participants (bench/README.md), and grows with the deployment.
  */
