@@ -129,10 +129,10 @@ export class RedisBus implements Bus {
 
   publish(nodeId: string, fanouts: Fanout[]): Promise<void> {
     let queued = this.pending.get(nodeId);
-    if (!queued) this.pending.set(nodeId, (queued = pendingPublish()));
+    if (!queued) this.pending.set(nodeId, (queued = { fanouts: [], published: Promise.withResolvers<void>() }));
     queued.fanouts.push(...fanouts);
     this.scheduleFlush();
-    return queued.published;
+    return queued.published.promise;
   }
 
   private scheduleFlush(): void {
@@ -149,8 +149,8 @@ export class RedisBus implements Bus {
 
   private flush(): void {
     this.flushScheduled = false;
-    for (const [nodeId, { fanouts, settle }] of this.pending) {
-      this.redis.publish(nodeChannel(nodeId), encode(fanouts)).then(() => settle.resolve(), settle.reject);
+    for (const [nodeId, { fanouts, published }] of this.pending) {
+      this.redis.publish(nodeChannel(nodeId), encode(fanouts)).then(() => published.resolve(), published.reject);
     }
     this.pending.clear();
     if (this.pendingNotices.length > 0) {
@@ -165,14 +165,7 @@ export class RedisBus implements Bus {
 interface PendingPublish {
   fanouts: Fanout[];
   /** Settles with the publish. */
-  published: Promise<void>;
-  settle: { resolve: () => void; reject: (error: unknown) => void };
-}
-
-function pendingPublish(): PendingPublish {
-  let settle!: PendingPublish["settle"];
-  const published = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
-  return { fanouts: [], published, settle };
+  published: PromiseWithResolvers<void>;
 }
 
 function nodeChannel(nodeId: string): string {

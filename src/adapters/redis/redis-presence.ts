@@ -38,9 +38,8 @@ export class RedisPresence implements Presence {
   private rewriting: NodeJS.Timeout | null = null;
   private readonly holder: string;
   private readonly heartbeat: NodeJS.Timeout;
-  /** Node liveness as last read: holder id alive (or null: none), when, and by which lookup. */
-  private readonly liveness = new Map<string, { holder: string | null; readAt: number; lookup: number }>();
-  /** Numbers each locate(), so it can tell what it read itself from what an earlier one read in the same millisecond. */
+  private readonly liveness = new Map<string, Liveness>();
+  /** Numbers each locate(), telling what it read itself from what an earlier one read in the same millisecond. */
   private lookups = 0;
   private closed = false;
 
@@ -153,7 +152,7 @@ export class RedisPresence implements Presence {
   private async aliveHolders(
     nodes: string[],
     lookup: number,
-    stale: (known: { readAt: number; lookup: number }) => boolean,
+    stale: (known: Liveness) => boolean,
   ): Promise<Map<string, string>> {
     const now = Date.now();
     const toRead = [...new Set(nodes)].filter((node) => {
@@ -189,6 +188,13 @@ export class RedisPresence implements Presence {
   private async deleteRecord(deviceKey: string, holder: string): Promise<void> {
     await this.redis.evaluate(releaseScript, [deviceRecord(deviceKey)], [holder]);
   }
+}
+
+/** A node's liveness as last read: the holder id alive (or null: none), when, and by which lookup. */
+interface Liveness {
+  holder: string | null;
+  readAt: number;
+  lookup: number;
 }
 
 function deviceRecord(deviceKey: string): string {
