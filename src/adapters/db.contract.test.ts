@@ -11,7 +11,7 @@ import {
   uniqueUser,
 } from "../../test/support/store-fixtures.js";
 import { DAY_MS } from "../ports/clock.js";
-import { type ChatRecord, type Db, type ParticipantChange, participantsOf } from "../ports/db.js";
+import { type ChatRecord, type Db, type DeviceAck, type ParticipantChange, participantsOf } from "../ports/db.js";
 
 const text = new TextDecoder();
 
@@ -46,8 +46,16 @@ describe.each(backends)("the Db contract: $name", (backend) => {
   afterAll(() => close?.());
 
   const now = () => new Date();
+  /** Each device registered here, and its user: an ack names both, as the device's token does. */
+  const users = new Map<string, string>();
+  const register = async (userId: string, deviceName: string, on = db) => {
+    const deviceKey = await registerDevice(on, userId, deviceName, now());
+    users.set(deviceKey, userId);
+    return deviceKey;
+  };
   const registered = async (userId: string, ...deviceNames: string[]) =>
-    Promise.all(deviceNames.map((name) => registerDevice(db, userId, name, now())));
+    Promise.all(deviceNames.map((name) => register(userId, name)));
+  const ack = (deviceKey: string, eventIds: readonly bigint[]): DeviceAck => ({ deviceKey, userId: users.get(deviceKey)!, eventIds });
   async function newChat(participantUserIds: string[], name = "chat"): Promise<ChatRecord> {
     const { chat } = await db.createChat(
       { chatId: randomUUID(), name, participantUserIds, createdAt: now(), updateMessageId: randomUUID() },
@@ -155,9 +163,9 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
       const chat = await newChat([alice, bob]);
       const [onlyPhone, both] = [randomUUID(), randomUUID()];
-      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: (await readAll(bobLaptop!)).map((e) => e.eventId) }]);
+      await db.ackEvents([ack(bobLaptop!, (await readAll(bobLaptop!)).map((e) => e.eventId))]);
       const [first] = await db.storeMessages([send(chat.chatId, alice, alicePhone!, { messageId: onlyPhone })]);
-      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: stored(first).fanout.entries.filter((e) => e.deviceKey === bobLaptop).map((e) => e.eventId) }]);
+      await db.ackEvents([ack(bobLaptop!, stored(first).fanout.entries.filter((e) => e.deviceKey === bobLaptop).map((e) => e.eventId))]);
       await db.storeMessages([send(chat.chatId, alice, alicePhone!, { messageId: both })]);
 
       const issued = new Date(Date.now() - 60_000);
@@ -502,7 +510,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       const { messageId, fanout } = stored((await db.storeMessages([send(chat.chatId, alice, alicePhone!)]))[0]);
       const phoneEntry = fanout.entries.find((e) => e.deviceKey === bobPhone)!;
       expect(await db.pendingFanout(chat.chatId, messageId)).toEqual({ body: fanout.body, entries: fanout.entries });
-      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: fanout.entries.filter((e) => e !== phoneEntry).map((e) => e.eventId) }]);
+      await db.ackEvents([ack(bobLaptop!, fanout.entries.filter((e) => e !== phoneEntry).map((e) => e.eventId))]);
       expect(await db.pendingFanout(chat.chatId, messageId)).toEqual({ body: fanout.body, entries: [phoneEntry] });
       expect(await db.pendingFanout(chat.chatId, randomUUID())).toBeNull();
     });
@@ -542,17 +550,17 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       const creation = text.decode(encodeUpdate(chat));
       const message = text.decode(fanout.body);
 
-      await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobLaptop!)] }]); // not the phone's event
+      await db.ackEvents([ack(bobPhone!, [eventOf(bobLaptop!)])]); // not the phone's event
       expect(await bodiesOf(bobLaptop!)).toEqual([creation, message]);
       expect(await bodiesOf(bobPhone!)).toEqual([creation, message]);
-      await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!), 999_999_999n] }]);
+      await db.ackEvents([ack(bobPhone!, [eventOf(bobPhone!), 999_999_999n])]);
       expect(await bodiesOf(bobPhone!)).toEqual([creation]);
       expect(await db.pendingFanout(chat.chatId, messageId)).not.toBeNull();
-      await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] }]); // again: nothing to delete
-      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: [eventOf(bobLaptop!)] }]);
+      await db.ackEvents([ack(bobPhone!, [eventOf(bobPhone!)])]); // again: nothing to delete
+      await db.ackEvents([ack(bobLaptop!, [eventOf(bobLaptop!)])]);
       expect(await bodiesOf(bobLaptop!)).toEqual([creation]);
       expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
-      await db.ackEvents([{ deviceKey: bobLaptop!, eventIds: [] }]);
+      await db.ackEvents([ack(bobLaptop!, [])]);
       expect(await bodiesOf(bobLaptop!)).toEqual([creation]);
     });
 
@@ -560,9 +568,9 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       const { chat, bobPhone, bobLaptop, messageId, eventOf } = await messageToBobsTwoDevices();
 
       await db.ackEvents([
-        { deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] },
-        { deviceKey: bobLaptop!, eventIds: [eventOf(bobLaptop!)] },
-        { deviceKey: bobPhone!, eventIds: [eventOf(bobPhone!)] },
+        ack(bobPhone!, [eventOf(bobPhone!)]),
+        ack(bobLaptop!, [eventOf(bobLaptop!)]),
+        ack(bobPhone!, [eventOf(bobPhone!)]),
       ]);
       // The chat's creation, not acked, is all either device has left.
       expect(await bodiesOf(bobPhone!)).toEqual([text.decode(encodeUpdate(chat))]);
@@ -582,7 +590,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       ).map(stored);
       const eventIds = [old!, recent!].map(({ fanout }) => fanout.entries.find((e) => e.deviceKey === bobPhone)!.eventId);
 
-      await db.ackEvents([{ deviceKey: bobPhone!, eventIds }]);
+      await db.ackEvents([ack(bobPhone!, eventIds)]);
       const left = (await readAll(bobPhone!)).map((e) => e.eventId);
       expect(left).not.toContain(eventIds[0]);
       expect(left).not.toContain(eventIds[1]);
@@ -596,7 +604,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       const [bobPhone, bobLaptop] = await registered(bob, "phone", "laptop");
       const chat = await newChat([alice, bob]);
       const outcomes = (await db.storeMessages(Array.from({ length: 20 }, () => send(chat.chatId, alice, alicePhone!)))).map(stored);
-      await Promise.all(outcomes.flatMap(({ fanout }) => fanout.entries.map((e) => db.ackEvents([{ deviceKey: e.deviceKey, eventIds: [e.eventId] }]))));
+      await Promise.all(outcomes.flatMap(({ fanout }) => fanout.entries.map((e) => db.ackEvents([ack(e.deviceKey, [e.eventId])]))));
       for (const { messageId } of outcomes) expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
       expect(await readAll(bobPhone!)).toHaveLength(1);
       expect(await readAll(bobLaptop!)).toHaveLength(1);
@@ -635,7 +643,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
 
       // Bob's phone acks Alice's message: Bob received up to 1, which those who sent since his 0 hear of (Carol's
       // message, not acked yet, is after it: she is told too, as the receipt's users are whoever sent past its old seq).
-      const first = await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [eventOf(0, bobPhone!)] }]);
+      const first = await db.ackEvents([ack(bobPhone!, [eventOf(0, bobPhone!)])]);
       expect(first.map((c) => ({ ...c, notifyUserIds: c.notifyUserIds.toSorted() }))).toEqual([
         {
           chatId: chat.chatId,
@@ -645,16 +653,16 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       ]);
       // Both of Bob's devices ack everything in one batch: one change, for Carol, who alone sent past 1.
       const second = await db.ackEvents([
-        { deviceKey: bobLaptop!, eventIds: [eventOf(0, bobLaptop!), eventOf(1, bobLaptop!)] },
-        { deviceKey: bobPhone!, eventIds: [eventOf(1, bobPhone!)] },
+        ack(bobLaptop!, [eventOf(0, bobLaptop!), eventOf(1, bobLaptop!)]),
+        ack(bobPhone!, [eventOf(1, bobPhone!)]),
       ]);
       expect(second).toEqual([
         { chatId: chat.chatId, receipt: { userId: bob, deliveredSeq: 2n, readSeq: 0n }, notifyUserIds: [carol] },
       ]);
       // A chat update acked moves nothing; Alice acking Carol's message tells Carol (Alice's own is below already).
       const creations = await Promise.all([bobPhone!, alicePhone!].map((d) => readAll(d)));
-      expect(await db.ackEvents([{ deviceKey: bobPhone!, eventIds: [creations[0]![0]!.eventId] }])).toEqual([]);
-      expect(await db.ackEvents([{ deviceKey: alicePhone!, eventIds: [eventOf(1, alicePhone!)] }])).toEqual([
+      expect(await db.ackEvents([ack(bobPhone!, [creations[0]![0]!.eventId])])).toEqual([]);
+      expect(await db.ackEvents([ack(alicePhone!, [eventOf(1, alicePhone!)])])).toEqual([
         { chatId: chat.chatId, receipt: { userId: alice, deliveredSeq: 2n, readSeq: 1n }, notifyUserIds: [carol] },
       ]);
       expect(await receiptsOf(chat.chatId)).toEqual({ [alice]: [2n, 1n], [bob]: [2n, 0n], [carol]: [2n, 2n] });
@@ -672,8 +680,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       // Chat i: Bob's phone acks its first message; his laptop acks message i % 3 (the phone's own ack is higher in
       // the chats where i % 3 is 0). One batch, both devices, every chat.
       const changes = await db.ackEvents([
-        { deviceKey: bobPhone!, eventIds: chats.map((_, i) => eventOf(i, 0, bobPhone!)) },
-        { deviceKey: bobLaptop!, eventIds: chats.map((_, i) => eventOf(i, i % 3, bobLaptop!)) },
+        ack(bobPhone!, chats.map((_, i) => eventOf(i, 0, bobPhone!))),
+        ack(bobLaptop!, chats.map((_, i) => eventOf(i, i % 3, bobLaptop!))),
       ]);
       const expected = chats.map((chat, i) => ({
         chatId: chat.chatId,
@@ -742,7 +750,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
           // Every device acks (in an order of its own) while the readers mark what they have.
           await Promise.all([
             ...sent.flatMap(({ fanout }) =>
-              fanout.entries.toReversed().map((e) => db.ackEvents([{ deviceKey: e.deviceKey, eventIds: [e.eventId] }])),
+              fanout.entries.toReversed().map((e) => db.ackEvents([ack(e.deviceKey, [e.eventId])])),
             ),
             ...sent.map(async ({ seq }, i) => {
               const outcomes = await db.markRead(users.map((userId) => ({ chatId: chats[i]!.chatId, userId, seq })));
@@ -830,15 +838,15 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("drops whole days past retention, and tells the devices that had events there to resync, once", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob, carol] = ["alice", "bob", "carol"].map(uniqueUser);
-        const alicePhone = await registerDevice(db, alice!, "phone", now());
-        const bobPhone = await registerDevice(db, bob!, "phone", now());
+        const alicePhone = await register(alice!, "phone", db);
+        const bobPhone = await register(bob!, "phone", db);
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "old", participantUserIds: [alice!, bob!], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
         );
         const outcomes = (await db.storeMessages([send(chat.chatId, alice!, alicePhone), send(chat.chatId, alice!, alicePhone)])).map(stored);
-        await db.ackEvents([{ deviceKey: alicePhone, eventIds: (await db.readInbox(alicePhone, 0n, 10)).map((e) => e.eventId) }]);
-        const carolPhone = await registerDevice(db, carol!, "phone", now());
+        await db.ackEvents([ack(alicePhone, (await db.readInbox(alicePhone, 0n, 10)).map((e) => e.eventId))]);
+        const carolPhone = await register(carol!, "phone", db);
 
         const later = new Date(Date.now() + 31 * DAY_MS);
         await db.ensurePartitions(later, 2);
@@ -866,8 +874,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("refuses to store a message for a day whose partition does not exist, and stores nothing of its batch", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await registerDevice(db, alice, "phone", now());
-        const bobPhone = await registerDevice(db, bob, "phone", now());
+        const alicePhone = await register(alice, "phone", db);
+        const bobPhone = await register(bob, "phone", db);
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
@@ -884,15 +892,15 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("trims the oldest events of inboxes over the limit, and their messages once no inbox holds them", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await registerDevice(db, alice, "phone", now());
-        const [bobPhone, bobLaptop] = [await registerDevice(db, bob, "phone", now()), await registerDevice(db, bob, "laptop", now())];
+        const alicePhone = await register(alice, "phone", db);
+        const [bobPhone, bobLaptop] = [await register(bob, "phone", db), await register(bob, "laptop", db)];
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "busy", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
         );
         const outcomes = (await db.storeMessages(Array.from({ length: 4 }, () => send(chat.chatId, alice, alicePhone)))).map(stored);
         // The laptop has read everything but the last message, so it stays under the limit.
-        await db.ackEvents([{ deviceKey: bobLaptop, eventIds: (await db.readInbox(bobLaptop, 0n, 4)).map((e) => e.eventId) }]);
+        await db.ackEvents([ack(bobLaptop, (await db.readInbox(bobLaptop, 0n, 4)).map((e) => e.eventId))]);
 
         expect(await db.trimInboxes(3, [alicePhone, bobLaptop])).toBe(0); // the phone is over the limit, but not asked for
         expect(await db.trimInboxes(3)).toBe(1); // the phone: 5 events (creation and 4 messages)
@@ -912,7 +920,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("forgets idempotency keys sent before the cutoff", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await registerDevice(db, alice, "phone", now());
+        const alicePhone = await register(alice, "phone", db);
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,

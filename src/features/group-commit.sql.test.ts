@@ -26,7 +26,7 @@ describe.each(testBackends())("a batch with an item the database refuses, on %s"
       { chatId: randomUUID(), name: "chat", participantUserIds: users, createdAt, updateMessageId: randomUUID() },
       encodeUpdate,
     );
-    return { chatId: chat.chatId, alice: users[0]!, aliceKey: keys[0]!, readerKeys: keys.slice(1) };
+    return { chatId: chat.chatId, alice: users[0]!, aliceKey: keys[0]!, readers: users.slice(1), readerKeys: keys.slice(1) };
   }
 
   /**
@@ -73,7 +73,7 @@ describe.each(testBackends())("a batch with an item the database refuses, on %s"
   });
 
   it("deletes every device's acked events but those of the refused ack", async () => {
-    const { chatId, alice, aliceKey, readerKeys } = await chatWith(4);
+    const { chatId, alice, aliceKey, readers, readerKeys } = await chatWith(4);
     await testDb.db.storeMessages([send(chatId, alice, aliceKey)]);
     const inboxOf = (key: string) => testDb.db.readInbox(key, 0n, 100);
     const eventIds = await Promise.all(readerKeys.map(async (key) => (await inboxOf(key)).map((e) => e.eventId)));
@@ -82,7 +82,7 @@ describe.each(testBackends())("a batch with an item the database refuses, on %s"
       await testDb.db.ackEvents(acks);
       return acks.map(() => undefined);
     });
-    const ack = (i: number, eventIds: bigint[]) => committer.submit({ deviceKey: readerKeys[i]!, eventIds });
+    const ack = (i: number, eventIds: bigint[]) => committer.submit({ deviceKey: readerKeys[i]!, userId: readers[i]!, eventIds });
     // Reader 2's ack names an id above the range of the column's type.
     const outcomes = await outcomesOf([
       ack(0, eventIds[0]!),

@@ -7,9 +7,10 @@
  * Devices are known by a `deviceKey`: the decimal id the database gave the (user, device name) pair the first time
  * the device was seen. Inbox entries, presence and routing use it, so device names only need to be unique per user.
  */
-/** A device's ack of events in its inbox. */
+/** A device's ack of events in its inbox; `userId` is the device's user (as its token says), whose receipts move. */
 export interface DeviceAck {
   deviceKey: string;
+  userId: string;
   eventIds: readonly bigint[];
 }
 

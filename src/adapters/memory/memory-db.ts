@@ -355,13 +355,13 @@ export class MemoryDb implements Db {
     const acked = new Map<string, { chat: Chat; userId: string; seq: bigint }>();
     for (const ack of acks) {
       const inbox = this.inboxes.get(BigInt(ack.deviceKey));
-      const userId = this.devicesByKey.get(BigInt(ack.deviceKey))?.userId;
+      const userId = ack.userId;
       for (const eventId of ack.eventIds) {
         const message = inbox?.get(eventId);
         if (!message) continue;
         this.deleteEntry(inbox!, eventId, message);
         const chat = this.chats.get(message.chatId);
-        if (message.seq === undefined || !chat || userId === undefined) continue;
+        if (message.seq === undefined || !chat) continue;
         const key = JSON.stringify([chat.chatId, userId]);
         let entry = acked.get(key);
         if (!entry) acked.set(key, (entry = { chat, userId, seq: 0n }));

@@ -23,29 +23,28 @@ export function receiptsFromJson(json: [string, string, string][] | null): Recei
   }));
 }
 
-/** An acked inbox entry of a message: its chat and seq, and the device that acked it. */
-export interface AckedMessage {
+/** How far a user's devices acked a chat: the highest seq among the entries they acked in a batch. */
+export interface DeliveredUpTo {
   chatId: string;
+  userId: string;
   seq: bigint;
-  deviceKey: string;
 }
 
 /**
  * Moves each (chat, user)'s delivered_seq up to the highest seq its devices acked, in one statement ($1, $2, $3: chat,
- * device, highest seq it acked there). Rows are locked in key order first, as every statement that locks several
+ * user, seq; one row per pair). Rows are locked in key order first, as every statement that locks several
  * participants' rows does (ack batches, read marks, the senders' rows in a send), so concurrent ones never deadlock.
  * The receipt as it was is read under the lock: it concerns the participants who sent something after it (their
  * latest message is past it), found through the (chat_id, last_sent_seq) index, as a read's are. Each row found
  * carries its target along, so the update joins only the table's key: a second join to the acked pairs was a nested
- * loop over two CTE scans, quadratic in the batch (a third of a second for a batch of a thousand).
+ * loop over two CTE scans, quadratic in the batch (a third of a second for a batch of a thousand). The acks name
+ * their users (the devices' tokens say who they are): looking each device's user up in `devices` was a hash of the
+ * whole table per batch, a third of the statement (bench/README.md).
  */
 const ADVANCE_DELIVERED = `
   WITH locked AS MATERIALIZED (
     SELECT p.chat_id, p.user_id, p.delivered_seq AS before, a.seq
-      FROM (SELECT a.chat_id, d.user_id, max(a.seq) AS seq
-              FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS a(chat_id, device_key, seq)
-              JOIN devices d ON d.device_key = a.device_key
-             GROUP BY a.chat_id, d.user_id) a
+      FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS a(chat_id, user_id, seq)
       JOIN chat_participants p ON p.chat_id = a.chat_id AND p.user_id = a.user_id
      WHERE p.delivered_seq < a.seq
      ORDER BY p.chat_id, p.user_id
@@ -58,19 +57,19 @@ const ADVANCE_DELIVERED = `
             (SELECT json_agg(q.user_id) FROM chat_participants q
               WHERE q.chat_id = p.chat_id AND q.user_id <> p.user_id AND q.last_sent_seq > l.before) AS senders`;
 
-export async function advanceDelivered(db: SqlQuery, acked: readonly AckedMessage[]): Promise<ReceiptChange[]> {
-  const highest = new Map<string, AckedMessage>();
-  for (const message of acked) {
-    const key = `${message.chatId}/${message.deviceKey}`;
+export async function advanceDelivered(db: SqlQuery, acked: readonly DeliveredUpTo[]): Promise<ReceiptChange[]> {
+  const highest = new Map<string, DeliveredUpTo>();
+  for (const delivered of acked) {
+    const key = JSON.stringify([delivered.chatId, delivered.userId]);
     const seen = highest.get(key);
-    if (!seen || message.seq > seen.seq) highest.set(key, message);
+    if (!seen || delivered.seq > seen.seq) highest.set(key, delivered);
   }
   if (highest.size === 0) return [];
   const tops = [...highest.values()];
   const rows = await db.query<ReceiptRow & { chat_id: string; senders: string[] | null }>(ADVANCE_DELIVERED, [
-    tops.map((m) => m.chatId),
-    tops.map((m) => m.deviceKey),
-    tops.map((m) => m.seq),
+    tops.map((d) => d.chatId),
+    tops.map((d) => d.userId),
+    tops.map((d) => d.seq),
   ]);
   return rows.map((row) => ({ chatId: row.chat_id, receipt: toReceipt(row), notifyUserIds: row.senders ?? [] }));
 }

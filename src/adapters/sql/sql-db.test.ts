@@ -130,6 +130,7 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
     const users = Array.from({ length: 8 }, () => uniqueUser("member"));
     const [sender] = await registered(users[0]!, "sender");
     const devices = (await Promise.all(users.map((u) => registered(u, "phone")))).flat();
+    const userOf = new Map(devices.map((d, i) => [d!, users[i]!]));
     const chat = await newChat(users);
     for (let round = 0; round < 4; round++) {
       const outcomes = await db.storeMessages(Array.from({ length: 100 }, () => send(chat.chatId, users[0]!, sender!)));
@@ -142,8 +143,11 @@ describe.each(testBackends())("SqlDb on %s", (backend: Backend) => {
         const forwards = eventsOf.get(deviceKey!)!;
         const other = devices[(i + 1) % devices.length]!;
         return [
-          [{ deviceKey: deviceKey!, eventIds: forwards }],
-          [{ deviceKey: deviceKey!, eventIds: forwards.toReversed() }, { deviceKey: other, eventIds: eventsOf.get(other)! }],
+          [{ deviceKey: deviceKey!, userId: userOf.get(deviceKey!)!, eventIds: forwards }],
+          [
+            { deviceKey: deviceKey!, userId: userOf.get(deviceKey!)!, eventIds: forwards.toReversed() },
+            { deviceKey: other, userId: userOf.get(other)!, eventIds: eventsOf.get(other)! },
+          ],
         ];
       });
       await Promise.all(acks.map((batch) => db.ackEvents(batch)));

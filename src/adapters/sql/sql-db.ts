@@ -38,7 +38,7 @@ import {
 } from "./devices.js";
 import { runMigrations } from "./migrate.js";
 import { dropPartitionsBefore, ensurePartitions, startOfUtcDay } from "./partitions.js";
-import { type AckedMessage, advanceDelivered, markRead, RECEIPTS_JSON, receiptsFromJson } from "./receipts.js";
+import { advanceDelivered, type DeliveredUpTo, markRead, RECEIPTS_JSON, receiptsFromJson } from "./receipts.js";
 import { type LastSeqs, storeMessages } from "./store-messages.js";
 
 /** A chat row with its participants' receipts, sorted (the column's "C" collation sorts as the API does). */
@@ -70,8 +70,11 @@ type MessageKey = {
   created_at: Date;
 };
 
+/** An acked entry's chat and seq, and the device that acked it. */
+type AckedSeq = { chatId: string; seq: bigint; deviceKey: bigint };
+
 /** What an ack statement deleted (see deleteAcked): entries found per device key, their messages, the highest seqs. */
-type AckedEntries = { found: Map<bigint, number>; messages: MessageKey[]; highest: AckedMessage[] };
+type AckedEntries = { found: Map<bigint, number>; messages: MessageKey[]; highest: AckedSeq[] };
 
 /** Two statements' messages and seqs (their counts are not needed after the first). */
 function merge(a: AckedEntries, b: AckedEntries): AckedEntries {
@@ -337,9 +340,13 @@ export class SqlDb implements Db {
     for (const [deviceKey] of unique) named.set(deviceKey, (named.get(deviceKey) ?? 0) + 1);
     const rest = unique.filter(([deviceKey]) => (recent.found.get(deviceKey) ?? 0) < named.get(deviceKey)!);
     const acked = rest.length === 0 ? recent : merge(recent, await this.deleteAcked(rest, new Date(0)));
+    const userOf = new Map(acks.map((ack) => [BigInt(ack.deviceKey), ack.userId]));
+    const delivered = acked.highest.map(
+      ({ chatId, seq, deviceKey }): DeliveredUpTo => ({ chatId, seq, userId: userOf.get(deviceKey)! }),
+    );
     const [, changes] = await Promise.all([
       this.deleteMessagesWithoutInbox(acked.messages),
-      advanceDelivered(this.driver, acked.highest),
+      advanceDelivered(this.driver, delivered),
     ]);
     return changes;
   }
@@ -382,7 +389,7 @@ export class SqlDb implements Db {
       acked.found.set(row.device_key, (acked.found.get(row.device_key) ?? 0) + row.entries);
       // A chat update's entry has no seq: it moves no receipt.
       if (row.seq !== null) {
-        acked.highest.push({ chatId: row.chat_id, seq: BigInt(row.seq), deviceKey: String(row.device_key) });
+        acked.highest.push({ chatId: row.chat_id, seq: BigInt(row.seq), deviceKey: row.device_key });
       }
     }
     return acked;

@@ -65,6 +65,6 @@ export class Acks {
   /** Removes these events from the caller's inbox; ids that are not in it are ignored. */
   async ack(caller: Caller, eventIds: readonly bigint[], channel: AckChannel): Promise<void> {
     await this.limits[channel].take(deviceNameKey(caller));
-    await this.committer.submit({ deviceKey: caller.deviceKey, eventIds });
+    await this.committer.submit({ deviceKey: caller.deviceKey, userId: caller.userId, eventIds });
   }
 }

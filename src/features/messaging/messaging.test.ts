@@ -63,7 +63,7 @@ describe("Messaging", () => {
     expect(first.entries.map((e) => e.deviceKey).sort()).toEqual([bobPhone.deviceKey, bobLaptop.deviceKey].sort());
 
     const laptopEntry = first.entries.find((e) => e.deviceKey === bobLaptop.deviceKey)!;
-    await db.ackEvents([{ deviceKey: bobLaptop.deviceKey, eventIds: [laptopEntry.eventId] }]);
+    await db.ackEvents([{ deviceKey: bobLaptop.deviceKey, userId: bobLaptop.userId, eventIds: [laptopEntry.eventId] }]);
     await messaging.send(alice, message("m1"));
     expect(deliver).toHaveBeenCalledTimes(2);
     const [again] = deliver.mock.calls[1]!;
@@ -71,7 +71,7 @@ describe("Messaging", () => {
     expect(again.entries).toEqual(first.entries.filter((e) => e !== laptopEntry));
     expect(again.sentAtMs).toBe(first.sentAtMs);
 
-    await db.ackEvents([{ deviceKey: bobPhone.deviceKey, eventIds: again.entries.map((e) => e.eventId) }]);
+    await db.ackEvents([{ deviceKey: bobPhone.deviceKey, userId: bobPhone.userId, eventIds: again.entries.map((e) => e.eventId) }]);
     await messaging.send(alice, message("m1"));
     expect(deliver).toHaveBeenCalledTimes(2);
   });
