@@ -578,24 +578,23 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
     });
 
-    it("acks an entry stored days ago in the same batch as today's, and deletes both messages", async () => {
+    it("acks entries stored days ago and on the next day (a clock ahead) in the same batch as today's, and deletes their messages", async () => {
       const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
       const [alicePhone] = await registered(alice, "phone");
       const [bobPhone] = await registered(bob, "phone");
       const chat = await newChat([alice, bob]);
       const daysAgo = new Date(Date.now() - 3 * DAY_MS);
-      await db.ensurePartitions(daysAgo, 3);
-      const [old, recent] = (
-        await db.storeMessages([send(chat.chatId, alice, alicePhone!, { sentAt: daysAgo }), send(chat.chatId, alice, alicePhone!)])
-      ).map(stored);
-      const eventIds = [old!, recent!].map(({ fanout }) => fanout.entries.find((e) => e.deviceKey === bobPhone)!.eventId);
+      const tomorrow = new Date(Date.now() + DAY_MS);
+      await db.ensurePartitions(daysAgo, 5);
+      const sends = [daysAgo, new Date(), tomorrow].map((sentAt) => send(chat.chatId, alice, alicePhone!, { sentAt }));
+      const outcomes = (await db.storeMessages(sends)).map(stored);
+      const eventIds = outcomes.map(({ fanout }) => fanout.entries.find((e) => e.deviceKey === bobPhone)!.eventId);
 
       await db.ackEvents([ack(bobPhone!, eventIds)]);
       const left = (await readAll(bobPhone!)).map((e) => e.eventId);
-      expect(left).not.toContain(eventIds[0]);
-      expect(left).not.toContain(eventIds[1]);
-      for (const { messageId } of [old!, recent!]) expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
-      expect((await db.getChat(chat.chatId))!.receipts.find((r) => r.userId === bob)!.deliveredSeq).toBe(2n);
+      for (const eventId of eventIds) expect(left).not.toContain(eventId);
+      for (const { messageId } of outcomes) expect(await db.pendingFanout(chat.chatId, messageId)).toBeNull();
+      expect((await db.getChat(chat.chatId))!.receipts.find((r) => r.userId === bob)!.deliveredSeq).toBe(3n);
     });
 
     it("deletes the message when its last two devices ack at the same moment", async () => {

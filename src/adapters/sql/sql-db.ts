@@ -76,6 +76,12 @@ type AckedSeq = { chatId: string; seq: bigint; deviceKey: bigint };
 /** What an ack statement deleted (see deleteAcked): entries found per device key, their messages, the highest seqs. */
 type AckedEntries = { found: Map<bigint, number>; messages: MessageKey[]; highest: AckedSeq[] };
 
+/** Inbox entries' days to look in: their partitions, from one day's start until another's. */
+type Days = { from: Date; until: Date };
+
+/** Every partition there can be. */
+const ANY_DAY: Days = { from: new Date(0), until: new Date(Date.UTC(9999, 0, 1)) };
+
 /** Two statements' messages and seqs (their counts are not needed after the first). */
 function merge(a: AckedEntries, b: AckedEntries): AckedEntries {
   return { found: a.found, messages: [...a.messages, ...b.messages], highest: [...a.highest, ...b.highest] };
@@ -331,15 +337,20 @@ export class SqlDb implements Db {
     const unique = pairs.filter(([d, e], i) => i === 0 || d !== pairs[i - 1][0] || e !== pairs[i - 1][1]);
     // An entry's day is not in what the device acks, so each day's partition costs an index lookup per pair: with a
     // month of partitions, deleting 2,000 entries took 190-280 ms, against 15 ms looking in two days' (bench/README.md).
-    // Nearly every ack is of an event stored today or yesterday, so the first statement looks only there. The devices
-    // it did not find every pair of (older entries, ids acked twice, ids that are not the device's) have their pairs
-    // looked for everywhere by a second: what the first deleted is gone and found no more, and one device's odd acks
-    // cost the batch's other devices nothing.
-    const recent = await this.deleteAcked(unique, startOfUtcDay(new Date(Date.now() - DAY_MS)));
+    // Nearly every ack is of an event stored today or yesterday, so the first statement looks only there (not in the
+    // partitions made ahead for the coming days either: a lookup each per pair, in tables empty until their day). The
+    // devices it did not find every pair of (older entries, ids acked twice, ids that are not the device's, an entry
+    // stored by a node whose clock is ahead) have their pairs looked for everywhere by a second: what the first
+    // deleted is gone and found no more, and one device's odd acks cost the batch's other devices nothing.
+    const today = startOfUtcDay(new Date());
+    const recent = await this.deleteAcked(unique, {
+      from: new Date(today.getTime() - DAY_MS),
+      until: new Date(today.getTime() + DAY_MS),
+    });
     const named = new Map<bigint, number>();
     for (const [deviceKey] of unique) named.set(deviceKey, (named.get(deviceKey) ?? 0) + 1);
     const rest = unique.filter(([deviceKey]) => (recent.found.get(deviceKey) ?? 0) < named.get(deviceKey)!);
-    const acked = rest.length === 0 ? recent : merge(recent, await this.deleteAcked(rest, new Date(0)));
+    const acked = rest.length === 0 ? recent : merge(recent, await this.deleteAcked(rest, ANY_DAY));
     const userOf = new Map(acks.map((ack) => [BigInt(ack.deviceKey), ack.userId]));
     const delivered = acked.highest.map(
       ({ chatId, seq, deviceKey }): DeliveredUpTo => ({ chatId, seq, userId: userOf.get(deviceKey)! }),
@@ -352,7 +363,7 @@ export class SqlDb implements Db {
   }
 
   /**
-   * Deletes these (device, event) inbox entries stored since `since`, in the pairs' order (see ackEvents), and returns
+   * Deletes these (device, event) inbox entries stored within `days`, in the pairs' order (see ackEvents), and returns
    * how many it found per device, their messages, and each (chat, device)'s highest seq among them (for the
    * receipts): summed up by Postgres, since a batch's thousands of entries are a few hundred messages and devices, and
    * reading every entry back into Node was most of the server's work while devices drained their backlogs
@@ -362,21 +373,22 @@ export class SqlDb implements Db {
    * and sort the day's whole inbox for a merge join (hundreds of ms per batch with 500,000 entries, and growing with
    * the day's traffic), so its other join methods are off for this transaction.
    */
-  private async deleteAcked(pairs: readonly [bigint, bigint][], since: Date): Promise<AckedEntries> {
+  private async deleteAcked(pairs: readonly [bigint, bigint][], days: Days): Promise<AckedEntries> {
     const rows = await againOnDeadlock(() =>
       this.driver.transaction(async (tx) => {
         await tx.query("SELECT set_config('enable_mergejoin', 'off', true), set_config('enable_hashjoin', 'off', true)");
         return tx.query<MessageKey & { entries: number; device_key: bigint | null; seq: bigint | null }>(
           `WITH gone AS (
              DELETE FROM inbox i USING unnest($1::bigint[], $2::bigint[]) AS a(device_key, event_id)
-              WHERE i.device_key = a.device_key AND i.event_id = a.event_id AND i.created_at >= $3::timestamptz
+              WHERE i.device_key = a.device_key AND i.event_id = a.event_id
+                AND i.created_at >= $3::timestamptz AND i.created_at < $4::timestamptz
              RETURNING i.device_key, i.chat_id, i.message_id, i.created_at, i.seq
            )
            SELECT chat_id, message_id, created_at, NULL::bigint AS device_key, NULL::bigint AS seq, 0 AS entries
              FROM gone GROUP BY chat_id, message_id, created_at
            UNION ALL
            SELECT chat_id, NULL, NULL, device_key, max(seq), count(*)::int FROM gone GROUP BY chat_id, device_key`,
-          [pairs.map(([deviceKey]) => deviceKey), pairs.map(([, eventId]) => eventId), since],
+          [pairs.map(([deviceKey]) => deviceKey), pairs.map(([, eventId]) => eventId), days.from, days.until],
         );
       }),
     );
