@@ -838,14 +838,14 @@ describe.each(backends)("the Db contract: $name", (backend) => {
       await withOwnDb(async (db) => {
         const [alice, bob, carol] = ["alice", "bob", "carol"].map(uniqueUser);
         const alicePhone = await register(alice!, "phone", db);
-        const bobPhone = await register(bob!, "phone", db);
+        const bobPhone = await registerDevice(db, bob!, "phone", now());
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "old", participantUserIds: [alice!, bob!], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
         );
         const outcomes = (await db.storeMessages([send(chat.chatId, alice!, alicePhone), send(chat.chatId, alice!, alicePhone)])).map(stored);
         await db.ackEvents([ack(alicePhone, (await db.readInbox(alicePhone, 0n, 10)).map((e) => e.eventId))]);
-        const carolPhone = await register(carol!, "phone", db);
+        const carolPhone = await registerDevice(db, carol!, "phone", now());
 
         const later = new Date(Date.now() + 31 * DAY_MS);
         await db.ensurePartitions(later, 2);
@@ -873,8 +873,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("refuses to store a message for a day whose partition does not exist, and stores nothing of its batch", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await register(alice, "phone", db);
-        const bobPhone = await register(bob, "phone", db);
+        const alicePhone = await registerDevice(db, alice, "phone", now());
+        const bobPhone = await registerDevice(db, bob, "phone", now());
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
@@ -891,8 +891,8 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("trims the oldest events of inboxes over the limit, and their messages once no inbox holds them", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await register(alice, "phone", db);
-        const [bobPhone, bobLaptop] = [await register(bob, "phone", db), await register(bob, "laptop", db)];
+        const alicePhone = await registerDevice(db, alice, "phone", now());
+        const [bobPhone, bobLaptop] = [await registerDevice(db, bob, "phone", now()), await register(bob, "laptop", db)];
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "busy", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
@@ -919,7 +919,7 @@ describe.each(backends)("the Db contract: $name", (backend) => {
     it("forgets idempotency keys sent before the cutoff", async () => {
       await withOwnDb(async (db) => {
         const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
-        const alicePhone = await register(alice, "phone", db);
+        const alicePhone = await registerDevice(db, alice, "phone", now());
         const { chat } = await db.createChat(
           { chatId: randomUUID(), name: "c", participantUserIds: [alice, bob], createdAt: now(), updateMessageId: randomUUID() },
           encodeUpdate,
