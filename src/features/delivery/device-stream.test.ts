@@ -1,9 +1,12 @@
 import { randomUUID } from "node:crypto";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { create } from "@bufbuild/protobuf";
 import { beforeAll, describe, expect, it } from "vitest";
 import { CommandResultSchema } from "../../../gen/palaver/chat/v1/chat_pb.js";
 import { openMemoryDb } from "../../../test/support/db.js";
 import type { MemoryDb } from "../../adapters/memory/memory-db.js";
+import type { InboxEvent, InboxStore } from "../../ports/db.js";
 import { registerDeviceKeys } from "../../../test/support/store-fixtures.js";
 import { oneByOne } from "../../../test/support/streams.js";
 import { DeviceStream, StreamEnded, type StreamFrame } from "./device-stream.js";
@@ -194,4 +197,38 @@ describe("DeviceStream", () => {
     expect(sent.slice(0, 2)).toEqual(["result a", "result b"]);
     expect(sent[3]).toBe(`event ${stored}`);
   });
+
+  it("keeps none of its backlog once live, for as long as the device stays connected", async () => {
+    // Pages read as fresh objects, as from the SQL drivers (the in-memory store shares its own), each body watched.
+    const watched: WeakRef<Uint8Array>[] = [];
+    const page = (after: bigint): InboxEvent[] =>
+      Array.from({ length: after < 100n ? 50 : 0 }, (_, i) => {
+        const body = new Uint8Array(1_000);
+        watched.push(new WeakRef(body));
+        return { eventId: after + BigInt(i) + 1n, body };
+      });
+    const inbox = {
+      openInbox: async () => ({ resync: null, events: page(0n) }),
+      readInbox: async (_deviceKey: string, after: bigint) => page(after),
+    } as unknown as InboxStore;
+    const stream = new DeviceStream("1", "bob", inbox, { queueLimit: 100, pageSize: 50, batchSize: 64, recentIds: 8, lateHandOffMs: 1000 });
+    const frames = stream.frames();
+    while (!(await frames.next()).value!.some((frame: StreamFrame) => frame.kind === "signal")) {} // up to InboxDrained
+    stream.writeDirectlyTo(() => true);
+    const live = frames.next(); // the stream now waits for live events
+    await collectGarbage();
+    expect(watched).toHaveLength(100);
+    expect(watched.filter((ref) => ref.deref() !== undefined)).toHaveLength(0);
+    stream.end();
+    await expect(live).rejects.toThrow(StreamEnded);
+  });
 });
+
+/** A full garbage collection, once the current job is over (WeakRefs are only cleared between jobs). */
+async function collectGarbage(): Promise<void> {
+  setFlagsFromString("--expose-gc");
+  const gc = runInNewContext("gc") as () => void;
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  gc();
+  await new Promise((resolve) => setTimeout(resolve, 0));
+}

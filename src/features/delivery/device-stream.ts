@@ -163,6 +163,26 @@ export class DeviceStream {
    * write and the generators between here and the socket resume once per batch rather than once per event.
    */
   async *frames(): AsyncGenerator<StreamFrame[]> {
+    // The backlog is read by a generator of its own, done with once it is sent: a generator suspended in the live loop
+    // below keeps whatever its locals last held, which for the backlog's pages was their events for as long as the
+    // device stayed connected.
+    const backlog = yield* this.backlog();
+    this.throwIfEnded();
+    const ready = this.takeReady(this.options.batchSize);
+    ready.push({ kind: "signal", event: inboxDrainedEvent(backlog) });
+    yield ready;
+    this.goLive();
+    for (;;) {
+      while (this.ready.length > 0 && this.ending === undefined) yield this.takeReady(this.options.batchSize);
+      this.throwIfEnded();
+      // The transport asks for more only once it has written what it had and its buffer drained.
+      this.sinkFull = false;
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+  }
+
+  /** A Resync if due, then the inbox oldest first (frames ready meanwhile go along); returns how many events it sent. */
+  private async *backlog(): AsyncGenerator<StreamFrame[], number> {
     const opened = await this.db.openInbox(this.deviceKey, this.options.pageSize);
     if (opened.resync) yield [{ kind: "signal", event: resyncEvent(opened.resync) }];
     let backlog = 0;
@@ -182,19 +202,7 @@ export class DeviceStream {
         }
         yield batch;
       }
-      if (page.length < this.options.pageSize) break;
-    }
-    this.throwIfEnded();
-    const ready = this.takeReady(this.options.batchSize);
-    ready.push({ kind: "signal", event: inboxDrainedEvent(backlog) });
-    yield ready;
-    this.goLive();
-    for (;;) {
-      while (this.ready.length > 0 && this.ending === undefined) yield this.takeReady(this.options.batchSize);
-      this.throwIfEnded();
-      // The transport asks for more only once it has written what it had and its buffer drained.
-      this.sinkFull = false;
-      await new Promise<void>((resolve) => (this.wake = resolve));
+      if (page.length < this.options.pageSize) return backlog;
     }
   }
 
