@@ -8,8 +8,9 @@ export default defineConfig({
     hookTimeout: 120_000,
     // Two cores: one worker per core, and suites share a PGlite instance per worker.
     pool: "forks",
-    // One S3 server (SeaweedFS) for the whole run (the S3 suites each take a fresh bucket).
-    globalSetup: ["test/support/s3-server.ts"],
+    // One S3 server (SeaweedFS) for the whole run (the S3 suites each take a fresh bucket), and one build of the web
+    // client for the browser suites.
+    globalSetup: ["test/support/s3-server.ts", "test/support/web-build.ts"],
     maxWorkers: 2,
   },
 });

@@ -1,7 +1,5 @@
 import { existsSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import { type Browser, type BrowserContext, chromium, type Locator, type Page } from "playwright-core";
-import { build } from "vite";
 
 /** Debian's chromium (apt-get install chromium); CI installs the same. */
 export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -24,11 +22,6 @@ export async function launchChromium(): Promise<Browser> {
       "--disable-sync",
     ],
   });
-}
-
-/** Builds the web client into web/dist, where the server serves it from. */
-export async function buildWebClient(): Promise<void> {
-  await build({ configFile: fileURLToPath(new URL("../../web/vite.config.ts", import.meta.url)), logLevel: "warn" });
 }
 
 /** Polls `probe` until it returns something truthy; throws with the last value seen after `timeoutMs`. */

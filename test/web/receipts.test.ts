@@ -1,7 +1,7 @@
 import { mkdir } from "node:fs/promises";
 import type { Browser } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { buildWebClient, ClientPage, eventually, launchChromium, screenshotSideBySide } from "../support/browser.js";
+import { ClientPage, eventually, launchChromium, screenshotSideBySide } from "../support/browser.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -83,13 +83,7 @@ describe("web client receipts and typing", () => {
   };
 
   beforeAll(async () => {
-    const [, started, launched] = await Promise.all([
-      buildWebClient(),
-      startTestServer("pglite", { DEV_SIGN_IN: "local" }),
-      launchChromium(),
-    ]);
-    server = started;
-    browser = launched;
+    [server, browser] = await Promise.all([startTestServer("pglite", { DEV_SIGN_IN: "local" }), launchChromium()]);
   });
   afterEach(async () => {
     const errors = opened.flatMap((c) => c.errors.map((e) => e.message));

@@ -3,7 +3,7 @@ import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mintToken } from "../../src/auth/tokens.js";
 import { ConnectDevice } from "../../src/client/device.js";
-import { buildWebClient, ClientPage, launchChromium } from "../support/browser.js";
+import { ClientPage, launchChromium } from "../support/browser.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -20,13 +20,10 @@ describe("web client token renewal", () => {
   let browser: Browser;
 
   beforeAll(async () => {
-    const [, started, launched] = await Promise.all([
-      buildWebClient(),
+    [server, browser] = await Promise.all([
       startTestServer("pglite", { NODE_ENV: "development", AUTH_SECRET: secretText }),
       launchChromium(),
     ]);
-    server = started;
-    browser = launched;
   });
   afterAll(async () => {
     await browser?.close();

@@ -5,7 +5,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 import type { Browser } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SendMessageRequestSchema } from "../../gen/palaver/chat/v1/chat_pb.js";
-import { buildWebClient, ClientPage, eventually, launchChromium, screenshotSideBySide } from "../support/browser.js";
+import { ClientPage, eventually, launchChromium, screenshotSideBySide } from "../support/browser.js";
 import { startTestServer, type TestServer, uniqueUser } from "../support/server.js";
 
 /**
@@ -29,13 +29,7 @@ describe("web client", () => {
   };
 
   beforeAll(async () => {
-    const [, started, launched] = await Promise.all([
-      buildWebClient(),
-      startTestServer("pglite", { DEV_SIGN_IN: "local" }),
-      launchChromium(),
-    ]);
-    server = started;
-    browser = launched;
+    [server, browser] = await Promise.all([startTestServer("pglite", { DEV_SIGN_IN: "local" }), launchChromium()]);
     const page = await fetch(server.url);
     if (!(page.headers.get("content-type") ?? "").startsWith("text/html")) {
       throw new Error(
