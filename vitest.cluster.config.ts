@@ -14,5 +14,6 @@ export default defineConfig({
     hookTimeout: 180_000,
     // Fault tests must not be retried into passing.
     retry: 0,
+    globalSetup: ["test/cluster/build-server.ts"],
   },
 });

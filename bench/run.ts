@@ -46,7 +46,7 @@ import { ensurePartitions, startOfUtcDay } from "../src/adapters/sql/partitions.
 import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { mintToken } from "../src/auth/tokens.js";
 import { DAY_MS } from "../src/ports/clock.js";
-import { type HaproxyProcess, NODE_ARGS } from "../test/cluster/processes.js";
+import { buildServer, type HaproxyProcess, NODE_ARGS, SERVER_ENTRY } from "../test/cluster/processes.js";
 import { prepareHaproxy, sizeHaproxy, startHaproxy } from "./haproxy.js";
 import { type CeilingResult, createDatabase, dropDatabase, measureCeiling } from "./pg-ceiling.js";
 import {
@@ -348,9 +348,9 @@ async function startServers(scenario: Scenario, count: number, out: string, prox
     for (let i = 0; i < count; i++) {
       // The node as deployed, then the experiment's arguments.
       const args = [...NODE_ARGS, ...(process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [])];
-      // One file per thread (the main thread's is the biggest; tsx's loader runs in a worker).
+      // One file per thread (the main thread's is the biggest).
       if (process.env.BENCH_CPU_PROF) args.push("--cpu-prof", "--cpu-prof-dir", join(profileDir, `${scenario}-node${i}`));
-      args.push("src/main.ts");
+      args.push(SERVER_ENTRY);
       const child = spawn(process.execPath, args, {
         cwd: ROOT,
         env: {
@@ -1180,7 +1180,7 @@ async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (args.reportOnly) return writeReport(args.out);
   const started = performance.now();
-  const binary = await loadgenBinary();
+  const [binary] = await Promise.all([loadgenBinary(), buildServer()]);
   await mkdir(args.out, { recursive: true });
   let ceiling: CeilingResult | undefined;
   if (process.env.DATABASE_URL && args.scenarios.includes("ramp")) {

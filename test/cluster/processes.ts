@@ -1,22 +1,30 @@
 /**
- * The cluster's processes: Palaver nodes (`node --max-semi-space-size=128 --import tsx src/main.ts`, as in
+ * The cluster's processes: Palaver nodes (`node --max-semi-space-size=128 --enable-source-maps dist/main.js`, as in
  * production) and HAProxy, each with its output in a log file that a failing test can show (redis-cluster.ts adds the
  * Redis Cluster's servers).
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createWriteStream, mkdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 
 /**
- * How a Palaver node is started, before `src/main.ts`: as `npm start` and deploy/Dockerfile start it
+ * How a Palaver node is started: `node`, these flags, then SERVER_ENTRY, as `npm start` and deploy/Dockerfile start it
  * (scripts/check-deploy.sh checks that those two agree). --max-semi-space-size: docs/scaling.md, "V8's young
  * generation".
  */
-export const NODE_ARGS = ["--max-semi-space-size=128", "--import", "tsx"] as const;
+export const NODE_ARGS = ["--max-semi-space-size=128", "--enable-source-maps"] as const;
+/** The server as `npm run build:server` bundles it (docs/scaling.md, "The server as one bundle"). */
+export const SERVER_ENTRY = "dist/main.js";
+
+/** Bundles the server from the current sources into SERVER_ENTRY. */
+export async function buildServer(): Promise<void> {
+  await promisify(execFile)("npm", ["run", "--silent", "build:server"], { cwd: repoRoot });
+}
 
 export async function freePort(): Promise<number> {
   const server = net.createServer();
@@ -126,7 +134,7 @@ export class PalaverNode extends LoggedProcess {
   /** Starts the node and resolves once it reports SERVING. */
   async start(): Promise<void> {
     const { options } = this;
-    this.launch(process.execPath, [...NODE_ARGS, "src/main.ts"], {
+    this.launch(process.execPath, [...NODE_ARGS, SERVER_ENTRY], {
       PATH: process.env.PATH,
       HOME: process.env.HOME,
       HOST: "127.0.0.1",
