@@ -28,8 +28,12 @@ export const INBOX_PAGE_SIZE = 500;
  * writes, while one write's buffer stays at tens of KiB for typical messages.
  */
 export const STREAM_BATCH_FRAMES = 64;
-/** Newest event ids a stream remembers, to drop a second push of one (backlog/live overlap, retried sends). */
-export const STREAM_RECENT_IDS = 256;
+/**
+ * Newest event ids a stream remembers, to drop a second push of one (backlog/live overlap, retried sends). A second
+ * push comes within moments of the first, and clients dedupe by event id anyway; each id costs about 64 bytes of
+ * heap for as long as the device stays connected (a full set of 256 was 16 KiB, more than the rest of the connection).
+ */
+export const STREAM_RECENT_IDS = 64;
 
 // Routing over Redis (adapters/redis/redis-presence.ts)
 
