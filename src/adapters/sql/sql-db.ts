@@ -322,8 +322,11 @@ export class SqlDb implements Db {
     // One DELETE for every (device, event) pair of the batch, joined to the inbox through unnest: many devices' acks
     // cost one statement and one message cleanup instead of two statements each.
     const pairs: [bigint, bigint][] = [];
+    /** Each acking device's user, whose receipts its acks move. */
+    const userOf = new Map<bigint, string>();
     for (const ack of acks) {
       const deviceKey = BigInt(ack.deviceKey);
+      userOf.set(deviceKey, ack.userId);
       for (const eventId of ack.eventIds) pairs.push([deviceKey, eventId]);
     }
     if (pairs.length === 0) return [];
@@ -351,7 +354,6 @@ export class SqlDb implements Db {
     for (const [deviceKey] of unique) named.set(deviceKey, (named.get(deviceKey) ?? 0) + 1);
     const rest = unique.filter(([deviceKey]) => (recent.found.get(deviceKey) ?? 0) < named.get(deviceKey)!);
     const acked = rest.length === 0 ? recent : merge(recent, await this.deleteAcked(rest, ANY_DAY));
-    const userOf = new Map(acks.map((ack) => [BigInt(ack.deviceKey), ack.userId]));
     const delivered = acked.highest.map(
       ({ chatId, seq, deviceKey }): DeliveredUpTo => ({ chatId, seq, userId: userOf.get(deviceKey)! }),
     );
