@@ -155,8 +155,10 @@ describe("the Go example client", () => {
         await rename(join(tokenDir, `${device}.new`), join(tokenDir, device));
       }
     };
-    await refresh();
-    const refreshing = setInterval(() => void refresh(), 500);
+    // One renewal at a time, each after the last; the directory goes only once the one under way has written.
+    let renewed = refresh();
+    await renewed;
+    const refreshing = setInterval(() => (renewed = renewed.then(refresh)), 500);
     const sent: string[] = [];
     try {
       // "ahead" renews before its token expires; "late" gets its tokens a second late, so the server ends its stream
@@ -189,6 +191,7 @@ describe("the Go example client", () => {
       }
     } finally {
       clearInterval(refreshing);
+      await renewed;
       await rm(tokenDir, { recursive: true, force: true });
     }
     // Everything printed was acked, on whichever stream: nothing is left for the next listen.
