@@ -1,20 +1,56 @@
-/** CPU readings for the database-path benchmarks (connect-path.ts, send-path.ts). */
+/** CPU readings of processes on this machine: the runner's watched processes, and the database-path benchmarks'. */
 import { readdirSync, readFileSync } from "node:fs";
 
-/** CPU seconds (user + system) used so far by every process named postgres (from /proc: a Postgres on this host). */
-export function postgresCpuSeconds(): number {
-  let ticks = 0;
-  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      if (!stat.includes("(postgres)")) continue;
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // the process ended meanwhile
-    }
+/** A process's parent and CPU ticks (user + system, its own and its reaped children's), from /proc/<pid>/stat. */
+function readStat(pid: string): { ppid: number; comm: string; ticks: number } | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    // The fields after the command name: state, ppid, …, utime, stime, cutime, cstime (fields 3, 4, 14-17 of stat).
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = fields.slice(11, 15).reduce((sum, f) => sum + Number(f), 0);
+    return { ppid: Number(fields[1]), comm, ticks };
+  } catch {
+    return undefined; // the process ended meanwhile
   }
-  return ticks / 100; // USER_HZ
+}
+
+function readStats(): Map<number, { ppid: number; comm: string; ticks: number }> {
+  const stats = new Map<number, { ppid: number; comm: string; ticks: number }>();
+  for (const pid of readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
+    const stat = readStat(pid);
+    if (stat) stats.set(Number(pid), stat);
+  }
+  return stats;
+}
+
+/**
+ * CPU seconds so far of each pid with every process under it, those that have ended included (in their parent's
+ * cutime and cstime once reaped): Postgres's backends are its postmaster's children, opened by connection pools
+ * when first needed, often after a measurement has begun. A pid that is gone is left out.
+ */
+export function treeCpuSeconds(pids: readonly number[]): Map<number, number> {
+  const stats = readStats();
+  const children = new Map<number, number[]>();
+  for (const [pid, { ppid }] of stats) children.set(ppid, [...(children.get(ppid) ?? []), pid]);
+  const ticksUnder = (pid: number): number =>
+    (stats.get(pid)?.ticks ?? 0) + (children.get(pid) ?? []).reduce((sum, child) => sum + ticksUnder(child), 0);
+  const cpu = new Map<number, number>();
+  for (const pid of pids) if (stats.has(pid)) cpu.set(pid, ticksUnder(pid) / 100); // USER_HZ
+  return cpu;
+}
+
+/** This machine's Postgres postmasters: processes named postgres whose parent is not. */
+export function postmasterPids(): number[] {
+  const stats = readStats();
+  return [...stats]
+    .filter(([, { comm, ppid }]) => comm === "postgres" && stats.get(ppid)?.comm !== "postgres")
+    .map(([pid]) => pid);
+}
+
+/** CPU seconds used so far by this machine's Postgres, its ended backends included. */
+export function postgresCpuSeconds(): number {
+  return [...treeCpuSeconds(postmasterPids()).values()].reduce((sum, seconds) => sum + seconds, 0);
 }
 
 export interface Measured<T> {

@@ -47,6 +47,7 @@ import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { mintToken } from "../src/auth/tokens.js";
 import { DAY_MS } from "../src/ports/clock.js";
 import { buildServer, type HaproxyProcess, NODE_ARGS, SERVER_ENTRY } from "../test/cluster/processes.js";
+import { postmasterPids, treeCpuSeconds } from "./cpu.js";
 import { prepareHaproxy, sizeHaproxy, startHaproxy } from "./haproxy.js";
 import { type CeilingResult, createDatabase, dropDatabase, measureCeiling } from "./pg-ceiling.js";
 import {
@@ -416,17 +417,12 @@ async function startServers(scenario: Scenario, count: number, out: string, prox
   };
 }
 
-/** Resident memory and CPU seconds of a process, from /proc; undefined when it has ended. */
-function processStats(pid: number): { rssBytes: number; cpuSeconds: number } | undefined {
+/** Resident memory of a process, from /proc; 0 when it has ended. */
+function rssBytesOf(pid: number): number {
   try {
-    const status = readFileSync(`/proc/${pid}/status`, "utf8");
-    const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const ticks = Number(fields[11]) + Number(fields[12]); // utime + stime
-    return { rssBytes: rssKb * 1024, cpuSeconds: ticks / 100 };
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
   } catch {
-    return undefined;
+    return 0;
   }
 }
 
@@ -466,22 +462,13 @@ function watchedPids(servers: Servers, nodes: number): Watch {
   const db = process.env.DATABASE_URL;
   return {
     server: servers.nodes.map((n) => n.child.pid!),
-    // Every postgres process of the machine: the backends serving the server, and the checkpointer, WAL writer, ….
-    // On PGlite the database runs inside the server process, whose CPU includes it.
-    postgres: servers.backend === "postgres" && db && isLocal(db) ? pidsNamed("postgres") : [],
+    // The postmaster, whose CPU is read with its children's: the backends serving the server (those a pool opens
+    // later too), the checkpointer, the WAL writer, …. On PGlite the database runs inside the server process, whose
+    // CPU includes it.
+    postgres: servers.backend === "postgres" && db && isLocal(db) ? postmasterPids() : [],
     redis: nodes > 1 && process.env.REDIS_URL && isLocal(process.env.REDIS_URL) ? pidsNamed("redis-server") : [],
     haproxy: servers.proxy ? [servers.proxy.process.pid!] : [],
   };
-}
-
-/** CPU seconds of each pid now (pids that have ended are left out). */
-function cpuOf(pids: number[]): Map<number, number> {
-  const cpu = new Map<number, number>();
-  for (const pid of pids) {
-    const stats = processStats(pid);
-    if (stats) cpu.set(pid, stats.cpuSeconds);
-  }
-  return cpu;
 }
 
 function loadAvg(): number[] {
@@ -679,7 +666,7 @@ async function runLoadgen(
   await writeFile(planFile, JSON.stringify(plan));
   onClock?.(plan.startAtMs);
   const watched = Object.values(plan.watch).flat();
-  const before = cpuOf(watched);
+  const before = treeCpuSeconds(watched);
   const started = performance.now();
 
   const outputs = Array.from({ length: args.shards }, (_, i) => join(work, `result-${i}.json`));
@@ -693,7 +680,7 @@ async function runLoadgen(
 
   let serverMaxRssBytes = 0;
   const sampleRss = () => {
-    const rss = plan.watch.server.reduce((sum, pid) => sum + (processStats(pid)?.rssBytes ?? 0), 0);
+    const rss = plan.watch.server.reduce((sum, pid) => sum + rssBytesOf(pid), 0);
     serverMaxRssBytes = Math.max(serverMaxRssBytes, rss);
   };
   sampleRss();
@@ -712,7 +699,7 @@ async function runLoadgen(
   const seconds = (performance.now() - started) / 1000;
 
   // CPU of the watched processes over the whole run, connecting included (a process that ended meanwhile drops out).
-  const after = cpuOf(watched);
+  const after = treeCpuSeconds(watched);
   const sum = (pids: number[]) => round(pids.reduce((total, pid) => total + Math.max(0, (after.get(pid) ?? 0) - (before.get(pid) ?? 0)), 0), 2);
   const cpuSeconds: ScenarioResult["cpuSeconds"] = Object.fromEntries(Object.entries(plan.watch).map(([who, pids]) => [who, sum(pids)]));
 

@@ -50,10 +50,10 @@ type Churn struct {
 	Fraction     float64 `json:"fraction"`
 }
 
-// Watch lists the pids whose CPU (and, for the server, memory) shard 0 samples.
+// Watch lists the pids whose CPU (with their children's: see cpuSecondsOf) and, for the server, memory shard 0 samples.
 type Watch struct {
 	Server   []int `json:"server"`
-	Postgres []int `json:"postgres"`
+	Postgres []int `json:"postgres"` // the postmaster: its backends are its children
 	Redis    []int `json:"redis"`
 	Haproxy  []int `json:"haproxy"`
 }

@@ -12,11 +12,57 @@ import (
 // ask sysconf without cgo).
 const clockTicks = 100
 
-// cpuSecondsOf sums user + system CPU of the pids. A pid that is gone counts 0: a figure, not a broken run.
+// cpuSecondsOf sums the CPU (user + system) of the pids and of every process under them, those that have ended
+// included: a process's children come and go (Postgres's backends are its postmaster's children, and a connection
+// pool opens them when it first needs them, often after the run has begun), and the CPU of one that has ended is in
+// its parent's cutime and cstime once reaped. A pid that is gone counts 0: a figure, not a broken run.
 func cpuSecondsOf(pids []int) float64 {
+	if len(pids) == 0 {
+		return 0
+	}
+	stats := readStats()
+	children := map[int][]int{}
+	for pid, st := range stats {
+		children[st.ppid] = append(children[st.ppid], pid)
+	}
 	var ticks int64
+	var add func(pid int)
+	add = func(pid int) {
+		st, ok := stats[pid]
+		if !ok {
+			return
+		}
+		ticks += st.ticks
+		for _, child := range children[pid] {
+			add(child)
+		}
+	}
 	for _, pid := range pids {
-		raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		add(pid)
+	}
+	return float64(ticks) / clockTicks
+}
+
+// procStat is what cpuSecondsOf needs of /proc/<pid>/stat: the parent, and the CPU ticks of the process and of its
+// reaped children.
+type procStat struct {
+	ppid  int
+	ticks int64
+}
+
+// readStats reads every process's stat (processes that end meanwhile are left out).
+func readStats() map[int]procStat {
+	stats := map[int]procStat{}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return stats
+	}
+	for _, entry := range entries {
+		pid, err := strconv.Atoi(entry.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile("/proc/" + entry.Name() + "/stat")
 		if err != nil {
 			continue
 		}
@@ -25,16 +71,20 @@ func cpuSecondsOf(pids []int) float64 {
 		if end < 0 || end+2 > len(raw) {
 			continue
 		}
+		// fields[0] is the state (field 3 of stat): ppid is field 4, utime, stime, cutime and cstime fields 14-17.
 		fields := strings.Fields(string(raw[end+2:]))
-		// fields[0] is the state (field 3 of stat); utime and stime are fields 14 and 15.
-		if len(fields) < 13 {
+		if len(fields) < 15 {
 			continue
 		}
-		u, _ := strconv.ParseInt(fields[11], 10, 64)
-		s, _ := strconv.ParseInt(fields[12], 10, 64)
-		ticks += u + s
+		ppid, _ := strconv.Atoi(fields[1])
+		var ticks int64
+		for _, f := range fields[11:15] {
+			n, _ := strconv.ParseInt(f, 10, 64)
+			ticks += n
+		}
+		stats[pid] = procStat{ppid: ppid, ticks: ticks}
 	}
-	return float64(ticks) / clockTicks
+	return stats
 }
 
 // rssBytesOf sums VmRSS of the pids.
