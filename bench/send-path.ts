@@ -15,7 +15,7 @@ import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { SqlDb } from "../src/adapters/sql/sql-db.js";
 import { GroupCommitter } from "../src/features/group-commit.js";
 import type { PendingSend, SendOutcome } from "../src/ports/db.js";
-import { SEND_BATCHES_IN_FLIGHT_POSTGRES } from "../src/tunables.js";
+import { SEND_BATCHES_IN_FLIGHT_POSTGRES, SEND_GATHER_MS } from "../src/tunables.js";
 import { registerDeviceKeys } from "../test/support/store-fixtures.js";
 import { measure } from "./cpu.js";
 
@@ -65,7 +65,7 @@ try {
     (sends) => db.storeMessages(sends),
     SEND_BATCH_MAX,
     SEND_BATCHES_IN_FLIGHT_POSTGRES,
-    { keyOf: (send) => send.chatId.toLowerCase() },
+    { keyOf: (send) => send.chatId.toLowerCase(), gatherMs: SEND_GATHER_MS },
   );
   const body = new Uint8Array(120);
   const latencies: number[] = [];

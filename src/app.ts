@@ -134,6 +134,7 @@ export async function startApp(config: Config, overrides: AppOverrides = {}): Pr
     maxInFlight: config.databaseUrl
       ? tunables.SEND_BATCHES_IN_FLIGHT_POSTGRES
       : tunables.SEND_BATCHES_IN_FLIGHT_PGLITE,
+    gatherMs: tunables.SEND_GATHER_MS,
   });
   const devices = new DeviceDirectory(db, clock, {
     maxBatch: tunables.DEVICE_BATCH_MAX,

@@ -73,6 +73,12 @@ export const SEND_BATCHES_IN_FLIGHT_POSTGRES = 4;
  * chats it sent to most recently; about 160 bytes each. A forgotten chat's next batch costs a transaction.
  */
 export const LAST_SEQS_CHATS = 100_000;
+/**
+ * How long a send waits for others to share its statement: a statement's fixed cost in Postgres (planning, executor
+ * start-up, commit) is about a third of its CPU at 1,000 sends/s, where batches were of two or three sends. A lone
+ * send under light load is answered up to this much later (bench/README.md, "Sends gathered for 10 ms").
+ */
+export const SEND_GATHER_MS = 10;
 /** Send batches written at once on PGlite: it is one connection, so a second batch would only wait. */
 export const SEND_BATCHES_IN_FLIGHT_PGLITE = 1;
 /**

@@ -46,6 +46,36 @@ describe("GroupCommitter", () => {
     expect(batches).toEqual([[1], [2, 3, 4]]);
   });
 
+  it("with gatherMs, holds a lone item for company, and starts a batch at once when the queue fills it", async () => {
+    const batches: number[][] = [];
+    const committer = (gatherMs: number) =>
+      new GroupCommitter<number, number>(
+        async (items) => {
+          batches.push(items);
+          return items;
+        },
+        3,
+        1,
+        { gatherMs },
+      );
+    const turn = () => new Promise((resolve) => setImmediate(resolve));
+
+    const waiting = committer(200);
+    const lone = waiting.submit(1);
+    await turn();
+    expect(batches).toEqual([]); // nothing written yet: the item waits for company
+    const company = waiting.submit(2);
+    expect(await Promise.all([lone, company])).toEqual([1, 2]);
+    expect(batches).toEqual([[1, 2]]);
+
+    // A full batch does not wait: written long before a minute's gathering would end.
+    const filling = committer(60_000);
+    const full = Promise.all([3, 4, 5].map((n) => filling.submit(n)));
+    const later = new Promise((resolve) => setTimeout(resolve, 2_000, "waited"));
+    expect(await Promise.race([full, later])).toEqual([3, 4, 5]);
+    expect(batches).toEqual([[1, 2], [3, 4, 5]]);
+  });
+
   it("caps batch size and runs up to maxInFlight batches at once", async () => {
     let concurrent = 0;
     let peak = 0;

@@ -11,17 +11,25 @@ export interface GroupCommitOptions<Item> {
   sizeOf?: (item: Item) => number;
   /** Told each batch's size as it starts to be written (Metrics.batchObserver); unset: nothing is observed. */
   onBatch?: (size: number) => void;
+  /**
+   * How long the oldest queued item may wait for company before its batch starts, unless the queue fills a batch
+   * first (default 0: as soon as a batch may start). A statement has a fixed cost (planning, executor start-up,
+   * commit) that a busy server otherwise pays for batches of two or three.
+   */
+  gatherMs?: number;
 }
 
 /**
  * Group commit: callers submit one item each; items that arrive while earlier batches are being written wait and go
  * together in the next batch. One transaction per batch instead of per item is where send throughput comes from,
- * and under light load a batch is a single item written at once (no timer adds latency). An item that fails its batch
- * fails alone: the rest of the batch is written without it.
+ * and under light load a batch is a single item written at once, unless gatherMs has it wait that long for company.
+ * An item that fails its batch fails alone: the rest of the batch is written without it.
  */
 export class GroupCommitter<Item, Result> {
-  private queue: { item: Item; resolve: (r: Result) => void; reject: (e: unknown) => void }[] = [];
+  private queue: { item: Item; resolve: (r: Result) => void; reject: (e: unknown) => void; at: number }[] = [];
   private inFlight = 0;
+  /** Starts the waiting batch once its oldest item has waited gatherMs. */
+  private gatherTimer: NodeJS.Timeout | undefined;
 
   constructor(
     /** Writes a batch; returns one result per item, in order. A throw fails the batch (see settle). */
@@ -36,24 +44,39 @@ export class GroupCommitter<Item, Result> {
     this.keyOf = options.keyOf;
     this.sizeOf = options.sizeOf;
     this.onBatch = options.onBatch;
+    this.gatherMs = options.gatherMs ?? 0;
   }
 
   private readonly keyOf?: (item: Item) => string;
   private readonly sizeOf?: (item: Item) => number;
   private readonly onBatch?: (size: number) => void;
+  private readonly gatherMs: number;
 
   /** Keys held by the batches in flight, with how many of their items hold each. */
   private readonly busy = new Map<string, number>();
 
   submit(item: Item): Promise<Result> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ item, resolve, reject });
+      this.queue.push({ item, resolve, reject, at: this.gatherMs > 0 ? performance.now() : 0 });
       this.flush();
     });
   }
 
   private flush(): void {
     while (this.inFlight < this.maxInFlight && this.queue.length > 0) {
+      if (this.gatherMs > 0 && this.queue.length < this.maxBatch) {
+        const waitMs = this.queue[0]!.at + this.gatherMs - performance.now();
+        if (waitMs > 0) {
+          this.gatherTimer ??= setTimeout(() => {
+            this.gatherTimer = undefined;
+            this.flush();
+          }, waitMs);
+          return;
+        }
+      }
+      // What is left once this batch is taken waits afresh (below).
+      clearTimeout(this.gatherTimer);
+      this.gatherTimer = undefined;
       const batch = this.take();
       if (batch.length === 0) return;
       this.inFlight++;

@@ -28,6 +28,7 @@ describe("Messaging", () => {
     messaging = new Messaging(db, hub, systemClock, async () => [], new Metrics(() => 0), memoryRateLimiters, {
       maxBatch: 100,
       maxInFlight: 1,
+      gatherMs: 0,
       sendsPerMinute: 1000,
     });
     alice = await newCaller(db, "alice");

@@ -39,6 +39,8 @@ export interface SendOptions {
   maxBatch: number;
   /** Batches written at once. */
   maxInFlight: number;
+  /** How long a send may wait for others to share its batch (GroupCommitOptions.gatherMs). */
+  gatherMs: number;
   /** Messages one device may send a minute (across the nodes sharing the limiters' store). */
   sendsPerMinute: number;
 }
@@ -68,6 +70,7 @@ export class Messaging {
         // Batches in flight at once never share a chat, so they never wait on each other's chat row locks.
         keyOf: (send) => send.chatId.toLowerCase(),
         onBatch: metrics.batchObserver("sends"),
+        gatherMs: options.gatherMs,
       },
     );
     this.limit = new Limit(limiters, {
