@@ -32,7 +32,11 @@ function readStats(): Map<number, { ppid: number; comm: string; ticks: number }>
 export function treeCpuSeconds(pids: readonly number[]): Map<number, number> {
   const stats = readStats();
   const children = new Map<number, number[]>();
-  for (const [pid, { ppid }] of stats) children.set(ppid, [...(children.get(ppid) ?? []), pid]);
+  for (const [pid, { ppid }] of stats) {
+    const siblings = children.get(ppid);
+    if (siblings) siblings.push(pid);
+    else children.set(ppid, [pid]);
+  }
   const ticksUnder = (pid: number): number =>
     (stats.get(pid)?.ticks ?? 0) + (children.get(pid) ?? []).reduce((sum, child) => sum + ticksUnder(child), 0);
   const cpu = new Map<number, number>();
