@@ -44,6 +44,11 @@ export function treeCpuSeconds(pids: readonly number[]): Map<number, number> {
   return cpu;
 }
 
+/** Pids of this machine's processes whose command name is `name`. */
+export function pidsNamed(name: string): number[] {
+  return [...readStats()].filter(([, { comm }]) => comm === name).map(([pid]) => pid);
+}
+
 /** This machine's Postgres postmasters: processes named postgres whose parent is not. */
 export function postmasterPids(): number[] {
   const stats = readStats();

@@ -47,7 +47,7 @@ import { createPostgresDriver } from "../src/adapters/sql/postgres-driver.js";
 import { mintToken } from "../src/auth/tokens.js";
 import { DAY_MS } from "../src/ports/clock.js";
 import { buildServer, type HaproxyProcess, NODE_ARGS, SERVER_ENTRY } from "../test/cluster/processes.js";
-import { postmasterPids, treeCpuSeconds } from "./cpu.js";
+import { pidsNamed, postmasterPids, treeCpuSeconds } from "./cpu.js";
 import { prepareHaproxy, sizeHaproxy, startHaproxy } from "./haproxy.js";
 import { type CeilingResult, createDatabase, dropDatabase, measureCeiling } from "./pg-ceiling.js";
 import {
@@ -424,20 +424,6 @@ function rssBytesOf(pid: number): number {
   } catch {
     return 0;
   }
-}
-
-/** Pids of this machine's processes whose command name (/proc/<pid>/comm) is `name`. */
-function pidsNamed(name: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/comm`, "utf8").trim() === name) pids.push(Number(entry));
-    } catch {
-      // ended meanwhile
-    }
-  }
-  return pids;
 }
 
 /** Whether a postgres:// or redis:// URL names this machine (a Unix socket counts), so its processes can be watched. */

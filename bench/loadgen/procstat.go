@@ -12,35 +12,10 @@ import (
 // ask sysconf without cgo).
 const clockTicks = 100
 
-// cpuSecondsOf sums the CPU (user + system) of the pids and of every process under them, those that have ended
-// included: a process's children come and go (Postgres's backends are its postmaster's children, and a connection
-// pool opens them when it first needs them, often after the run has begun), and the CPU of one that has ended is in
-// its parent's cutime and cstime once reaped. A pid that is gone counts 0: a figure, not a broken run.
-func cpuSecondsOf(pids []int) float64 {
-	if len(pids) == 0 {
-		return 0
-	}
-	stats := readStats()
-	children := map[int][]int{}
-	for pid, st := range stats {
-		children[st.ppid] = append(children[st.ppid], pid)
-	}
-	var ticks int64
-	var add func(pid int)
-	add = func(pid int) {
-		st, ok := stats[pid]
-		if !ok {
-			return
-		}
-		ticks += st.ticks
-		for _, child := range children[pid] {
-			add(child)
-		}
-	}
-	for _, pid := range pids {
-		add(pid)
-	}
-	return float64(ticks) / clockTicks
+// procs is every process's parent and CPU ticks (its own and its reaped children's), read once for a sample.
+type procs struct {
+	stats    map[int]procStat
+	children map[int][]int
 }
 
 // procStat is what cpuSecondsOf needs of /proc/<pid>/stat: the parent, and the CPU ticks of the process and of its
@@ -50,12 +25,35 @@ type procStat struct {
 	ticks int64
 }
 
-// readStats reads every process's stat (processes that end meanwhile are left out).
-func readStats() map[int]procStat {
-	stats := map[int]procStat{}
+// cpuSecondsOf sums the CPU (user + system) of the pids and of every process under them, those that have ended
+// included: a process's children come and go (Postgres's backends are its postmaster's children, and a connection
+// pool opens them when it first needs them, often after the run has begun), and the CPU of one that has ended is in
+// its parent's cutime and cstime once reaped. A pid that is gone counts 0: a figure, not a broken run.
+func (p procs) cpuSecondsOf(pids []int) float64 {
+	var ticks int64
+	var add func(pid int)
+	add = func(pid int) {
+		st, ok := p.stats[pid]
+		if !ok {
+			return
+		}
+		ticks += st.ticks
+		for _, child := range p.children[pid] {
+			add(child)
+		}
+	}
+	for _, pid := range pids {
+		add(pid)
+	}
+	return float64(ticks) / clockTicks
+}
+
+// readProcs reads every process's stat (processes that end meanwhile are left out).
+func readProcs() procs {
+	p := procs{stats: map[int]procStat{}, children: map[int][]int{}}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return stats
+		return p
 	}
 	for _, entry := range entries {
 		pid, err := strconv.Atoi(entry.Name())
@@ -82,9 +80,10 @@ func readStats() map[int]procStat {
 			n, _ := strconv.ParseInt(f, 10, 64)
 			ticks += n
 		}
-		stats[pid] = procStat{ppid: ppid, ticks: ticks}
+		p.stats[pid] = procStat{ppid: ppid, ticks: ticks}
+		p.children[ppid] = append(p.children[ppid], pid)
 	}
-	return stats
+	return p
 }
 
 // rssBytesOf sums VmRSS of the pids.

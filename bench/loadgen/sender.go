@@ -96,10 +96,11 @@ func (r *runner) sampleCPU() *cpuSample {
 	s := &cpuSample{}
 	s.loadgen, _ = selfUsage()
 	if r.sampler {
-		s.server = cpuSecondsOf(r.plan.Watch.Server)
-		s.postgres = cpuSecondsOf(r.plan.Watch.Postgres)
-		s.redis = cpuSecondsOf(r.plan.Watch.Redis)
-		s.haproxy = cpuSecondsOf(r.plan.Watch.Haproxy)
+		procs := readProcs()
+		s.server = procs.cpuSecondsOf(r.plan.Watch.Server)
+		s.postgres = procs.cpuSecondsOf(r.plan.Watch.Postgres)
+		s.redis = procs.cpuSecondsOf(r.plan.Watch.Redis)
+		s.haproxy = procs.cpuSecondsOf(r.plan.Watch.Haproxy)
 	}
 	return s
 }
